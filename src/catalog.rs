@@ -1,0 +1,583 @@
+//! The offer catalog: what can be offered, at what price, to whom, where and
+//! how often, loaded from TOML (`config/catalog.toml` is compiled in as the
+//! default) and checked as a whole before it is used.
+//!
+//! [`Offer::eligible`] is the single eligibility rule used by checkout,
+//! campaigns and simulations, so that no path can show an offer another path
+//! would refuse.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
+
+use crate::domain::{
+    Benefit, Cabin, Category, Channel, Day, FieldError, Itinerary, Member, Money, Tags, Tier,
+};
+
+/// Errors loading a catalog.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// The TOML did not parse into the catalog schema.
+    #[error("catalog does not parse: {0}")]
+    Parse(String),
+    /// An offer breaks a rule.
+    #[error("catalog offer {offer:?}: {error}")]
+    Invalid {
+        /// Offer id (or index when the id itself is bad).
+        offer: String,
+        /// What is wrong.
+        error: FieldError,
+    },
+}
+
+/// Route restriction of an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// Any route.
+    #[default]
+    Any,
+    /// Both airports in one country.
+    Domestic,
+    /// Airports in different countries.
+    International,
+}
+
+/// How inventory is counted for an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InventoryScope {
+    /// Per flight: origin, destination and departure instant.
+    PerFlight,
+    /// Per origin airport and departure day (e.g. lounge capacity).
+    PerAirportDay,
+}
+
+/// An inventory cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    /// What a unit of inventory is counted against.
+    pub scope: InventoryScope,
+    /// Units available per scope key.
+    pub cap: u32,
+}
+
+/// Who may see an offer and in which context.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EligibilitySpec {
+    /// Tiers allowed (empty: all).
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+    /// Booked cabins allowed (empty: all).
+    #[serde(default)]
+    pub cabins: Vec<Cabin>,
+    /// Route restriction.
+    #[serde(default)]
+    pub route: RouteKind,
+    /// Earliest booking: at least this many days before departure.
+    #[serde(default)]
+    pub min_days_before_departure: Option<u32>,
+    /// Latest: at most this many days before departure.
+    #[serde(default)]
+    pub max_days_before_departure: Option<u32>,
+    /// Minimum points balance.
+    #[serde(default)]
+    pub min_points: Option<u32>,
+    /// Minimum route length, km.
+    #[serde(default)]
+    pub min_distance_km: Option<f64>,
+    /// Member must have every one of these tags.
+    #[serde(default)]
+    pub require_tags: Vec<String>,
+    /// Member must have none of these tags.
+    #[serde(default)]
+    pub exclude_tags: Vec<String>,
+    /// Only members whose qualifying spend is at most this far below the
+    /// next tier's threshold (tier fast-track).
+    #[serde(default)]
+    pub max_spend_to_next_tier: Option<f64>,
+    /// Only members who have not flown for at least this many days (retention).
+    #[serde(default)]
+    pub min_days_since_last_flight: Option<u32>,
+    /// Minimum qualifying spend over 12 months (retention of high value).
+    #[serde(default)]
+    pub min_qualifying_spend: Option<f64>,
+    /// Minimum party size.
+    #[serde(default)]
+    pub min_passengers: Option<u8>,
+}
+
+/// Per-member contact limits of an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ContactSpec {
+    /// Days the offer stays hidden from a member after they declined it
+    /// (overrides the global default when set).
+    #[serde(default)]
+    pub suppress_days_after_decline: Option<u32>,
+}
+
+/// Catalog TOML form of an offer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfferSpec {
+    id: String,
+    category: Category,
+    title: String,
+    #[serde(default)]
+    price: Option<Money>,
+    #[serde(default)]
+    points_price: Option<u32>,
+    #[serde(default)]
+    per_passenger: bool,
+    margin: f64,
+    #[serde(default = "one")]
+    lever: f64,
+    valid_from: toml::value::Datetime,
+    valid_to: toml::value::Datetime,
+    #[serde(default = "default_validity")]
+    validity_minutes: u32,
+    channels: Vec<Channel>,
+    #[serde(default)]
+    provides: Vec<Benefit>,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default)]
+    eligibility: EligibilitySpec,
+    #[serde(default)]
+    contact: ContactSpec,
+    #[serde(default)]
+    inventory: Option<Inventory>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn default_validity() -> u32 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    version: String,
+    #[serde(rename = "offer")]
+    offers: Vec<OfferSpec>,
+}
+
+/// A validated offer.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// Stable id, used in metrics labels and events.
+    pub id: String,
+    /// Category.
+    pub category: Category,
+    /// Title shown to the member.
+    pub title: String,
+    /// Cash price per unit (per passenger when `per_passenger`).
+    pub price: Option<Money>,
+    /// Points price per unit.
+    pub points_price: Option<u32>,
+    /// Whether the price is multiplied by the party size.
+    pub per_passenger: bool,
+    /// Margin the airline makes on an accept, CNY (per unit).
+    pub margin: f64,
+    /// Business lever multiplying expected value (1 = neutral).
+    pub lever: f64,
+    /// First day the offer may be shown.
+    pub valid_from: Day,
+    /// Last day the offer may be shown.
+    pub valid_to: Day,
+    /// How long a shown offer stays acceptable.
+    pub validity_minutes: u32,
+    /// Channels it may be shown on.
+    pub channels: Vec<Channel>,
+    /// Tier benefits it sells; never sold to a tier that includes them.
+    pub provides: Vec<Benefit>,
+    /// Fixed business priority (higher first) for policies that rank without a model.
+    pub priority: u32,
+    /// Eligibility rules.
+    pub eligibility: EligibilitySpec,
+    /// Parsed `require_tags`.
+    pub require_tags: Tags,
+    /// Parsed `exclude_tags`.
+    pub exclude_tags: Tags,
+    /// Contact limits.
+    pub contact: ContactSpec,
+    /// Inventory cap, if the offer is perishable.
+    pub inventory: Option<Inventory>,
+}
+
+/// Why an offer is not eligible; used by tests and debugging endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ineligible {
+    /// Outside its validity window.
+    OutOfWindow,
+    /// Not offered on this channel.
+    Channel,
+    /// Member lacks consent for the channel.
+    Consent,
+    /// Tier not allowed.
+    Tier,
+    /// Tier already includes what the offer sells.
+    TierBenefit,
+    /// Cabin not allowed.
+    Cabin,
+    /// Route kind not allowed.
+    Route,
+    /// Too close to or too far from departure.
+    DaysToDeparture,
+    /// Too few points.
+    Points,
+    /// Route too short.
+    Distance,
+    /// Tag rules.
+    Tags,
+    /// Not close enough to the next tier.
+    NextTier,
+    /// Flew too recently for a retention offer.
+    Recency,
+    /// Spend too low.
+    Spend,
+    /// Party too small.
+    Passengers,
+    /// Needs member data the request does not have (cold start).
+    NeedsMember,
+}
+
+/// The context eligibility is judged in.
+#[derive(Debug, Clone, Copy)]
+pub struct EligibilityContext<'a> {
+    /// The member, or None for a cold start.
+    pub member: Option<&'a Member>,
+    /// The itinerary, or None for a campaign without one.
+    pub itinerary: Option<&'a Itinerary>,
+    /// Channel of the decision.
+    pub channel: Channel,
+    /// Decision instant.
+    pub now: DateTime<Utc>,
+    /// Spend to next tier (precomputed from the thresholds), None at the top tier.
+    pub spend_to_next_tier: Option<f64>,
+}
+
+impl Offer {
+    /// Whether the offer may be shown in `ctx`; the first failed rule otherwise.
+    pub fn eligible(&self, ctx: &EligibilityContext<'_>) -> Result<(), Ineligible> {
+        let e = &self.eligibility;
+        let today = Day::of(ctx.now);
+        if today < self.valid_from || today > self.valid_to {
+            return Err(Ineligible::OutOfWindow);
+        }
+        if !self.channels.contains(&ctx.channel) {
+            return Err(Ineligible::Channel);
+        }
+        if let Some(need) = ctx.channel.required_consent() {
+            match ctx.member {
+                Some(m) if m.consent.granted(need) => {}
+                _ => return Err(Ineligible::Consent),
+            }
+        }
+        let tier = ctx.member.map(|m| m.tier).unwrap_or(Tier::Base);
+        if !e.tiers.is_empty() && !e.tiers.contains(&tier) {
+            return Err(Ineligible::Tier);
+        }
+        let benefits = tier.benefits();
+        if self.provides.iter().any(|b| benefits.contains(*b)) {
+            return Err(Ineligible::TierBenefit);
+        }
+        if let Some(it) = ctx.itinerary {
+            if !e.cabins.is_empty() && !e.cabins.contains(&it.cabin) {
+                return Err(Ineligible::Cabin);
+            }
+            let domestic = it.is_domestic();
+            match e.route {
+                RouteKind::Any => {}
+                RouteKind::Domestic if !domestic => return Err(Ineligible::Route),
+                RouteKind::International if domestic => return Err(Ineligible::Route),
+                _ => {}
+            }
+            let days = it.days_to_departure(ctx.now);
+            if e.min_days_before_departure.is_some_and(|d| days < d as i64)
+                || e.max_days_before_departure.is_some_and(|d| days > d as i64)
+            {
+                return Err(Ineligible::DaysToDeparture);
+            }
+            if e.min_distance_km.is_some_and(|d| it.distance_km() < d) {
+                return Err(Ineligible::Distance);
+            }
+            if e.min_passengers.is_some_and(|p| it.passengers < p) {
+                return Err(Ineligible::Passengers);
+            }
+        } else if !e.cabins.is_empty()
+            || e.route != RouteKind::Any
+            || e.min_days_before_departure.is_some()
+            || e.max_days_before_departure.is_some()
+            || e.min_distance_km.is_some()
+            || e.min_passengers.is_some()
+        {
+            // Rules about a trip cannot hold without one.
+            return Err(Ineligible::Route);
+        }
+        let needs_member = e.min_points.is_some()
+            || e.require_tags != Vec::<String>::new()
+            || e.max_spend_to_next_tier.is_some()
+            || e.min_days_since_last_flight.is_some()
+            || e.min_qualifying_spend.is_some();
+        let Some(m) = ctx.member else {
+            return if needs_member {
+                Err(Ineligible::NeedsMember)
+            } else {
+                Ok(())
+            };
+        };
+        if e.min_points.is_some_and(|p| m.points < p) {
+            return Err(Ineligible::Points);
+        }
+        if !m.tags.contains_all(self.require_tags) || m.tags.intersects(self.exclude_tags) {
+            return Err(Ineligible::Tags);
+        }
+        if let Some(max) = e.max_spend_to_next_tier {
+            match ctx.spend_to_next_tier {
+                Some(gap) if gap <= max => {}
+                _ => return Err(Ineligible::NextTier),
+            }
+        }
+        if let Some(min_days) = e.min_days_since_last_flight {
+            let lapsed = match m.last_flight {
+                None => true,
+                Some(d) => (today.0 - d.0) >= min_days as i32,
+            };
+            if !lapsed {
+                return Err(Ineligible::Recency);
+            }
+        }
+        if e.min_qualifying_spend
+            .is_some_and(|s| (m.qualifying_spend_12m as f64) < s)
+        {
+            return Err(Ineligible::Spend);
+        }
+        Ok(())
+    }
+
+    /// Cash price for a party, if the offer has one.
+    pub fn cash_price(&self, passengers: u8) -> Option<Money> {
+        self.price.as_ref().map(|p| Money {
+            amount: crate::domain::round2(p.amount * self.units(passengers)),
+            currency: p.currency.clone(),
+        })
+    }
+
+    /// Points price for a party, if any.
+    pub fn points_price_for(&self, passengers: u8) -> Option<u64> {
+        self.points_price
+            .map(|p| (p as f64 * self.units(passengers)) as u64)
+    }
+
+    /// Units sold: the party size for per-passenger offers, else one.
+    pub fn units(&self, passengers: u8) -> f64 {
+        if self.per_passenger {
+            passengers.max(1) as f64
+        } else {
+            1.0
+        }
+    }
+}
+
+/// A validated catalog. Offers keep the file's order; `index` is their
+/// position, used as a dense id by the model and the counters.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    /// Catalog version string from the file.
+    pub version: String,
+    /// Offers in file order.
+    pub offers: Vec<Offer>,
+}
+
+/// The default catalog, compiled in.
+pub const DEFAULT_CATALOG: &str = include_str!("../config/catalog.toml");
+
+impl Catalog {
+    /// Parses and validates a catalog from TOML text.
+    pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
+        let file: CatalogFile =
+            toml::from_str(text).map_err(|e| CatalogError::Parse(e.to_string()))?;
+        let mut seen = HashSet::new();
+        let mut offers = Vec::with_capacity(file.offers.len());
+        for (i, spec) in file.offers.into_iter().enumerate() {
+            let id = spec.id.clone();
+            let invalid = |error: FieldError| CatalogError::Invalid {
+                offer: if id.is_empty() {
+                    format!("#{i}")
+                } else {
+                    id.clone()
+                },
+                error,
+            };
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(invalid(FieldError::new(
+                    "id",
+                    "must be 1-64 letters, digits, '-' or '_'",
+                )));
+            }
+            if !seen.insert(id.clone()) {
+                return Err(invalid(FieldError::new("id", "duplicate offer id")));
+            }
+            if let Some(p) = &spec.price {
+                p.validate("price").map_err(invalid)?;
+            }
+            if spec.price.is_none()
+                && spec.points_price.is_none()
+                && spec.category != Category::CobrandCard
+                && spec.category != Category::TierFastTrack
+                && spec.category != Category::Retention
+            {
+                return Err(invalid(FieldError::new(
+                    "price",
+                    "an offer needs a cash price or a points price",
+                )));
+            }
+            if !spec.margin.is_finite() || spec.margin < 0.0 {
+                return Err(invalid(FieldError::new(
+                    "margin",
+                    "must be a non-negative number",
+                )));
+            }
+            if !spec.lever.is_finite() || spec.lever < 0.0 {
+                return Err(invalid(FieldError::new(
+                    "lever",
+                    "must be a non-negative number",
+                )));
+            }
+            let date = |d: &toml::value::Datetime,
+                        field: &str|
+             -> Result<NaiveDate, CatalogError> {
+                match (d.date, d.time) {
+                    (Some(dt), None) => {
+                        NaiveDate::from_ymd_opt(dt.year as i32, dt.month as u32, dt.day as u32)
+                            .ok_or_else(|| invalid(FieldError::new(field, "is not a valid date")))
+                    }
+                    _ => Err(invalid(FieldError::new(
+                        field,
+                        "must be a date such as 2026-01-01",
+                    ))),
+                }
+            };
+            let valid_from = date(&spec.valid_from, "valid_from")?;
+            let valid_to = date(&spec.valid_to, "valid_to")?;
+            if valid_to < valid_from {
+                return Err(invalid(FieldError::new("valid_to", "is before valid_from")));
+            }
+            if spec.validity_minutes == 0 || spec.validity_minutes > 60 * 24 * 60 {
+                return Err(invalid(FieldError::new(
+                    "validity_minutes",
+                    "must be from 1 to 86400 (60 days)",
+                )));
+            }
+            if spec.channels.is_empty() {
+                return Err(invalid(FieldError::new(
+                    "channels",
+                    "must name at least one channel",
+                )));
+            }
+            if spec.title.trim().is_empty() {
+                return Err(invalid(FieldError::new("title", "must not be empty")));
+            }
+            let require_tags = Tags::parse(&spec.eligibility.require_tags).map_err(|e| {
+                invalid(FieldError::new(
+                    format!("eligibility.require_{}", e.field),
+                    e.message,
+                ))
+            })?;
+            let exclude_tags = Tags::parse(&spec.eligibility.exclude_tags).map_err(|e| {
+                invalid(FieldError::new(
+                    format!("eligibility.exclude_{}", e.field),
+                    e.message,
+                ))
+            })?;
+            if let Some(inv) = &spec.inventory {
+                if inv.cap == 0 {
+                    return Err(invalid(FieldError::new(
+                        "inventory.cap",
+                        "must be at least 1",
+                    )));
+                }
+            }
+            offers.push(Offer {
+                id: spec.id,
+                category: spec.category,
+                title: spec.title,
+                price: spec.price,
+                points_price: spec.points_price,
+                per_passenger: spec.per_passenger,
+                margin: spec.margin,
+                lever: spec.lever,
+                valid_from: Day::from_date(valid_from),
+                valid_to: Day::from_date(valid_to),
+                validity_minutes: spec.validity_minutes,
+                channels: spec.channels,
+                provides: spec.provides,
+                priority: spec.priority,
+                eligibility: spec.eligibility,
+                require_tags,
+                exclude_tags,
+                contact: spec.contact,
+                inventory: spec.inventory,
+            });
+        }
+        if offers.is_empty() {
+            return Err(CatalogError::Parse("catalog has no offers".into()));
+        }
+        Ok(Catalog {
+            version: file.version,
+            offers,
+        })
+    }
+
+    /// The compiled-in default catalog.
+    pub fn default_catalog() -> Catalog {
+        // The default catalog is checked by a unit test; failing here is a build defect.
+        Catalog::from_toml(DEFAULT_CATALOG).expect("default catalog parses (tested)")
+    }
+
+    /// Finds an offer by id.
+    pub fn get(&self, id: &str) -> Option<(usize, &Offer)> {
+        self.offers.iter().enumerate().find(|(_, o)| o.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_catalog_parses_and_covers_every_category() {
+        let c = Catalog::default_catalog();
+        assert!((30..=60).contains(&c.offers.len()), "{}", c.offers.len());
+        for cat in Category::ALL {
+            assert!(
+                c.offers.iter().any(|o| o.category == cat),
+                "no offer of category {cat:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_catalogs_are_refused_with_the_field() {
+        let e = Catalog::from_toml("version = \"x\"\n[[offer]]\nid = \"a\"\n").unwrap_err();
+        assert!(e.to_string().contains("missing field"), "{e}");
+        let dup = DEFAULT_CATALOG.to_string()
+            + "\n"
+            + &DEFAULT_CATALOG[DEFAULT_CATALOG.find("\n[[offer]]").unwrap()..];
+        let e = Catalog::from_toml(&dup).unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+    }
+}

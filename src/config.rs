@@ -1,0 +1,188 @@
+//! Layered configuration: compiled-in defaults (`config/default.toml`), then
+//! an optional file, then environment variables `OFFER_ENGINE__SECTION__KEY`,
+//! then command-line flags. The result is one typed [`Settings`].
+
+use serde::Deserialize;
+
+use crate::domain::TierThresholds;
+
+/// Compiled-in defaults.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML did not parse or did not fit the schema.
+    #[error("configuration is invalid: {0}")]
+    Invalid(String),
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub addr: String,
+    /// Body size limit, bytes.
+    pub max_body_bytes: usize,
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+}
+
+/// Where members come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSettings {
+    /// NDJSON file, empty for the synthetic population.
+    pub file: String,
+    /// Synthetic population size.
+    pub synthetic_count: u64,
+    /// Synthetic population seed.
+    pub synthetic_seed: u64,
+}
+
+/// A file setting that may be empty (use the compiled-in default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSetting {
+    /// Path, or empty.
+    pub file: String,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// tracing filter.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP server.
+    pub server: ServerSettings,
+    /// Members.
+    pub members: MemberSettings,
+    /// Catalog.
+    pub catalog: FileSetting,
+    /// Model.
+    pub model: FileSetting,
+    /// Tier thresholds.
+    pub tiers: TierThresholds,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Parses an environment value as a TOML scalar when it is one (numbers,
+/// booleans), as a string otherwise.
+fn env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file`, then the given environment variables.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut v: toml::Value =
+            toml::from_str(DEFAULTS).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let over: toml::Value = toml::from_str(&text)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            merge(&mut v, over);
+        }
+        for (k, val) in env {
+            let Some(rest) = k.strip_prefix("OFFER_ENGINE__") else {
+                continue;
+            };
+            let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let mut over = env_value(&val);
+            for p in parts.iter().rev() {
+                let mut t = toml::Table::new();
+                t.insert(p.clone(), over);
+                over = toml::Value::Table(t);
+            }
+            merge(&mut v, over);
+        }
+        let s: Settings = v
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        s.tiers
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let s = Settings::load(None, []).unwrap();
+        assert_eq!(s.server.addr, "127.0.0.1:8080");
+        assert_eq!(s.tiers, TierThresholds::default());
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[server]\naddr = \"127.0.0.1:9\"\nworkers = 2\n").unwrap();
+        let s = Settings::load(
+            Some(&f),
+            [("OFFER_ENGINE__SERVER__WORKERS".to_string(), "3".to_string())],
+        )
+        .unwrap();
+        assert_eq!(s.server.addr, "127.0.0.1:9");
+        assert_eq!(s.server.workers, 3);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_tiers_are_refused() {
+        let bad = [("OFFER_ENGINE__SERVER__ADRR".to_string(), "x".to_string())];
+        assert!(Settings::load(None, bad).is_err());
+        let bad = [("OFFER_ENGINE__TIERS__GOLD".to_string(), "5".to_string())];
+        assert!(Settings::load(None, bad).is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! The decision core: eligibility, scoring, arbitration and reasons, as one
+//! pure function over plain data. Checkout, campaigns and simulations all call
+//! [`decide`]; nothing here does I/O, reads a clock or draws a random number.
+//!
+//! Flow: features → for every catalog offer: eligibility, then the caller's
+//! constraints (suppressions, inventory) → propensity from the aligned
+//! [`ScoringTable`] → expected value = propensity × margin × units × lever →
+//! rank (by expected value, or by fixed business priority) → at most one
+//! offer per category, at most `max_offers` and at most the member's
+//! remaining contacts today → reasons for the winners.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::catalog::{Catalog, EligibilityContext, Offer};
+use crate::domain::{Category, Channel, Day, Itinerary, Member, Money, TierThresholds};
+use crate::features::{self, DecisionContext, FeatureVector, ValueSegment};
+use crate::model::{ModelFile, ScoringTable};
+
+/// Catalog, model and tier rules that decide together. Swapped as a whole
+/// (behind `ArcSwap` in the server) when the catalog or model is reloaded, so
+/// a decision never sees a model aligned with another catalog.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// The offer catalog.
+    pub catalog: Arc<Catalog>,
+    /// The model, aligned with the catalog.
+    pub table: Arc<ScoringTable>,
+    /// The model file it came from (kept for reloads that change only the catalog).
+    pub model: Arc<ModelFile>,
+    /// Tier thresholds.
+    pub thresholds: TierThresholds,
+}
+
+impl Engine {
+    /// Builds an engine from its parts.
+    pub fn new(catalog: Catalog, model: ModelFile, thresholds: TierThresholds) -> Engine {
+        let table = ScoringTable::new(&model, &catalog);
+        Engine {
+            catalog: Arc::new(catalog),
+            table: Arc::new(table),
+            model: Arc::new(model),
+            thresholds,
+        }
+    }
+
+    /// The compiled-in catalog and model with default thresholds.
+    pub fn embedded_default() -> Engine {
+        Engine::new(
+            Catalog::default_catalog(),
+            ModelFile::default_model(),
+            TierThresholds::default(),
+        )
+    }
+}
+
+/// How offers are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ranking {
+    /// By expected value from the model.
+    #[default]
+    Model,
+    /// By the catalog's fixed business priority.
+    Priority,
+}
+
+/// State outside the core that can rule an offer out for this member:
+/// suppressions after a decline, sold-out inventory, the daily contact cap.
+/// Adapters implement it over their stores; the default allows everything.
+pub trait Constraints {
+    /// Whether catalog offer `index` may be shown (not suppressed, in stock).
+    fn allowed(&self, _index: usize, _offer: &Offer) -> bool {
+        true
+    }
+    /// How many more offers the member may be shown today on this channel.
+    fn remaining_contacts(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// No constraints.
+pub struct Unconstrained;
+impl Constraints for Unconstrained {}
+
+/// What to decide.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionInput<'a> {
+    /// The member (None: cold start).
+    pub member: Option<&'a Member>,
+    /// The trip, if any.
+    pub itinerary: Option<&'a Itinerary>,
+    /// Channel.
+    pub channel: Channel,
+    /// Decision instant.
+    pub now: DateTime<Utc>,
+    /// Most offers to return.
+    pub max_offers: usize,
+    /// Ranking policy.
+    pub ranking: Ranking,
+}
+
+/// One ranked offer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedOffer {
+    /// Index of the offer in the engine's catalog.
+    pub index: usize,
+    /// Propensity to accept, from the model.
+    pub propensity: f32,
+    /// Expected value, CNY.
+    pub expected_value: f64,
+    /// Cash price for the party.
+    pub price: Option<Money>,
+    /// Points price for the party.
+    pub points_price: Option<u64>,
+    /// When the offer stops being acceptable.
+    pub expires_at: DateTime<Utc>,
+    /// Human-readable reasons.
+    pub reasons: Vec<String>,
+}
+
+/// The result of [`decide`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Whether the member was unknown.
+    pub cold_start: bool,
+    /// Ranked offers, best first.
+    pub offers: Vec<RankedOffer>,
+    /// How many catalog offers were eligible before arbitration.
+    pub eligible: usize,
+}
+
+/// Decides which offers to show. Pure and deterministic.
+pub fn decide(
+    engine: &Engine,
+    input: &DecisionInput<'_>,
+    constraints: &dyn Constraints,
+) -> Decision {
+    let _span = tracing::trace_span!("decide", channel = input.channel.as_str()).entered();
+    let ctx = DecisionContext {
+        itinerary: input.itinerary,
+        channel: input.channel,
+        now: input.now,
+    };
+    let x = features::build(input.member, &ctx, &engine.thresholds);
+    let spend_gap = input
+        .member
+        .and_then(|m| features::spend_to_next_tier(m, &engine.thresholds));
+    let ectx = EligibilityContext {
+        member: input.member,
+        itinerary: input.itinerary,
+        channel: input.channel,
+        now: input.now,
+        spend_to_next_tier: spend_gap,
+    };
+    let passengers = input.itinerary.map(|i| i.passengers).unwrap_or(1);
+    // (index, propensity, expected value); at most ~60 offers, on the stack's worth of heap.
+    let mut candidates: Vec<(usize, f32, f64)> = Vec::with_capacity(engine.catalog.offers.len());
+    for (i, offer) in engine.catalog.offers.iter().enumerate() {
+        if offer.eligible(&ectx).is_err() || !constraints.allowed(i, offer) {
+            continue;
+        }
+        let p = engine.table.propensity(i, &x);
+        let ev = p as f64 * offer.margin * offer.units(passengers) * offer.lever;
+        candidates.push((i, p, ev));
+    }
+    let eligible = candidates.len();
+    let offers = &engine.catalog.offers;
+    match input.ranking {
+        Ranking::Model => candidates.sort_by(|a, b| {
+            b.2.total_cmp(&a.2)
+                .then(offers[b.0].priority.cmp(&offers[a.0].priority))
+                .then(a.0.cmp(&b.0))
+        }),
+        Ranking::Priority => candidates.sort_by(|a, b| {
+            offers[b.0]
+                .priority
+                .cmp(&offers[a.0].priority)
+                .then(b.2.total_cmp(&a.2))
+                .then(a.0.cmp(&b.0))
+        }),
+    }
+    let limit = input.max_offers.min(constraints.remaining_contacts());
+    let mut used_categories: u16 = 0;
+    let mut chosen = Vec::with_capacity(limit.min(10));
+    for (i, p, ev) in candidates {
+        if chosen.len() >= limit {
+            break;
+        }
+        let offer = &offers[i];
+        let bit = 1u16 << category_index(offer.category);
+        if used_categories & bit != 0 {
+            continue;
+        }
+        used_categories |= bit;
+        chosen.push(RankedOffer {
+            index: i,
+            propensity: p,
+            expected_value: crate::domain::round2(ev),
+            price: offer.cash_price(passengers),
+            points_price: offer.points_price_for(passengers),
+            expires_at: expiry(offer, input),
+            reasons: reasons(engine, offer, input, &x, spend_gap, p, ev),
+        });
+    }
+    Decision {
+        cold_start: input.member.is_none(),
+        offers: chosen,
+        eligible,
+    }
+}
+
+fn category_index(c: Category) -> u32 {
+    Category::ALL.iter().position(|x| *x == c).unwrap_or(0) as u32
+}
+
+/// Expiry: the offer's validity from now, but never after departure nor
+/// after the last day of the offer's window.
+fn expiry(offer: &Offer, input: &DecisionInput<'_>) -> DateTime<Utc> {
+    let mut t = input.now + Duration::minutes(offer.validity_minutes as i64);
+    if let Some(it) = input.itinerary {
+        t = t.min(it.departure);
+    }
+    let window_end = Day(offer.valid_to.0 + 1)
+        .to_date()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    t.min(window_end)
+}
+
+/// `12345` → `"12,345"`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn reasons(
+    engine: &Engine,
+    offer: &Offer,
+    input: &DecisionInput<'_>,
+    _x: &FeatureVector,
+    spend_gap: Option<f64>,
+    p: f32,
+    ev: f64,
+) -> Vec<String> {
+    let mut r = Vec::with_capacity(4);
+    let today = Day::of(input.now);
+    match input.member {
+        None => r.push("new to the programme: chosen from the trip alone".to_string()),
+        Some(m) => {
+            match (m.tier.next(), spend_gap) {
+                (Some(next), Some(gap)) if gap <= 20_000.0 => r.push(format!(
+                    "{} member, {} CNY qualifying spend from {}",
+                    m.tier,
+                    thousands(gap.ceil() as u64),
+                    next
+                )),
+                _ => r.push(format!("{} member", m.tier)),
+            }
+            let s = features::segment(m, today);
+            match s.value {
+                ValueSegment::HighValue => r.push(format!(
+                    "high-value customer (lifetime value about {} CNY)",
+                    thousands((s.clv / 1000.0).round() as u64 * 1000)
+                )),
+                ValueSegment::Potential => r.push("growing customer".to_string()),
+                ValueSegment::LowValue => {}
+            }
+            if offer.category == crate::domain::Category::Retention {
+                match s.recency_days {
+                    Some(d) => r.push(format!("no flight for {d} days")),
+                    None => r.push("has not flown with us yet".to_string()),
+                }
+            }
+            if let Some(pp) =
+                offer.points_price_for(input.itinerary.map(|i| i.passengers).unwrap_or(1))
+            {
+                if pp > 0 {
+                    r.push(format!("{} points available", thousands(m.points as u64)));
+                }
+            }
+        }
+    }
+    if let Some(it) = input.itinerary {
+        let kind = if it.is_domestic() {
+            "domestic"
+        } else {
+            "international"
+        };
+        match offer.category {
+            crate::domain::Category::Upgrade | crate::domain::Category::Wifi => r.push(format!(
+                "{} km {kind} flight in {}",
+                thousands(it.distance_km().round() as u64),
+                it.cabin.as_str().replace('_', " ")
+            )),
+            crate::domain::Category::Lounge | crate::domain::Category::PartnerBundle => {
+                r.push(format!(
+                    "departs {} in {} days",
+                    it.origin,
+                    it.days_to_departure(input.now)
+                ))
+            }
+            _ if it.passengers > 1 => r.push(format!("party of {}", it.passengers)),
+            _ => {}
+        }
+    }
+    let _ = engine;
+    r.push(format!(
+        "propensity {:.1}%, expected value {:.0} CNY",
+        p * 100.0,
+        ev
+    ));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1200), "1,200");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

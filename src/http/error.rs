@@ -1,0 +1,160 @@
+//! The one API error type at the HTTP edge and its exhaustive mapping to
+//! `application/problem+json` (RFC 9457). Internal error text goes to the
+//! log, never into a response.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::domain::FieldError;
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The body is not JSON at all.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(FieldError),
+    /// A field is missing, mistyped or out of range.
+    #[error("invalid field {0}")]
+    InvalidField(FieldError),
+    /// The body is larger than the limit.
+    #[error("body larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// The content type is not JSON.
+    #[error("unsupported content type")]
+    UnsupportedMediaType,
+    /// No such route.
+    #[error("not found")]
+    NotFound,
+    /// Route exists, method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Not ready to serve (still loading, or a dependency is down).
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an I/O failure; the text is logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The problem document.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// Problem type URI.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Short summary of the problem type.
+    pub title: &'static str,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong in this instance.
+    pub detail: String,
+    /// The field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    fn problem(&self) -> Problem {
+        let (kind, title, detail, field) = match self {
+            ApiError::MalformedJson(e) => (
+                "/problems/malformed-json",
+                "Malformed JSON",
+                e.message.clone(),
+                Some(e.field.clone()),
+            ),
+            ApiError::InvalidField(e) => (
+                "/problems/invalid-field",
+                "Invalid field",
+                format!("{}: {}", e.field, e.message),
+                Some(e.field.clone()),
+            ),
+            ApiError::PayloadTooLarge { limit } => (
+                "/problems/payload-too-large",
+                "Payload too large",
+                format!("request body is larger than {limit} bytes"),
+                Some("body".to_string()),
+            ),
+            ApiError::UnsupportedMediaType => (
+                "/problems/unsupported-media-type",
+                "Unsupported media type",
+                "send Content-Type: application/json".to_string(),
+                None,
+            ),
+            ApiError::NotFound => (
+                "/problems/not-found",
+                "Not found",
+                "no such resource".to_string(),
+                None,
+            ),
+            ApiError::MethodNotAllowed => (
+                "/problems/method-not-allowed",
+                "Method not allowed",
+                "this route does not take that method".to_string(),
+                None,
+            ),
+            ApiError::Unavailable(why) => (
+                "/problems/unavailable",
+                "Service unavailable",
+                why.clone(),
+                None,
+            ),
+            ApiError::Internal(_) => (
+                "/problems/internal",
+                "Internal error",
+                "the server failed; the error is logged".to_string(),
+                None,
+            ),
+        };
+        Problem {
+            kind,
+            title,
+            status: self.status_code().as_u16(),
+            detail,
+            field,
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        if e.message.starts_with("malformed JSON") {
+            ApiError::MalformedJson(e)
+        } else {
+            ApiError::InvalidField(e)
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            ApiError::Internal(e) => tracing::error!(error = ?e, "request failed"),
+            ApiError::Unavailable(why) => tracing::warn!(%why, "unavailable"),
+            _ => tracing::debug!(error = %self, "request refused"),
+        }
+        let mut b = HttpResponse::build(self.status_code());
+        b.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if let ApiError::Unavailable(_) = self {
+            b.insert_header((header::RETRY_AFTER, "1"));
+        }
+        b.json(self.problem())
+    }
+}

@@ -1,0 +1,48 @@
+//! offer-engine: a real-time next-best-offer engine for airline loyalty
+//! programmes.
+//!
+//! # Layout
+//! The decision core is pure (no I/O, no clock, no randomness):
+//! - [`domain`]: tiers, channels, cabins, airports, members, requests.
+//! - [`airports`]: the airport table (country, coordinates).
+//! - [`catalog`]: offers and the one eligibility rule.
+//! - [`features`]: member + context → feature vector; RFM/CLV segmentation.
+//! - [`model`]: propensity models aligned with the catalog for scoring.
+//! - [`decision`]: eligibility → scoring → arbitration → reasons.
+//!
+//! Around it, thin adapters:
+//! - [`parse`]: JSON requests into domain types, errors naming the field.
+//! - [`store`]: members in a concurrent map; the NDJSON reader.
+//! - [`http`]: actix-web routes and the one API error type.
+//! - [`metrics`]: Prometheus metrics with bounded labels.
+//! - [`startup`], [`config`], [`telemetry`], [`cli`]: wiring.
+//!
+//! And the synthetic world used by tests, simulations and training:
+//! [`synth`] (population, itineraries, hidden ground truth) and [`train`].
+//!
+//! # Data flow
+//! ```text
+//! POST /v1/offers ─► parse ─► decide(engine, member, itinerary) ─► JSON
+//!                               ▲            ▲
+//!            MemberStore ───────┘            └── ArcSwap<Engine> (catalog + model)
+//! ```
+
+pub mod airports;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod domain;
+pub mod features;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod parse;
+pub mod startup;
+pub mod state;
+pub mod stats;
+pub mod store;
+pub mod synth;
+pub mod telemetry;
+pub mod train;
+pub mod wal;

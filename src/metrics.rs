@@ -1,0 +1,116 @@
+//! Prometheus metrics. Labels are bounded: route templates (never raw
+//! paths), methods, status codes, offer ids and categories from the catalog,
+//! channels. Member ids never appear in a label.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Sub-millisecond buckets for the in-process decision, seconds.
+pub const DECISION_BUCKETS: &[f64] = &[
+    0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+    0.002_5, 0.005, 0.01,
+];
+
+/// Buckets for whole HTTP requests, seconds.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
+/// Every metric the service exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Requests by route template, method and status.
+    pub http_requests: IntCounterVec,
+    /// Request latency by route template.
+    pub http_duration: HistogramVec,
+    /// In-process decision latency by channel.
+    pub decision_duration: HistogramVec,
+    /// Decisions by channel and cold start.
+    pub decisions: IntCounterVec,
+    /// Offers served by offer id and category.
+    pub offers_served: IntCounterVec,
+    /// Members in memory.
+    pub members: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("offer_engine".into()), None)
+            .expect("static prefix is valid");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route template, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("static metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                .buckets(REQUEST_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("static metric");
+        let decision_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "decision_duration_seconds",
+                "In-process decision latency (member lookup to ranked offers)",
+            )
+            .buckets(DECISION_BUCKETS.to_vec()),
+            &["channel"],
+        )
+        .expect("static metric");
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "decisions_total",
+                "Decisions made by channel and cold start",
+            ),
+            &["channel", "cold_start"],
+        )
+        .expect("static metric");
+        let offers_served = IntCounterVec::new(
+            Opts::new("offers_served_total", "Offers returned in decisions"),
+            &["offer_id", "category"],
+        )
+        .expect("static metric");
+        let members = IntGauge::new("members", "Members held in memory").expect("static metric");
+        for c in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(decision_duration.clone()),
+            Box::new(decisions.clone()),
+            Box::new(offers_served.clone()),
+            Box::new(members.clone()),
+        ] {
+            registry.register(c).expect("each metric registered once");
+        }
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            decision_duration,
+            decisions,
+            offers_served,
+            members,
+        }
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,30 @@
+//! Shared application state, registered once with actix and cloned
+//! (shallowly) into every worker.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Settings;
+use crate::decision::Engine;
+use crate::metrics::Metrics;
+use crate::store::MemberStore;
+
+/// Everything handlers share. Hot-swappable parts sit behind `ArcSwap` and are
+/// loaded once per request; nothing here is locked across an `.await`.
+pub struct AppState {
+    /// Members in memory.
+    pub members: MemberStore,
+    /// Catalog + model + tier rules, swapped as a whole.
+    pub engine: ArcSwap<Engine>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Settings the service started with.
+    pub settings: Settings,
+    /// Set once start-up (loading, replay) is complete.
+    pub ready: AtomicBool,
+}
+
+/// Handle shared by handlers.
+pub type SharedState = Arc<AppState>;

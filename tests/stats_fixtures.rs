@@ -1,0 +1,282 @@
+//! Checks `offer_engine::stats` against scipy / statsmodels reference figures.
+//!
+//! Fixtures live in `tests/fixtures/stats/` and are produced by
+//! `tests/fixtures/stats/generate.py` (pinned versions in its header). Each
+//! `lift_*.json` holds two arm summaries and the expected figures; `srm.json`
+//! holds sample-ratio-mismatch cases. `null` means the Rust function must
+//! return `None`.
+//!
+//! Tolerance: every figure must agree to a **relative** error of 1e-6
+//! (`|got − want| ≤ 1e-6·|want|`), including p-values and probabilities as
+//! small as 1e-88, which are therefore checked on their own scale rather
+//! than vacuously. The only absolute allowance is 1e-15, for references that
+//! are exactly (or within rounding of) zero, e.g. the lift between identical
+//! arms. In practice the worst relative error is ~1e-8 (the 10M-member case,
+//! limited by statrs' Student-t CDF at ~2e7 degrees of freedom).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use offer_engine::stats::{
+    chance_to_beat_control, conversion_lift, cuped_revenue_lift, cuped_theta, msprt_update,
+    revenue_lift, sequential_p_value, srm_p_value, ArmStats, Lift,
+};
+use serde::Deserialize;
+
+const REL_TOL: f64 = 1e-6;
+const ABS_FLOOR: f64 = 1e-15;
+
+#[derive(Debug, Deserialize)]
+struct LiftCase {
+    name: String,
+    confidence: f64,
+    tau2: f64,
+    control: ArmStats,
+    treatment: ArmStats,
+    expected: LiftExpected,
+}
+
+#[derive(Debug, Deserialize)]
+struct LiftExpected {
+    conversion_rate_control: f64,
+    revenue_mean_control: f64,
+    revenue_std_dev_control: f64,
+    conversion_lift: Option<Lift>,
+    revenue_lift: Option<Lift>,
+    cuped_theta: Option<f64>,
+    cuped_revenue_lift: Option<Lift>,
+    chance_to_beat_control: f64,
+    sequential_p_value: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct SrmFile {
+    cases: Vec<SrmCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SrmCase {
+    name: String,
+    observed: Vec<u64>,
+    weights: Vec<f64>,
+    expected_p_value: Option<f64>,
+}
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats")
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn lift_cases() -> Vec<LiftCase> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(fixture_dir())
+        .expect("fixture directory")
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("lift_") && n.ends_with(".json"))
+        })
+        .collect();
+    paths.sort();
+    assert!(
+        paths.len() >= 20,
+        "expected ~20 lift fixtures, found {}",
+        paths.len()
+    );
+    paths
+        .iter()
+        .map(|p| serde_json::from_str(&read(p)).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .collect()
+}
+
+/// Collects every mismatch so one run shows them all.
+#[derive(Default)]
+struct Checker {
+    failures: Vec<String>,
+    checked: usize,
+    worst_rel: f64,
+}
+
+impl Checker {
+    fn close(&mut self, what: &str, got: f64, want: f64) {
+        self.checked += 1;
+        let err = (got - want).abs();
+        let ok = got.is_finite() && (err <= REL_TOL * want.abs() || err <= ABS_FLOOR);
+        if want != 0.0 {
+            self.worst_rel = self.worst_rel.max(err / want.abs());
+        }
+        if !ok {
+            self.failures.push(format!(
+                "{what}: got {got:e}, want {want:e} (|diff| {err:e})"
+            ));
+        }
+    }
+
+    fn lift(&mut self, what: &str, got: Option<Lift>, want: &Option<Lift>) {
+        match (got, want) {
+            (None, None) => self.checked += 1,
+            (Some(g), Some(w)) => {
+                self.close(&format!("{what}.absolute"), g.absolute, w.absolute);
+                self.close(&format!("{what}.relative"), g.relative, w.relative);
+                self.close(&format!("{what}.ci_low"), g.ci_low, w.ci_low);
+                self.close(&format!("{what}.ci_high"), g.ci_high, w.ci_high);
+                self.close(&format!("{what}.p_value"), g.p_value, w.p_value);
+                self.close(&format!("{what}.abs_ci_low"), g.abs_ci_low, w.abs_ci_low);
+                self.close(&format!("{what}.abs_ci_high"), g.abs_ci_high, w.abs_ci_high);
+            }
+            (g, w) => self.failures.push(format!("{what}: got {g:?}, want {w:?}")),
+        }
+    }
+
+    fn finish(self) {
+        eprintln!(
+            "checked {} figures, worst relative error {:e}",
+            self.checked, self.worst_rel
+        );
+        assert!(
+            self.failures.is_empty(),
+            "{} mismatches:\n{}",
+            self.failures.len(),
+            self.failures.join("\n")
+        );
+    }
+}
+
+#[test]
+fn lift_fixtures_match_reference() {
+    let mut check = Checker::default();
+    for case in lift_cases() {
+        let (c, t, e, n) = (&case.control, &case.treatment, &case.expected, &case.name);
+        check.close(
+            &format!("{n}: conversion_rate"),
+            c.conversion_rate(),
+            e.conversion_rate_control,
+        );
+        check.close(
+            &format!("{n}: revenue_mean"),
+            c.revenue_mean(),
+            e.revenue_mean_control,
+        );
+        check.close(
+            &format!("{n}: revenue_std_dev"),
+            c.revenue_std_dev(),
+            e.revenue_std_dev_control,
+        );
+        check.lift(
+            &format!("{n}: conversion_lift"),
+            conversion_lift(c, t, case.confidence),
+            &e.conversion_lift,
+        );
+        check.lift(
+            &format!("{n}: revenue_lift"),
+            revenue_lift(c, t, case.confidence),
+            &e.revenue_lift,
+        );
+        match (cuped_theta(c, t), e.cuped_theta) {
+            (Some(g), Some(w)) => check.close(&format!("{n}: cuped_theta"), g, w),
+            (None, None) => {}
+            (g, w) => check
+                .failures
+                .push(format!("{n}: cuped_theta got {g:?}, want {w:?}")),
+        }
+        check.lift(
+            &format!("{n}: cuped_revenue_lift"),
+            cuped_revenue_lift(c, t, case.confidence),
+            &e.cuped_revenue_lift,
+        );
+        check.close(
+            &format!("{n}: chance_to_beat_control"),
+            chance_to_beat_control(c, t),
+            e.chance_to_beat_control,
+        );
+        check.close(
+            &format!("{n}: sequential_p_value"),
+            sequential_p_value(c, t, case.tau2),
+            e.sequential_p_value,
+        );
+    }
+    check.finish();
+}
+
+#[test]
+fn srm_fixtures_match_reference() {
+    let file: SrmFile =
+        serde_json::from_str(&read(&fixture_dir().join("srm.json"))).expect("srm.json parses");
+    assert!(file.cases.len() >= 10);
+    let mut check = Checker::default();
+    for case in &file.cases {
+        match (
+            srm_p_value(&case.observed, &case.weights),
+            case.expected_p_value,
+        ) {
+            (Some(g), Some(w)) => check.close(&format!("srm {}", case.name), g, w),
+            (None, None) => check.checked += 1,
+            (g, w) => check
+                .failures
+                .push(format!("srm {}: got {g:?}, want {w:?}", case.name)),
+        }
+    }
+    check.finish();
+}
+
+/// CUPED with a constant covariate must reduce exactly to the plain Welch lift.
+#[test]
+fn cuped_without_covariate_variance_equals_welch() {
+    let case = lift_cases()
+        .into_iter()
+        .find(|c| c.name == "cuped_zero_covariate")
+        .expect("cuped_zero_covariate fixture");
+    let plain = revenue_lift(&case.control, &case.treatment, case.confidence);
+    let cuped = cuped_revenue_lift(&case.control, &case.treatment, case.confidence);
+    assert!(plain.is_some());
+    assert_eq!(plain, cuped);
+}
+
+/// The fixture summaries agree with what `add_member`/`merge` produce.
+#[test]
+fn arm_stats_accumulation_is_consistent_with_sums() {
+    let mut a = ArmStats::default();
+    let mut b = ArmStats::default();
+    let members = [
+        (true, 120.0, 300.0),
+        (false, 0.0, 12.5),
+        (true, 40.0, 0.0),
+        (false, 0.0, 80.0),
+        (true, 15.5, 42.0),
+    ];
+    for (i, &(converted, revenue, covariate)) in members.iter().enumerate() {
+        if i < 2 {
+            a.add_member(converted, revenue, covariate);
+        } else {
+            b.add_member(converted, revenue, covariate);
+        }
+    }
+    a.merge(&b);
+    let want = ArmStats {
+        members: 5,
+        conversions: 3,
+        revenue_sum: 175.5,
+        revenue_sum_sq: 120.0 * 120.0 + 40.0 * 40.0 + 15.5 * 15.5,
+        covariate_sum: 434.5,
+        covariate_sum_sq: 300.0 * 300.0 + 12.5 * 12.5 + 80.0 * 80.0 + 42.0 * 42.0,
+        covariate_revenue_sum: 120.0 * 300.0 + 15.5 * 42.0,
+    };
+    assert_eq!(a, want);
+}
+
+/// The always-valid p-value is the running minimum over looks.
+#[test]
+fn msprt_running_minimum() {
+    let looks = [0.8, 0.3, 0.5, 0.04, 0.2];
+    let folded: Vec<f64> = looks
+        .iter()
+        .scan(1.0, |p, &look| {
+            *p = msprt_update(*p, look);
+            Some(*p)
+        })
+        .collect();
+    assert_eq!(folded, vec![0.8, 0.3, 0.3, 0.04, 0.04]);
+}
