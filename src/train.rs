@@ -160,7 +160,7 @@ fn cholesky_solve(a: &Array2<f64>, b: &Array1<f64>) -> Option<Array1<f64>> {
 }
 
 /// Fits an L2-regularised logistic regression (intercept unpenalised) by IRLS.
-pub(crate) fn fit_logistic(rows: &[&Row], l2: f64) -> Coefficients {
+fn fit_logistic(rows: &[&Row], l2: f64) -> Coefficients {
     let n = rows.len();
     let d = N_FEATURES + 1;
     let mut x = Array2::<f64>::zeros((n, d));

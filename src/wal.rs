@@ -324,20 +324,31 @@ impl Wal {
     ///
     /// Callbacks run one at a time in LSN order, so state changed there follows log order
     /// exactly. On failure the callback does not run and the record will not be replayed.
-    /// Dropping the returned future does not cancel a request that was already sent.
-    pub async fn append(
+    /// The record is queued when this function is called; dropping the returned future does
+    /// not cancel it.
+    pub fn append(
         &self,
         payload: Vec<u8>,
         after_durable: impl FnOnce(u64) + Send + 'static,
-    ) -> Result<u64, WalError> {
-        self.precheck(payload.len())?;
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Append {
-            payload,
-            after_durable: Box::new(after_durable),
-            reply: Reply::Async(tx),
-        })?;
-        rx.await.map_err(|_| WalError::Closed)?
+    ) -> impl std::future::Future<Output = Result<u64, WalError>> + Send + 'static {
+        // The request is queued now, at the call, not when the future is first polled: the
+        // order of `append` calls is the order of the log, and a caller may drop the future
+        // (fire and forget) without cancelling the write.
+        let queued = self.precheck(payload.len()).and_then(|()| {
+            let (tx, rx) = oneshot::channel();
+            self.send(Command::Append {
+                payload,
+                after_durable: Box::new(after_durable),
+                reply: Reply::Async(tx),
+            })
+            .map(|()| rx)
+        });
+        async move {
+            match queued {
+                Ok(rx) => rx.await.map_err(|_| WalError::Closed)?,
+                Err(e) => Err(e),
+            }
+        }
     }
 
     /// Same as [`Wal::append`], blocking the calling (non-async) thread. Must not be called

@@ -1,0 +1,128 @@
+//! `spawn_app()` starts the real server on 127.0.0.1:0 with a small embedded
+//! synthetic population and returns a typed client.
+
+use offer_engine::config::Settings;
+use offer_engine::startup::Application;
+use offer_engine::state::SharedState;
+use serde_json::{json, Value};
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub state: SharedState,
+}
+
+/// Synthetic members in the test server.
+pub const TEST_MEMBERS: u64 = 3_000;
+
+pub fn test_settings() -> Settings {
+    let mut s = Settings::load(None, []).expect("defaults parse");
+    s.server.addr = "127.0.0.1:0".into();
+    s.server.workers = 2;
+    s.members.synthetic_count = TEST_MEMBERS;
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(test_settings()).await
+}
+
+pub async fn spawn_with(settings: Settings) -> TestApp {
+    let app = Application::build(settings).expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        state,
+    }
+}
+
+/// A departure `days` from now, RFC 3339.
+pub fn departure_in(days: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(days) + chrono::Duration::hours(3)).to_rfc3339()
+}
+
+/// A valid checkout request body.
+pub fn offer_request(member_id: &str) -> Value {
+    json!({
+        "member_id": member_id,
+        "channel": "checkout",
+        "itinerary": {
+            "origin": "PEK",
+            "destination": "SHA",
+            "departure": departure_in(10),
+            "cabin": "economy",
+            "fare": {"amount": 1280.0, "currency": "CNY"},
+            "passengers": 1
+        }
+    })
+}
+
+impl TestApp {
+    pub async fn post_offers(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/offers", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The first member of the population matching `pred`.
+    pub fn find_member(&self, pred: impl Fn(&offer_engine::domain::Member) -> bool) -> String {
+        let mut found = None;
+        self.state.members.for_each(|id, m| {
+            if found.is_none() && pred(m) {
+                found = Some(id.to_string());
+            }
+        });
+        found.expect("a member matching the predicate exists in the test population")
+    }
+}
+
+/// Asserts a problem+json answer with `status` that names `field`.
+pub async fn assert_problem(resp: reqwest::Response, status: u16, field: Option<&str>) -> Value {
+    assert_eq!(resp.status().as_u16(), status);
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = resp.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["title"].is_string() && body["type"].is_string(),
+        "{body}"
+    );
+    if let Some(f) = field {
+        assert_eq!(body["field"], f, "{body}");
+    }
+    body
+}

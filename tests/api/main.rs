@@ -1,0 +1,6 @@
+//! Integration tests: the real server on port 0, driven over HTTP.
+//! One test binary (faster to link); one module per resource.
+
+mod health;
+mod helpers;
+mod offers;

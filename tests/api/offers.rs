@@ -1,0 +1,242 @@
+use offer_engine::domain::{Channel, ConsentChannel, Tier};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const CATEGORIES: [&str; 10] = [
+    "upgrade",
+    "lounge",
+    "partner_bundle",
+    "baggage",
+    "seat",
+    "wifi",
+    "miles_booster",
+    "tier_fast_track",
+    "retention",
+    "cobrand_card",
+];
+
+#[tokio::test]
+async fn known_member_gets_ranked_offers_with_every_field() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Silver);
+    let resp = app.post_offers(&offer_request(&member)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["member_id"], member.as_str());
+    assert_eq!(body["cold_start"], false);
+    assert!(!body["decision_id"].as_str().unwrap().is_empty());
+    assert_eq!(body["model_version"], "propensity-lr-v1");
+    let offers = body["offers"].as_array().unwrap();
+    assert!(!offers.is_empty() && offers.len() <= 3, "{body}");
+    let mut last_ev = f64::INFINITY;
+    let mut cats = std::collections::HashSet::new();
+    for o in offers {
+        assert!(CATEGORIES.contains(&o["category"].as_str().unwrap()), "{o}");
+        assert!(
+            cats.insert(o["category"].as_str().unwrap().to_string()),
+            "one offer per category"
+        );
+        assert!(o["offer_id"].is_string() && o["title"].is_string());
+        assert!(o["price"].is_object() || o["points_price"].is_u64(), "{o}");
+        let score = o["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        let ev = o["expected_value"].as_f64().unwrap();
+        assert!(ev <= last_ev, "ranked by expected value: {body}");
+        last_ev = ev;
+        assert!(!o["reasons"].as_array().unwrap().is_empty());
+        let exp = chrono::DateTime::parse_from_rfc3339(o["expires_at"].as_str().unwrap()).unwrap();
+        assert!(exp > chrono::Utc::now());
+    }
+    let reasons = offers[0]["reasons"].to_string();
+    assert!(reasons.contains("silver member"), "{reasons}");
+}
+
+#[tokio::test]
+async fn unknown_member_is_a_cold_start_with_context_only_offers() {
+    let app = spawn_app().await;
+    let resp = app.post_offers(&offer_request("NOBODY-123")).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["cold_start"], true);
+    let offers = body["offers"].as_array().unwrap();
+    assert!(!offers.is_empty());
+    for o in offers {
+        // Offers that need member data (points, tier closeness, lapsed spend) are not made.
+        assert!(o["points_price"].is_null(), "{o}");
+        assert_ne!(o["category"], "tier_fast_track");
+        assert_ne!(o["category"], "retention");
+    }
+}
+
+#[tokio::test]
+async fn gold_members_are_never_sold_a_lounge_pass() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    app.state.members.for_each(|id, m| {
+        if m.tier >= Tier::Gold && ids.len() < 40 {
+            ids.push(id.to_string());
+        }
+    });
+    assert!(ids.len() >= 20);
+    for id in ids {
+        let mut req = offer_request(&id);
+        req["max_offers"] = json!(10);
+        req["itinerary"]["destination"] = json!("LHR");
+        let body: Value = app.post_offers(&req).await.json().await.unwrap();
+        for o in body["offers"].as_array().unwrap() {
+            assert_ne!(o["category"], "lounge", "{id}: {o}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn marketing_channels_respect_consent() {
+    let app = spawn_app().await;
+    let opted_out = app.find_member(|m| !m.consent.granted(ConsentChannel::Email));
+    let mut req = offer_request(&opted_out);
+    req["channel"] = json!(Channel::Email.as_str());
+    let body: Value = app.post_offers(&req).await.json().await.unwrap();
+    assert_eq!(body["offers"].as_array().unwrap().len(), 0, "{body}");
+    let opted_in = app.find_member(|m| m.consent.granted(ConsentChannel::Email));
+    let mut req = offer_request(&opted_in);
+    req["channel"] = json!("email");
+    let body: Value = app.post_offers(&req).await.json().await.unwrap();
+    assert!(!body["offers"].as_array().unwrap().is_empty(), "{body}");
+}
+
+#[tokio::test]
+async fn max_offers_is_honoured() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Base);
+    let mut req = offer_request(&member);
+    req["max_offers"] = json!(1);
+    let body: Value = app.post_offers(&req).await.json().await.unwrap();
+    assert_eq!(body["offers"].as_array().unwrap().len(), 1);
+    req["max_offers"] = json!(10);
+    req["itinerary"]["destination"] = json!("NRT");
+    let body: Value = app.post_offers(&req).await.json().await.unwrap();
+    assert!(body["offers"].as_array().unwrap().len() > 3, "{body}");
+}
+
+#[tokio::test]
+async fn bad_inputs_get_problem_json_naming_the_field() {
+    let app = spawn_app().await;
+    let good = offer_request("M00000001");
+    let with = |path: &[&str], v: Value| {
+        let mut b = good.clone();
+        let mut cur = &mut b;
+        for p in &path[..path.len() - 1] {
+            cur = &mut cur[*p];
+        }
+        cur[path[path.len() - 1]] = v;
+        b
+    };
+    let without = |path: &[&str]| {
+        let mut b = good.clone();
+        let mut cur = &mut b;
+        for p in &path[..path.len() - 1] {
+            cur = &mut cur[*p];
+        }
+        cur.as_object_mut().unwrap().remove(path[path.len() - 1]);
+        b
+    };
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (without(&["itinerary", "cabin"]), 422, "itinerary.cabin"),
+        (without(&["member_id"]), 422, "member_id"),
+        (with(&["member_id"], json!(42)), 422, "member_id"),
+        (with(&["channel"], json!("fax")), 422, "channel"),
+        (
+            with(&["itinerary", "cabin"], json!("deluxe")),
+            422,
+            "itinerary.cabin",
+        ),
+        (
+            with(&["itinerary", "origin"], json!("PEKING")),
+            422,
+            "itinerary.origin",
+        ),
+        (
+            with(&["itinerary", "destination"], json!("ZZZ")),
+            422,
+            "itinerary.destination",
+        ),
+        (
+            with(&["itinerary", "fare", "amount"], json!(-1.0)),
+            422,
+            "itinerary.fare.amount",
+        ),
+        (
+            with(&["itinerary", "passengers"], json!(0)),
+            422,
+            "itinerary.passengers",
+        ),
+        (
+            with(&["itinerary", "passengers"], json!(50)),
+            422,
+            "itinerary.passengers",
+        ),
+        (
+            with(&["itinerary", "departure"], json!("next week")),
+            422,
+            "itinerary.departure",
+        ),
+        (with(&["max_offers"], json!(0)), 422, "max_offers"),
+        (with(&["max_offers"], json!(11)), 422, "max_offers"),
+        (with(&["surprise"], json!(true)), 422, "surprise"),
+    ];
+    for (body, status, field) in cases {
+        let resp = app.post_offers(&body).await;
+        let problem = assert_problem(resp, status, Some(field)).await;
+        assert!(problem["detail"].as_str().unwrap().len() > 5);
+    }
+    let resp = app
+        .post_raw(
+            "/v1/offers",
+            b"{\"member_id\": ".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_problem(resp, 400, Some("body")).await;
+    let resp = app
+        .post_raw("/v1/offers", b"".to_vec(), "application/json")
+        .await;
+    assert_problem(resp, 400, Some("body")).await;
+    let resp = app
+        .post_raw("/v1/offers", b"<xml/>".to_vec(), "text/xml")
+        .await;
+    assert_problem(resp, 415, None).await;
+    let huge = vec![b' '; 200_000];
+    let resp = app.post_raw("/v1/offers", huge, "application/json").await;
+    assert_problem(resp, 413, Some("body")).await;
+}
+
+#[tokio::test]
+async fn arbitrary_bytes_never_give_a_5xx() {
+    let app = spawn_app().await;
+    let good = serde_json::to_vec(&offer_request("M00000001")).unwrap();
+    let mut seed: u64 = 0x5eed;
+    for i in 0..300 {
+        let mut b = good.clone();
+        for _ in 0..(1 + i % 8) {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let pos = (seed >> 33) as usize % b.len();
+            b[pos] = (seed >> 20) as u8;
+        }
+        if i % 5 == 0 {
+            b.truncate((seed >> 40) as usize % b.len());
+        }
+        let resp = app
+            .post_raw("/v1/offers", b.clone(), "application/json")
+            .await;
+        let s = resp.status().as_u16();
+        assert!(
+            s == 200 || (400..500).contains(&s),
+            "{s} for {:?}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+}
