@@ -36,6 +36,62 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Worker threads; 0 = one per core.
     pub workers: usize,
+    /// Bulk upload size limit, bytes.
+    pub max_bulk_bytes: usize,
+}
+
+/// Event log and snapshots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurabilitySettings {
+    /// Directory of the log and snapshots.
+    pub data_dir: String,
+    /// Seconds between snapshots.
+    pub snapshot_interval_secs: u64,
+    /// fsync before acknowledging.
+    pub fsync: bool,
+    /// Most decisions remembered.
+    pub max_decisions: u64,
+}
+
+/// Offers per member per day, by channel.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerChannel {
+    /// Checkout.
+    pub checkout: u16,
+    /// App.
+    pub app: u16,
+    /// Email.
+    pub email: u16,
+    /// Kiosk.
+    pub kiosk: u16,
+    /// SMS.
+    pub sms: u16,
+}
+
+impl PerChannel {
+    /// The cap of a channel.
+    pub fn of(&self, c: crate::domain::Channel) -> u16 {
+        use crate::domain::Channel::*;
+        match c {
+            Checkout => self.checkout,
+            App => self.app,
+            Email => self.email,
+            Kiosk => self.kiosk,
+            Sms => self.sms,
+        }
+    }
+}
+
+/// Contact policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactSettings {
+    /// Default suppression after a decline, days.
+    pub suppress_days_after_decline: u32,
+    /// Daily caps per channel.
+    pub max_offers_per_day: PerChannel,
 }
 
 /// Where members come from.
@@ -82,6 +138,10 @@ pub struct Settings {
     pub model: FileSetting,
     /// Tier thresholds.
     pub tiers: TierThresholds,
+    /// Event log.
+    pub durability: DurabilitySettings,
+    /// Contact policy.
+    pub contact: ContactSettings,
     /// Logging.
     pub log: LogSettings,
 }

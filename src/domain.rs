@@ -247,6 +247,14 @@ impl Consent {
     pub fn granted(self, ch: ConsentChannel) -> bool {
         self.0 & ch.bit() != 0
     }
+    /// Raw bits (for snapshots).
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+    /// From raw bits; unknown bits are dropped.
+    pub fn from_bits(b: u8) -> Consent {
+        Consent(b & 7)
+    }
     /// Grants or withdraws consent for `ch`.
     pub fn set(&mut self, ch: ConsentChannel, granted: bool) {
         if granted {

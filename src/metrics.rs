@@ -3,7 +3,8 @@
 //! channels. Member ids never appear in a label.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Sub-millisecond buckets for the in-process decision, seconds.
@@ -35,6 +36,14 @@ pub struct Metrics {
     pub offers_served: IntCounterVec,
     /// Members in memory.
     pub members: IntGauge,
+    /// Outcome events applied, by offer id and type.
+    pub outcome_events: IntCounterVec,
+    /// Revenue of accepted offers, by offer id (quoted currency, CNY in the default catalog).
+    pub accepted_revenue: CounterVec,
+    /// Member updates applied, by kind.
+    pub member_updates: IntCounterVec,
+    /// Writes the event log refused, by kind of record.
+    pub log_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -79,6 +88,29 @@ impl Metrics {
         )
         .expect("static metric");
         let members = IntGauge::new("members", "Members held in memory").expect("static metric");
+        let outcome_events = IntCounterVec::new(
+            Opts::new("outcome_events_total", "Outcome events applied (durable)"),
+            &["offer_id", "type"],
+        )
+        .expect("static metric");
+        let accepted_revenue = CounterVec::new(
+            Opts::new("accepted_revenue_total", "Revenue of accepted offers"),
+            &["offer_id"],
+        )
+        .expect("static metric");
+        let member_updates = IntCounterVec::new(
+            Opts::new("member_updates_total", "Member updates applied (durable)"),
+            &["kind"],
+        )
+        .expect("static metric");
+        let log_errors = IntCounterVec::new(
+            Opts::new(
+                "log_errors_total",
+                "Writes the event log refused (full disk, I/O error)",
+            ),
+            &["record"],
+        )
+        .expect("static metric");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -86,6 +118,10 @@ impl Metrics {
             Box::new(decisions.clone()),
             Box::new(offers_served.clone()),
             Box::new(members.clone()),
+            Box::new(outcome_events.clone()),
+            Box::new(accepted_revenue.clone()),
+            Box::new(member_updates.clone()),
+            Box::new(log_errors.clone()),
         ] {
             registry.register(c).expect("each metric registered once");
         }
@@ -97,6 +133,10 @@ impl Metrics {
             decisions,
             offers_served,
             members,
+            outcome_events,
+            accepted_revenue,
+            member_updates,
+            log_errors,
         }
     }
 

@@ -15,11 +15,14 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::decision::Engine;
 use crate::domain::TierThresholds;
+use crate::durable::Core;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::model::ModelFile;
 use crate::state::{AppState, SharedState};
 use crate::store::MemberStore;
 use crate::synth;
+use crate::wal::{Wal, WalOptions};
 
 /// A bound, ready-to-run service.
 pub struct Application {
@@ -73,14 +76,13 @@ pub fn load_model(settings: &Settings) -> anyhow::Result<ModelFile> {
     ModelFile::from_json(&text).with_context(|| format!("model {}", settings.model.file))
 }
 
-/// Loads members named by the settings, or generates the synthetic population.
-pub fn load_members(settings: &Settings) -> anyhow::Result<MemberStore> {
+/// Loads members named by the settings into `store`, or generates the synthetic population.
+pub fn load_members(settings: &Settings, store: &MemberStore) -> anyhow::Result<()> {
     let m = &settings.members;
     if m.file.is_empty() {
-        let store = MemberStore::with_capacity(m.synthetic_count as usize);
         let as_of = chrono::Utc::now().date_naive();
         populate_synthetic(
-            &store,
+            store,
             m.synthetic_seed,
             m.synthetic_count,
             as_of,
@@ -89,13 +91,12 @@ pub fn load_members(settings: &Settings) -> anyhow::Result<MemberStore> {
         tracing::info!(
             members = store.len(),
             seed = m.synthetic_seed,
-            "generated the embedded synthetic population (no file given)"
+            "generated the embedded synthetic population (no members file given)"
         );
-        return Ok(store);
+        return Ok(());
     }
     let f =
         std::fs::File::open(&m.file).with_context(|| format!("opening members file {}", m.file))?;
-    let store = MemberStore::new();
     let report = store
         .load_ndjson(std::io::BufReader::with_capacity(1 << 20, f))
         .with_context(|| format!("reading members file {}", m.file))?;
@@ -111,27 +112,62 @@ pub fn load_members(settings: &Settings) -> anyhow::Result<MemberStore> {
         );
     }
     tracing::info!(file = %m.file, loaded = report.loaded, lines = report.lines, "members loaded");
-    Ok(store)
+    Ok(())
+}
+
+/// Opens the data directory: replays the log into a fresh [`Core`]; on a
+/// new directory loads the initial members and writes the first snapshot.
+pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal)> {
+    let d = &settings.durability;
+    let core = Core {
+        members: MemberStore::new(),
+        ledger: Ledger::new(d.max_decisions),
+        thresholds: settings.tiers,
+    };
+    let dir = std::path::Path::new(&d.data_dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    let opts = WalOptions {
+        fsync: d.fsync,
+        ..WalOptions::default()
+    };
+    let (wal, report) = crate::durable::open(dir, opts, &core)
+        .with_context(|| format!("opening the event log in {}", dir.display()))?;
+    if report.snapshot_lsn.is_none() && report.last_lsn == 0 {
+        load_members(settings, &core.members)?;
+        let snap = core.clone();
+        wal.snapshot_blocking(move || snap.snapshot_bytes())
+            .context("writing the first snapshot")?;
+        tracing::info!(dir = %dir.display(), members = core.members.len(), "new data dir initialised");
+    } else if !settings.members.file.is_empty() {
+        tracing::warn!(
+            file = %settings.members.file,
+            dir = %dir.display(),
+            "the data dir already holds state; the members file is not read (use POST /v1/members to load more)"
+        );
+    }
+    Ok((core, wal))
 }
 
 impl Application {
-    /// Loads state and binds the listener; does not serve yet.
+    /// Loads state and binds the listener; does not serve yet. Must be called
+    /// inside a tokio runtime (it starts the periodic snapshot task).
     pub fn build(settings: Settings) -> anyhow::Result<Application> {
         let catalog = load_catalog(&settings)?;
         let model = load_model(&settings)?;
-        let members = load_members(&settings)?;
+        let (core, wal) = open_state(&settings)?;
         let engine = Engine::new(catalog, model, settings.tiers);
         let listener = TcpListener::bind(&settings.server.addr)
             .with_context(|| format!("binding {}", settings.server.addr))?;
         let port = listener.local_addr()?.port();
         let state: SharedState = Arc::new(AppState {
-            members,
+            core,
+            wal,
             engine: ArcSwap::from_pointee(engine),
             metrics: Metrics::new(),
             settings: settings.clone(),
             ready: AtomicBool::new(false),
         });
-        state.metrics.members.set(state.members.len() as i64);
+        state.metrics.members.set(state.core.members.len() as i64);
         let data = web::Data::new(state.clone());
         let mut server = HttpServer::new(move || {
             App::new()
@@ -144,6 +180,7 @@ impl Application {
             server = server.workers(settings.server.workers);
         }
         let server = server.shutdown_timeout(10).run();
+        spawn_snapshots(&state);
         state.ready.store(true, Ordering::Release);
         tracing::info!(addr = %settings.server.addr, port, "listening");
         Ok(Application {
@@ -163,8 +200,43 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until the server stops (SIGINT/SIGTERM).
+    /// Serves until the server stops (SIGINT/SIGTERM), then writes a final snapshot.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        let core = self.state.core.clone();
+        match self.state.wal.snapshot(move || core.snapshot_bytes()).await {
+            Ok(lsn) => tracing::info!(lsn, "final snapshot written"),
+            Err(e) => {
+                tracing::error!(error = %e, "final snapshot failed; the log still holds every write")
+            }
+        }
+        self.state.wal.close();
+        result
     }
+}
+
+/// Writes a snapshot every `snapshot_interval_secs`.
+fn spawn_snapshots(state: &SharedState) {
+    let secs = state.settings.durability.snapshot_interval_secs.max(1);
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(secs));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { break };
+            let core = state.core.clone();
+            let started = std::time::Instant::now();
+            match state.wal.snapshot(move || core.snapshot_bytes()).await {
+                Ok(lsn) => tracing::info!(
+                    lsn,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "snapshot written"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "snapshot failed; will retry at the next interval")
+                }
+            }
+        }
+    });
 }

@@ -8,14 +8,17 @@ use arc_swap::ArcSwap;
 
 use crate::config::Settings;
 use crate::decision::Engine;
+use crate::durable::Core;
 use crate::metrics::Metrics;
-use crate::store::MemberStore;
+use crate::wal::Wal;
 
 /// Everything handlers share. Hot-swappable parts sit behind `ArcSwap` and are
 /// loaded once per request; nothing here is locked across an `.await`.
 pub struct AppState {
-    /// Members in memory.
-    pub members: MemberStore,
+    /// Members and the ledger: the state the event log makes durable.
+    pub core: Core,
+    /// The event log.
+    pub wal: Wal,
     /// Catalog + model + tier rules, swapped as a whole.
     pub engine: ArcSwap<Engine>,
     /// Prometheus metrics.

@@ -30,6 +30,33 @@ pub enum ApiError {
     /// No such route.
     #[error("not found")]
     NotFound,
+    /// A resource a field names does not exist (unknown decision, member).
+    #[error("{field}: {detail}")]
+    UnknownResource {
+        /// The field naming it.
+        field: String,
+        /// What is unknown.
+        detail: String,
+    },
+    /// The request conflicts with the state (already accepted, sold out, too few points).
+    #[error("{field}: {detail}")]
+    Conflict {
+        /// The field at fault.
+        field: String,
+        /// Why.
+        detail: String,
+    },
+    /// The offer has expired.
+    #[error("{field}: {detail}")]
+    Expired {
+        /// The field at fault.
+        field: String,
+        /// Why.
+        detail: String,
+    },
+    /// The event log cannot take writes (full disk, I/O error).
+    #[error("event log unavailable: {0}")]
+    Storage(#[source] crate::wal::WalError),
     /// Route exists, method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -91,6 +118,30 @@ impl ApiError {
                 "no such resource".to_string(),
                 None,
             ),
+            ApiError::UnknownResource { field, detail } => (
+                "/problems/unknown-resource",
+                "Unknown resource",
+                format!("{field}: {detail}"),
+                Some(field.clone()),
+            ),
+            ApiError::Conflict { field, detail } => (
+                "/problems/conflict",
+                "Conflict",
+                format!("{field}: {detail}"),
+                Some(field.clone()),
+            ),
+            ApiError::Expired { field, detail } => (
+                "/problems/expired",
+                "Offer expired",
+                format!("{field}: {detail}"),
+                Some(field.clone()),
+            ),
+            ApiError::Storage(_) => (
+                "/problems/storage-unavailable",
+                "Storage unavailable",
+                "the write was not stored and not applied; retry later".to_string(),
+                None,
+            ),
             ApiError::MethodNotAllowed => (
                 "/problems/method-not-allowed",
                 "Method not allowed",
@@ -139,6 +190,10 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnknownResource { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Expired { .. } => StatusCode::GONE,
+            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -148,11 +203,14 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Internal(e) => tracing::error!(error = ?e, "request failed"),
             ApiError::Unavailable(why) => tracing::warn!(%why, "unavailable"),
+            ApiError::Storage(e) => {
+                tracing::error!(error = %e, "write refused: event log unavailable")
+            }
             _ => tracing::debug!(error = %self, "request refused"),
         }
         let mut b = HttpResponse::build(self.status_code());
         b.insert_header((header::CONTENT_TYPE, "application/problem+json"));
-        if let ApiError::Unavailable(_) = self {
+        if let ApiError::Unavailable(_) | ApiError::Storage(_) = self {
             b.insert_header((header::RETRY_AFTER, "1"));
         }
         b.json(self.problem())

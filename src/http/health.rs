@@ -23,7 +23,7 @@ pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
     let engine = state.engine.load();
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "status": "ready",
-        "members": state.members.len(),
+        "members": state.core.members.len(),
         "catalog_version": engine.catalog.version,
         "offers": engine.catalog.offers.len(),
         "model_version": engine.table.version,
@@ -32,7 +32,7 @@ pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(state: web::Data<SharedState>) -> HttpResponse {
-    state.metrics.members.set(state.members.len() as i64);
+    state.metrics.members.set(state.core.members.len() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

@@ -3,8 +3,10 @@
 //! are grouped by resource; every error goes through [`error::ApiError`].
 
 pub mod error;
+mod events;
 mod health;
-mod offers;
+mod members;
+pub mod offers;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -21,6 +23,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/offers")
             .route(web::post().to(offers::post_offers))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/events")
+            .route(web::post().to(events::post_events))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/members")
+            .route(web::post().to(members::post_members))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/members/{id}")
+            .route(web::get().to(members::get_member))
+            .route(web::put().to(members::put_member))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/member-events")
+            .route(web::post().to(members::post_member_events))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -59,7 +82,7 @@ impl actix_web::Responder for ApiError {
 /// Reads a JSON body up to `limit` bytes. A content type, when given, must be JSON.
 pub async fn read_json_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<web::Bytes, ApiError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
@@ -74,6 +97,15 @@ pub async fn read_json_body(
             return Err(ApiError::UnsupportedMediaType);
         }
     }
+    read_body(payload, limit, req).await
+}
+
+/// Reads a body of any type up to `limit` bytes.
+pub async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    req: &HttpRequest,
+) -> Result<web::Bytes, ApiError> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)

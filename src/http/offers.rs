@@ -1,12 +1,17 @@
 //! `POST /v1/offers`: the checkout decision.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::error::ApiError;
-use crate::decision::{self, DecisionInput, Ranking, Unconstrained};
-use crate::domain::Money;
+use crate::catalog::Offer;
+use crate::decision::{self, Constraints, DecisionInput, Ranking};
+use crate::domain::{Day, Itinerary, Money};
+use crate::durable::LogRecord;
+use crate::ledger::{self, DecisionRecord, IssuedOffer, Ledger};
 use crate::parse::{from_json, OfferRequestDto};
 use crate::state::SharedState;
 
@@ -53,6 +58,30 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Contact policy and inventory as seen by one decision.
+struct LedgerConstraints<'a> {
+    ledger: &'a Ledger,
+    /// Offers this member declined recently.
+    suppressed: Vec<Arc<str>>,
+    itinerary: &'a Itinerary,
+    remaining: usize,
+}
+
+impl Constraints for LedgerConstraints<'_> {
+    fn allowed(&self, _index: usize, offer: &Offer) -> bool {
+        if self.suppressed.iter().any(|s| **s == *offer.id) {
+            return false;
+        }
+        match ledger::inventory_key(offer, self.itinerary) {
+            Some((key, cap)) => self.ledger.in_stock(&offer.id, &key, cap),
+            None => true,
+        }
+    }
+    fn remaining_contacts(&self) -> usize {
+        self.remaining
+    }
+}
+
 /// `POST /v1/offers`.
 #[tracing::instrument(name = "post_offers", skip_all)]
 pub async fn post_offers(
@@ -65,7 +94,33 @@ pub async fn post_offers(
     let request = from_json::<OfferRequestDto>(&body)?.into_domain(now)?;
     let started = std::time::Instant::now();
     let engine = state.engine.load();
-    let member = state.members.get(&request.member_id);
+    let core = &state.core;
+    let member = core.members.get(&request.member_id);
+    let now_ms = ledger::ms(now);
+    let cap = state
+        .settings
+        .contact
+        .max_offers_per_day
+        .of(request.channel) as usize;
+    let shown = core
+        .ledger
+        .shown(&request.member_id, Day::of(now), request.channel) as usize;
+    let constraints = LedgerConstraints {
+        ledger: &core.ledger,
+        suppressed: core
+            .ledger
+            .suppressions
+            .get(request.member_id.as_str())
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, until)| *until > now_ms)
+                    .map(|(o, _)| o.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        itinerary: &request.itinerary,
+        remaining: cap.saturating_sub(shown),
+    };
     let decision = decision::decide(
         &engine,
         &DecisionInput {
@@ -76,7 +131,7 @@ pub async fn post_offers(
             max_offers: request.max_offers,
             ranking: Ranking::Model,
         },
-        &Unconstrained,
+        &constraints,
     );
     let m = &state.metrics;
     m.decision_duration
@@ -88,6 +143,9 @@ pub async fn post_offers(
             if decision.cold_start { "true" } else { "false" },
         ])
         .inc();
+    let decision_id = uuid::Uuid::new_v4().to_string();
+    let suppress_default = state.settings.contact.suppress_days_after_decline;
+    let mut issued = Vec::with_capacity(decision.offers.len());
     let offers: Vec<OfferOut<'_>> = decision
         .offers
         .into_iter()
@@ -96,6 +154,17 @@ pub async fn post_offers(
             m.offers_served
                 .with_label_values(&[&offer.id, offer.category.as_str()])
                 .inc();
+            issued.push(IssuedOffer {
+                offer_id: offer.id.clone(),
+                price: o.price.clone(),
+                points_price: o.points_price,
+                expires_ms: ledger::ms(o.expires_at),
+                inventory: ledger::inventory_key(offer, &request.itinerary),
+                suppress_days: offer
+                    .contact
+                    .suppress_days_after_decline
+                    .unwrap_or(suppress_default),
+            });
             OfferOut {
                 offer_id: &offer.id,
                 category: offer.category.as_str(),
@@ -109,7 +178,18 @@ pub async fn post_offers(
             }
         })
         .collect();
-    let decision_id = uuid::Uuid::new_v4().to_string();
+    if !issued.is_empty() {
+        record_decision(
+            &state,
+            DecisionRecord {
+                id: decision_id.clone(),
+                member_id: request.member_id.clone(),
+                channel: request.channel,
+                created_ms: now_ms,
+                offers: issued,
+            },
+        );
+    }
     tracing::debug!(%decision_id, offers = offers.len(), cold_start = decision.cold_start, "decided");
     Ok(HttpResponse::Ok().json(OffersResponse {
         decision_id,
@@ -118,4 +198,24 @@ pub async fn post_offers(
         model_version: &engine.table.version,
         offers,
     }))
+}
+
+/// Remembers a decision at once (an accept may follow immediately) and logs
+/// it without waiting: checkout never waits for the disk. The decision is
+/// durable within one group commit; one lost in a crash inside that window
+/// can no longer be attributed (its accept gets 404), nothing else is lost.
+pub fn record_decision(state: &SharedState, record: DecisionRecord) {
+    let payload = LogRecord::Decision(record.clone()).encode();
+    state.core.ledger.remember(record.clone());
+    let core = state.core.clone();
+    let pending = state.wal.append(payload, move |_lsn| {
+        core.apply(&LogRecord::Decision(record), true);
+    });
+    let metrics = state.metrics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = pending.await {
+            metrics.log_errors.with_label_values(&["decision"]).inc();
+            tracing::warn!(error = %e, "decision not logged; its outcomes cannot be attributed after a restart");
+        }
+    });
 }

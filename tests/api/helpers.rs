@@ -10,6 +10,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub state: SharedState,
+    /// The data dir; removed when the app is dropped.
+    pub data_dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 /// Synthetic members in the test server.
@@ -24,10 +26,15 @@ pub fn test_settings() -> Settings {
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_with(test_settings()).await
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    spawn_with(test_settings(), dir).await
 }
 
-pub async fn spawn_with(settings: Settings) -> TestApp {
+pub async fn spawn_with(
+    mut settings: Settings,
+    data_dir: std::sync::Arc<tempfile::TempDir>,
+) -> TestApp {
+    settings.durability.data_dir = data_dir.path().display().to_string();
     let app = Application::build(settings).expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
@@ -36,6 +43,7 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
         address,
         client: reqwest::Client::new(),
         state,
+        data_dir,
     }
 }
 
@@ -85,6 +93,15 @@ impl TestApp {
             .expect("request sent")
     }
 
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.address))
@@ -96,7 +113,7 @@ impl TestApp {
     /// The first member of the population matching `pred`.
     pub fn find_member(&self, pred: impl Fn(&offer_engine::domain::Member) -> bool) -> String {
         let mut found = None;
-        self.state.members.for_each(|id, m| {
+        self.state.core.members.for_each(|id, m| {
             if found.is_none() && pred(m) {
                 found = Some(id.to_string());
             }

@@ -74,7 +74,7 @@ async fn unknown_member_is_a_cold_start_with_context_only_offers() {
 async fn gold_members_are_never_sold_a_lounge_pass() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
-    app.state.members.for_each(|id, m| {
+    app.state.core.members.for_each(|id, m| {
         if m.tier >= Tier::Gold && ids.len() < 40 {
             ids.push(id.to_string());
         }

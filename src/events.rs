@@ -1,0 +1,364 @@
+//! Outcome events (impression, click, accept, decline) and member events
+//! (flights, points, tier, consent, purchases): their wire forms, their
+//! checked forms as logged, and the pure functions that apply them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{ConsentChannel, Day, FieldError, Member, Money, Tier, TierThresholds};
+use crate::ledger::InventoryKey;
+
+/// Kind of outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// The offer was displayed.
+    Impression,
+    /// The member clicked it.
+    Click,
+    /// The member bought it.
+    Accept,
+    /// The member said no.
+    Decline,
+}
+
+impl OutcomeKind {
+    /// snake_case name (metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Impression => "impression",
+            OutcomeKind::Click => "click",
+            OutcomeKind::Accept => "accept",
+            OutcomeKind::Decline => "decline",
+        }
+    }
+}
+
+/// Wire form of one outcome event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeEventDto {
+    /// Decision the offer was shown in.
+    pub decision_id: String,
+    /// The offer.
+    pub offer_id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: OutcomeKind,
+    /// Revenue of an accept; must equal the quoted price.
+    #[serde(default)]
+    pub revenue: Option<Money>,
+    /// When it happened (RFC 3339); informational, the server's clock decides expiry.
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+/// `POST /v1/events` takes one event or an array.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OutcomeBody {
+    /// A batch.
+    Many(Vec<OutcomeEventDto>),
+    /// A single event.
+    One(OutcomeEventDto),
+}
+
+/// An outcome as logged: everything its effect needs, so replay does not
+/// depend on the decision still being remembered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    /// Decision id.
+    pub decision_id: String,
+    /// Position of the offer in the decision.
+    pub offer_pos: u8,
+    /// Offer id.
+    pub offer_id: String,
+    /// Member the decision was for.
+    pub member_id: String,
+    /// What happened.
+    pub kind: OutcomeKind,
+    /// Revenue attributed (accepts), in the quoted currency.
+    pub revenue: f64,
+    /// Server receive time, ms since the epoch.
+    pub at_ms: i64,
+    /// Client-reported time, ms since the epoch, if given.
+    pub client_at_ms: Option<i64>,
+    /// Inventory the accept takes from.
+    pub inventory: Option<(InventoryKey, u32)>,
+    /// Days a decline suppresses the offer.
+    pub suppress_days: u32,
+}
+
+/// Wire form of a member event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MemberEventDto {
+    /// The member flew.
+    FlightFlown {
+        /// Member id.
+        member_id: String,
+        /// Day flown (YYYY-MM-DD, default today).
+        #[serde(default)]
+        date: Option<String>,
+        /// Qualifying spend earned, CNY.
+        #[serde(default)]
+        qualifying_spend: Option<f64>,
+        /// Points earned.
+        #[serde(default)]
+        points: Option<i64>,
+    },
+    /// Points credited.
+    PointsEarned {
+        /// Member id.
+        member_id: String,
+        /// Points (> 0).
+        points: i64,
+    },
+    /// Points spent.
+    PointsRedeemed {
+        /// Member id.
+        member_id: String,
+        /// Points (> 0, at most the balance).
+        points: i64,
+    },
+    /// Tier set by the programme.
+    TierChanged {
+        /// Member id.
+        member_id: String,
+        /// New tier.
+        tier: String,
+    },
+    /// Marketing consent granted or withdrawn.
+    ConsentChanged {
+        /// Member id.
+        member_id: String,
+        /// Channel.
+        channel: ConsentChannel,
+        /// Granted (true) or withdrawn (false).
+        granted: bool,
+    },
+    /// A purchase (ticket or ancillary).
+    Purchase {
+        /// Member id.
+        member_id: String,
+        /// Amount, CNY.
+        amount: f64,
+        /// Currency (only CNY counts towards qualifying spend).
+        #[serde(default = "cny")]
+        currency: String,
+        /// Whether it counts towards qualifying spend (default true).
+        #[serde(default = "yes")]
+        qualifying: bool,
+    },
+}
+
+fn cny() -> String {
+    "CNY".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// A checked member change, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// A flight on `day` with spend and points.
+    FlightFlown {
+        /// Day flown.
+        day: i32,
+        /// Qualifying spend added.
+        spend: f64,
+        /// Points added.
+        points: u32,
+    },
+    /// Points added.
+    PointsEarned(u32),
+    /// Points removed (saturating at zero).
+    PointsRedeemed(u32),
+    /// Tier set.
+    TierChanged(Tier),
+    /// Consent set.
+    ConsentChanged(ConsentChannel, bool),
+    /// Qualifying spend added.
+    Purchase {
+        /// Amount added to qualifying spend (0 when not qualifying).
+        qualifying_amount: f64,
+    },
+}
+
+impl MemberEventDto {
+    /// The member the event is about.
+    pub fn member_id(&self) -> &str {
+        match self {
+            MemberEventDto::FlightFlown { member_id, .. }
+            | MemberEventDto::PointsEarned { member_id, .. }
+            | MemberEventDto::PointsRedeemed { member_id, .. }
+            | MemberEventDto::TierChanged { member_id, .. }
+            | MemberEventDto::ConsentChanged { member_id, .. }
+            | MemberEventDto::Purchase { member_id, .. } => member_id,
+        }
+    }
+
+    /// Checks the event into a [`MemberChange`]; `today` is the default flight day.
+    pub fn into_change(self, today: Day) -> Result<MemberChange, FieldError> {
+        let points = |p: i64, field: &str, allow_zero: bool| {
+            u32::try_from(p)
+                .ok()
+                .filter(|p| allow_zero || *p > 0)
+                .filter(|p| *p <= 10_000_000)
+                .ok_or_else(|| FieldError::new(field, "must be an integer from 1 to 10000000"))
+        };
+        Ok(match self {
+            MemberEventDto::FlightFlown {
+                date,
+                qualifying_spend,
+                points: p,
+                ..
+            } => {
+                let day = match date {
+                    None => today,
+                    Some(d) => Day::parse(&d)
+                        .ok_or_else(|| FieldError::new("date", "must be YYYY-MM-DD"))?,
+                };
+                if day.0 > today.0 + 1 {
+                    return Err(FieldError::new("date", "is in the future"));
+                }
+                let spend = qualifying_spend.unwrap_or(0.0);
+                if !spend.is_finite() || !(0.0..=1e7).contains(&spend) {
+                    return Err(FieldError::new("qualifying_spend", "must be from 0 to 1e7"));
+                }
+                let p = match p {
+                    None => 0,
+                    Some(p) => points(p, "points", true)?,
+                };
+                MemberChange::FlightFlown {
+                    day: day.0,
+                    spend,
+                    points: p,
+                }
+            }
+            MemberEventDto::PointsEarned { points: p, .. } => {
+                MemberChange::PointsEarned(points(p, "points", false)?)
+            }
+            MemberEventDto::PointsRedeemed { points: p, .. } => {
+                MemberChange::PointsRedeemed(points(p, "points", false)?)
+            }
+            MemberEventDto::TierChanged { tier, .. } => {
+                MemberChange::TierChanged(Tier::parse(&tier).ok_or_else(|| {
+                    FieldError::new(
+                        "tier",
+                        "must be one of base, silver, gold, platinum, diamond",
+                    )
+                })?)
+            }
+            MemberEventDto::ConsentChanged {
+                channel, granted, ..
+            } => MemberChange::ConsentChanged(channel, granted),
+            MemberEventDto::Purchase {
+                amount,
+                currency,
+                qualifying,
+                ..
+            } => {
+                Money {
+                    amount,
+                    currency: currency.clone(),
+                }
+                .validate("amount")
+                .map_err(|e| {
+                    FieldError::new(
+                        e.field
+                            .replace("amount.amount", "amount")
+                            .replace("amount.currency", "currency"),
+                        e.message,
+                    )
+                })?;
+                if amount > 1e7 {
+                    return Err(FieldError::new("amount", "must be at most 1e7"));
+                }
+                MemberChange::Purchase {
+                    qualifying_amount: if qualifying && currency == "CNY" {
+                        amount
+                    } else {
+                        0.0
+                    },
+                }
+            }
+        })
+    }
+}
+
+impl MemberChange {
+    /// Applies the change to a member. Deterministic (replay gives the same
+    /// result), saturating rather than failing.
+    pub fn apply(&self, m: &mut Member, th: &TierThresholds) {
+        match *self {
+            MemberChange::FlightFlown { day, spend, points } => {
+                m.flights_12m = m.flights_12m.saturating_add(1);
+                m.last_flight = Some(m.last_flight.map_or(Day(day), |d| d.max(Day(day))));
+                m.qualifying_spend_12m = (m.qualifying_spend_12m as f64 + spend) as f32;
+                m.points = m.points.saturating_add(points);
+                m.tier = m.tier.max(th.tier_for(m.qualifying_spend_12m as f64));
+            }
+            MemberChange::PointsEarned(p) => m.points = m.points.saturating_add(p),
+            MemberChange::PointsRedeemed(p) => m.points = m.points.saturating_sub(p),
+            MemberChange::TierChanged(t) => m.tier = t,
+            MemberChange::ConsentChanged(ch, granted) => m.consent.set(ch, granted),
+            MemberChange::Purchase { qualifying_amount } => {
+                m.qualifying_spend_12m = (m.qualifying_spend_12m as f64 + qualifying_amount) as f32;
+                m.tier = m.tier.max(th.tier_for(m.qualifying_spend_12m as f64));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::from_json;
+
+    #[test]
+    fn member_events_parse_and_apply() {
+        let th = TierThresholds::default();
+        let today = Day::parse("2026-11-23").unwrap();
+        let mut m = crate::synth::member(1, 0, today.to_date(), &th);
+        m.points = 100;
+        let e: MemberEventDto =
+            from_json(br#"{"member_id":"M1","type":"points_earned","points":500}"#).unwrap();
+        e.into_change(today).unwrap().apply(&mut m, &th);
+        assert_eq!(m.points, 600);
+        let e: MemberEventDto = from_json(
+            br#"{"member_id":"M1","type":"consent_changed","channel":"email","granted":false}"#,
+        )
+        .unwrap();
+        e.into_change(today).unwrap().apply(&mut m, &th);
+        assert!(!m.consent.granted(ConsentChannel::Email));
+        let e: MemberEventDto =
+            from_json(br#"{"member_id":"M1","type":"flight_flown","qualifying_spend":200000}"#)
+                .unwrap();
+        e.into_change(today).unwrap().apply(&mut m, &th);
+        assert_eq!(m.tier, Tier::Diamond);
+        assert_eq!(m.last_flight, Some(today));
+    }
+
+    #[test]
+    fn bad_member_events_name_the_field() {
+        let today = Day::parse("2026-11-23").unwrap();
+        let e = from_json::<MemberEventDto>(
+            br#"{"member_id":"M1","type":"points_earned","points":-5}"#,
+        )
+        .unwrap()
+        .into_change(today)
+        .unwrap_err();
+        assert_eq!(e.field, "points");
+        let e =
+            from_json::<MemberEventDto>(br#"{"member_id":"M1","type":"teleported"}"#).unwrap_err();
+        assert!(e.message.contains("unknown variant"), "{e:?}");
+        let e = from_json::<MemberEventDto>(
+            br#"{"member_id":"M1","type":"tier_changed","tier":"bronze"}"#,
+        )
+        .unwrap()
+        .into_change(today)
+        .unwrap_err();
+        assert_eq!(e.field, "tier");
+    }
+}

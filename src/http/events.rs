@@ -1,0 +1,218 @@
+//! `POST /v1/events`: outcome events (impression, click, accept, decline),
+//! one or a batch. A batch is all-or-nothing: every event is checked, accepts
+//! reserve their offer and inventory, the batch is logged as one record, and
+//! only once it is durable is it applied and answered 202.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+
+use super::error::ApiError;
+use crate::durable::LogRecord;
+use crate::events::{OutcomeBody, OutcomeKind, OutcomeRecord};
+use crate::ledger::{self, LiveDecision, ReserveError};
+use crate::parse::{from_json, parse_instant};
+use crate::state::SharedState;
+
+/// Most events in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// Undoes phase-one reservations if the batch fails.
+struct Reservations {
+    ledger: crate::ledger::Ledger,
+    held: Vec<(Arc<LiveDecision>, usize)>,
+}
+
+impl Drop for Reservations {
+    fn drop(&mut self) {
+        for (d, pos) in self.held.drain(..) {
+            self.ledger.release_accept(&d, pos);
+        }
+    }
+}
+
+/// `POST /v1/events`.
+#[tracing::instrument(name = "post_events", skip_all)]
+pub async fn post_events(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<SharedState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = super::read_json_body(&req, payload, state.settings.server.max_bulk_bytes).await?;
+    let (events, batch) = match from_json::<OutcomeBody>(&body) {
+        Ok(OutcomeBody::Many(v)) => (v, true),
+        Ok(OutcomeBody::One(e)) => (vec![e], false),
+        // Untagged enums lose the field path; parse again as one event for a precise error.
+        Err(_) => {
+            let first = body.iter().find(|b| !b.is_ascii_whitespace());
+            if first == Some(&b'[') {
+                from_json::<Vec<crate::events::OutcomeEventDto>>(&body)?;
+            } else {
+                from_json::<crate::events::OutcomeEventDto>(&body)?;
+            }
+            return Err(ApiError::InvalidField(crate::domain::FieldError::new(
+                "body",
+                "must be an event object or an array of them",
+            )));
+        }
+    };
+    if events.is_empty() || events.len() > MAX_BATCH {
+        return Err(ApiError::InvalidField(crate::domain::FieldError::new(
+            "body",
+            format!("a batch holds 1 to {MAX_BATCH} events"),
+        )));
+    }
+    let now = Utc::now();
+    let now_ms = ledger::ms(now);
+    let ledger = &state.core.ledger;
+    let mut reservations = Reservations {
+        ledger: ledger.clone(),
+        held: Vec::new(),
+    };
+    let mut records = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        let field = |name: &str| {
+            if batch {
+                format!("[{i}].{name}")
+            } else {
+                name.to_string()
+            }
+        };
+        let client_at_ms = match &e.at {
+            None => None,
+            Some(s) => Some(ledger::ms(
+                parse_instant(s, &field("at")).map_err(ApiError::InvalidField)?,
+            )),
+        };
+        let d = ledger
+            .decision(&e.decision_id)
+            .ok_or_else(|| ApiError::UnknownResource {
+                field: field("decision_id"),
+                detail: "no such decision (unknown, or its offers expired long ago)".into(),
+            })?;
+        let pos = d
+            .record
+            .offers
+            .iter()
+            .position(|o| o.offer_id == e.offer_id)
+            .ok_or_else(|| {
+                ApiError::InvalidField(crate::domain::FieldError::new(
+                    field("offer_id"),
+                    "this offer was not in that decision",
+                ))
+            })?;
+        let issued = &d.record.offers[pos];
+        if now_ms > issued.expires_ms {
+            return Err(ApiError::Expired {
+                field: field("offer_id"),
+                detail: format!(
+                    "the offer expired at {}",
+                    super::offers::rfc3339(
+                        chrono::DateTime::from_timestamp_millis(issued.expires_ms).unwrap_or(now)
+                    )
+                ),
+            });
+        }
+        let mut revenue = 0.0;
+        if e.kind == OutcomeKind::Accept {
+            let quoted = issued.price.as_ref();
+            if let Some(r) = &e.revenue {
+                let ok = match quoted {
+                    Some(q) => (r.amount - q.amount).abs() < 0.005 && r.currency == q.currency,
+                    None => r.amount == 0.0,
+                };
+                if !ok {
+                    return Err(ApiError::InvalidField(crate::domain::FieldError::new(
+                        field("revenue.amount"),
+                        match quoted {
+                            Some(q) => {
+                                format!("must equal the quoted price {} {}", q.amount, q.currency)
+                            }
+                            None => {
+                                "this offer was quoted in points only; revenue must be 0".into()
+                            }
+                        },
+                    )));
+                }
+            }
+            revenue = quoted.map(|q| q.amount).unwrap_or(0.0);
+            match ledger.reserve_accept(&d, pos) {
+                Ok(()) => reservations.held.push((d.clone(), pos)),
+                Err(ReserveError::AlreadyAccepted) => {
+                    return Err(ApiError::Conflict {
+                        field: field("offer_id"),
+                        detail: "already accepted in this decision".into(),
+                    })
+                }
+                Err(ReserveError::SoldOut) => {
+                    return Err(ApiError::Conflict {
+                        field: field("offer_id"),
+                        detail: "sold out".into(),
+                    })
+                }
+            }
+        } else if e.revenue.is_some() {
+            return Err(ApiError::InvalidField(crate::domain::FieldError::new(
+                field("revenue"),
+                "only an accept carries revenue",
+            )));
+        }
+        records.push(OutcomeRecord {
+            decision_id: e.decision_id,
+            offer_pos: pos as u8,
+            offer_id: e.offer_id,
+            member_id: d.record.member_id.clone(),
+            kind: e.kind,
+            revenue,
+            at_ms: now_ms,
+            client_at_ms,
+            inventory: issued.inventory.clone(),
+            suppress_days: issued.suppress_days,
+        });
+    }
+    let n = records.len();
+    let rec = LogRecord::Outcomes(records);
+    let payload = rec.encode();
+    let core = state.core.clone();
+    let metrics = state.metrics.clone();
+    let pending = state.wal.append(payload, move |_| {
+        core.apply(&rec, true);
+        if let LogRecord::Outcomes(list) = &rec {
+            for e in list {
+                metrics
+                    .outcome_events
+                    .with_label_values(&[&e.offer_id, e.kind.as_str()])
+                    .inc();
+                if e.kind == OutcomeKind::Accept {
+                    metrics
+                        .accepted_revenue
+                        .with_label_values(&[&e.offer_id])
+                        .inc_by(e.revenue);
+                }
+            }
+        }
+    });
+    // The write is queued. Its outcome is awaited in a task of its own, which
+    // also owns the reservations: if the client goes away the write still
+    // completes, and the reservations are released only if it failed (never
+    // after a commit, which would free a unit twice).
+    let outcome = tokio::spawn(async move {
+        let result = pending.await;
+        if result.is_ok() {
+            reservations.held.clear();
+        }
+        result
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("event write task failed: {e}")))?;
+    let lsn = outcome.map_err(|e| {
+        state
+            .metrics
+            .log_errors
+            .with_label_values(&["outcomes"])
+            .inc();
+        ApiError::Storage(e)
+    })?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"accepted": n, "lsn": lsn})))
+}

@@ -1,0 +1,406 @@
+//! The ledger: what the engine has promised and what happened since.
+//!
+//! - **Decisions** issued (member, offers, prices, expiries, inventory keys),
+//!   kept in a bounded moka cache whose entries live until their last offer
+//!   expires, so outcomes can be attributed.
+//! - **Suppressions**: an offer a member declined stays hidden from them for
+//!   a number of days.
+//! - **Contacts**: offers shown per member, day and channel, for the daily cap.
+//! - **Inventory**: accepted units per offer and flight (or airport and day).
+//!
+//! Two-phase changes keep snapshots exact. A live accept first *reserves*
+//! (a pending status on the offer, a reserved inventory unit) so concurrent
+//! accepts cannot oversell; only when its log record is durable is it
+//! *committed* (by the callback that runs in log order). Snapshots contain
+//! committed state only, so replaying the records after a snapshot never
+//! applies anything twice.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Channel, Day, Money};
+
+/// Where an accepted unit of inventory is counted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InventoryKey {
+    /// A flight: origin, destination, departure (minutes since the epoch).
+    Flight {
+        /// Origin IATA code.
+        origin: [u8; 3],
+        /// Destination IATA code.
+        destination: [u8; 3],
+        /// Departure, minutes since 1970.
+        departure_min: i64,
+    },
+    /// An airport on a day (lounge capacity).
+    AirportDay {
+        /// Airport IATA code.
+        airport: [u8; 3],
+        /// Day.
+        day: i32,
+    },
+}
+
+/// One offer as issued in a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuedOffer {
+    /// Offer id.
+    pub offer_id: String,
+    /// Cash price quoted for the party.
+    pub price: Option<Money>,
+    /// Points price quoted.
+    pub points_price: Option<u64>,
+    /// Expiry, ms since the epoch.
+    pub expires_ms: i64,
+    /// Inventory the accept takes from, if the offer is capped.
+    pub inventory: Option<(InventoryKey, u32)>,
+    /// Days a decline suppresses this offer for the member.
+    pub suppress_days: u32,
+}
+
+/// A decision as remembered for attribution (and logged).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// Decision id.
+    pub id: String,
+    /// Member id.
+    pub member_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// When it was made, ms since the epoch.
+    pub created_ms: i64,
+    /// Offers shown.
+    pub offers: Vec<IssuedOffer>,
+}
+
+impl DecisionRecord {
+    /// The latest expiry of its offers.
+    pub fn last_expiry_ms(&self) -> i64 {
+        self.offers
+            .iter()
+            .map(|o| o.expires_ms)
+            .max()
+            .unwrap_or(self.created_ms)
+    }
+}
+
+/// Accept status of an issued offer.
+pub const OPEN: u8 = 0;
+/// An accept is on its way to the log.
+pub const PENDING: u8 = 1;
+/// Accepted (durable).
+pub const ACCEPTED: u8 = 2;
+
+/// A cached decision with per-offer accept status.
+#[derive(Debug)]
+pub struct LiveDecision {
+    /// The record.
+    pub record: DecisionRecord,
+    /// One status per offer: [`OPEN`], [`PENDING`] or [`ACCEPTED`].
+    pub status: Vec<AtomicU8>,
+}
+
+impl LiveDecision {
+    /// Wraps a record with all offers open.
+    pub fn new(record: DecisionRecord) -> LiveDecision {
+        let status = record.offers.iter().map(|_| AtomicU8::new(OPEN)).collect();
+        LiveDecision { record, status }
+    }
+    /// Statuses with pending reported as open (what a snapshot keeps).
+    pub fn committed_status(&self) -> Vec<u8> {
+        self.status
+            .iter()
+            .map(|s| match s.load(Ordering::Acquire) {
+                ACCEPTED => ACCEPTED,
+                _ => OPEN,
+            })
+            .collect()
+    }
+}
+
+struct DecisionExpiry;
+
+impl moka::Expiry<String, Arc<LiveDecision>> for DecisionExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<LiveDecision>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        let now_ms = Utc::now().timestamp_millis();
+        // Kept a minute past the last expiry so a late event gets "expired", not "unknown".
+        let left = value.record.last_expiry_ms() - now_ms + 60_000;
+        Some(Duration::from_millis(left.max(0) as u64))
+    }
+}
+
+/// Accepted and reserved units under one inventory key.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Units {
+    /// Durable accepts.
+    pub committed: u32,
+    /// Accepts on their way to the log.
+    pub reserved: u32,
+}
+
+/// Offers shown to a member on one day, per channel.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ContactDay {
+    /// The day counted.
+    pub day: i32,
+    /// Offers shown, by [`Channel::index`].
+    pub counts: [u16; 5],
+}
+
+/// Shared ledger; cloning is shallow.
+#[derive(Clone)]
+pub struct Ledger {
+    /// Decisions by id, until their offers expire.
+    pub decisions: moka::sync::Cache<String, Arc<LiveDecision>>,
+    /// Member → (offer id, suppressed until ms).
+    pub suppressions: Arc<DashMap<Box<str>, Vec<(Arc<str>, i64)>, ahash::RandomState>>,
+    /// Member → offers shown today per channel.
+    pub contacts: Arc<DashMap<Box<str>, ContactDay, ahash::RandomState>>,
+    /// (offer id, key) → units.
+    pub inventory: Arc<DashMap<(Arc<str>, InventoryKey), Units, ahash::RandomState>>,
+}
+
+/// Why a reservation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveError {
+    /// The offer was already accepted (or an accept is in flight).
+    AlreadyAccepted,
+    /// No units left.
+    SoldOut,
+}
+
+impl Ledger {
+    /// A ledger remembering at most `max_decisions` decisions.
+    pub fn new(max_decisions: u64) -> Ledger {
+        Ledger {
+            decisions: moka::sync::Cache::builder()
+                .max_capacity(max_decisions)
+                .expire_after(DecisionExpiry)
+                .build(),
+            suppressions: Default::default(),
+            contacts: Default::default(),
+            inventory: Default::default(),
+        }
+    }
+
+    /// Remembers a decision (replaces none that exists: replay is idempotent).
+    pub fn remember(&self, record: DecisionRecord) -> Arc<LiveDecision> {
+        let id = record.id.clone();
+        self.decisions
+            .entry(id)
+            .or_insert_with(|| Arc::new(LiveDecision::new(record)))
+            .into_value()
+    }
+
+    /// A remembered decision.
+    pub fn decision(&self, id: &str) -> Option<Arc<LiveDecision>> {
+        self.decisions.get(id)
+    }
+
+    /// Whether `offer_id` is suppressed for `member` at `now_ms`.
+    pub fn suppressed(&self, member: &str, offer_id: &str, now_ms: i64) -> bool {
+        self.suppressions.get(member).is_some_and(|v| {
+            v.iter()
+                .any(|(o, until)| &**o == offer_id && *until > now_ms)
+        })
+    }
+
+    /// Suppresses an offer for a member until `until_ms` (keeps the later of two).
+    pub fn suppress(&self, member: &str, offer_id: &str, until_ms: i64, now_ms: i64) {
+        let mut e = self.suppressions.entry(member.into()).or_default();
+        e.retain(|(_, u)| *u > now_ms);
+        match e.iter_mut().find(|(o, _)| &**o == offer_id) {
+            Some((_, u)) => *u = (*u).max(until_ms),
+            None => e.push((offer_id.into(), until_ms)),
+        }
+    }
+
+    /// Offers shown to `member` on `day` on `channel`.
+    pub fn shown(&self, member: &str, day: Day, channel: Channel) -> u16 {
+        self.contacts
+            .get(member)
+            .filter(|c| c.day == day.0)
+            .map(|c| c.counts[channel.index()])
+            .unwrap_or(0)
+    }
+
+    /// Counts `n` offers shown.
+    pub fn count_shown(&self, member: &str, day: Day, channel: Channel, n: u16) {
+        if n == 0 {
+            return;
+        }
+        let mut e = self.contacts.entry(member.into()).or_default();
+        if e.day != day.0 {
+            *e = ContactDay {
+                day: day.0,
+                counts: [0; 5],
+            };
+        }
+        let c = &mut e.counts[channel.index()];
+        *c = c.saturating_add(n);
+    }
+
+    /// Units taken (committed + reserved) under a key.
+    pub fn units(&self, offer_id: &str, key: &InventoryKey) -> Units {
+        // Keys are (Arc<str>, key); look up without allocating an Arc on the hot path
+        // is not possible with a tuple key, so build one (cheap, rare: capped offers only).
+        self.inventory
+            .get(&(Arc::from(offer_id), key.clone()))
+            .map(|u| *u)
+            .unwrap_or_default()
+    }
+
+    /// Whether a unit is left under a key.
+    pub fn in_stock(&self, offer_id: &str, key: &InventoryKey, cap: u32) -> bool {
+        let u = self.units(offer_id, key);
+        u.committed + u.reserved < cap
+    }
+
+    /// Phase one of an accept: marks the offer pending and reserves a unit.
+    pub fn reserve_accept(&self, d: &LiveDecision, offer_pos: usize) -> Result<(), ReserveError> {
+        let status = &d.status[offer_pos];
+        if status
+            .compare_exchange(OPEN, PENDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(ReserveError::AlreadyAccepted);
+        }
+        if let Some((key, cap)) = &d.record.offers[offer_pos].inventory {
+            let offer_id: Arc<str> = d.record.offers[offer_pos].offer_id.as_str().into();
+            let mut u = self.inventory.entry((offer_id, key.clone())).or_default();
+            if u.committed + u.reserved >= *cap {
+                drop(u);
+                status.store(OPEN, Ordering::Release);
+                return Err(ReserveError::SoldOut);
+            }
+            u.reserved += 1;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Ledger::reserve_accept`] (the log write failed or the batch was refused).
+    pub fn release_accept(&self, d: &LiveDecision, offer_pos: usize) {
+        if let Some((key, _)) = &d.record.offers[offer_pos].inventory {
+            let offer_id: Arc<str> = d.record.offers[offer_pos].offer_id.as_str().into();
+            if let Some(mut u) = self.inventory.get_mut(&(offer_id, key.clone())) {
+                u.reserved = u.reserved.saturating_sub(1);
+            }
+        }
+        let _ = d.status[offer_pos].compare_exchange(
+            PENDING,
+            OPEN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Phase two (live) or replay: the accept is durable. `reserved` says
+    /// whether phase one ran in this process (live) or not (replay).
+    pub fn commit_accept(&self, d: &LiveDecision, offer_pos: usize, reserved: bool) {
+        if let Some((key, _)) = &d.record.offers[offer_pos].inventory {
+            let offer_id: Arc<str> = d.record.offers[offer_pos].offer_id.as_str().into();
+            let mut u = self.inventory.entry((offer_id, key.clone())).or_default();
+            u.committed += 1;
+            if reserved {
+                u.reserved = u.reserved.saturating_sub(1);
+            }
+        }
+        d.status[offer_pos].store(ACCEPTED, Ordering::Release);
+    }
+}
+
+/// The inventory an accept of `offer` on this trip takes from, with the cap.
+pub fn inventory_key(
+    offer: &crate::catalog::Offer,
+    it: &crate::domain::Itinerary,
+) -> Option<(InventoryKey, u32)> {
+    let inv = offer.inventory?;
+    let code = |c: crate::domain::Iata| {
+        let b = c.as_str().as_bytes();
+        [b[0], b[1], b[2]]
+    };
+    let key = match inv.scope {
+        crate::catalog::InventoryScope::PerFlight => InventoryKey::Flight {
+            origin: code(it.origin),
+            destination: code(it.destination),
+            departure_min: it.departure.timestamp().div_euclid(60),
+        },
+        crate::catalog::InventoryScope::PerAirportDay => InventoryKey::AirportDay {
+            airport: code(it.origin),
+            day: Day::of(it.departure).0,
+        },
+    };
+    Some((key, inv.cap))
+}
+
+/// Milliseconds since the epoch of an instant.
+pub fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cap: u32) -> DecisionRecord {
+        DecisionRecord {
+            id: "d1".into(),
+            member_id: "M1".into(),
+            channel: Channel::Checkout,
+            created_ms: Utc::now().timestamp_millis(),
+            offers: vec![IssuedOffer {
+                offer_id: "seat".into(),
+                price: None,
+                points_price: None,
+                expires_ms: Utc::now().timestamp_millis() + 60_000,
+                inventory: Some((
+                    InventoryKey::AirportDay {
+                        airport: *b"PEK",
+                        day: 1,
+                    },
+                    cap,
+                )),
+                suppress_days: 30,
+            }],
+        }
+    }
+
+    #[test]
+    fn reserve_commit_release() {
+        let l = Ledger::new(100);
+        let d = l.remember(record(1));
+        assert_eq!(l.reserve_accept(&d, 0), Ok(()));
+        assert_eq!(l.reserve_accept(&d, 0), Err(ReserveError::AlreadyAccepted));
+        l.release_accept(&d, 0);
+        assert_eq!(l.reserve_accept(&d, 0), Ok(()));
+        l.commit_accept(&d, 0, true);
+        let key = d.record.offers[0].inventory.clone().unwrap().0;
+        let u = l.units("seat", &key);
+        assert_eq!((u.committed, u.reserved), (1, 0));
+        let mut other = record(1);
+        other.id = "d2".into();
+        let d2 = l.remember(other);
+        assert_eq!(l.reserve_accept(&d2, 0), Err(ReserveError::SoldOut));
+        assert_eq!(d2.status[0].load(Ordering::Acquire), OPEN);
+    }
+
+    #[test]
+    fn suppressions_expire_and_keep_the_later_date() {
+        let l = Ledger::new(10);
+        l.suppress("M1", "o", 1_000, 0);
+        l.suppress("M1", "o", 500, 0);
+        assert!(l.suppressed("M1", "o", 900));
+        assert!(!l.suppressed("M1", "o", 1_000));
+        assert!(!l.suppressed("M2", "o", 0));
+    }
+}
