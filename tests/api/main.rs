@@ -1,6 +1,8 @@
 //! Integration tests: the real server on port 0, driven over HTTP.
 //! One test binary (faster to link); one module per resource.
 
+mod events;
 mod health;
 mod helpers;
+mod members;
 mod offers;

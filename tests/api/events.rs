@@ -1,0 +1,253 @@
+use offer_engine::domain::Tier;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Makes a decision and returns (decision_id, offers).
+async fn decide(app: &TestApp, req: &Value) -> (String, Vec<Value>) {
+    let body: Value = app.post_offers(req).await.json().await.unwrap();
+    (
+        body["decision_id"].as_str().unwrap().to_string(),
+        body["offers"].as_array().unwrap().clone(),
+    )
+}
+
+fn event(decision: &str, offer: &Value, kind: &str) -> Value {
+    let mut e = json!({"decision_id": decision, "offer_id": offer["offer_id"], "type": kind});
+    if kind == "accept" && offer["price"].is_object() {
+        e["revenue"] = offer["price"].clone();
+    }
+    e
+}
+
+#[tokio::test]
+async fn accept_is_acknowledged_once_and_counted() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Base);
+    let (d, offers) = decide(&app, &offer_request(&member)).await;
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "impression"))
+        .await;
+    assert_eq!(r.status(), 202);
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "accept"))
+        .await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["lsn"].as_u64().unwrap() > 0);
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "accept"))
+        .await;
+    assert_problem(r, 409, Some("offer_id")).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let id = offers[0]["offer_id"].as_str().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "offer_engine_outcome_events_total{{offer_id=\"{id}\",type=\"accept\"}} 1"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn bad_events_are_refused_and_nothing_is_applied() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Silver);
+    let (d, offers) = decide(&app, &offer_request(&member)).await;
+    assert!(offers.len() >= 2);
+    let unknown =
+        json!({"decision_id": "nope", "offer_id": offers[0]["offer_id"], "type": "click"});
+    assert_problem(
+        app.post_json("/v1/events", &unknown).await,
+        404,
+        Some("decision_id"),
+    )
+    .await;
+    let wrong_offer = json!({"decision_id": d, "offer_id": "wifi-monthly-x", "type": "click"});
+    assert_problem(
+        app.post_json("/v1/events", &wrong_offer).await,
+        422,
+        Some("offer_id"),
+    )
+    .await;
+    let mut cheap = event(&d, &offers[0], "accept");
+    cheap["revenue"] = json!({"amount": 0.01, "currency": "CNY"});
+    assert_problem(
+        app.post_json("/v1/events", &cheap).await,
+        422,
+        Some("revenue.amount"),
+    )
+    .await;
+    let mut rev_on_click = event(&d, &offers[0], "click");
+    rev_on_click["revenue"] = json!({"amount": 1, "currency": "CNY"});
+    assert_problem(
+        app.post_json("/v1/events", &rev_on_click).await,
+        422,
+        Some("revenue"),
+    )
+    .await;
+    let bad_type = json!({"decision_id": d, "offer_id": offers[0]["offer_id"], "type": "purchase"});
+    assert_problem(
+        app.post_json("/v1/events", &bad_type).await,
+        422,
+        Some("type"),
+    )
+    .await;
+    // A batch with one bad event applies nothing: the good decline does not suppress.
+    let batch = json!([
+        event(&d, &offers[1], "decline"),
+        event(&d, &offers[0], "accept"),
+        unknown
+    ]);
+    assert_problem(
+        app.post_json("/v1/events", &batch).await,
+        404,
+        Some("[2].decision_id"),
+    )
+    .await;
+    let (_, again) = decide(&app, &offer_request(&member)).await;
+    assert!(
+        again.iter().any(|o| o["offer_id"] == offers[1]["offer_id"]),
+        "decline was applied"
+    );
+    // ... and the accept's reservation was released: it can be accepted now.
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "accept"))
+        .await;
+    assert_eq!(r.status(), 202);
+}
+
+#[tokio::test]
+async fn a_declined_offer_is_not_shown_again() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Base);
+    let req = offer_request(&member);
+    let (d, offers) = decide(&app, &req).await;
+    let declined = offers[0]["offer_id"].clone();
+    let batch = json!([
+        event(&d, &offers[0], "impression"),
+        event(&d, &offers[0], "decline")
+    ]);
+    let r = app.post_json("/v1/events", &batch).await;
+    assert_eq!(r.status(), 202);
+    for _ in 0..3 {
+        let (_, again) = decide(&app, &req).await;
+        assert!(!again.is_empty());
+        assert!(again.iter().all(|o| o["offer_id"] != declined), "{again:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_offer_cannot_be_accepted() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Base);
+    let mut req = offer_request(&member);
+    // Offers expire at departure at the latest.
+    req["itinerary"]["departure"] =
+        json!((chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339());
+    let (d, offers) = decide(&app, &req).await;
+    assert!(!offers.is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "accept"))
+        .await;
+    assert_problem(r, 410, Some("offer_id")).await;
+}
+
+#[tokio::test]
+async fn the_daily_contact_cap_holds() {
+    let mut settings = test_settings();
+    settings.contact.max_offers_per_day.checkout = 4;
+    let app = spawn_with(settings, std::sync::Arc::new(tempfile::tempdir().unwrap())).await;
+    let member = app.find_member(|m| m.tier == Tier::Base);
+    let req = offer_request(&member);
+    let mut total = 0;
+    for _ in 0..4 {
+        let (_, offers) = decide(&app, &req).await;
+        total += offers.len();
+        // Shown offers are counted once the decision is logged (one group commit).
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(total, 4, "the cap of 4 offers a day was not honoured");
+}
+
+#[tokio::test]
+async fn capped_inventory_is_never_oversold_under_concurrency() {
+    let app = spawn_app().await;
+    // First-class upgrades: 2 seats per flight in the default catalog.
+    let departure = departure_in(5);
+    let mut members = Vec::new();
+    app.state.core.members.for_each(|id, _| {
+        if members.len() < 60 {
+            members.push(id.to_string());
+        }
+    });
+    let mut accepts = Vec::new();
+    for m in &members {
+        let req = json!({"member_id": m, "channel": "checkout", "max_offers": 10, "itinerary": {
+            "origin": "PEK", "destination": "LHR", "departure": departure, "cabin": "business",
+            "fare": {"amount": 21000, "currency": "CNY"}, "passengers": 1}});
+        let (d, offers) = decide(&app, &req).await;
+        let o = offers
+            .iter()
+            .find(|o| o["offer_id"] == "upg-first-intl-cash")
+            .expect("offered");
+        accepts.push(event(&d, o, "accept"));
+    }
+    let mut tasks = Vec::new();
+    for e in accepts {
+        let client = app.client.clone();
+        let url = format!("{}/v1/events", app.address);
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&e)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 202).count(), 2, "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| **c == 409).count(),
+        members.len() - 2,
+        "{codes:?}"
+    );
+    // Sold out: no longer offered on that flight.
+    let req = json!({"member_id": members[0], "channel": "checkout", "max_offers": 10, "itinerary": {
+        "origin": "PEK", "destination": "LHR", "departure": departure, "cabin": "business",
+        "fare": {"amount": 21000, "currency": "CNY"}, "passengers": 1}});
+    let (_, offers) = decide(&app, &req).await;
+    assert!(offers
+        .iter()
+        .all(|o| o["offer_id"] != "upg-first-intl-cash"));
+}
+
+#[tokio::test]
+async fn a_failing_disk_gives_503_and_applies_nothing() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Base);
+    let (d, offers) = decide(&app, &offer_request(&member)).await;
+    // Let the decision itself reach the log first.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    app.state.wal.inject_failures(1);
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "accept"))
+        .await;
+    let p = assert_problem(r, 503, None).await;
+    assert!(
+        !p["detail"].as_str().unwrap().contains("os error"),
+        "internal text leaked: {p}"
+    );
+    // Not applied: the same accept goes through once the disk is back.
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "accept"))
+        .await;
+    assert_eq!(r.status(), 202);
+}
