@@ -247,6 +247,8 @@ pub enum Ineligible {
     Passengers,
     /// Needs member data the request does not have (cold start).
     NeedsMember,
+    /// The flight has already left: nothing can be sold for it.
+    Departed,
 }
 
 /// The context eligibility is judged in.
@@ -290,6 +292,9 @@ impl Offer {
             return Err(Ineligible::TierBenefit);
         }
         if let Some(it) = ctx.itinerary {
+            if it.departure <= ctx.now {
+                return Err(Ineligible::Departed);
+            }
             if !e.cabins.is_empty() && !e.cabins.contains(&it.cabin) {
                 return Err(Ineligible::Cabin);
             }
