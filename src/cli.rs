@@ -49,6 +49,12 @@ pub struct ServeArgs {
     /// Model JSON (default: the compiled-in model).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Experiments TOML (default: the compiled-in experiments).
+    #[arg(long)]
+    pub experiments: Option<PathBuf>,
+    /// Data directory for the event log and snapshots (default ./data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Size of the embedded synthetic population.
     #[arg(long)]
     pub synthetic_members: Option<u64>,
@@ -125,6 +131,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = a.model {
         settings.model.file = m.display().to_string();
+    }
+    if let Some(e) = a.experiments {
+        settings.experiments.file = e.display().to_string();
+    }
+    if let Some(d) = a.data_dir {
+        settings.durability.data_dir = d.display().to_string();
     }
     if let Some(n) = a.synthetic_members {
         settings.members.synthetic_count = n;

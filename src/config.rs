@@ -136,6 +136,8 @@ pub struct Settings {
     pub catalog: FileSetting,
     /// Model.
     pub model: FileSetting,
+    /// Experiments.
+    pub experiments: FileSetting,
     /// Tier thresholds.
     pub tiers: TierThresholds,
     /// Event log.

@@ -31,6 +31,8 @@ pub struct Engine {
     pub model: Arc<ModelFile>,
     /// Tier thresholds.
     pub thresholds: TierThresholds,
+    /// Running experiments (their variants choose the policy).
+    pub experiments: Arc<Vec<crate::experiments::ExperimentSpec>>,
 }
 
 impl Engine {
@@ -42,7 +44,17 @@ impl Engine {
             table: Arc::new(table),
             model: Arc::new(model),
             thresholds,
+            experiments: Arc::new(Vec::new()),
         }
+    }
+
+    /// The same engine running `experiments`.
+    pub fn with_experiments(
+        mut self,
+        experiments: Vec<crate::experiments::ExperimentSpec>,
+    ) -> Engine {
+        self.experiments = Arc::new(experiments);
+        self
     }
 
     /// The compiled-in catalog and model with default thresholds.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Consent, Day, Iata, Member, Tags, Tier, TierThresholds};
 use crate::events::{MemberChange, OutcomeKind, OutcomeRecord};
+use crate::experiments::{Assignment, ExperimentBook, ExperimentSnapshot};
 use crate::ledger::{ContactDay, DecisionRecord, InventoryKey, Ledger, ACCEPTED};
 use crate::store::MemberStore;
 use crate::wal::{RecoveryReport, ReplayItem, Wal, WalError, WalOptions};
@@ -111,6 +112,7 @@ struct Snapshot {
     suppressions: Vec<(String, Vec<(String, i64)>)>,
     contacts: Vec<(String, ContactDay)>,
     inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshot>,
 }
 
 /// The state that the log makes durable. Cloning is shallow.
@@ -122,13 +124,19 @@ pub struct Core {
     pub ledger: Ledger,
     /// Tier thresholds (member changes re-tier on spend).
     pub thresholds: TierThresholds,
+    /// Experiment exposures and conversions.
+    pub experiments: ExperimentBook,
 }
 
 /// Result of applying a record (for metrics on the live path).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Applied {
     /// Member events whose member no longer exists.
     pub skipped: u32,
+    /// Experiment exposures: (assignment, first exposure of the member).
+    pub exposed: Vec<(Assignment, bool)>,
+    /// Experiment conversions: (assignment, first conversion of the member, revenue).
+    pub converted: Vec<(Assignment, bool, f64)>,
 }
 
 impl Core {
@@ -145,10 +153,12 @@ impl Core {
                     d.channel,
                     shown,
                 );
-                if !live {
-                    if d.last_expiry_ms() + 60_000 > chrono::Utc::now().timestamp_millis() {
-                        self.ledger.remember(d.clone());
-                    }
+                for a in &d.experiments {
+                    let c = self.experiments.expose(a, &d.member_id, d.covariate);
+                    applied.exposed.push((a.clone(), c.new_member));
+                }
+                if !live && d.last_expiry_ms() + 60_000 > chrono::Utc::now().timestamp_millis() {
+                    self.ledger.remember(d.clone());
                 }
             }
             LogRecord::Outcomes(events) => {
@@ -161,6 +171,12 @@ impl Core {
                                 }
                                 // The decision expired from memory: its inventory still counts.
                                 _ => self.commit_inventory(e),
+                            }
+                            for a in &e.experiments {
+                                let c = self.experiments.convert(a, &e.member_id, e.revenue);
+                                applied
+                                    .converted
+                                    .push((a.clone(), c.new_conversion, e.revenue));
                             }
                         }
                         OutcomeKind::Decline => {
@@ -252,6 +268,7 @@ impl Core {
             suppressions,
             contacts,
             inventory,
+            experiments: self.experiments.to_snapshot(),
         };
         bincode::serialize(&snap).unwrap_or_default()
     }
@@ -296,6 +313,7 @@ impl Core {
                 .or_default()
                 .committed = committed;
         }
+        self.experiments.restore(snap.experiments);
         Ok(())
     }
 }
@@ -357,6 +375,7 @@ mod tests {
             members: MemberStore::new(),
             ledger: Ledger::new(1000),
             thresholds: TierThresholds::default(),
+            experiments: ExperimentBook::default(),
         };
         let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
         core.members
@@ -367,6 +386,7 @@ mod tests {
             members: MemberStore::new(),
             ledger: Ledger::new(1000),
             thresholds: TierThresholds::default(),
+            experiments: ExperimentBook::default(),
         };
         other.restore(&bytes).unwrap();
         assert_eq!(other.members.get("M1"), core.members.get("M1"));

@@ -86,6 +86,8 @@ pub struct OutcomeRecord {
     pub inventory: Option<(InventoryKey, u32)>,
     /// Days a decline suppresses the offer.
     pub suppress_days: u32,
+    /// Experiments the decision carried (accepts convert the member there).
+    pub experiments: Vec<crate::experiments::Assignment>,
 }
 
 /// Wire form of a member event.

@@ -76,6 +76,10 @@ pub struct DecisionRecord {
     pub created_ms: i64,
     /// Offers shown.
     pub offers: Vec<IssuedOffer>,
+    /// Experiment assignments of the member at the time.
+    pub experiments: Vec<crate::experiments::Assignment>,
+    /// The member's qualifying spend at the time (CUPED covariate).
+    pub covariate: f32,
 }
 
 impl DecisionRecord {
@@ -372,6 +376,8 @@ mod tests {
                 )),
                 suppress_days: 30,
             }],
+            experiments: Vec::new(),
+            covariate: 0.0,
         }
     }
 

@@ -35,6 +35,7 @@ pub mod decision;
 pub mod domain;
 pub mod durable;
 pub mod events;
+pub mod experiments;
 pub mod features;
 pub mod http;
 pub mod ledger;

@@ -3,8 +3,8 @@
 //! channels. Member ids never appear in a label.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Sub-millisecond buckets for the in-process decision, seconds.
@@ -44,6 +44,20 @@ pub struct Metrics {
     pub member_updates: IntCounterVec,
     /// Writes the event log refused, by kind of record.
     pub log_errors: IntCounterVec,
+    /// Decisions made in experiments.
+    pub experiment_decisions: IntCounterVec,
+    /// Members exposed for the first time.
+    pub experiment_members: IntCounterVec,
+    /// Members converting for the first time.
+    pub experiment_conversions: IntCounterVec,
+    /// Accepted revenue attributed to experiment variants.
+    pub experiment_revenue: CounterVec,
+    /// Sample-ratio-mismatch p-value, refreshed at each scrape.
+    pub experiment_srm_p_value: GaugeVec,
+    /// Conversion p-value against the control, refreshed at each scrape.
+    pub experiment_conversion_p_value: GaugeVec,
+    /// Absolute conversion lift against the control, refreshed at each scrape.
+    pub experiment_conversion_lift: GaugeVec,
 }
 
 impl Metrics {
@@ -103,6 +117,63 @@ impl Metrics {
             &["kind"],
         )
         .expect("static metric");
+        let ev = ["experiment", "variant"];
+        let experiment_decisions = IntCounterVec::new(
+            Opts::new(
+                "experiment_decisions_total",
+                "Decisions made in experiments",
+            ),
+            &ev,
+        )
+        .expect("static metric");
+        let experiment_members = IntCounterVec::new(
+            Opts::new(
+                "experiment_members_total",
+                "Members exposed to an experiment for the first time",
+            ),
+            &ev,
+        )
+        .expect("static metric");
+        let experiment_conversions = IntCounterVec::new(
+            Opts::new(
+                "experiment_conversions_total",
+                "Experiment members converting for the first time",
+            ),
+            &ev,
+        )
+        .expect("static metric");
+        let experiment_revenue = CounterVec::new(
+            Opts::new(
+                "experiment_revenue_total",
+                "Accepted revenue attributed to experiment variants",
+            ),
+            &ev,
+        )
+        .expect("static metric");
+        let experiment_srm_p_value = GaugeVec::new(
+            Opts::new(
+                "experiment_srm_p_value",
+                "Sample-ratio-mismatch p-value (chi-square of members against weights)",
+            ),
+            &["experiment"],
+        )
+        .expect("static metric");
+        let experiment_conversion_p_value = GaugeVec::new(
+            Opts::new(
+                "experiment_conversion_p_value",
+                "Two-proportion z-test p-value against the control",
+            ),
+            &ev,
+        )
+        .expect("static metric");
+        let experiment_conversion_lift = GaugeVec::new(
+            Opts::new(
+                "experiment_conversion_lift",
+                "Conversion rate minus the control's",
+            ),
+            &ev,
+        )
+        .expect("static metric");
         let log_errors = IntCounterVec::new(
             Opts::new(
                 "log_errors_total",
@@ -122,6 +193,13 @@ impl Metrics {
             Box::new(accepted_revenue.clone()),
             Box::new(member_updates.clone()),
             Box::new(log_errors.clone()),
+            Box::new(experiment_decisions.clone()),
+            Box::new(experiment_members.clone()),
+            Box::new(experiment_conversions.clone()),
+            Box::new(experiment_revenue.clone()),
+            Box::new(experiment_srm_p_value.clone()),
+            Box::new(experiment_conversion_p_value.clone()),
+            Box::new(experiment_conversion_lift.clone()),
         ] {
             registry.register(c).expect("each metric registered once");
         }
@@ -137,6 +215,56 @@ impl Metrics {
             accepted_revenue,
             member_updates,
             log_errors,
+            experiment_decisions,
+            experiment_members,
+            experiment_conversions,
+            experiment_revenue,
+            experiment_srm_p_value,
+            experiment_conversion_p_value,
+            experiment_conversion_lift,
+        }
+    }
+
+    /// Counts what a live apply changed in experiments (one place, so the
+    /// counters and the durable state never disagree).
+    pub fn observe_applied(&self, applied: &crate::durable::Applied) {
+        for (a, first) in &applied.exposed {
+            let l = [a.experiment.as_str(), a.variant.as_str()];
+            self.experiment_decisions.with_label_values(&l).inc();
+            if *first {
+                self.experiment_members.with_label_values(&l).inc();
+            }
+        }
+        for (a, first, revenue) in &applied.converted {
+            let l = [a.experiment.as_str(), a.variant.as_str()];
+            if *first {
+                self.experiment_conversions.with_label_values(&l).inc();
+            }
+            self.experiment_revenue
+                .with_label_values(&l)
+                .inc_by(*revenue);
+        }
+    }
+
+    /// Refreshes the experiment gauges from reports.
+    pub fn observe_reports(&self, reports: &[crate::experiments::Report]) {
+        for r in reports {
+            if let Some(p) = r.srm_p_value {
+                self.experiment_srm_p_value
+                    .with_label_values(&[&r.experiment])
+                    .set(p);
+            }
+            for v in &r.variants {
+                if let Some(l) = &v.conversion_lift {
+                    let labels = [r.experiment.as_str(), v.variant.as_str()];
+                    self.experiment_conversion_p_value
+                        .with_label_values(&labels)
+                        .set(l.p_value);
+                    self.experiment_conversion_lift
+                        .with_label_values(&labels)
+                        .set(l.absolute);
+                }
+            }
         }
     }
 

@@ -76,6 +76,20 @@ pub fn load_model(settings: &Settings) -> anyhow::Result<ModelFile> {
     ModelFile::from_json(&text).with_context(|| format!("model {}", settings.model.file))
 }
 
+/// Loads the experiments named by the settings (or the compiled-in ones).
+pub fn load_experiments(
+    settings: &Settings,
+) -> anyhow::Result<Vec<crate::experiments::ExperimentSpec>> {
+    let text = if settings.experiments.file.is_empty() {
+        crate::experiments::DEFAULT_EXPERIMENTS.to_string()
+    } else {
+        std::fs::read_to_string(&settings.experiments.file)
+            .with_context(|| format!("reading experiments {}", settings.experiments.file))?
+    };
+    crate::experiments::parse_experiments(&text)
+        .map_err(|e| anyhow::anyhow!("experiments {}: {e}", settings.experiments.file))
+}
+
 /// Loads members named by the settings into `store`, or generates the synthetic population.
 pub fn load_members(settings: &Settings, store: &MemberStore) -> anyhow::Result<()> {
     let m = &settings.members;
@@ -117,15 +131,35 @@ pub fn load_members(settings: &Settings, store: &MemberStore) -> anyhow::Result<
 
 /// Opens the data directory: replays the log into a fresh [`Core`]; on a
 /// new directory loads the initial members and writes the first snapshot.
-pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal)> {
+/// Holds the data directory's lock file: one process per data dir.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] std::fs::File);
+
+/// Opens the data directory: takes its lock (a second process on the same
+/// directory is refused), replays the log into a fresh [`Core`]; on a new
+/// directory loads the initial members and writes the first snapshot.
+pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal, DirLock)> {
     let d = &settings.durability;
     let core = Core {
         members: MemberStore::new(),
         ledger: Ledger::new(d.max_decisions),
         thresholds: settings.tiers,
+        experiments: Default::default(),
     };
     let dir = std::path::Path::new(&d.data_dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .with_context(|| format!("opening the lock file in {}", dir.display()))?;
+    if lock_file.try_lock().is_err() {
+        anyhow::bail!(
+            "data dir {} is in use by another offer-engine process (its LOCK file is held)",
+            dir.display()
+        );
+    }
     let opts = WalOptions {
         fsync: d.fsync,
         ..WalOptions::default()
@@ -145,7 +179,7 @@ pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal)> {
             "the data dir already holds state; the members file is not read (use POST /v1/members to load more)"
         );
     }
-    Ok((core, wal))
+    Ok((core, wal, DirLock(lock_file)))
 }
 
 impl Application {
@@ -154,8 +188,9 @@ impl Application {
     pub fn build(settings: Settings) -> anyhow::Result<Application> {
         let catalog = load_catalog(&settings)?;
         let model = load_model(&settings)?;
-        let (core, wal) = open_state(&settings)?;
-        let engine = Engine::new(catalog, model, settings.tiers);
+        let (core, wal, lock) = open_state(&settings)?;
+        let experiments = load_experiments(&settings)?;
+        let engine = Engine::new(catalog, model, settings.tiers).with_experiments(experiments);
         let listener = TcpListener::bind(&settings.server.addr)
             .with_context(|| format!("binding {}", settings.server.addr))?;
         let port = listener.local_addr()?.port();
@@ -166,6 +201,7 @@ impl Application {
             metrics: Metrics::new(),
             settings: settings.clone(),
             ready: AtomicBool::new(false),
+            data_lock: lock,
         });
         state.metrics.members.set(state.core.members.len() as i64);
         let data = web::Data::new(state.clone());

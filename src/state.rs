@@ -27,6 +27,8 @@ pub struct AppState {
     pub settings: Settings,
     /// Set once start-up (loading, replay) is complete.
     pub ready: AtomicBool,
+    /// The data dir's lock, held for the life of the process.
+    pub data_lock: crate::startup::DirLock,
 }
 
 /// Handle shared by handlers.

@@ -169,6 +169,7 @@ pub async fn post_events(
             client_at_ms,
             inventory: issued.inventory.clone(),
             suppress_days: issued.suppress_days,
+            experiments: d.record.experiments.clone(),
         });
     }
     let n = records.len();

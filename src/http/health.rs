@@ -33,6 +33,13 @@ pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(state: web::Data<SharedState>) -> HttpResponse {
     state.metrics.members.set(state.core.members.len() as i64);
+    let engine = state.engine.load();
+    let reports: Vec<_> = engine
+        .experiments
+        .iter()
+        .map(|e| state.core.experiments.report(e))
+        .collect();
+    state.metrics.observe_reports(&reports);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

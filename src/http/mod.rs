@@ -4,6 +4,7 @@
 
 pub mod error;
 mod events;
+mod experiments;
 mod health;
 mod members;
 pub mod offers;
@@ -44,6 +45,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/member-events")
             .route(web::post().to(members::post_member_events))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/experiments")
+            .route(web::get().to(experiments::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/experiments/{id}/report")
+            .route(web::get().to(experiments::report))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

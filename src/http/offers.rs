@@ -9,8 +9,9 @@ use serde::Serialize;
 use super::error::ApiError;
 use crate::catalog::Offer;
 use crate::decision::{self, Constraints, DecisionInput, Ranking};
-use crate::domain::{Day, Itinerary, Money};
+use crate::domain::{Category, Day, Itinerary, Money};
 use crate::durable::LogRecord;
+use crate::experiments::Assignment;
 use crate::ledger::{self, DecisionRecord, IssuedOffer, Ledger};
 use crate::parse::{from_json, OfferRequestDto};
 use crate::state::SharedState;
@@ -49,6 +50,8 @@ pub struct OffersResponse<'a> {
     pub cold_start: bool,
     /// Model version that scored.
     pub model_version: &'a str,
+    /// Experiment assignments of the member.
+    pub experiments: Vec<Assignment>,
     /// Ranked offers.
     pub offers: Vec<OfferOut<'a>>,
 }
@@ -65,10 +68,18 @@ struct LedgerConstraints<'a> {
     suppressed: Vec<Arc<str>>,
     itinerary: &'a Itinerary,
     remaining: usize,
+    /// Catalog subset of the member's experiment variant, if any.
+    categories: Option<&'a [Category]>,
 }
 
 impl Constraints for LedgerConstraints<'_> {
     fn allowed(&self, _index: usize, offer: &Offer) -> bool {
+        if self
+            .categories
+            .is_some_and(|c| !c.contains(&offer.category))
+        {
+            return false;
+        }
         if self.suppressed.iter().any(|s| **s == *offer.id) {
             return false;
         }
@@ -105,6 +116,27 @@ pub async fn post_offers(
     let shown = core
         .ledger
         .shown(&request.member_id, Day::of(now), request.channel) as usize;
+    // Experiments: sticky assignment; the variant chooses the policy.
+    let mut assignments = Vec::new();
+    let (mut holdout, mut ranking, mut max_offers, mut categories) =
+        (false, Ranking::Model, request.max_offers, None);
+    for e in engine.experiments.iter() {
+        if let Some(v) = e.assign(&request.member_id) {
+            let var = &e.variants[v];
+            assignments.push(Assignment {
+                experiment: e.id.clone(),
+                variant: var.name.clone(),
+            });
+            holdout |= var.holdout;
+            ranking = var.ranking;
+            if let Some(m) = var.max_offers {
+                max_offers = max_offers.min(m);
+            }
+            if !var.categories.is_empty() {
+                categories = Some(var.categories.as_slice());
+            }
+        }
+    }
     let constraints = LedgerConstraints {
         ledger: &core.ledger,
         suppressed: core
@@ -119,7 +151,12 @@ pub async fn post_offers(
             })
             .unwrap_or_default(),
         itinerary: &request.itinerary,
-        remaining: cap.saturating_sub(shown),
+        remaining: if holdout {
+            0
+        } else {
+            cap.saturating_sub(shown)
+        },
+        categories,
     };
     let decision = decision::decide(
         &engine,
@@ -128,8 +165,8 @@ pub async fn post_offers(
             itinerary: Some(&request.itinerary),
             channel: request.channel,
             now,
-            max_offers: request.max_offers,
-            ranking: Ranking::Model,
+            max_offers,
+            ranking,
         },
         &constraints,
     );
@@ -178,7 +215,7 @@ pub async fn post_offers(
             }
         })
         .collect();
-    if !issued.is_empty() {
+    if !issued.is_empty() || !assignments.is_empty() {
         record_decision(
             &state,
             DecisionRecord {
@@ -187,6 +224,8 @@ pub async fn post_offers(
                 channel: request.channel,
                 created_ms: now_ms,
                 offers: issued,
+                experiments: assignments.clone(),
+                covariate: member.map(|m| m.qualifying_spend_12m).unwrap_or(0.0),
             },
         );
     }
@@ -196,6 +235,7 @@ pub async fn post_offers(
         member_id: &request.member_id,
         cold_start: decision.cold_start,
         model_version: &engine.table.version,
+        experiments: assignments,
         offers,
     }))
 }
@@ -208,10 +248,12 @@ pub fn record_decision(state: &SharedState, record: DecisionRecord) {
     let payload = LogRecord::Decision(record.clone()).encode();
     state.core.ledger.remember(record.clone());
     let core = state.core.clone();
-    let pending = state.wal.append(payload, move |_lsn| {
-        core.apply(&LogRecord::Decision(record), true);
-    });
     let metrics = state.metrics.clone();
+    let observer = metrics.clone();
+    let pending = state.wal.append(payload, move |_lsn| {
+        let applied = core.apply(&LogRecord::Decision(record), true);
+        observer.observe_applied(&applied);
+    });
     tokio::spawn(async move {
         if let Err(e) = pending.await {
             metrics.log_errors.with_label_values(&["decision"]).inc();

@@ -22,6 +22,15 @@ pub fn test_settings() -> Settings {
     s.server.addr = "127.0.0.1:0".into();
     s.server.workers = 2;
     s.members.synthetic_count = TEST_MEMBERS;
+    // No experiments (no holdout) unless a test asks for them: see experiments.rs.
+    s.experiments.file = "/dev/null".into();
+    s
+}
+
+/// Settings running the compiled-in default experiments.
+pub fn settings_with_default_experiments() -> Settings {
+    let mut s = test_settings();
+    s.experiments.file = String::new();
     s
 }
 

@@ -1,0 +1,206 @@
+use offer_engine::experiments::ExperimentSpec;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn app_with_experiments() -> TestApp {
+    spawn_with(
+        settings_with_default_experiments(),
+        std::sync::Arc::new(tempfile::tempdir().unwrap()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn experiments_are_listed() {
+    let app = app_with_experiments().await;
+    let body: Value = app.get("/v1/experiments").await.json().await.unwrap();
+    let e = &body["experiments"][0];
+    assert_eq!(e["id"], "nbo-model-vs-priority");
+    assert_eq!(e["control"], "control");
+    let weights: Vec<u64> = e["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights, vec![45, 45, 10]);
+    assert_problem(
+        app.get("/v1/experiments/nope/report").await,
+        404,
+        Some("id"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn decisions_carry_sticky_assignments_and_holdout_gets_nothing() {
+    let app = app_with_experiments().await;
+    let spec: ExperimentSpec = app.state.engine.load().experiments[0].clone();
+    let mut seen_holdout = false;
+    for i in 1..=200 {
+        let id = format!("M{i:08}");
+        let expected = &spec.variants[spec.assign(&id).unwrap()].name;
+        for _ in 0..2 {
+            let body: Value = app
+                .post_offers(&offer_request(&id))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                body["experiments"],
+                json!([{"experiment": spec.id, "variant": expected}])
+            );
+            if expected == "holdout" {
+                seen_holdout = true;
+                assert!(body["offers"].as_array().unwrap().is_empty());
+            }
+        }
+    }
+    assert!(seen_holdout);
+}
+
+#[tokio::test]
+async fn report_counts_members_exposures_and_conversions() {
+    let app = app_with_experiments().await;
+    let spec: ExperimentSpec = app.state.engine.load().experiments[0].clone();
+    let mut expected_members = std::collections::HashMap::<String, u64>::new();
+    let mut expected_conversions = std::collections::HashMap::<String, u64>::new();
+    let mut expected_revenue = std::collections::HashMap::<String, f64>::new();
+    for i in 1..=300 {
+        let id = format!("M{i:08}");
+        let variant = spec.variants[spec.assign(&id).unwrap()].name.clone();
+        *expected_members.entry(variant.clone()).or_default() += 1;
+        let body: Value = app
+            .post_offers(&offer_request(&id))
+            .await
+            .json()
+            .await
+            .unwrap();
+        // Every third member accepts their first offer (if they got one).
+        if i % 3 == 0 {
+            if let Some(o) = body["offers"].as_array().unwrap().first() {
+                let mut e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "accept"});
+                if o["price"].is_object() {
+                    e["revenue"] = o["price"].clone();
+                }
+                assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+                *expected_conversions.entry(variant.clone()).or_default() += 1;
+                *expected_revenue.entry(variant.clone()).or_default() +=
+                    o["price"]["amount"].as_f64().unwrap_or(0.0);
+            }
+        }
+    }
+    // Exposures are applied once the decisions are durable (one group commit).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let r: Value = app
+        .get(&format!("/v1/experiments/{}/report", spec.id))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["experiment"], spec.id);
+    assert_eq!(r["control"], "control");
+    assert!(r["srm_p_value"].as_f64().unwrap() > 0.0);
+    for v in r["variants"].as_array().unwrap() {
+        let name = v["variant"].as_str().unwrap();
+        assert_eq!(v["members"], expected_members[name], "{v}");
+        assert_eq!(v["exposures"], expected_members[name], "{v}");
+        assert_eq!(
+            v["conversions"],
+            expected_conversions.get(name).copied().unwrap_or(0),
+            "{v}"
+        );
+        let members = expected_members[name] as f64;
+        let mean = expected_revenue.get(name).copied().unwrap_or(0.0) / members;
+        assert!(
+            (v["revenue_per_member"]["mean"].as_f64().unwrap() - mean).abs() < 1e-6,
+            "{v}"
+        );
+        if name == "control" {
+            assert!(v["conversion_lift"].is_null() && v["chance_to_beat_control"].is_null());
+        } else {
+            let l = &v["conversion_lift"];
+            for k in ["absolute", "relative", "ci_low", "ci_high", "p_value"] {
+                assert!(l[k].is_number(), "{k} missing in {v}");
+            }
+            assert!(v["sequential_p_value"].is_number());
+            assert!(v["revenue_lift"].is_object() && v["cuped_revenue_lift"].is_object());
+        }
+    }
+    // Holdout members converted nothing: they were shown nothing.
+    let holdout = r["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["variant"] == "holdout")
+        .unwrap();
+    assert_eq!(holdout["conversions"], 0);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("offer_engine_experiment_members_total{experiment=\"nbo-model-vs-priority\",variant=\"model\"}"));
+    assert!(metrics
+        .contains("offer_engine_experiment_srm_p_value{experiment=\"nbo-model-vs-priority\"}"));
+}
+
+#[tokio::test]
+async fn the_report_survives_a_restart() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_with(settings_with_default_experiments(), dir.clone()).await;
+    let spec: ExperimentSpec = app.state.engine.load().experiments[0].clone();
+    for i in 1..=100 {
+        let body: Value = app
+            .post_offers(&offer_request(&format!("M{i:08}")))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if let Some(o) = body["offers"].as_array().unwrap().first() {
+            let mut e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "accept"});
+            if o["price"].is_object() {
+                e["revenue"] = o["price"].clone();
+            }
+            assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before: Value = app
+        .get(&format!("/v1/experiments/{}/report", spec.id))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The data dir is locked by the running server: a second one is refused.
+    let mut same = settings_with_default_experiments();
+    same.durability.data_dir = dir.path().display().to_string();
+    let Err(err) = offer_engine::startup::open_state(&same) else {
+        panic!("a second process opened a data dir in use");
+    };
+    assert!(err.to_string().contains("in use"), "{err}");
+    // A copy of the (idle) data dir, as a restart would find it, replays to the same report.
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+    }
+    let mut s = settings_with_default_experiments();
+    s.durability.data_dir = copy.path().display().to_string();
+    let core = offer_engine::startup::open_state(&s).unwrap().0;
+    let after = serde_json::to_value(core.experiments.report(&spec)).unwrap();
+    for (b, a) in before["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after["variants"].as_array().unwrap())
+    {
+        for k in ["members", "exposures", "conversions"] {
+            assert_eq!(b[k], a[k], "{k}: {b} vs {a}");
+        }
+        assert!(
+            (b["revenue_per_member"]["mean"].as_f64().unwrap()
+                - a["revenue_per_member"]["mean"].as_f64().unwrap())
+            .abs()
+                < 1e-9
+        );
+    }
+}
