@@ -176,7 +176,8 @@ fn dashboard_checks(dash: &Value, problems: &mut Vec<String>) -> Vec<Check> {
             problems.push(format!("dashboard: panel '{title}' has no targets"));
         }
         for t in &targets {
-            if t["expr"].as_str().map_or(true, |e| e.trim().is_empty()) {
+            let expr = t["expr"].as_str().unwrap_or("").trim();
+            if expr.is_empty() {
                 problems.push(format!(
                     "dashboard: panel '{title}' has a target without expr"
                 ));
@@ -432,7 +433,7 @@ async fn traffic(
         } else {
             members[(i * 7919) % members.len()].clone()
         };
-        let channel = if i % 2 == 0 {
+        let channel = if i & 1 == 0 {
             "checkout"
         } else {
             CHANNELS[(i / 2) % 4]
@@ -469,7 +470,7 @@ async fn traffic(
                 }
             }
         }
-        if i % 5 == 0 && !member.starts_with("UNKNOWN") {
+        if i % 5 == 4 && !member.starts_with("UNKNOWN") {
             let e = json!({"member_id": member, "type": "points_earned", "points": 100 + i % 900});
             send(
                 client.post(format!("{base}/v1/member-events")).json(&e),
