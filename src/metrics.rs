@@ -225,6 +225,55 @@ impl Metrics {
         }
     }
 
+    /// Creates the error series at zero, so the first error is an increase
+    /// Prometheus can see (a series born at 1 shows no `increase()`).
+    pub fn init_error_series(&self) {
+        for record in [
+            "decision",
+            "outcomes",
+            "put",
+            "bulk",
+            "flight_flown",
+            "points_earned",
+            "points_redeemed",
+            "tier_changed",
+            "consent_changed",
+            "purchase",
+        ] {
+            self.log_errors.with_label_values(&[record]);
+        }
+    }
+
+    /// Seeds the experiment counters from state restored at start, so
+    /// dashboards read totals, not totals since the last restart.
+    pub fn seed_experiments(&self, book: &crate::experiments::ExperimentBook) {
+        for e in book.experiments.iter() {
+            let st = e.value();
+            let names = st
+                .variants
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let arms = st.arms.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (i, name) in names.iter().enumerate() {
+                let l = [e.key().as_str(), name.as_str()];
+                let decisions = st.decisions[i].load(std::sync::atomic::Ordering::Relaxed);
+                self.experiment_decisions
+                    .with_label_values(&l)
+                    .inc_by(decisions);
+                self.experiment_members
+                    .with_label_values(&l)
+                    .inc_by(arms[i].members);
+                self.experiment_conversions
+                    .with_label_values(&l)
+                    .inc_by(arms[i].conversions);
+                self.experiment_revenue
+                    .with_label_values(&l)
+                    .inc_by(arms[i].revenue_sum);
+            }
+        }
+    }
+
     /// Counts what a live apply changed in experiments (one place, so the
     /// counters and the durable state never disagree).
     pub fn observe_applied(&self, applied: &crate::durable::Applied) {

@@ -204,6 +204,8 @@ impl Application {
             data_lock: lock,
         });
         state.metrics.members.set(state.core.members.len() as i64);
+        state.metrics.init_error_series();
+        state.metrics.seed_experiments(&state.core.experiments);
         let data = web::Data::new(state.clone());
         let mut server = HttpServer::new(move || {
             App::new()
