@@ -443,6 +443,8 @@ pub fn report_from_arms(
         .map(|(i, v)| {
             let a = &arms[i];
             let is_control = i == c;
+            // Figures against the control need members in both arms.
+            let compared = !is_control && a.members > 0 && control.members > 0;
             let other = |f: &dyn Fn() -> Option<Lift>| {
                 if is_control {
                     None
@@ -462,9 +464,8 @@ pub fn report_from_arms(
                 },
                 conversion_lift: other(&|| stats::conversion_lift(control, a, 0.95)),
                 revenue_lift: other(&|| stats::revenue_lift(control, a, 0.95)),
-                chance_to_beat_control: (!is_control)
-                    .then(|| stats::chance_to_beat_control(control, a)),
-                sequential_p_value: (!is_control).then(|| {
+                chance_to_beat_control: compared.then(|| stats::chance_to_beat_control(control, a)),
+                sequential_p_value: compared.then(|| {
                     let p = stats::sequential_p_value(control, a, spec.msprt_tau2);
                     stats::msprt_update(sequential_prev.get(i).copied().unwrap_or(1.0), p)
                 }),
