@@ -267,6 +267,18 @@ pub struct EligibilityContext<'a> {
 }
 
 impl Offer {
+    /// Whether an eligibility rule is about a trip (cabin, route, days to
+    /// departure, distance, party size): such an offer needs an itinerary.
+    pub fn needs_trip(&self) -> bool {
+        let e = &self.eligibility;
+        !e.cabins.is_empty()
+            || e.route != RouteKind::Any
+            || e.min_days_before_departure.is_some()
+            || e.max_days_before_departure.is_some()
+            || e.min_distance_km.is_some()
+            || e.min_passengers.is_some()
+    }
+
     /// Whether the offer may be shown in `ctx`; the first failed rule otherwise.
     pub fn eligible(&self, ctx: &EligibilityContext<'_>) -> Result<(), Ineligible> {
         let e = &self.eligibility;
@@ -317,13 +329,7 @@ impl Offer {
             if e.min_passengers.is_some_and(|p| it.passengers < p) {
                 return Err(Ineligible::Passengers);
             }
-        } else if !e.cabins.is_empty()
-            || e.route != RouteKind::Any
-            || e.min_days_before_departure.is_some()
-            || e.max_days_before_departure.is_some()
-            || e.min_distance_km.is_some()
-            || e.min_passengers.is_some()
-        {
+        } else if self.needs_trip() {
             // Rules about a trip cannot hold without one.
             return Err(Ineligible::Route);
         }

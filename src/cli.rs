@@ -29,6 +29,82 @@ pub enum Command {
     GenMembers(GenArgs),
     /// Fit the propensity model on a simulated history and write it with its model card.
     Train(TrainArgs),
+    /// Write the best offers for a segment of members to a file (NDJSON or CSV).
+    Campaign(CampaignArgs),
+}
+
+/// `campaign` flags (named like the fields of `POST /v1/campaigns`).
+#[derive(Debug, clap::Args)]
+pub struct CampaignArgs {
+    /// Configuration file (TOML) layered over the built-in defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Members NDJSON file (decisions are then not recorded: nothing to attribute accepts to).
+    #[arg(long, conflicts_with = "data_dir")]
+    pub members: Option<PathBuf>,
+    /// The server's data dir (the server must be stopped); decisions are recorded durably.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Catalog TOML (default: the compiled-in catalog).
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Model JSON (default: the compiled-in model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Experiments TOML (default: the compiled-in experiments).
+    #[arg(long)]
+    pub experiments: Option<PathBuf>,
+    /// email, sms or app.
+    #[arg(long)]
+    pub channel: String,
+    /// Tiers, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tiers: Option<Vec<String>>,
+    /// Home airports, comma-separated IATA codes.
+    #[arg(long, value_delimiter = ',')]
+    pub home_airports: Option<Vec<String>>,
+    /// Not flown for at least this many days.
+    #[arg(long)]
+    pub min_days_since_flight: Option<u32>,
+    /// Flew within this many days.
+    #[arg(long)]
+    pub max_days_since_flight: Option<u32>,
+    /// Birth month 1-12.
+    #[arg(long)]
+    pub birth_month: Option<u8>,
+    /// Minimum points.
+    #[arg(long)]
+    pub min_points: Option<u32>,
+    /// Maximum points.
+    #[arg(long)]
+    pub max_points: Option<u32>,
+    /// At most this much qualifying spend (CNY) from the next tier.
+    #[arg(long)]
+    pub max_distance_to_next_tier: Option<f64>,
+    /// Required tags, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Option<Vec<String>>,
+    /// Offers per member.
+    #[arg(long, default_value_t = 3)]
+    pub offers: usize,
+    /// Campaign date YYYY-MM-DD (default today).
+    #[arg(long)]
+    pub date: Option<String>,
+    /// Most members written.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Campaign id (default: derived from the filter, channel, offers and date).
+    #[arg(long)]
+    pub campaign_id: Option<String>,
+    /// Output file ("-" for standard output).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// ndjson or csv.
+    #[arg(long, default_value = "ndjson")]
+    pub format: String,
+    /// Scoring threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// `serve` flags.
@@ -115,6 +191,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve(a),
         Command::GenMembers(a) => gen_members(a),
         Command::Train(a) => train(a),
+        Command::Campaign(a) => crate::campaign_cli::run(a),
     }
 }
 

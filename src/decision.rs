@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::catalog::{Catalog, EligibilityContext, Offer};
 use crate::domain::{Category, Channel, Day, Itinerary, Member, Money, TierThresholds};
-use crate::features::{self, DecisionContext, FeatureVector, ValueSegment};
+use crate::features::{self, DecisionContext, ValueSegment};
 use crate::model::{ModelFile, ScoringTable};
 
 /// Catalog, model and tier rules that decide together. Swapped as a whole
@@ -149,13 +149,30 @@ pub fn decide(
     input: &DecisionInput<'_>,
     constraints: &dyn Constraints,
 ) -> Decision {
-    let _span = tracing::trace_span!("decide", channel = input.channel.as_str()).entered();
     let ctx = DecisionContext {
         itinerary: input.itinerary,
         channel: input.channel,
         now: input.now,
     };
     let x = features::build(input.member, &ctx, &engine.thresholds);
+    decide_scored(engine, input, constraints, None, |i| {
+        engine.table.propensity(i, &x)
+    })
+}
+
+/// [`decide`] with the propensities given: `score(i)` is catalog offer `i`'s
+/// propensity for this member (campaigns compute a block of members at once
+/// with one matrix product). `candidates`, when given, lists the only offers
+/// that can be eligible (a campaign rules out trip offers once, up front);
+/// every candidate still goes through the full eligibility rule.
+pub fn decide_scored(
+    engine: &Engine,
+    input: &DecisionInput<'_>,
+    constraints: &dyn Constraints,
+    candidates: Option<&[usize]>,
+    score: impl Fn(usize) -> f32,
+) -> Decision {
+    let _span = tracing::trace_span!("decide", channel = input.channel.as_str()).entered();
     let spend_gap = input
         .member
         .and_then(|m| features::spend_to_next_tier(m, &engine.thresholds));
@@ -167,16 +184,23 @@ pub fn decide(
         spend_to_next_tier: spend_gap,
     };
     let passengers = input.itinerary.map(|i| i.passengers).unwrap_or(1);
-    // (index, propensity, expected value); at most ~60 offers, on the stack's worth of heap.
-    let mut candidates: Vec<(usize, f32, f64)> = Vec::with_capacity(engine.catalog.offers.len());
-    for (i, offer) in engine.catalog.offers.iter().enumerate() {
+    let all = engine.catalog.offers.len();
+    let mut scored: Vec<(usize, f32, f64)> =
+        Vec::with_capacity(candidates.map_or(all, |c| c.len()));
+    let mut consider = |i: usize| {
+        let offer = &engine.catalog.offers[i];
         if offer.eligible(&ectx).is_err() || !constraints.allowed(i, offer) {
-            continue;
+            return;
         }
-        let p = engine.table.propensity(i, &x);
+        let p = score(i);
         let ev = p as f64 * offer.margin * offer.units(passengers) * offer.lever;
-        candidates.push((i, p, ev));
+        scored.push((i, p, ev));
+    };
+    match candidates {
+        Some(c) => c.iter().for_each(|i| consider(*i)),
+        None => (0..all).for_each(&mut consider),
     }
+    let mut candidates = scored;
     let eligible = candidates.len();
     let offers = &engine.catalog.offers;
     match input.ranking {
@@ -195,6 +219,7 @@ pub fn decide(
     }
     let limit = input.max_offers.min(constraints.remaining_contacts());
     let mut used_categories: u16 = 0;
+    let mut member_lines: Option<MemberReasons> = None;
     let mut chosen = Vec::with_capacity(limit.min(10));
     for (i, p, ev) in candidates {
         if chosen.len() >= limit {
@@ -213,7 +238,13 @@ pub fn decide(
             price: offer.cash_price(passengers),
             points_price: offer.points_price_for(passengers),
             expires_at: expiry(offer, input),
-            reasons: reasons(engine, offer, input, &x, spend_gap, p, ev),
+            reasons: reasons(
+                offer,
+                input,
+                member_lines.get_or_insert_with(|| member_reasons(input, spend_gap)),
+                p,
+                ev,
+            ),
         });
     }
     Decision {
@@ -254,51 +285,63 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// Reasons that depend only on the member, computed once per decision.
+struct MemberReasons {
+    lines: Vec<String>,
+    recency_days: Option<i32>,
+}
+
+fn member_reasons(input: &DecisionInput<'_>, spend_gap: Option<f64>) -> MemberReasons {
+    let Some(m) = input.member else {
+        return MemberReasons {
+            lines: vec!["new to the programme: chosen from the trip alone".to_string()],
+            recency_days: None,
+        };
+    };
+    let mut lines = Vec::with_capacity(2);
+    match (m.tier.next(), spend_gap) {
+        (Some(next), Some(gap)) if gap <= 20_000.0 => lines.push(format!(
+            "{} member, {} CNY qualifying spend from {}",
+            m.tier,
+            thousands(gap.ceil() as u64),
+            next
+        )),
+        _ => lines.push(format!("{} member", m.tier)),
+    }
+    let s = features::segment(m, Day::of(input.now));
+    match s.value {
+        ValueSegment::HighValue => lines.push(format!(
+            "high-value customer (lifetime value about {} CNY)",
+            thousands((s.clv / 1000.0).round() as u64 * 1000)
+        )),
+        ValueSegment::Potential => lines.push("growing customer".to_string()),
+        ValueSegment::LowValue => {}
+    }
+    MemberReasons {
+        lines,
+        recency_days: s.recency_days,
+    }
+}
+
 fn reasons(
-    engine: &Engine,
     offer: &Offer,
     input: &DecisionInput<'_>,
-    _x: &FeatureVector,
-    spend_gap: Option<f64>,
+    mr: &MemberReasons,
     p: f32,
     ev: f64,
 ) -> Vec<String> {
-    let mut r = Vec::with_capacity(4);
-    let today = Day::of(input.now);
-    match input.member {
-        None => r.push("new to the programme: chosen from the trip alone".to_string()),
-        Some(m) => {
-            match (m.tier.next(), spend_gap) {
-                (Some(next), Some(gap)) if gap <= 20_000.0 => r.push(format!(
-                    "{} member, {} CNY qualifying spend from {}",
-                    m.tier,
-                    thousands(gap.ceil() as u64),
-                    next
-                )),
-                _ => r.push(format!("{} member", m.tier)),
+    let mut r = Vec::with_capacity(mr.lines.len() + 3);
+    r.extend(mr.lines.iter().cloned());
+    if let Some(m) = input.member {
+        if offer.category == Category::Retention {
+            match mr.recency_days {
+                Some(d) => r.push(format!("no flight for {d} days")),
+                None => r.push("has not flown with us yet".to_string()),
             }
-            let s = features::segment(m, today);
-            match s.value {
-                ValueSegment::HighValue => r.push(format!(
-                    "high-value customer (lifetime value about {} CNY)",
-                    thousands((s.clv / 1000.0).round() as u64 * 1000)
-                )),
-                ValueSegment::Potential => r.push("growing customer".to_string()),
-                ValueSegment::LowValue => {}
-            }
-            if offer.category == crate::domain::Category::Retention {
-                match s.recency_days {
-                    Some(d) => r.push(format!("no flight for {d} days")),
-                    None => r.push("has not flown with us yet".to_string()),
-                }
-            }
-            if let Some(pp) =
-                offer.points_price_for(input.itinerary.map(|i| i.passengers).unwrap_or(1))
-            {
-                if pp > 0 {
-                    r.push(format!("{} points available", thousands(m.points as u64)));
-                }
-            }
+        }
+        let passengers = input.itinerary.map(|i| i.passengers).unwrap_or(1);
+        if offer.points_price_for(passengers).is_some_and(|pp| pp > 0) {
+            r.push(format!("{} points available", thousands(m.points as u64)));
         }
     }
     if let Some(it) = input.itinerary {
@@ -308,23 +351,20 @@ fn reasons(
             "international"
         };
         match offer.category {
-            crate::domain::Category::Upgrade | crate::domain::Category::Wifi => r.push(format!(
+            Category::Upgrade | Category::Wifi => r.push(format!(
                 "{} km {kind} flight in {}",
                 thousands(it.distance_km().round() as u64),
                 it.cabin.as_str().replace('_', " ")
             )),
-            crate::domain::Category::Lounge | crate::domain::Category::PartnerBundle => {
-                r.push(format!(
-                    "departs {} in {} days",
-                    it.origin,
-                    it.days_to_departure(input.now)
-                ))
-            }
+            Category::Lounge | Category::PartnerBundle => r.push(format!(
+                "departs {} in {} days",
+                it.origin,
+                it.days_to_departure(input.now)
+            )),
             _ if it.passengers > 1 => r.push(format!("party of {}", it.passengers)),
             _ => {}
         }
     }
-    let _ = engine;
     r.push(format!(
         "propensity {:.1}%, expected value {:.0} CNY",
         p * 100.0,

@@ -73,6 +73,8 @@ impl From<&MemberWire> for Member {
 pub enum LogRecord {
     /// A decision was issued.
     Decision(DecisionRecord),
+    /// A block of campaign decisions (logged together for throughput).
+    Decisions(Vec<DecisionRecord>),
     /// A batch of outcome events (applied all together).
     Outcomes(Vec<OutcomeRecord>),
     /// Members created or replaced.
@@ -145,20 +147,10 @@ impl Core {
     pub fn apply(&self, rec: &LogRecord, live: bool) -> Applied {
         let mut applied = Applied::default();
         match rec {
-            LogRecord::Decision(d) => {
-                let shown = d.offers.len().min(u16::MAX as usize) as u16;
-                self.ledger.count_shown(
-                    &d.member_id,
-                    Day(day_of_ms(d.created_ms)),
-                    d.channel,
-                    shown,
-                );
-                for a in &d.experiments {
-                    let c = self.experiments.expose(a, &d.member_id, d.covariate);
-                    applied.exposed.push((a.clone(), c.new_member));
-                }
-                if !live && d.last_expiry_ms() + 60_000 > chrono::Utc::now().timestamp_millis() {
-                    self.ledger.remember(d.clone());
+            LogRecord::Decision(d) => self.apply_decision(d, live, &mut applied),
+            LogRecord::Decisions(list) => {
+                for d in list {
+                    self.apply_decision(d, live, &mut applied);
                 }
             }
             LogRecord::Outcomes(events) => {
@@ -207,6 +199,19 @@ impl Core {
             }
         }
         applied
+    }
+
+    fn apply_decision(&self, d: &DecisionRecord, live: bool, applied: &mut Applied) {
+        let shown = d.offers.len().min(u16::MAX as usize) as u16;
+        self.ledger
+            .count_shown(&d.member_id, Day(day_of_ms(d.created_ms)), d.channel, shown);
+        for a in &d.experiments {
+            let c = self.experiments.expose(a, &d.member_id, d.covariate);
+            applied.exposed.push((a.clone(), c.new_member));
+        }
+        if !live && d.last_expiry_ms() + 60_000 > chrono::Utc::now().timestamp_millis() {
+            self.ledger.remember(d.clone());
+        }
     }
 
     fn commit_inventory(&self, e: &OutcomeRecord) {

@@ -28,6 +28,8 @@
 //! ```
 
 pub mod airports;
+pub mod campaign;
+pub mod campaign_cli;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -42,6 +44,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod parse;
+pub mod render;
 pub mod startup;
 pub mod state;
 pub mod stats;

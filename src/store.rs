@@ -1,8 +1,15 @@
-//! The member store: compact member records in a concurrent map (dashmap),
+//! The member store: compact member records in concurrent maps (dashmap),
 //! keyed by member id, and the NDJSON reader that fills it.
 //!
 //! Readers copy the 28-byte [`Member`] out of the map and drop the guard at
 //! once, so no shard lock is ever held across an `.await` or while deciding.
+//!
+//! Memory: ids of the generator's and the usual airline form, `M` and exactly
+//! eight digits (`M00000042`), are kept as a `u32` beside the record (32
+//! bytes a member, no allocation of their own); any other id is a boxed
+//! string in a second map. At 10 million members this is about 55 resident
+//! bytes a member instead of about 110 with a boxed key for everyone
+//! (`load-tests/`, issue 6).
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -12,10 +19,65 @@ use dashmap::DashMap;
 use crate::domain::{FieldError, Member, MemberRecord};
 
 /// Shared member store; cloning is shallow.
-#[derive(Clone, Default)]
+///
+/// The hasher has fixed seeds and the shard count is fixed, so iteration
+/// order ([`MemberStore::for_each`]: numeric ids first, then the others)
+/// depends only on the members and the order they were loaded in, not on the
+/// machine: a campaign over the same state writes the same file. (Member ids
+/// are not secret and are chosen by the airline, not by the public, so hash
+/// flooding is no concern.)
+#[derive(Clone)]
 pub struct MemberStore {
-    /// Member id → compact record.
-    map: Arc<DashMap<Box<str>, Member, ahash::RandomState>>,
+    /// `M` + eight digits → compact record (the id's number is the key).
+    numeric: Arc<DashMap<u32, Member, ahash::RandomState>>,
+    /// Any other member id → compact record.
+    other: Arc<DashMap<Box<str>, Member, ahash::RandomState>>,
+}
+
+/// Shards of each map: fixed, so iteration order does not depend on the CPU count.
+const SHARDS: usize = 16;
+
+fn fixed_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(
+        0x6f66_6665_722d_656e,
+        0x6769_6e65_2d6d_656d,
+        0x6265_7273_2d73_746f,
+        0x7265_2d76_3100_0000,
+    )
+}
+
+/// The number of an id of the form `M` + exactly eight ASCII digits.
+/// `format!("M{n:08}")` gives the id back, byte for byte.
+fn numeric_key(id: &str) -> Option<u32> {
+    let b = id.as_bytes();
+    if b.len() != 9 || b[0] != b'M' {
+        return None;
+    }
+    let mut n = 0u32;
+    for &c in &b[1..] {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u32::from(c - b'0');
+    }
+    Some(n)
+}
+
+/// Writes `M` + eight digits of `n` into `buf` and returns it as text.
+fn numeric_id(n: u32, buf: &mut [u8; 9]) -> &str {
+    buf[0] = b'M';
+    let mut x = n;
+    for i in (1..9).rev() {
+        buf[i] = b'0' + (x % 10) as u8;
+        x /= 10;
+    }
+    std::str::from_utf8(buf).expect("ASCII digits")
+}
+
+impl Default for MemberStore {
+    fn default() -> Self {
+        MemberStore::with_capacity(0)
+    }
 }
 
 /// One bad line of an NDJSON input.
@@ -60,53 +122,77 @@ impl MemberStore {
         Self::default()
     }
 
-    /// An empty store sized for `n` members.
+    /// An empty store sized for `n` members (of the numeric id form).
     pub fn with_capacity(n: usize) -> Self {
         MemberStore {
-            map: Arc::new(DashMap::with_capacity_and_hasher(
+            numeric: Arc::new(DashMap::with_capacity_and_hasher_and_shard_amount(
                 n,
-                ahash::RandomState::new(),
+                fixed_hasher(),
+                SHARDS,
+            )),
+            other: Arc::new(DashMap::with_capacity_and_hasher_and_shard_amount(
+                0,
+                fixed_hasher(),
+                SHARDS,
             )),
         }
     }
 
     /// A copy of a member's record.
     pub fn get(&self, id: &str) -> Option<Member> {
-        self.map.get(id).map(|r| *r)
+        match numeric_key(id) {
+            Some(k) => self.numeric.get(&k).map(|r| *r),
+            None => self.other.get(id).map(|r| *r),
+        }
     }
 
     /// Inserts or replaces a member; returns the previous record.
     pub fn upsert(&self, id: &str, m: Member) -> Option<Member> {
-        self.map.insert(id.into(), m)
+        match numeric_key(id) {
+            Some(k) => self.numeric.insert(k, m),
+            None => self.other.insert(id.into(), m),
+        }
     }
 
     /// Applies `f` to a member in place, if present; returns the new record.
     pub fn update(&self, id: &str, f: impl FnOnce(&mut Member)) -> Option<Member> {
-        self.map.get_mut(id).map(|mut r| {
-            f(&mut r);
+        let apply = |r: &mut Member| {
+            f(r);
             *r
-        })
+        };
+        match numeric_key(id) {
+            Some(k) => self.numeric.get_mut(&k).map(|mut r| apply(&mut r)),
+            None => self.other.get_mut(id).map(|mut r| apply(&mut r)),
+        }
     }
 
     /// Removes a member.
     pub fn remove(&self, id: &str) -> Option<Member> {
-        self.map.remove(id).map(|(_, m)| m)
+        match numeric_key(id) {
+            Some(k) => self.numeric.remove(&k).map(|(_, m)| m),
+            None => self.other.remove(id).map(|(_, m)| m),
+        }
     }
 
     /// Number of members.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.numeric.len() + self.other.len()
     }
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.numeric.is_empty() && self.other.is_empty()
     }
 
-    /// Visits every member (order unspecified). Holds one shard read lock at a
-    /// time; never call it from async code that awaits inside `f`.
+    /// Visits every member (order unspecified but deterministic: numeric ids
+    /// first, then the others). Holds one shard read lock at a time; never
+    /// call it from async code that awaits inside `f`.
     pub fn for_each(&self, mut f: impl FnMut(&str, &Member)) {
-        for r in self.map.iter() {
+        let mut buf = [0u8; 9];
+        for r in self.numeric.iter() {
+            f(numeric_id(*r.key(), &mut buf), r.value());
+        }
+        for r in self.other.iter() {
             f(r.key(), r.value());
         }
     }
@@ -164,6 +250,57 @@ mod tests {
         assert_eq!(r.errors[1].line, 4);
         assert_eq!(r.errors[2].field.as_deref(), Some("home_airport"));
         assert_eq!(s.get("M1").unwrap().points, 1200);
+    }
+
+    #[test]
+    fn numeric_and_other_ids_round_trip() {
+        let (_, m) = parse_member_line(GOOD).unwrap();
+        let s = MemberStore::new();
+        let ids = [
+            "M00000042", "M00000000", "M99999999", "M1", "M0000004", "M000000042",
+            "m00000042", "M0000004x", "X00000042", "M-0000042", "M\u{0663}0000042",
+        ];
+        for (i, id) in ids.iter().enumerate() {
+            let mut mi = m;
+            mi.points = i as u32;
+            assert_eq!(s.upsert(id, mi), None, "{id}");
+        }
+        assert_eq!(s.len(), ids.len());
+        assert_eq!(numeric_key("M00000042"), Some(42));
+        assert_eq!(numeric_key("M000000042"), None);
+        assert_eq!(numeric_key("M0000004x"), None);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(s.get(id).unwrap().points, i as u32, "{id}");
+        }
+        let mut seen = Vec::new();
+        s.for_each(|id, m| seen.push((id.to_string(), m.points)));
+        seen.sort_by_key(|(_, p)| *p);
+        let want: Vec<_> = ids.iter().enumerate().map(|(i, id)| (id.to_string(), i as u32)).collect();
+        assert_eq!(seen, want);
+        assert_eq!(s.update("M00000042", |m| m.points = 7).unwrap().points, 7);
+        assert_eq!(s.update("M1", |m| m.points = 8).unwrap().points, 8);
+        assert!(s.update("M00000043", |m| m.points = 9).is_none());
+        assert_eq!(s.remove("M00000042").unwrap().points, 7);
+        assert_eq!(s.remove("M1").unwrap().points, 8);
+        assert!(s.get("M00000042").is_none() && s.get("M1").is_none());
+        assert_eq!(s.len(), ids.len() - 2);
+        assert!(!s.is_empty());
+    }
+
+    #[test]
+    fn iteration_order_is_deterministic() {
+        let (_, m) = parse_member_line(GOOD).unwrap();
+        let order = || {
+            let s = MemberStore::new();
+            for i in 0..2000u32 {
+                s.upsert(&format!("M{i:08}"), m);
+                s.upsert(&format!("X{i}"), m);
+            }
+            let mut ids = Vec::new();
+            s.for_each(|id, _| ids.push(id.to_string()));
+            ids
+        };
+        assert_eq!(order(), order());
     }
 
     #[test]

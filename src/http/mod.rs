@@ -2,6 +2,7 @@
 //! it into domain types, call the decision core, render the answer. Routes
 //! are grouped by resource; every error goes through [`error::ApiError`].
 
+mod campaigns;
 pub mod error;
 mod events;
 mod experiments;
@@ -45,6 +46,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/member-events")
             .route(web::post().to(members::post_member_events))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/campaigns")
+            .route(web::post().to(campaigns::post_campaigns))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

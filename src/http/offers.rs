@@ -3,41 +3,19 @@
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use serde::Serialize;
 
 use super::error::ApiError;
 use crate::catalog::Offer;
 use crate::decision::{self, Constraints, DecisionInput, Ranking};
-use crate::domain::{Category, Day, Itinerary, Money};
+use crate::domain::{Category, Day, Itinerary};
 use crate::durable::LogRecord;
 use crate::experiments::Assignment;
 use crate::ledger::{self, DecisionRecord, IssuedOffer, Ledger};
 use crate::parse::{from_json, OfferRequestDto};
+use crate::render::OfferOut;
 use crate::state::SharedState;
-
-/// One offer in the response.
-#[derive(Debug, Serialize)]
-pub struct OfferOut<'a> {
-    /// Offer id.
-    pub offer_id: &'a str,
-    /// Category (snake_case).
-    pub category: &'static str,
-    /// Title.
-    pub title: &'a str,
-    /// Cash price for the party, or null.
-    pub price: Option<Money>,
-    /// Points price for the party, or null.
-    pub points_price: Option<u64>,
-    /// Model propensity.
-    pub score: f32,
-    /// Expected value, CNY.
-    pub expected_value: f64,
-    /// Why this offer.
-    pub reasons: Vec<String>,
-    /// RFC 3339 expiry.
-    pub expires_at: String,
-}
 
 /// The response body.
 #[derive(Debug, Serialize)]
@@ -56,10 +34,7 @@ pub struct OffersResponse<'a> {
     pub offers: Vec<OfferOut<'a>>,
 }
 
-/// RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub use crate::render::rfc3339;
 
 /// Contact policy and inventory as seen by one decision.
 struct LedgerConstraints<'a> {
@@ -202,17 +177,7 @@ pub async fn post_offers(
                     .suppress_days_after_decline
                     .unwrap_or(suppress_default),
             });
-            OfferOut {
-                offer_id: &offer.id,
-                category: offer.category.as_str(),
-                title: &offer.title,
-                price: o.price,
-                points_price: o.points_price,
-                score: o.propensity,
-                expected_value: o.expected_value,
-                reasons: o.reasons,
-                expires_at: rfc3339(o.expires_at),
-            }
+            OfferOut::new(offer, o)
         })
         .collect();
     if !issued.is_empty() || !assignments.is_empty() {

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0, driven over HTTP.
 //! One test binary (faster to link); one module per resource.
 
+mod campaigns;
 mod events;
 mod experiments;
 mod health;

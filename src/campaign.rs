@@ -1,0 +1,952 @@
+//! Email (and sms, app) campaigns: the best offers for a whole segment.
+//!
+//! A campaign is a segment filter, a channel, an offer count, a date and a
+//! limit. It is checked completely before any scoring starts. Then the
+//! member store is scanned once (in its deterministic order), matching
+//! members are cut into blocks, and worker threads score each block with one
+//! matrix product (block × features · featuresᵀ × candidate offers, `ndarray`)
+//! before the same eligibility, contact-policy and arbitration code as
+//! checkout ([`crate::decision::decide_scored`]) picks each member's offers.
+//! Lines stream out in scan order with memory bounded by the blocks in flight,
+//! whatever the segment size.
+//!
+//! Consent is absolute: eligibility refuses every offer on a channel the
+//! member has not consented to, so such a member never appears. Holdout
+//! members are recorded as exposed but not written. Every decision is
+//! recorded like a checkout decision (same attribution, expiry and
+//! durability), with a deterministic id (`cmp-{campaign_id}-{member_id}`),
+//! so running the same campaign on the same state writes the same file.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use crate::decision::{decide_scored, Constraints, DecisionInput, Engine, Ranking};
+use crate::domain::{Channel, Day, FieldError, Iata, Member, Tags, Tier};
+use crate::experiments::Assignment;
+use crate::features::{self, DecisionContext, N_FEATURES};
+use crate::ledger::{DecisionRecord, IssuedOffer, Ledger};
+use crate::render::OfferOut;
+
+/// Wire form of a campaign (`POST /v1/campaigns`; the CLI flags use the same names).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignDto {
+    /// `email`, `sms` or `app`.
+    pub channel: String,
+    /// Tiers to include (default all).
+    #[serde(default)]
+    pub tiers: Option<Vec<String>>,
+    /// Home airports to include (default all).
+    #[serde(default)]
+    pub home_airports: Option<Vec<String>>,
+    /// Members who have not flown for at least this many days (never flown counts).
+    #[serde(default)]
+    pub min_days_since_flight: Option<u32>,
+    /// Members who flew within this many days.
+    #[serde(default)]
+    pub max_days_since_flight: Option<u32>,
+    /// Birth month, 1 to 12.
+    #[serde(default)]
+    pub birth_month: Option<u8>,
+    /// Minimum points balance.
+    #[serde(default)]
+    pub min_points: Option<u32>,
+    /// Maximum points balance.
+    #[serde(default)]
+    pub max_points: Option<u32>,
+    /// At most this much qualifying spend (CNY) from the next tier (top tier excluded).
+    #[serde(default)]
+    pub max_distance_to_next_tier: Option<f64>,
+    /// Members having every one of these tags.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// Offers per member, 1 to 10 (default 3).
+    #[serde(default)]
+    pub offers: Option<usize>,
+    /// Campaign date, YYYY-MM-DD (default today): offers must be valid on it.
+    #[serde(default)]
+    pub date: Option<String>,
+    /// Most members written.
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Campaign id (default: derived from the other fields); part of every decision id.
+    #[serde(default)]
+    pub campaign_id: Option<String>,
+}
+
+/// A checked segment filter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SegmentFilter {
+    /// Allowed tiers (None: all).
+    pub tiers: Option<Vec<Tier>>,
+    /// Allowed home airports (None: all).
+    pub home_airports: Option<Vec<Iata>>,
+    /// Minimum days since the last flight.
+    pub min_days_since_flight: Option<u32>,
+    /// Maximum days since the last flight.
+    pub max_days_since_flight: Option<u32>,
+    /// Birth month.
+    pub birth_month: Option<u8>,
+    /// Minimum points.
+    pub min_points: Option<u32>,
+    /// Maximum points.
+    pub max_points: Option<u32>,
+    /// Maximum distance to the next tier, CNY.
+    pub max_distance_to_next_tier: Option<f64>,
+    /// Required tags.
+    pub tags: Tags,
+}
+
+impl SegmentFilter {
+    /// Whether a member is in the segment on `today`.
+    pub fn matches(&self, m: &Member, today: Day, th: &crate::domain::TierThresholds) -> bool {
+        if self.tiers.as_ref().is_some_and(|t| !t.contains(&m.tier)) {
+            return false;
+        }
+        if self
+            .home_airports
+            .as_ref()
+            .is_some_and(|a| !a.contains(&m.home_airport))
+        {
+            return false;
+        }
+        let days = m.last_flight.map(|d| today.0 - d.0);
+        if let Some(min) = self.min_days_since_flight {
+            if days.is_some_and(|d| d < min as i32) {
+                return false;
+            }
+        }
+        if let Some(max) = self.max_days_since_flight {
+            match days {
+                Some(d) if d <= max as i32 => {}
+                _ => return false,
+            }
+        }
+        if self.birth_month.is_some_and(|b| b != m.birth_month) {
+            return false;
+        }
+        if self.min_points.is_some_and(|p| m.points < p)
+            || self.max_points.is_some_and(|p| m.points > p)
+        {
+            return false;
+        }
+        if let Some(max) = self.max_distance_to_next_tier {
+            match features::spend_to_next_tier(m, th) {
+                Some(gap) if gap <= max => {}
+                _ => return false,
+            }
+        }
+        m.tags.contains_all(self.tags)
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// One JSON object a line.
+    #[default]
+    Ndjson,
+    /// Comma-separated, one row a member, `offers` groups of columns.
+    Csv,
+}
+
+/// A checked campaign.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Campaign {
+    /// Id (part of every decision id).
+    pub id: String,
+    /// Segment.
+    pub filter: SegmentFilter,
+    /// Channel (email, sms or app).
+    pub channel: Channel,
+    /// Offers per member.
+    pub offers: usize,
+    /// Campaign day.
+    pub date: NaiveDate,
+    /// Decision instant (now on the day it runs, else the start of the campaign day).
+    pub now: DateTime<Utc>,
+    /// Most members written.
+    pub limit: Option<u64>,
+}
+
+impl CampaignDto {
+    /// Checks every field before anything is scored; errors name the field.
+    pub fn into_campaign(self, now: DateTime<Utc>) -> Result<Campaign, FieldError> {
+        let channel = match self.channel.as_str() {
+            "email" => Channel::Email,
+            "sms" => Channel::Sms,
+            "app" => Channel::App,
+            other => {
+                return Err(FieldError::new(
+                    "channel",
+                    format!("{other:?} is not a campaign channel; one of email, sms, app"),
+                ))
+            }
+        };
+        let tiers = match &self.tiers {
+            None => None,
+            Some(v) if v.is_empty() => return Err(FieldError::new("tiers", "must not be empty")),
+            Some(v) => Some(
+                v.iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        Tier::parse(t).ok_or_else(|| {
+                            FieldError::new(
+                                format!("tiers[{i}]"),
+                                format!("unknown tier {t:?}; one of base, silver, gold, platinum, diamond"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let home_airports = match &self.home_airports {
+            None => None,
+            Some(v) if v.is_empty() => {
+                return Err(FieldError::new("home_airports", "must not be empty"))
+            }
+            Some(v) => Some(
+                v.iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        Iata::parse(a)
+                            .map_err(|m| FieldError::new(format!("home_airports[{i}]"), m))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        if let (Some(a), Some(b)) = (self.min_days_since_flight, self.max_days_since_flight) {
+            if a > b {
+                return Err(FieldError::new(
+                    "min_days_since_flight",
+                    "is greater than max_days_since_flight: the range is empty",
+                ));
+            }
+        }
+        if self.birth_month.is_some_and(|m| !(1..=12).contains(&m)) {
+            return Err(FieldError::new("birth_month", "must be from 1 to 12"));
+        }
+        if let (Some(a), Some(b)) = (self.min_points, self.max_points) {
+            if a > b {
+                return Err(FieldError::new(
+                    "min_points",
+                    "is greater than max_points: the range is empty",
+                ));
+            }
+        }
+        if self
+            .max_distance_to_next_tier
+            .is_some_and(|d| !d.is_finite() || d < 0.0)
+        {
+            return Err(FieldError::new(
+                "max_distance_to_next_tier",
+                "must be a non-negative number",
+            ));
+        }
+        let tags = match &self.tags {
+            None => Tags::default(),
+            Some(v) => Tags::parse(v)?,
+        };
+        let offers = self.offers.unwrap_or(3);
+        if !(1..=crate::domain::MAX_OFFERS).contains(&offers) {
+            return Err(FieldError::new("offers", "must be from 1 to 10"));
+        }
+        let today = now.date_naive();
+        let date = match &self.date {
+            None => today,
+            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .map_err(|_| FieldError::new("date", "must be YYYY-MM-DD"))?,
+        };
+        if date < today {
+            return Err(FieldError::new("date", "is in the past"));
+        }
+        if self.limit == Some(0) {
+            return Err(FieldError::new("limit", "must be at least 1"));
+        }
+        let filter = SegmentFilter {
+            tiers,
+            home_airports,
+            min_days_since_flight: self.min_days_since_flight,
+            max_days_since_flight: self.max_days_since_flight,
+            birth_month: self.birth_month,
+            min_points: self.min_points,
+            max_points: self.max_points,
+            max_distance_to_next_tier: self.max_distance_to_next_tier,
+            tags,
+        };
+        let id = match &self.campaign_id {
+            Some(id) => {
+                crate::domain::validate_member_id(id, "campaign_id")?;
+                id.clone()
+            }
+            None => format!(
+                "{:016x}",
+                crate::experiments::assignment_hash(&format!(
+                    "{channel:?}|{filter:?}|{offers}|{date}"
+                ))
+            ),
+        };
+        let decided_at = if date == today {
+            now
+        } else {
+            date.and_time(chrono::NaiveTime::MIN).and_utc()
+        };
+        Ok(Campaign {
+            id,
+            filter,
+            channel,
+            offers,
+            date,
+            now: decided_at,
+            limit: self.limit,
+        })
+    }
+}
+
+/// Offers that can be eligible in a campaign, and their model rows.
+struct Plan {
+    candidates: Vec<usize>,
+    /// Catalog index → column in `weights_t` (usize::MAX: not a candidate).
+    slot: Vec<usize>,
+    /// N_FEATURES × candidates.
+    weights_t: Array2<f32>,
+    bias: Vec<f32>,
+}
+
+fn plan(engine: &Engine, c: &Campaign) -> Plan {
+    let day = Day::from_date(c.date);
+    let candidates: Vec<usize> = engine
+        .catalog
+        .offers
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| {
+            o.channels.contains(&c.channel)
+                && !o.needs_trip()
+                && o.valid_from <= day
+                && day <= o.valid_to
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut slot = vec![usize::MAX; engine.catalog.offers.len()];
+    for (k, i) in candidates.iter().enumerate() {
+        slot[*i] = k;
+    }
+    let mut weights_t = Array2::<f32>::zeros((N_FEATURES, candidates.len()));
+    let mut bias = Vec::with_capacity(candidates.len());
+    for (k, i) in candidates.iter().enumerate() {
+        for j in 0..N_FEATURES {
+            weights_t[[j, k]] = engine.table.weights[[*i, j]];
+        }
+        bias.push(engine.table.bias[*i]);
+    }
+    Plan {
+        candidates,
+        slot,
+        weights_t,
+        bias,
+    }
+}
+
+/// Contact policy for one campaign member.
+struct CampaignConstraints {
+    suppressed: Vec<Arc<str>>,
+    remaining: usize,
+}
+
+impl Constraints for CampaignConstraints {
+    fn allowed(&self, _index: usize, offer: &crate::catalog::Offer) -> bool {
+        !self.suppressed.iter().any(|s| **s == *offer.id)
+    }
+    fn remaining_contacts(&self) -> usize {
+        self.remaining
+    }
+}
+
+/// One output line.
+#[derive(Serialize)]
+struct Line<'a> {
+    member_id: &'a str,
+    decision_id: &'a str,
+    experiments: &'a [Assignment],
+    offers: Vec<OfferOut<'a>>,
+}
+
+/// What a scored block produced.
+struct BlockResult {
+    seq: u64,
+    /// Output bytes and, per member, the end offset of its line in `bytes`
+    /// (equal to the start for members not written) and its record.
+    bytes: Vec<u8>,
+    members: Vec<(usize, Option<DecisionRecord>, bool)>,
+    scanned: u64,
+}
+
+/// Totals of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CampaignSummary {
+    /// Campaign id.
+    pub campaign_id: String,
+    /// Members in the store.
+    pub members_scanned: u64,
+    /// Members in the segment (filter matched and consent for the channel given).
+    pub members_matched: u64,
+    /// Members written (with at least one offer).
+    pub members_written: u64,
+    /// Holdout members recorded as exposed and not written.
+    pub holdout: u64,
+    /// Decisions recorded.
+    pub decisions_recorded: u64,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// Where lines and records go.
+pub trait CampaignSink {
+    /// Writes output bytes (whole lines).
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Records decisions (durably, where the sink has a log). In scan order.
+    fn record(&mut self, records: Vec<DecisionRecord>) -> std::io::Result<()>;
+    /// Progress: members scanned so far.
+    fn progress(&mut self, _scanned: u64) {}
+}
+
+/// Members per block scored together.
+pub const BLOCK: usize = 1024;
+
+/// The CSV header for `offers` offers per row.
+pub fn csv_header(offers: usize) -> String {
+    let mut h = String::from("member_id,decision_id,experiments");
+    for k in 1..=offers {
+        for f in [
+            "id",
+            "category",
+            "title",
+            "price",
+            "currency",
+            "points_price",
+            "score",
+            "expected_value",
+            "expires_at",
+            "reasons",
+        ] {
+            h.push_str(&format!(",offer{k}_{f}"));
+        }
+    }
+    h.push('\n');
+    h
+}
+
+fn csv_field(out: &mut Vec<u8>, s: &str) {
+    out.push(b',');
+    if s.contains([',', '"', '\n', '\r']) {
+        out.push(b'"');
+        out.extend_from_slice(s.replace('"', "\"\"").as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+fn write_line(out: &mut Vec<u8>, format: Format, offers_per_row: usize, line: &Line<'_>) {
+    match format {
+        Format::Ndjson => {
+            // Serializing plain data into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, line);
+            out.push(b'\n');
+        }
+        Format::Csv => {
+            out.extend_from_slice(line.member_id.as_bytes());
+            csv_field(out, line.decision_id);
+            let exps: Vec<String> = line
+                .experiments
+                .iter()
+                .map(|a| format!("{}={}", a.experiment, a.variant))
+                .collect();
+            csv_field(out, &exps.join(";"));
+            for k in 0..offers_per_row {
+                match line.offers.get(k) {
+                    Some(o) => {
+                        csv_field(out, o.offer_id);
+                        csv_field(out, o.category);
+                        csv_field(out, o.title);
+                        csv_field(
+                            out,
+                            &o.price
+                                .as_ref()
+                                .map(|p| p.amount.to_string())
+                                .unwrap_or_default(),
+                        );
+                        csv_field(
+                            out,
+                            o.price.as_ref().map(|p| p.currency.as_str()).unwrap_or(""),
+                        );
+                        csv_field(
+                            out,
+                            &o.points_price.map(|p| p.to_string()).unwrap_or_default(),
+                        );
+                        csv_field(out, &o.score.to_string());
+                        csv_field(out, &o.expected_value.to_string());
+                        csv_field(out, &o.expires_at);
+                        csv_field(out, &o.reasons.join(" | "));
+                    }
+                    None => {
+                        for _ in 0..10 {
+                            out.push(b',');
+                        }
+                    }
+                }
+            }
+            out.push(b'\n');
+        }
+    }
+}
+
+/// Scores one block of members of the segment.
+#[allow(clippy::too_many_arguments)]
+fn score_block(
+    engine: &Engine,
+    c: &Campaign,
+    plan: &Plan,
+    ledger: Option<&Ledger>,
+    daily_cap: usize,
+    format: Format,
+    seq: u64,
+    block: Vec<(Box<str>, Member)>,
+    scanned: u64,
+) -> BlockResult {
+    let ctx = DecisionContext {
+        itinerary: None,
+        channel: c.channel,
+        now: c.now,
+    };
+    let mut x = Array2::<f32>::zeros((block.len(), N_FEATURES));
+    for (r, (_, m)) in block.iter().enumerate() {
+        let f = features::build(Some(m), &ctx, &engine.thresholds);
+        for (j, v) in f.iter().enumerate() {
+            x[[r, j]] = *v;
+        }
+    }
+    // One matrix product for the whole block: members × candidate offers.
+    let z = x.dot(&plan.weights_t);
+    let now_ms = c.now.timestamp_millis();
+    let today = Day::of(c.now);
+    let mut bytes = Vec::with_capacity(block.len() * 256);
+    let mut members = Vec::with_capacity(block.len());
+    for (r, (id, m)) in block.iter().enumerate() {
+        let mut assignments = Vec::new();
+        let (mut holdout, mut ranking, mut max_offers, mut categories) = (
+            false,
+            Ranking::Model,
+            c.offers,
+            None::<&[crate::domain::Category]>,
+        );
+        for e in engine.experiments.iter() {
+            if let Some(v) = e.assign(id) {
+                let var = &e.variants[v];
+                assignments.push(Assignment {
+                    experiment: e.id.clone(),
+                    variant: var.name.clone(),
+                });
+                holdout |= var.holdout;
+                ranking = var.ranking;
+                if let Some(n) = var.max_offers {
+                    max_offers = max_offers.min(n);
+                }
+                if !var.categories.is_empty() {
+                    categories = Some(var.categories.as_slice());
+                }
+            }
+        }
+        let decision_id = format!("cmp-{}-{}", c.id, id);
+        if holdout {
+            members.push((
+                bytes.len(),
+                Some(DecisionRecord {
+                    id: decision_id,
+                    member_id: id.to_string(),
+                    channel: c.channel,
+                    created_ms: now_ms,
+                    offers: Vec::new(),
+                    experiments: assignments,
+                    covariate: m.qualifying_spend_12m,
+                }),
+                true,
+            ));
+            continue;
+        }
+        let (suppressed, shown) = match ledger {
+            Some(l) => (
+                l.suppressions
+                    .get(&**id)
+                    .map(|v| {
+                        v.iter()
+                            .filter(|(_, u)| *u > now_ms)
+                            .map(|(o, _)| o.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                l.shown(id, today, c.channel) as usize,
+            ),
+            None => (Vec::new(), 0),
+        };
+        let constraints = CampaignConstraints {
+            suppressed,
+            remaining: daily_cap.saturating_sub(shown),
+        };
+        let cands: Vec<usize> = match categories {
+            None => plan.candidates.clone(),
+            Some(cats) => plan
+                .candidates
+                .iter()
+                .copied()
+                .filter(|i| cats.contains(&engine.catalog.offers[*i].category))
+                .collect(),
+        };
+        let zrow = z.row(r);
+        let d = decide_scored(
+            engine,
+            &DecisionInput {
+                member: Some(m),
+                itinerary: None,
+                channel: c.channel,
+                now: c.now,
+                max_offers,
+                ranking,
+            },
+            &constraints,
+            Some(&cands),
+            |i| {
+                let k = plan.slot[i];
+                crate::model::sigmoid(zrow[k] + plan.bias[k])
+            },
+        );
+        if d.offers.is_empty() && assignments.is_empty() {
+            members.push((bytes.len(), None, false));
+            continue;
+        }
+        let issued: Vec<IssuedOffer> = d
+            .offers
+            .iter()
+            .map(|o| {
+                let offer = &engine.catalog.offers[o.index];
+                IssuedOffer {
+                    offer_id: offer.id.clone(),
+                    price: o.price.clone(),
+                    points_price: o.points_price,
+                    expires_ms: o.expires_at.timestamp_millis(),
+                    inventory: None,
+                    suppress_days: offer.contact.suppress_days_after_decline.unwrap_or(30),
+                }
+            })
+            .collect();
+        if !d.offers.is_empty() {
+            let line = Line {
+                member_id: id,
+                decision_id: &decision_id,
+                experiments: &assignments,
+                offers: d
+                    .offers
+                    .into_iter()
+                    .map(|o| OfferOut::new(&engine.catalog.offers[o.index], o))
+                    .collect(),
+            };
+            write_line(&mut bytes, format, c.offers, &line);
+        }
+        members.push((
+            bytes.len(),
+            Some(DecisionRecord {
+                id: decision_id,
+                member_id: id.to_string(),
+                channel: c.channel,
+                created_ms: now_ms,
+                offers: issued,
+                experiments: assignments,
+                covariate: m.qualifying_spend_12m,
+            }),
+            false,
+        ));
+    }
+    BlockResult {
+        seq,
+        bytes,
+        members,
+        scanned,
+    }
+}
+
+/// Runs a campaign over `store`, writing lines and records to `sink`.
+/// `ledger` (the live state) applies suppressions and daily caps; without
+/// one (a members file) none apply. `stop` ends the scan early (client gone).
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    engine: &Engine,
+    campaign: &Campaign,
+    store: &crate::store::MemberStore,
+    ledger: Option<&Ledger>,
+    daily_cap: usize,
+    format: Format,
+    threads: usize,
+    sink: &mut dyn CampaignSink,
+    stop: &AtomicBool,
+) -> std::io::Result<CampaignSummary> {
+    let started = std::time::Instant::now();
+    let plan = plan(engine, campaign);
+    let today = Day::from_date(campaign.date);
+    let threads = threads.max(1);
+    let mut summary = CampaignSummary {
+        campaign_id: campaign.id.clone(),
+        ..Default::default()
+    };
+    if format == Format::Csv {
+        sink.write(csv_header(campaign.offers).as_bytes())?;
+    }
+    let scanned = AtomicU64::new(0);
+    let matched = AtomicU64::new(0);
+    // Bounded queues: at most a few blocks in flight, whatever the segment size.
+    let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Vec<(Box<str>, Member)>, u64)>(threads * 2);
+    let work_rx = std::sync::Mutex::new(work_rx);
+    let (done_tx, done_rx) = mpsc::sync_channel::<BlockResult>(threads * 2);
+    let mut io_error = None;
+    std::thread::scope(|s| {
+        // Scanner: the store in its deterministic order, filtered, cut into blocks.
+        s.spawn(|| {
+            let mut block = Vec::with_capacity(BLOCK);
+            let mut seq = 0u64;
+            let th = engine.thresholds;
+            store.for_each(|id, m| {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let n = scanned.fetch_add(1, Ordering::Relaxed) + 1;
+                // Consent is absolute and checked first: a member without it is
+                // not in the segment at all (not even as a holdout exposure, which
+                // would unbalance the experiment's arms).
+                let consented = campaign
+                    .channel
+                    .required_consent()
+                    .is_none_or(|ch| m.consent.granted(ch));
+                if consented && campaign.filter.matches(m, today, &th) {
+                    matched.fetch_add(1, Ordering::Relaxed);
+                    block.push((Box::<str>::from(id), *m));
+                    if block.len() == BLOCK {
+                        let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK));
+                        if work_tx.send((seq, full, n)).is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        seq += 1;
+                    }
+                }
+            });
+            let _ = work_tx.send((seq, block, scanned.load(Ordering::Relaxed)));
+            drop(work_tx);
+        });
+        for _ in 0..threads {
+            let done_tx = done_tx.clone();
+            let work_rx = &work_rx;
+            let plan = &plan;
+            s.spawn(move || loop {
+                let job = {
+                    let rx = work_rx.lock().unwrap_or_else(|e| e.into_inner());
+                    rx.recv()
+                };
+                let Ok((seq, block, n)) = job else { break };
+                let r = score_block(
+                    engine, campaign, plan, ledger, daily_cap, format, seq, block, n,
+                );
+                if done_tx.send(r).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(done_tx);
+        // Writer (this thread): blocks in scan order, cut exactly at the limit.
+        let mut pending: BTreeMap<u64, BlockResult> = BTreeMap::new();
+        let mut next = 0u64;
+        let mut limit_hit = false;
+        for r in done_rx.iter() {
+            pending.insert(r.seq, r);
+            while let Some(r) = pending.remove(&next) {
+                next += 1;
+                if limit_hit || io_error.is_some() {
+                    continue;
+                }
+                let mut start = 0usize;
+                let mut cut = r.bytes.len();
+                let mut records = Vec::with_capacity(r.members.len());
+                for (end, rec, holdout) in r.members {
+                    let written = end > start;
+                    if written && campaign.limit.is_some_and(|l| summary.members_written >= l) {
+                        cut = start;
+                        limit_hit = true;
+                        stop.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    if written {
+                        summary.members_written += 1;
+                    }
+                    if holdout {
+                        summary.holdout += 1;
+                    }
+                    if let Some(rec) = rec {
+                        records.push(rec);
+                    }
+                    start = end;
+                }
+                summary.decisions_recorded += records.len() as u64;
+                // Record first: a decision is remembered before its line can reach anyone.
+                let result = if records.is_empty() {
+                    Ok(())
+                } else {
+                    sink.record(records)
+                }
+                .and_then(|()| sink.write(&r.bytes[..cut]));
+                if let Err(e) = result {
+                    io_error = Some(e);
+                    stop.store(true, Ordering::Relaxed);
+                }
+                sink.progress(r.scanned);
+            }
+        }
+    });
+    if let Some(e) = io_error {
+        return Err(e);
+    }
+    summary.members_scanned = scanned.load(Ordering::Relaxed);
+    summary.members_matched = matched.load(Ordering::Relaxed);
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// A sink writing to any `Write`, recording nothing (a members file has no log).
+pub struct WriteSink<W: Write> {
+    /// The output.
+    pub out: W,
+}
+
+impl<W: Write> CampaignSink for WriteSink<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)
+    }
+    fn record(&mut self, _records: Vec<DecisionRecord>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn bad_filters_are_refused_before_scoring() {
+        let base = CampaignDto {
+            channel: "email".into(),
+            ..Default::default()
+        };
+        let cases = [
+            (
+                CampaignDto {
+                    channel: "fax".into(),
+                    ..base.clone()
+                },
+                "channel",
+            ),
+            (
+                CampaignDto {
+                    channel: "checkout".into(),
+                    ..base.clone()
+                },
+                "channel",
+            ),
+            (
+                CampaignDto {
+                    tiers: Some(vec!["gold".into(), "bronze".into()]),
+                    ..base.clone()
+                },
+                "tiers[1]",
+            ),
+            (
+                CampaignDto {
+                    home_airports: Some(vec!["PEKK".into()]),
+                    ..base.clone()
+                },
+                "home_airports[0]",
+            ),
+            (
+                CampaignDto {
+                    min_points: Some(10),
+                    max_points: Some(5),
+                    ..base.clone()
+                },
+                "min_points",
+            ),
+            (
+                CampaignDto {
+                    min_days_since_flight: Some(100),
+                    max_days_since_flight: Some(5),
+                    ..base.clone()
+                },
+                "min_days_since_flight",
+            ),
+            (
+                CampaignDto {
+                    birth_month: Some(13),
+                    ..base.clone()
+                },
+                "birth_month",
+            ),
+            (
+                CampaignDto {
+                    tags: Some(vec!["vip".into()]),
+                    ..base.clone()
+                },
+                "tags[0]",
+            ),
+            (
+                CampaignDto {
+                    offers: Some(0),
+                    ..base.clone()
+                },
+                "offers",
+            ),
+            (
+                CampaignDto {
+                    date: Some("2020-01-01".into()),
+                    ..base.clone()
+                },
+                "date",
+            ),
+            (
+                CampaignDto {
+                    limit: Some(0),
+                    ..base.clone()
+                },
+                "limit",
+            ),
+        ];
+        for (dto, field) in cases {
+            assert_eq!(dto.into_campaign(now()).unwrap_err().field, field);
+        }
+        assert!(base.into_campaign(now()).is_ok());
+    }
+
+    #[test]
+    fn csv_quotes_commas_and_quotes() {
+        let mut out = Vec::new();
+        csv_field(&mut out, "a, \"b\"");
+        assert_eq!(out, b",\"a, \"\"b\"\"\"");
+    }
+}

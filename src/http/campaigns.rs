@@ -1,0 +1,138 @@
+//! `POST /v1/campaigns`: runs a campaign on the live state and streams its
+//! NDJSON lines back while it scores. The body is checked completely first
+//! (422 naming the field); scoring runs on a blocking thread, and the stream
+//! applies backpressure: a slow reader slows the scan, memory stays bounded.
+//! Every decision is remembered and logged like a checkout decision.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use crate::campaign::{self, CampaignDto, CampaignSink, Format};
+use crate::durable::LogRecord;
+use crate::ledger::DecisionRecord;
+use crate::parse::from_json;
+use crate::state::SharedState;
+
+/// Bytes per streamed chunk.
+const CHUNK: usize = 64 * 1024;
+
+struct HttpSink {
+    state: SharedState,
+    tx: mpsc::Sender<web::Bytes>,
+    buf: Vec<u8>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpSink {
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = web::Bytes::from(std::mem::take(&mut self.buf));
+        self.tx.blocking_send(chunk).map_err(|_| {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away")
+        })
+    }
+}
+
+impl CampaignSink for HttpSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, records: Vec<DecisionRecord>) -> std::io::Result<()> {
+        for r in &records {
+            self.state.core.ledger.remember(r.clone());
+        }
+        let rec = LogRecord::Decisions(records);
+        let core = self.state.core.clone();
+        let metrics = self.state.metrics.clone();
+        let pending = self.state.wal.append(rec.encode(), move |_| {
+            let applied = core.apply(&rec, true);
+            metrics.observe_applied(&applied);
+        });
+        let metrics = self.state.metrics.clone();
+        // Logged like checkout decisions: without waiting, failures counted.
+        tokio::runtime::Handle::current().spawn(async move {
+            if let Err(e) = pending.await {
+                metrics.log_errors.with_label_values(&["decision"]).inc();
+                tracing::warn!(error = %e, "campaign decisions not logged");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `POST /v1/campaigns`.
+#[tracing::instrument(name = "post_campaigns", skip_all)]
+pub async fn post_campaigns(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<SharedState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = super::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let dto: CampaignDto = from_json(&body)?;
+    let campaign = dto.into_campaign(chrono::Utc::now())?;
+    let (tx, mut rx) = mpsc::channel::<web::Bytes>(4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let state = state.get_ref().clone();
+    let handle = tokio::runtime::Handle::current();
+    let task_stop = stop.clone();
+    tokio::task::spawn_blocking(move || {
+        let _rt = handle.enter();
+        let engine = state.engine.load_full();
+        let cap = state
+            .settings
+            .contact
+            .max_offers_per_day
+            .of(campaign.channel) as usize;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut sink = HttpSink {
+            state: state.clone(),
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            stop: task_stop.clone(),
+        };
+        let result = campaign::run(
+            &engine,
+            &campaign,
+            &state.core.members,
+            Some(&state.core.ledger),
+            cap,
+            Format::Ndjson,
+            threads,
+            &mut sink,
+            &task_stop,
+        );
+        let result = result.and_then(|s| sink.flush().map(|()| s));
+        match result {
+            Ok(s) => tracing::info!(
+                campaign = %s.campaign_id,
+                scanned = s.members_scanned,
+                matched = s.members_matched,
+                written = s.members_written,
+                holdout = s.holdout,
+                seconds = s.seconds,
+                "campaign done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "campaign stopped early"),
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| o.map(Ok::<_, actix_web::Error>))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(stream))
+}

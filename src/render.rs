@@ -1,0 +1,54 @@
+//! The wire form of a ranked offer, shared by checkout answers and campaign
+//! lines (the same fields in both, as users rely on).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::catalog::Offer;
+use crate::decision::RankedOffer;
+use crate::domain::Money;
+
+/// One offer as returned to a caller.
+#[derive(Debug, Serialize)]
+pub struct OfferOut<'a> {
+    /// Offer id.
+    pub offer_id: &'a str,
+    /// Category (snake_case).
+    pub category: &'static str,
+    /// Title.
+    pub title: &'a str,
+    /// Cash price for the party, or null.
+    pub price: Option<Money>,
+    /// Points price for the party, or null.
+    pub points_price: Option<u64>,
+    /// Model propensity.
+    pub score: f32,
+    /// Expected value, CNY.
+    pub expected_value: f64,
+    /// Why this offer.
+    pub reasons: Vec<String>,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
+}
+
+impl<'a> OfferOut<'a> {
+    /// The wire form of a ranked catalog offer.
+    pub fn new(offer: &'a Offer, o: RankedOffer) -> OfferOut<'a> {
+        OfferOut {
+            offer_id: &offer.id,
+            category: offer.category.as_str(),
+            title: &offer.title,
+            price: o.price,
+            points_price: o.points_price,
+            score: o.propensity,
+            expected_value: o.expected_value,
+            reasons: o.reasons,
+            expires_at: rfc3339(o.expires_at),
+        }
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
