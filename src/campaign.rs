@@ -418,6 +418,21 @@ pub trait CampaignSink {
     fn progress(&mut self, _scanned: u64) {}
 }
 
+/// How a run behaves beyond the campaign itself.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Offers a member may be shown per day on the channel (contact policy).
+    pub daily_cap: usize,
+    /// Days a decline suppresses an offer, where the offer sets none.
+    pub suppress_days_default: u32,
+    /// Whether decisions are recorded (false: a members file, nothing to attribute to).
+    pub record: bool,
+    /// Output format.
+    pub format: Format,
+    /// Scoring threads.
+    pub threads: usize,
+}
+
 /// Members per block scored together.
 pub const BLOCK: usize = 1024;
 
@@ -516,8 +531,7 @@ fn score_block(
     c: &Campaign,
     plan: &Plan,
     ledger: Option<&Ledger>,
-    daily_cap: usize,
-    format: Format,
+    opts: &RunOptions,
     seq: u64,
     block: Vec<(Box<str>, Member)>,
     scanned: u64,
@@ -569,7 +583,7 @@ fn score_block(
         if holdout {
             members.push((
                 bytes.len(),
-                Some(DecisionRecord {
+                opts.record.then(|| DecisionRecord {
                     id: decision_id,
                     member_id: id.to_string(),
                     channel: c.channel,
@@ -599,7 +613,7 @@ fn score_block(
         };
         let constraints = CampaignConstraints {
             suppressed,
-            remaining: daily_cap.saturating_sub(shown),
+            remaining: opts.daily_cap.saturating_sub(shown),
         };
         let cands: Vec<usize> = match categories {
             None => plan.candidates.clone(),
@@ -632,21 +646,27 @@ fn score_block(
             members.push((bytes.len(), None, false));
             continue;
         }
-        let issued: Vec<IssuedOffer> = d
-            .offers
-            .iter()
-            .map(|o| {
-                let offer = &engine.catalog.offers[o.index];
-                IssuedOffer {
-                    offer_id: offer.id.clone(),
-                    price: o.price.clone(),
-                    points_price: o.points_price,
-                    expires_ms: o.expires_at.timestamp_millis(),
-                    inventory: None,
-                    suppress_days: offer.contact.suppress_days_after_decline.unwrap_or(30),
-                }
-            })
-            .collect();
+        let issued: Vec<IssuedOffer> = if opts.record {
+            d.offers
+                .iter()
+                .map(|o| {
+                    let offer = &engine.catalog.offers[o.index];
+                    IssuedOffer {
+                        offer_id: offer.id.clone(),
+                        price: o.price.clone(),
+                        points_price: o.points_price,
+                        expires_ms: o.expires_at.timestamp_millis(),
+                        inventory: None,
+                        suppress_days: offer
+                            .contact
+                            .suppress_days_after_decline
+                            .unwrap_or(opts.suppress_days_default),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         if !d.offers.is_empty() {
             let line = Line {
                 member_id: id,
@@ -658,11 +678,11 @@ fn score_block(
                     .map(|o| OfferOut::new(&engine.catalog.offers[o.index], o))
                     .collect(),
             };
-            write_line(&mut bytes, format, c.offers, &line);
+            write_line(&mut bytes, opts.format, c.offers, &line);
         }
         members.push((
             bytes.len(),
-            Some(DecisionRecord {
+            opts.record.then(|| DecisionRecord {
                 id: decision_id,
                 member_id: id.to_string(),
                 channel: c.channel,
@@ -691,16 +711,15 @@ pub fn run(
     campaign: &Campaign,
     store: &crate::store::MemberStore,
     ledger: Option<&Ledger>,
-    daily_cap: usize,
-    format: Format,
-    threads: usize,
+    opts: RunOptions,
     sink: &mut dyn CampaignSink,
     stop: &AtomicBool,
 ) -> std::io::Result<CampaignSummary> {
     let started = std::time::Instant::now();
     let plan = plan(engine, campaign);
     let today = Day::from_date(campaign.date);
-    let threads = threads.max(1);
+    let threads = opts.threads.max(1);
+    let format = opts.format;
     let mut summary = CampaignSummary {
         campaign_id: campaign.id.clone(),
         ..Default::default()
@@ -758,9 +777,7 @@ pub fn run(
                     rx.recv()
                 };
                 let Ok((seq, block, n)) = job else { break };
-                let r = score_block(
-                    engine, campaign, plan, ledger, daily_cap, format, seq, block, n,
-                );
+                let r = score_block(engine, campaign, plan, ledger, &opts, seq, block, n);
                 if done_tx.send(r).is_err() {
                     break;
                 }

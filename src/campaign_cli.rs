@@ -208,17 +208,14 @@ pub fn run(a: CampaignArgs) -> anyhow::Result<()> {
     });
     let cap = settings.contact.max_offers_per_day.of(c.channel) as usize;
     let stop = AtomicBool::new(false);
-    let summary = campaign::run(
-        &engine,
-        &c,
-        &store,
-        ledger.as_ref(),
-        cap,
+    let opts = campaign::RunOptions {
+        daily_cap: cap,
+        suppress_days_default: settings.contact.suppress_days_after_decline,
+        record: sink.log.is_some(),
         format,
         threads,
-        &mut sink,
-        &stop,
-    )?;
+    };
+    let summary = campaign::run(&engine, &c, &store, ledger.as_ref(), opts, &mut sink, &stop)?;
     sink.out.flush()?;
     sink.progress.finish();
     if let Some(last) = sink.pending.pop() {

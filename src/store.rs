@@ -257,8 +257,17 @@ mod tests {
         let (_, m) = parse_member_line(GOOD).unwrap();
         let s = MemberStore::new();
         let ids = [
-            "M00000042", "M00000000", "M99999999", "M1", "M0000004", "M000000042",
-            "m00000042", "M0000004x", "X00000042", "M-0000042", "M\u{0663}0000042",
+            "M00000042",
+            "M00000000",
+            "M99999999",
+            "M1",
+            "M0000004",
+            "M000000042",
+            "m00000042",
+            "M0000004x",
+            "X00000042",
+            "M-0000042",
+            "M\u{0663}0000042",
         ];
         for (i, id) in ids.iter().enumerate() {
             let mut mi = m;
@@ -275,7 +284,11 @@ mod tests {
         let mut seen = Vec::new();
         s.for_each(|id, m| seen.push((id.to_string(), m.points)));
         seen.sort_by_key(|(_, p)| *p);
-        let want: Vec<_> = ids.iter().enumerate().map(|(i, id)| (id.to_string(), i as u32)).collect();
+        let want: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.to_string(), i as u32))
+            .collect();
         assert_eq!(seen, want);
         assert_eq!(s.update("M00000042", |m| m.points = 7).unwrap().points, 7);
         assert_eq!(s.update("M1", |m| m.points = 8).unwrap().points, 8);

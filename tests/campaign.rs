@@ -53,14 +53,19 @@ fn engine() -> Engine {
 fn run(engine: &Engine, store: &MemberStore, dto: CampaignDto, format: Format) -> Capture {
     let c = dto.into_campaign(now()).unwrap();
     let mut sink = Capture::default();
+    let opts = campaign::RunOptions {
+        daily_cap: usize::MAX,
+        suppress_days_default: 30,
+        record: true,
+        format,
+        threads: 2,
+    };
     campaign::run(
         engine,
         &c,
         store,
         None,
-        usize::MAX,
-        format,
-        2,
+        opts,
         &mut sink,
         &AtomicBool::new(false),
     )

@@ -104,14 +104,19 @@ pub async fn post_campaigns(
             buf: Vec::with_capacity(CHUNK),
             stop: task_stop.clone(),
         };
+        let opts = campaign::RunOptions {
+            daily_cap: cap,
+            suppress_days_default: state.settings.contact.suppress_days_after_decline,
+            record: true,
+            format: Format::Ndjson,
+            threads,
+        };
         let result = campaign::run(
             &engine,
             &campaign,
             &state.core.members,
             Some(&state.core.ledger),
-            cap,
-            Format::Ndjson,
-            threads,
+            opts,
             &mut sink,
             &task_stop,
         );
