@@ -39,15 +39,15 @@ fn outcome(i: u64, per_record: usize) -> LogRecord {
                         [(n % 3) as usize]
                         .into(),
                     member_id: format!("M{:08}", n % 100_000 + 1),
-                    kind: if n % 7 == 0 {
+                    kind: if n.is_multiple_of(7) {
                         OutcomeKind::Accept
                     } else {
                         OutcomeKind::Impression
                     },
-                    revenue: if n % 7 == 0 { 120.0 } else { 0.0 },
+                    revenue: if n.is_multiple_of(7) { 120.0 } else { 0.0 },
                     at_ms: 1_795_000_000_000 + n as i64,
                     client_at_ms: None,
-                    inventory: (n % 7 == 0).then_some((
+                    inventory: (n.is_multiple_of(7)).then_some((
                         InventoryKey::AirportDay {
                             airport: *b"PEK",
                             day: 20_500 + (n % 30) as i32,

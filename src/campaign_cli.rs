@@ -74,13 +74,16 @@ impl Progress {
     }
 }
 
+/// A log write on its way to disk.
+type PendingWrite =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, WalError>> + Send>>;
+
 /// Output file plus, with a data dir, the log every decision is recorded in.
 struct CliSink<W: Write> {
     out: W,
     log: Option<(Wal, Core)>,
     /// Log writes queued and not yet confirmed (confirmed in order; the last proves all).
-    pending:
-        Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, WalError>> + Send>>>,
+    pending: Vec<PendingWrite>,
     progress: Progress,
 }
 

@@ -30,7 +30,7 @@ pub enum Command {
     /// Fit the propensity model on a simulated history and write it with its model card.
     Train(TrainArgs),
     /// Write the best offers for a segment of members to a file (NDJSON or CSV).
-    Campaign(CampaignArgs),
+    Campaign(Box<CampaignArgs>),
 }
 
 /// `campaign` flags (named like the fields of `POST /v1/campaigns`).
@@ -191,7 +191,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve(a),
         Command::GenMembers(a) => gen_members(a),
         Command::Train(a) => train(a),
-        Command::Campaign(a) => crate::campaign_cli::run(a),
+        Command::Campaign(a) => crate::campaign_cli::run(*a),
     }
 }
 

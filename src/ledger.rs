@@ -161,13 +161,16 @@ pub struct ContactDay {
     pub counts: [u16; 5],
 }
 
+/// Member → (offer id, suppressed until ms).
+pub type Suppressions = DashMap<Box<str>, Vec<(Arc<str>, i64)>, ahash::RandomState>;
+
 /// Shared ledger; cloning is shallow.
 #[derive(Clone)]
 pub struct Ledger {
     /// Decisions by id, until their offers expire.
     pub decisions: moka::sync::Cache<String, Arc<LiveDecision>>,
     /// Member → (offer id, suppressed until ms).
-    pub suppressions: Arc<DashMap<Box<str>, Vec<(Arc<str>, i64)>, ahash::RandomState>>,
+    pub suppressions: Arc<Suppressions>,
     /// Member → offers shown today per channel.
     pub contacts: Arc<DashMap<Box<str>, ContactDay, ahash::RandomState>>,
     /// (offer id, key) → units.

@@ -10,7 +10,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub state: SharedState,
-    /// The data dir; removed when the app is dropped.
+    /// The data dir; removed when the app is dropped (held, not read).
+    #[allow(dead_code)]
     pub data_dir: std::sync::Arc<tempfile::TempDir>,
 }
 
