@@ -27,7 +27,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::decision::{decide_scored, Constraints, DecisionInput, Engine, Ranking};
+use crate::decision::{decide_scored, Constraints, DecisionInput, Engine};
 use crate::domain::{Channel, Day, FieldError, Iata, Member, Tags, Tier};
 use crate::experiments::Assignment;
 use crate::features::{self, DecisionContext, N_FEATURES};
@@ -555,30 +555,14 @@ fn score_block(
     let mut bytes = Vec::with_capacity(block.len() * 256);
     let mut members = Vec::with_capacity(block.len());
     for (r, (id, m)) in block.iter().enumerate() {
-        let mut assignments = Vec::new();
-        let (mut holdout, mut ranking, mut max_offers, mut categories) = (
-            false,
-            Ranking::Model,
-            c.offers,
-            None::<&[crate::domain::Category]>,
+        let policy = engine.variant_policy(id, c.offers);
+        let (holdout, ranking, max_offers, categories) = (
+            policy.holdout,
+            policy.ranking,
+            policy.max_offers,
+            policy.categories,
         );
-        for e in engine.experiments.iter() {
-            if let Some(v) = e.assign(id) {
-                let var = &e.variants[v];
-                assignments.push(Assignment {
-                    experiment: e.id.clone(),
-                    variant: var.name.clone(),
-                });
-                holdout |= var.holdout;
-                ranking = var.ranking;
-                if let Some(n) = var.max_offers {
-                    max_offers = max_offers.min(n);
-                }
-                if !var.categories.is_empty() {
-                    categories = Some(var.categories.as_slice());
-                }
-            }
-        }
+        let assignments = policy.assignments;
         let decision_id = format!("cmp-{}-{}", c.id, id);
         if holdout {
             members.push((

@@ -67,6 +67,54 @@ impl Engine {
     }
 }
 
+/// What a member's experiment variants ask of a decision: one rule for
+/// checkout and campaigns, so a member lands in the same variant and gets
+/// the same policy on every path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantPolicy<'a> {
+    /// The member's assignments (returned with the decision, recorded for attribution).
+    pub assignments: Vec<crate::experiments::Assignment>,
+    /// A holdout variant: show nothing.
+    pub holdout: bool,
+    /// Ranking policy.
+    pub ranking: Ranking,
+    /// Most offers (the caller's limit, capped by the variant's).
+    pub max_offers: usize,
+    /// Catalog subset, if a variant restricts it.
+    pub categories: Option<&'a [Category]>,
+}
+
+impl Engine {
+    /// The policy for `member_id` given the caller's `max_offers`.
+    pub fn variant_policy(&self, member_id: &str, max_offers: usize) -> VariantPolicy<'_> {
+        let mut p = VariantPolicy {
+            assignments: Vec::new(),
+            holdout: false,
+            ranking: Ranking::Model,
+            max_offers,
+            categories: None,
+        };
+        for e in self.experiments.iter() {
+            if let Some(v) = e.assign(member_id) {
+                let var = &e.variants[v];
+                p.assignments.push(crate::experiments::Assignment {
+                    experiment: e.id.clone(),
+                    variant: var.name.clone(),
+                });
+                p.holdout |= var.holdout;
+                p.ranking = var.ranking;
+                if let Some(n) = var.max_offers {
+                    p.max_offers = p.max_offers.min(n);
+                }
+                if !var.categories.is_empty() {
+                    p.categories = Some(var.categories.as_slice());
+                }
+            }
+        }
+        p
+    }
+}
+
 /// How offers are ranked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

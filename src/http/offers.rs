@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use crate::catalog::Offer;
-use crate::decision::{self, Constraints, DecisionInput, Ranking};
+use crate::decision::{self, Constraints, DecisionInput};
 use crate::domain::{Category, Day, Itinerary};
 use crate::durable::LogRecord;
 use crate::experiments::Assignment;
@@ -92,26 +92,14 @@ pub async fn post_offers(
         .ledger
         .shown(&request.member_id, Day::of(now), request.channel) as usize;
     // Experiments: sticky assignment; the variant chooses the policy.
-    let mut assignments = Vec::new();
-    let (mut holdout, mut ranking, mut max_offers, mut categories) =
-        (false, Ranking::Model, request.max_offers, None);
-    for e in engine.experiments.iter() {
-        if let Some(v) = e.assign(&request.member_id) {
-            let var = &e.variants[v];
-            assignments.push(Assignment {
-                experiment: e.id.clone(),
-                variant: var.name.clone(),
-            });
-            holdout |= var.holdout;
-            ranking = var.ranking;
-            if let Some(m) = var.max_offers {
-                max_offers = max_offers.min(m);
-            }
-            if !var.categories.is_empty() {
-                categories = Some(var.categories.as_slice());
-            }
-        }
-    }
+    let policy = engine.variant_policy(&request.member_id, request.max_offers);
+    let (holdout, ranking, max_offers, categories) = (
+        policy.holdout,
+        policy.ranking,
+        policy.max_offers,
+        policy.categories,
+    );
+    let assignments = policy.assignments;
     let constraints = LedgerConstraints {
         ledger: &core.ledger,
         suppressed: core
