@@ -542,11 +542,13 @@ fn score_block(
         now: c.now,
     };
     let mut x = Array2::<f32>::zeros((block.len(), N_FEATURES));
+    let mut feats = Vec::with_capacity(block.len());
     for (r, (_, m)) in block.iter().enumerate() {
         let f = features::build(Some(m), &ctx, &engine.thresholds);
         for (j, v) in f.iter().enumerate() {
             x[[r, j]] = *v;
         }
+        feats.push(f);
     }
     // One matrix product for the whole block: members × candidate offers.
     let z = x.dot(&plan.weights_t);
@@ -609,6 +611,7 @@ fn score_block(
                 .collect(),
         };
         let zrow = z.row(r);
+        let variant_model = !std::ptr::eq(policy.table, &*engine.table);
         let d = decide_scored(
             engine,
             &DecisionInput {
@@ -622,8 +625,13 @@ fn score_block(
             &constraints,
             Some(&cands),
             |i| {
-                let k = plan.slot[i];
-                crate::model::sigmoid(zrow[k] + plan.bias[k])
+                if variant_model {
+                    // A variant with a model of its own scores with it.
+                    policy.table.propensity(i, &feats[r])
+                } else {
+                    let k = plan.slot[i];
+                    crate::model::sigmoid(zrow[k] + plan.bias[k])
+                }
             },
         );
         if d.offers.is_empty() && assignments.is_empty() {

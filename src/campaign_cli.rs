@@ -161,12 +161,15 @@ pub fn run(a: CampaignArgs) -> anyhow::Result<()> {
     let c = dto
         .into_campaign(chrono::Utc::now())
         .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message))?;
+    let experiments = crate::startup::load_experiments(&settings)?;
+    let variant_models = crate::startup::load_variant_models(&experiments)?;
     let engine = Engine::new(
         crate::startup::load_catalog(&settings)?,
         crate::startup::load_model(&settings)?,
         settings.tiers,
     )
-    .with_experiments(crate::startup::load_experiments(&settings)?);
+    .with_experiments(experiments)
+    .with_variant_models(variant_models);
     let (store, ledger, log, _lock) = match (&a.data_dir, &a.members) {
         (Some(dir), _) => {
             settings.durability.data_dir = dir.display().to_string();

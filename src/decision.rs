@@ -33,6 +33,8 @@ pub struct Engine {
     pub thresholds: TierThresholds,
     /// Running experiments (their variants choose the policy).
     pub experiments: Arc<Vec<crate::experiments::ExperimentSpec>>,
+    /// Models that experiment variants score with, by file name, aligned with the catalog.
+    pub variant_tables: Arc<std::collections::HashMap<String, Arc<ScoringTable>>>,
 }
 
 impl Engine {
@@ -45,7 +47,18 @@ impl Engine {
             model: Arc::new(model),
             thresholds,
             experiments: Arc::new(Vec::new()),
+            variant_tables: Arc::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The same engine with variant models (file name → model), aligned with its catalog.
+    pub fn with_variant_models(mut self, models: Vec<(String, ModelFile)>) -> Engine {
+        let tables = models
+            .into_iter()
+            .map(|(name, m)| (name, Arc::new(ScoringTable::new(&m, &self.catalog))))
+            .collect();
+        self.variant_tables = Arc::new(tables);
+        self
     }
 
     /// The same engine running `experiments`.
@@ -70,7 +83,7 @@ impl Engine {
 /// What a member's experiment variants ask of a decision: one rule for
 /// checkout and campaigns, so a member lands in the same variant and gets
 /// the same policy on every path.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct VariantPolicy<'a> {
     /// The member's assignments (returned with the decision, recorded for attribution).
     pub assignments: Vec<crate::experiments::Assignment>,
@@ -82,6 +95,8 @@ pub struct VariantPolicy<'a> {
     pub max_offers: usize,
     /// Catalog subset, if a variant restricts it.
     pub categories: Option<&'a [Category]>,
+    /// The model to score with (a variant's, or the engine's).
+    pub table: &'a ScoringTable,
 }
 
 impl Engine {
@@ -93,6 +108,7 @@ impl Engine {
             ranking: Ranking::Model,
             max_offers,
             categories: None,
+            table: &self.table,
         };
         for e in self.experiments.iter() {
             if let Some(v) = e.assign(member_id) {
@@ -108,6 +124,9 @@ impl Engine {
                 }
                 if !var.categories.is_empty() {
                     p.categories = Some(var.categories.as_slice());
+                }
+                if let Some(t) = var.model.as_ref().and_then(|m| self.variant_tables.get(m)) {
+                    p.table = t;
                 }
             }
         }

@@ -85,6 +85,9 @@ pub struct VariantSpec {
     /// Only these categories (catalog subset); empty = all.
     #[serde(default)]
     pub categories: Vec<Category>,
+    /// Model file this variant scores with (default: the engine's model).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// One experiment.

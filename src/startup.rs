@@ -90,6 +90,32 @@ pub fn load_experiments(
         .map_err(|e| anyhow::anyhow!("experiments {}: {e}", settings.experiments.file))
 }
 
+/// Loads the model files experiment variants name (each once).
+pub fn load_variant_models(
+    experiments: &[crate::experiments::ExperimentSpec],
+) -> anyhow::Result<Vec<(String, ModelFile)>> {
+    let mut out: Vec<(String, ModelFile)> = Vec::new();
+    for e in experiments {
+        for v in &e.variants {
+            let Some(path) = &v.model else { continue };
+            if out.iter().any(|(p, _)| p == path) {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "reading model {path} of experiment {} variant {}",
+                    e.id, v.name
+                )
+            })?;
+            let model = ModelFile::from_json(&text).with_context(|| {
+                format!("model {path} of experiment {} variant {}", e.id, v.name)
+            })?;
+            out.push((path.clone(), model));
+        }
+    }
+    Ok(out)
+}
+
 /// Loads members named by the settings into `store`, or generates the synthetic population.
 pub fn load_members(settings: &Settings, store: &MemberStore) -> anyhow::Result<()> {
     let m = &settings.members;
@@ -190,7 +216,10 @@ impl Application {
         let model = load_model(&settings)?;
         let (core, wal, lock) = open_state(&settings)?;
         let experiments = load_experiments(&settings)?;
-        let engine = Engine::new(catalog, model, settings.tiers).with_experiments(experiments);
+        let variant_models = load_variant_models(&experiments)?;
+        let engine = Engine::new(catalog, model, settings.tiers)
+            .with_experiments(experiments)
+            .with_variant_models(variant_models);
         let listener = TcpListener::bind(&settings.server.addr)
             .with_context(|| format!("binding {}", settings.server.addr))?;
         let port = listener.local_addr()?.port();

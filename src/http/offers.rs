@@ -121,18 +121,28 @@ pub async fn post_offers(
         },
         categories,
     };
-    let decision = decision::decide(
-        &engine,
-        &DecisionInput {
-            member: member.as_ref(),
+    let input = DecisionInput {
+        member: member.as_ref(),
+        itinerary: Some(&request.itinerary),
+        channel: request.channel,
+        now,
+        max_offers,
+        ranking,
+    };
+    // The variant's model (or the engine's) scores.
+    let table = policy.table;
+    let x = crate::features::build(
+        member.as_ref(),
+        &crate::features::DecisionContext {
             itinerary: Some(&request.itinerary),
             channel: request.channel,
             now,
-            max_offers,
-            ranking,
         },
-        &constraints,
+        &engine.thresholds,
     );
+    let decision = decision::decide_scored(&engine, &input, &constraints, None, |i| {
+        table.propensity(i, &x)
+    });
     let m = &state.metrics;
     m.decision_duration
         .with_label_values(&[request.channel.as_str()])
@@ -187,7 +197,7 @@ pub async fn post_offers(
         decision_id,
         member_id: &request.member_id,
         cold_start: decision.cold_start,
-        model_version: &engine.table.version,
+        model_version: &table.version,
         experiments: assignments,
         offers,
     }))

@@ -204,3 +204,47 @@ async fn the_report_survives_a_restart() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_variant_can_score_with_its_own_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model: Value = serde_json::from_str(offer_engine::model::DEFAULT_MODEL).unwrap();
+    model["version"] = json!("challenger-v2");
+    let model_path = dir.path().join("challenger.json");
+    std::fs::write(&model_path, model.to_string()).unwrap();
+    let exp_path = dir.path().join("experiments.toml");
+    std::fs::write(
+        &exp_path,
+        format!(
+            "[[experiment]]\nid = \"models\"\nsalt = \"m1\"\ntraffic = 1.0\n\
+             [[experiment.variant]]\nname = \"champion\"\ncontrol = true\nweight = 1\n\
+             [[experiment.variant]]\nname = \"challenger\"\nweight = 1\nmodel = {:?}\n",
+            model_path.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut settings = test_settings();
+    settings.experiments.file = exp_path.display().to_string();
+    let app = spawn_with(settings, std::sync::Arc::new(tempfile::tempdir().unwrap())).await;
+    let mut seen = std::collections::HashSet::new();
+    for i in 1..=40 {
+        let body: Value = app
+            .post_offers(&offer_request(&format!("M{i:08}")))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let variant = body["experiments"][0]["variant"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let expected = if variant == "challenger" {
+            "challenger-v2"
+        } else {
+            "propensity-lr-v1"
+        };
+        assert_eq!(body["model_version"], expected, "{body}");
+        seen.insert(variant);
+    }
+    assert_eq!(seen.len(), 2);
+}
