@@ -151,13 +151,13 @@ fn benches(c: &mut Criterion) {
             let j = k % ITINERARIES;
             let (x, gap) = &prepared[j];
             let it = &w.itineraries[j];
-            let ectx = EligibilityContext {
-                member: Some(&w.members[j]),
-                itinerary: Some(it),
-                channel: Channel::Checkout,
-                now: w.now,
-                spend_to_next_tier: *gap,
-            };
+            let ectx = EligibilityContext::new(
+                Some(&w.members[j]),
+                Some(it),
+                Channel::Checkout,
+                w.now,
+                *gap,
+            );
             let mut best = 0.0f64;
             let mut eligible = 0usize;
             for (i, offer) in w.engine.catalog.offers.iter().enumerate() {

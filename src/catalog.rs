@@ -264,6 +264,28 @@ pub struct EligibilityContext<'a> {
     pub now: DateTime<Utc>,
     /// Spend to next tier (precomputed from the thresholds), None at the top tier.
     pub spend_to_next_tier: Option<f64>,
+    /// The trip's route facts, computed once: (domestic, distance in km).
+    pub route: Option<(bool, f64)>,
+}
+
+impl<'a> EligibilityContext<'a> {
+    /// A context, with the route facts every offer's rules need computed once.
+    pub fn new(
+        member: Option<&'a Member>,
+        itinerary: Option<&'a Itinerary>,
+        channel: Channel,
+        now: DateTime<Utc>,
+        spend_to_next_tier: Option<f64>,
+    ) -> Self {
+        EligibilityContext {
+            member,
+            itinerary,
+            channel,
+            now,
+            spend_to_next_tier,
+            route: itinerary.map(|it| (it.is_domestic(), it.distance_km())),
+        }
+    }
 }
 
 impl Offer {
@@ -310,7 +332,9 @@ impl Offer {
             if !e.cabins.is_empty() && !e.cabins.contains(&it.cabin) {
                 return Err(Ineligible::Cabin);
             }
-            let domestic = it.is_domestic();
+            let (domestic, distance) = ctx
+                .route
+                .unwrap_or_else(|| (it.is_domestic(), it.distance_km()));
             match e.route {
                 RouteKind::Any => {}
                 RouteKind::Domestic if !domestic => return Err(Ineligible::Route),
@@ -323,7 +347,7 @@ impl Offer {
             {
                 return Err(Ineligible::DaysToDeparture);
             }
-            if e.min_distance_km.is_some_and(|d| it.distance_km() < d) {
+            if e.min_distance_km.is_some_and(|d| distance < d) {
                 return Err(Ineligible::Distance);
             }
             if e.min_passengers.is_some_and(|p| it.passengers < p) {

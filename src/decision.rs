@@ -243,13 +243,13 @@ pub fn decide_scored(
     let spend_gap = input
         .member
         .and_then(|m| features::spend_to_next_tier(m, &engine.thresholds));
-    let ectx = EligibilityContext {
-        member: input.member,
-        itinerary: input.itinerary,
-        channel: input.channel,
-        now: input.now,
-        spend_to_next_tier: spend_gap,
-    };
+    let ectx = EligibilityContext::new(
+        input.member,
+        input.itinerary,
+        input.channel,
+        input.now,
+        spend_gap,
+    );
     let passengers = input.itinerary.map(|i| i.passengers).unwrap_or(1);
     let all = engine.catalog.offers.len();
     let mut scored: Vec<(usize, f32, f64)> =

@@ -266,13 +266,13 @@ pub fn train(cfg: &TrainConfig, catalog: &Catalog) -> (ModelFile, TrainReport) {
             now,
         };
         let x = features::build(Some(m), &ctx, &th);
-        let ectx = EligibilityContext {
-            member: Some(m),
-            itinerary: Some(&it),
+        let ectx = EligibilityContext::new(
+            Some(m),
+            Some(&it),
             channel,
             now,
-            spend_to_next_tier: features::spend_to_next_tier(m, &th),
-        };
+            features::spend_to_next_tier(m, &th),
+        );
         let held_out = rng.gen_bool(cfg.holdout);
         for (i, offer) in catalog.offers.iter().enumerate() {
             if offer.eligible(&ectx).is_err() {

@@ -187,6 +187,8 @@ pub struct StepResult {
     pub generator_cpu_s: f64,
     /// CPU seconds the server process used during the step (when its pid is known).
     pub server_cpu_s: Option<f64>,
+    /// CPU seconds the whole machine was busy during the step, and stolen by the hypervisor.
+    pub machine_cpu_s: Option<(f64, f64)>,
 }
 
 impl StepResult {
@@ -213,6 +215,14 @@ impl StepResult {
         } else {
             bad as f64 / all as f64
         }
+    }
+    /// Cores' worth of CPU used during the step by anything but the server and
+    /// the generator (other processes on a shared machine): above ~0.1 the
+    /// step was disturbed.
+    pub fn other_cpu_util(&self) -> Option<f64> {
+        let (busy, _) = self.machine_cpu_s?;
+        let srv = self.server_cpu_s?;
+        Some(((busy - srv - self.generator_cpu_s) / self.elapsed.as_secs_f64()).max(0.0))
     }
     /// JSON for results.json.
     pub fn to_json(&self) -> Value {
@@ -241,6 +251,8 @@ impl StepResult {
             "not_sent": self.not_sent,
             "generator_cpu_util": self.generator_cpu_s / secs,
             "server_cpu_util": self.server_cpu_s.map(|s| s / secs),
+            "other_cpu_util": self.other_cpu_util(),
+            "steal_util": self.machine_cpu_s.map(|(_, st)| st / secs),
             "total": kind_json(&total, None),
             "kinds": kinds,
         })
@@ -278,6 +290,20 @@ pub fn proc_cpu_seconds(pid: &str) -> Option<f64> {
     let stime: f64 = f.get(12)?.parse().ok()?;
     // USER_HZ is 100 on every Linux this runs on.
     Some((utime + stime) / 100.0)
+}
+
+/// Busy and steal CPU seconds of the whole machine, from `/proc/stat`.
+pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().next()?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?;
+    Some((busy / 100.0, v.get(7).copied().unwrap_or(0.0) / 100.0))
 }
 
 struct Shared {
@@ -416,6 +442,7 @@ pub async fn run_step(
         sample_offers,
     });
     let cpu0 = proc_cpu_seconds("self");
+    let mach0 = machine_cpu_seconds();
     let srv0 = server_pid.and_then(proc_cpu_seconds);
     let mut handles = Vec::new();
     for (i, c) in conns.into_iter().enumerate() {
@@ -452,6 +479,10 @@ pub async fn run_step(
         },
         server_cpu_s: match (srv0, server_pid.and_then(proc_cpu_seconds)) {
             (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
+        machine_cpu_s: match (mach0, machine_cpu_seconds()) {
+            (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1)),
             _ => None,
         },
         step,

@@ -35,6 +35,8 @@ pub struct RunConfig {
     pub step_secs: f64,
     /// Alternating saturation rounds (healthz, offers); the median of each is reported.
     pub rounds: usize,
+    /// Longest wait for a quiet machine before each step.
+    pub quiet_wait: Duration,
     /// Seconds of warm-up (closed loop on the offers route, not reported).
     pub warmup_secs: f64,
     /// Fraction of the offers saturation throughput for the fixed-rate steps.
@@ -85,11 +87,50 @@ pub fn proc_memory_kib(pid: &str) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Waits (at most `max`) until processes other than the server and this
+/// generator use less than 0.15 cores over half a second: on a shared
+/// machine a compile next door would otherwise be measured too.
+pub async fn wait_quiet(server_pid: Option<&str>, max: Duration) {
+    let until = std::time::Instant::now() + max;
+    let mut warned = false;
+    loop {
+        let (m0, s0, g0) = (
+            engine::machine_cpu_seconds(),
+            server_pid.and_then(engine::proc_cpu_seconds),
+            engine::proc_cpu_seconds("self"),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (m1, s1, g1) = (
+            engine::machine_cpu_seconds(),
+            server_pid.and_then(engine::proc_cpu_seconds),
+            engine::proc_cpu_seconds("self"),
+        );
+        let other = match (m0, m1, g0, g1) {
+            (Some(a), Some(b), Some(g0), Some(g1)) => {
+                (b.0 - a.0) - (g1 - g0) - s1.zip(s0).map(|(x, y)| x - y).unwrap_or(0.0)
+            }
+            _ => return,
+        } / 0.5;
+        if other < 0.15 {
+            return;
+        }
+        if std::time::Instant::now() >= until {
+            eprintln!("  machine still busy ({other:.2} cores used by other processes); measuring anyway (see other_cpu_util)");
+            return;
+        }
+        if !warned {
+            eprintln!("  waiting for the machine to be quiet ({other:.2} cores used by other processes)...");
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 fn log_step(r: &StepResult) {
     let t = r.total();
     let h = &t.hist;
     eprintln!(
-        "  {:<18} {:>10.0} req/s  errors {:>6.3}%  p50 {:>8.3} ms  p99 {:>8.3} ms  p99.9 {:>8.3} ms  max {:>8.3} ms  gen cpu {:>4.0}%  server cpu {}",
+        "  {:<18} {:>10.0} req/s  errors {:>6.3}%  p50 {:>8.3} ms  p99 {:>8.3} ms  p99.9 {:>8.3} ms  max {:>8.3} ms  gen cpu {:>4.0}%  server cpu {}  other cpu {}",
         r.step.name,
         r.throughput(),
         r.error_rate() * 100.0,
@@ -100,6 +141,9 @@ fn log_step(r: &StepResult) {
         r.generator_cpu_s / r.elapsed.as_secs_f64() * 100.0,
         r.server_cpu_s
             .map(|s| format!("{:.0}%", s / r.elapsed.as_secs_f64() * 100.0))
+            .unwrap_or_else(|| "n/a".into()),
+        r.other_cpu_util()
+            .map(|s| format!("{:.0}%", s * 100.0))
             .unwrap_or_else(|| "n/a".into()),
     );
 }
@@ -136,6 +180,7 @@ pub async fn run_population(cfg: &RunConfig) -> anyhow::Result<Value> {
             .wrapping_add(1442695040888963407);
         seed
     };
+    wait_quiet(pid, cfg.quiet_wait).await;
     let warm = run_step(
         &target,
         traffic.clone(),
@@ -154,6 +199,7 @@ pub async fn run_population(cfg: &RunConfig) -> anyhow::Result<Value> {
     let mut h_rounds = Vec::new();
     let mut o_rounds = Vec::new();
     for round in 0..cfg.rounds.max(1) {
+        wait_quiet(pid, cfg.quiet_wait).await;
         let h = run_step(
             &target,
             traffic.clone(),
@@ -168,6 +214,7 @@ pub async fn run_population(cfg: &RunConfig) -> anyhow::Result<Value> {
         .await?;
         log_step(&h);
         h_rounds.push(h);
+        wait_quiet(pid, cfg.quiet_wait).await;
         let o = run_step(
             &target,
             traffic.clone(),
@@ -200,6 +247,20 @@ pub async fn run_population(cfg: &RunConfig) -> anyhow::Result<Value> {
         mix,
         drain: Duration::from_secs(2),
     };
+    // The latency floor of this stack and machine at the same rate: a route
+    // that does nothing, measured the same way (host scheduling, loopback,
+    // actix, the generator's own pacing).
+    wait_quiet(pid, cfg.quiet_wait).await;
+    let healthz_rate = run_step(
+        &target,
+        traffic.clone(),
+        open("healthz_fixed_rate", Mix::only(Kind::Healthz)),
+        pid,
+        next_seed(),
+    )
+    .await?;
+    log_step(&healthz_rate);
+    wait_quiet(pid, cfg.quiet_wait).await;
     let offers_rate = run_step(
         &target,
         traffic.clone(),
@@ -209,6 +270,7 @@ pub async fn run_population(cfg: &RunConfig) -> anyhow::Result<Value> {
     )
     .await?;
     log_step(&offers_rate);
+    wait_quiet(pid, cfg.quiet_wait).await;
     let mixed_rate = run_step(
         &target,
         traffic.clone(),
@@ -272,7 +334,8 @@ pub async fn run_population(cfg: &RunConfig) -> anyhow::Result<Value> {
         "offers_fixed_rate_p99_ms": p99,
         "offers_fixed_rate_p99_9_ms": p999,
         "targets": report::targets(ratio, p99, p999, mem_before.map(|(rss, _)| rss * 1024), raw_bytes, cfg.population),
-        "steps": [warm.to_json(), healthz.to_json(), offers.to_json(), offers_rate.to_json(), mixed_rate.to_json()],
+        "steps": [warm.to_json(), healthz.to_json(), offers.to_json(), healthz_rate.to_json(),
+            offers_rate.to_json(), mixed_rate.to_json()],
         "saturation_rounds": h_rounds.iter().chain(o_rounds.iter()).map(|r| r.to_json()).collect::<Vec<_>>(),
     }))
 }

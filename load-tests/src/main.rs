@@ -85,6 +85,9 @@ struct RunArgs {
     /// Alternating saturation rounds (healthz, offers, ...); the median round of each is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Longest wait, in seconds, for other processes to go quiet before each step.
+    #[arg(long, default_value_t = 120)]
+    quiet_wait_secs: u64,
     /// Warm-up seconds (not reported).
     #[arg(long, default_value_t = 3.0)]
     warmup_secs: f64,
@@ -180,6 +183,7 @@ fn main() -> anyhow::Result<()> {
                 step_secs: a.step_secs,
                 warmup_secs: a.warmup_secs,
                 rounds: a.rounds,
+                quiet_wait: Duration::from_secs(a.quiet_wait_secs),
                 rate_fraction: a.rate_fraction,
                 mix: Mix::parse(&a.mix).map_err(anyhow::Error::msg)?,
                 seed: a.seed,
