@@ -96,6 +96,15 @@ impl LogRecord {
         // Encoding plain data into a Vec cannot fail.
         bincode::serialize(self).unwrap_or_default()
     }
+    /// Encodes `LogRecord::Decision(d)` without cloning the record (the checkout hot path).
+    pub fn encode_decision(d: &DecisionRecord) -> Vec<u8> {
+        /// Same variant index as [`LogRecord::Decision`] (bincode writes only the index).
+        #[derive(Serialize)]
+        enum Borrowed<'a> {
+            Decision(&'a DecisionRecord),
+        }
+        bincode::serialize(&Borrowed::Decision(d)).unwrap_or_default()
+    }
     /// Decodes a log payload.
     pub fn decode(b: &[u8]) -> Result<LogRecord, String> {
         bincode::deserialize(b).map_err(|e| format!("undecodable log record: {e}"))
@@ -201,6 +210,14 @@ impl Core {
         applied
     }
 
+    /// Applies one durable decision (what [`Core::apply`] does for `LogRecord::Decision`),
+    /// borrowing the record.
+    pub fn apply_decision_record(&self, d: &DecisionRecord, live: bool) -> Applied {
+        let mut applied = Applied::default();
+        self.apply_decision(d, live, &mut applied);
+        applied
+    }
+
     fn apply_decision(&self, d: &DecisionRecord, live: bool, applied: &mut Applied) {
         let shown = d.offers.len().min(u16::MAX as usize) as u16;
         self.ledger
@@ -230,12 +247,12 @@ impl Core {
         let mut members = Vec::with_capacity(self.members.len());
         self.members
             .for_each(|id, m| members.push((id.to_string(), MemberWire::from(m))));
-        let decisions = self
-            .ledger
+        let mut decisions = Vec::with_capacity(self.ledger.decisions.len());
+        self.ledger
             .decisions
-            .iter()
-            .map(|(_, d)| (d.record.clone(), d.committed_status()))
-            .collect();
+            .for_each(chrono::Utc::now().timestamp_millis(), |d| {
+                decisions.push((d.record.clone(), d.committed_status()))
+            });
         let suppressions = self
             .ledger
             .suppressions
@@ -363,6 +380,29 @@ pub fn open(dir: &Path, opts: WalOptions, core: &Core) -> Result<(Wal, RecoveryR
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_decision_encoding_is_the_owned_one() {
+        let d = DecisionRecord {
+            id: "d-1".into(),
+            member_id: "M00000001".into(),
+            channel: crate::domain::Channel::Checkout,
+            created_ms: 1_790_000_000_000,
+            offers: vec![crate::ledger::IssuedOffer {
+                offer_id: "lounge-pass".into(),
+                price: None,
+                points_price: Some(4000),
+                expires_ms: 1_790_000_900_000,
+                inventory: None,
+                suppress_days: 30,
+            }],
+            experiments: vec![],
+            covariate: 1234.5,
+        };
+        let bytes = LogRecord::encode_decision(&d);
+        assert_eq!(bytes, LogRecord::Decision(d.clone()).encode());
+        assert_eq!(LogRecord::decode(&bytes), Ok(LogRecord::Decision(d)));
+    }
 
     #[test]
     fn member_wire_round_trips() {

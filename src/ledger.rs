@@ -1,8 +1,8 @@
 //! The ledger: what the engine has promised and what happened since.
 //!
 //! - **Decisions** issued (member, offers, prices, expiries, inventory keys),
-//!   kept in a bounded moka cache whose entries live until their last offer
-//!   expires, so outcomes can be attributed.
+//!   kept in a bounded [`DecisionMemory`] until a minute after their last
+//!   offer expires, so outcomes can be attributed.
 //! - **Suppressions**: an offer a member declined stays hidden from them for
 //!   a number of days.
 //! - **Contacts**: offers shown per member, day and channel, for the daily cap.
@@ -17,7 +17,6 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
@@ -127,19 +126,131 @@ impl LiveDecision {
     }
 }
 
-struct DecisionExpiry;
+/// Kept this long past a decision's last expiry, so a late event gets "expired", not "unknown".
+const KEEP_AFTER_EXPIRY_MS: i64 = 60_000;
+/// Eviction rings; a decision's ring is chosen by its id's hash.
+const RINGS: usize = 16;
 
-impl moka::Expiry<String, Arc<LiveDecision>> for DecisionExpiry {
-    fn expire_after_create(
+/// Decisions by id, bounded in number and time.
+///
+/// A concurrent map plus, per ring, the ids in insertion order. Inserting
+/// evicts from the front of its ring what has outlived its offers (one minute
+/// grace) and, past the ring's share of the capacity, the oldest decision: the
+/// one least likely to be accepted still. Lookups treat an outlived entry as
+/// absent even before it is evicted. This replaced a moka cache, whose
+/// admission and bookkeeping cost about 7% of a checkout decision's CPU (perf,
+/// 2026-11-23) for policies (LFU admission, idle expiry) this data does not
+/// need: a decision is written once, read at most a few times, and its end of
+/// life is known when it is written.
+///
+/// Locks: a ring's mutex is taken after the map shard's lock is released, and
+/// eviction takes a map shard lock inside a ring's lock; nothing takes them
+/// the other way round.
+pub struct DecisionMemory {
+    map: DashMap<Box<str>, Arc<LiveDecision>, ahash::RandomState>,
+    /// Per ring: (keep until ms, id) in insertion order.
+    rings: Box<[std::sync::Mutex<std::collections::VecDeque<(i64, Box<str>)>>]>,
+    /// Capacity share of one ring.
+    per_ring: usize,
+    hasher: ahash::RandomState,
+}
+
+impl std::fmt::Debug for DecisionMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionMemory")
+            .field("len", &self.map.len())
+            .field("capacity", &(self.per_ring * RINGS))
+            .finish()
+    }
+}
+
+impl DecisionMemory {
+    /// Remembers at most about `capacity` decisions (rounded up to a multiple of 16).
+    pub fn new(capacity: usize) -> DecisionMemory {
+        DecisionMemory {
+            map: DashMap::with_hasher(ahash::RandomState::with_seeds(11, 12, 13, 14)),
+            rings: (0..RINGS)
+                .map(|_| std::sync::Mutex::new(std::collections::VecDeque::new()))
+                .collect(),
+            per_ring: capacity.div_ceil(RINGS).max(1),
+            hasher: ahash::RandomState::with_seeds(21, 22, 23, 24),
+        }
+    }
+
+    /// Remembers `record` (keeps an existing decision with the same id: replay is
+    /// idempotent) and returns the live entry.
+    pub fn insert(&self, record: DecisionRecord, now_ms: i64) -> Arc<LiveDecision> {
+        let keep_until = record.last_expiry_ms() + KEEP_AFTER_EXPIRY_MS;
+        let id: Box<str> = record.id.as_str().into();
+        let (live, fresh) = match self.map.entry(id.clone()) {
+            dashmap::Entry::Occupied(e) => (Arc::clone(e.get()), false),
+            dashmap::Entry::Vacant(e) => {
+                let live = Arc::new(LiveDecision::new(record));
+                e.insert(Arc::clone(&live));
+                (live, true)
+            }
+        };
+        if fresh {
+            let mut ring = self.ring(&id);
+            ring.push_back((keep_until, id));
+            while let Some((until, _)) = ring.front() {
+                if ring.len() <= self.per_ring && *until > now_ms {
+                    break;
+                }
+                if let Some((_, old)) = ring.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+        live
+    }
+
+    /// The decision with this id, unless unknown or outlived.
+    pub fn get(&self, id: &str, now_ms: i64) -> Option<Arc<LiveDecision>> {
+        let live = self.map.get(id).map(|e| Arc::clone(e.value()))?;
+        (live.record.last_expiry_ms() + KEEP_AFTER_EXPIRY_MS > now_ms).then_some(live)
+    }
+
+    /// Evicts what has outlived its offers from the front of every ring (inserts do this
+    /// too; this is for quiet periods).
+    pub fn evict_expired(&self, now_ms: i64) {
+        for ring in self.rings.iter() {
+            let mut ring = ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while ring.front().is_some_and(|(until, _)| *until <= now_ms) {
+                if let Some((_, old)) = ring.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Calls `f` for every decision not yet outlived at `now_ms`.
+    pub fn for_each(&self, now_ms: i64, mut f: impl FnMut(&LiveDecision)) {
+        for e in self.map.iter() {
+            if e.value().record.last_expiry_ms() + KEEP_AFTER_EXPIRY_MS > now_ms {
+                f(e.value());
+            }
+        }
+    }
+
+    /// Decisions held (outlived ones not yet evicted included).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when none is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn ring(
         &self,
-        _key: &String,
-        value: &Arc<LiveDecision>,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        let now_ms = Utc::now().timestamp_millis();
-        // Kept a minute past the last expiry so a late event gets "expired", not "unknown".
-        let left = value.record.last_expiry_ms() - now_ms + 60_000;
-        Some(Duration::from_millis(left.max(0) as u64))
+        id: &str,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(i64, Box<str>)>> {
+        let i = (self.hasher.hash_one(id) as usize) % RINGS;
+        self.rings[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -168,7 +279,7 @@ pub type Suppressions = DashMap<Box<str>, Vec<(Arc<str>, i64)>, ahash::RandomSta
 #[derive(Clone)]
 pub struct Ledger {
     /// Decisions by id, until their offers expire.
-    pub decisions: moka::sync::Cache<String, Arc<LiveDecision>>,
+    pub decisions: Arc<DecisionMemory>,
     /// Member → (offer id, suppressed until ms).
     pub suppressions: Arc<Suppressions>,
     /// Member → offers shown today per channel.
@@ -190,10 +301,7 @@ impl Ledger {
     /// A ledger remembering at most `max_decisions` decisions.
     pub fn new(max_decisions: u64) -> Ledger {
         Ledger {
-            decisions: moka::sync::Cache::builder()
-                .max_capacity(max_decisions)
-                .expire_after(DecisionExpiry)
-                .build(),
+            decisions: Arc::new(DecisionMemory::new(max_decisions as usize)),
             suppressions: Default::default(),
             contacts: Default::default(),
             inventory: Default::default(),
@@ -202,16 +310,12 @@ impl Ledger {
 
     /// Remembers a decision (replaces none that exists: replay is idempotent).
     pub fn remember(&self, record: DecisionRecord) -> Arc<LiveDecision> {
-        let id = record.id.clone();
-        self.decisions
-            .entry(id)
-            .or_insert_with(|| Arc::new(LiveDecision::new(record)))
-            .into_value()
+        self.decisions.insert(record, Utc::now().timestamp_millis())
     }
 
     /// A remembered decision.
     pub fn decision(&self, id: &str) -> Option<Arc<LiveDecision>> {
-        self.decisions.get(id)
+        self.decisions.get(id, Utc::now().timestamp_millis())
     }
 
     /// Whether `offer_id` is suppressed for `member` at `now_ms`.
@@ -382,6 +486,60 @@ mod tests {
             experiments: Vec::new(),
             covariate: 0.0,
         }
+    }
+
+    fn decision(id: &str, created_ms: i64, expires_ms: i64) -> DecisionRecord {
+        let mut d = record(1);
+        d.id = id.into();
+        d.created_ms = created_ms;
+        d.offers[0].expires_ms = expires_ms;
+        d
+    }
+
+    #[test]
+    fn decision_memory_is_bounded_and_keeps_the_newest() {
+        let m = DecisionMemory::new(160);
+        let now = 1_000_000_000;
+        for i in 0..10_000 {
+            m.insert(decision(&format!("d{i}"), now, now + 3_600_000), now);
+            assert!(m.len() <= 160, "bounded at every step");
+        }
+        // Each ring keeps its newest share: every recent id is still there.
+        let newest_missing = (9_990..10_000)
+            .filter(|i| m.get(&format!("d{i}"), now).is_none())
+            .count();
+        assert_eq!(newest_missing, 0);
+        assert!(m.get("d0", now).is_none(), "the oldest is evicted");
+    }
+
+    #[test]
+    fn decision_memory_forgets_outlived_decisions() {
+        let m = DecisionMemory::new(1000);
+        let now = 1_000_000_000;
+        m.insert(decision("short", now, now + 1_000), now);
+        m.insert(decision("long", now, now + 3_600_000), now);
+        // Within the minute of grace after expiry it is still known ("expired", not "unknown").
+        assert!(m.get("short", now + 1_000 + 59_000).is_some());
+        assert!(m.get("short", now + 1_000 + 60_000).is_none());
+        let mut seen = Vec::new();
+        m.for_each(now + 61_000 + 1_000, |d| seen.push(d.record.id.clone()));
+        assert_eq!(seen, vec!["long".to_string()]);
+        m.evict_expired(now + 1_000 + 60_000);
+        assert!(m.get("long", now).is_some());
+        // "short" was inserted first, so it is at the front of its ring whichever it is.
+        assert!(m.map.get("short").is_none());
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn decision_memory_insert_is_idempotent() {
+        let m = DecisionMemory::new(100);
+        let now = 1_000_000_000;
+        let a = m.insert(decision("x", now, now + 60_000), now);
+        a.status[0].store(ACCEPTED, Ordering::Release);
+        let b = m.insert(decision("x", now, now + 60_000), now);
+        assert!(Arc::ptr_eq(&a, &b), "the live entry (with its accept) is kept");
+        assert_eq!(m.len(), 1);
     }
 
     #[test]

@@ -292,6 +292,12 @@ fn spawn_snapshots(state: &SharedState) {
         loop {
             tick.tick().await;
             let Some(state) = weak.upgrade() else { break };
+            // Outlived decisions leave memory before they would be copied.
+            state
+                .core
+                .ledger
+                .decisions
+                .evict_expired(chrono::Utc::now().timestamp_millis());
             let core = state.core.clone();
             let started = std::time::Instant::now();
             match state.wal.snapshot(move || core.snapshot_bytes()).await {

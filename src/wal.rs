@@ -114,6 +114,10 @@ pub struct WalOptions {
     /// Whether to fsync data and directories (default `true`). `false` is only for benches and
     /// tests that explicitly accept losing acknowledged writes on power loss.
     pub fsync: bool,
+    /// How long the writer waits for more [`Wal::append_deferred`] records before it writes a
+    /// batch holding only deferred records (default 5 ms). A waiting [`Wal::append`] never
+    /// waits for this: it is written at once, together with every deferred record queued.
+    pub deferred_linger: std::time::Duration,
 }
 
 impl Default for WalOptions {
@@ -123,6 +127,7 @@ impl Default for WalOptions {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
             fsync: true,
+            deferred_linger: std::time::Duration::from_millis(5),
         }
     }
 }
@@ -204,12 +209,16 @@ pub struct Wal {
 }
 
 type Callback = Box<dyn FnOnce(u64) + Send + 'static>;
+/// What a deferred append runs once its batch is durable (or failed).
+type DeferredDone = Box<dyn FnOnce(Result<u64, WalError>) + Send + 'static>;
 type SnapshotFn = Box<dyn FnOnce() -> Vec<u8> + Send + 'static>;
 
 /// Where the writer sends a request's outcome.
 enum Reply {
     Async(oneshot::Sender<Result<u64, WalError>>),
     Blocking(mpsc::SyncSender<Result<u64, WalError>>),
+    /// A deferred append: nobody waits, the function hears the outcome.
+    Deferred(DeferredDone),
 }
 
 impl Reply {
@@ -222,6 +231,11 @@ impl Reply {
             }
             Reply::Blocking(tx) => {
                 let _ = tx.send(result);
+            }
+            Reply::Deferred(done) => {
+                if catch_unwind(AssertUnwindSafe(|| done(result))).is_err() {
+                    tracing::error!("event log deferred completion panicked");
+                }
             }
         }
     }
@@ -237,6 +251,14 @@ enum Command {
         make: SnapshotFn,
         reply: Reply,
     },
+    /// Deferred records are queued: sent only to wake an idle writer.
+    Wake,
+}
+
+/// A record of [`Wal::append_deferred`], waiting in [`Shared::deferred`].
+struct DeferredRecord {
+    payload: Vec<u8>,
+    done: DeferredDone,
 }
 
 /// State shared between handles and the writer thread.
@@ -244,6 +266,12 @@ struct Shared {
     last_lsn: AtomicU64,
     poisoned: AtomicBool,
     inject_failures: AtomicUsize,
+    /// Records of [`Wal::append_deferred`] not yet taken by the writer. Appenders push here
+    /// without touching the channel, so a stream of them costs the writer no wake-ups.
+    deferred: Mutex<Vec<DeferredRecord>>,
+    /// True while the writer is (about to be) blocked on an empty channel with nothing
+    /// deferred: the next deferred appender must wake it with [`Command::Wake`].
+    idle: AtomicBool,
 }
 
 struct Inner {
@@ -349,6 +377,45 @@ impl Wal {
                 Err(e) => Err(e),
             }
         }
+    }
+
+    /// Appends one record that nobody waits for (a checkout decision): it is queued without
+    /// waking the writer, written with the next batch (at the latest after
+    /// [`WalOptions::deferred_linger`]), and `done` runs on the writer thread with its LSN once
+    /// it is durable, or with the error if the batch failed. Log order: a deferred record
+    /// queued before an [`Wal::append`] call is written before that record; deferred records
+    /// keep their own order.
+    ///
+    /// Errors returned here (too large, poisoned, closed) mean nothing was queued and `done`
+    /// will not run.
+    pub fn append_deferred(
+        &self,
+        payload: Vec<u8>,
+        done: impl FnOnce(Result<u64, WalError>) + Send + 'static,
+    ) -> Result<(), WalError> {
+        self.precheck(payload.len())?;
+        {
+            let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
+            if tx.is_none() {
+                return Err(WalError::Closed);
+            }
+            // Pushed while the channel is known open, so close() (which takes the write lock
+            // first) cannot miss it: the writer drains the queue before it exits.
+            self.inner
+                .shared
+                .deferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(DeferredRecord {
+                    payload,
+                    done: Box::new(done),
+                });
+        }
+        if self.inner.shared.idle.swap(false, Ordering::SeqCst) {
+            // Best effort: a closed channel means the writer is draining anyway.
+            let _ = self.send(Command::Wake);
+        }
+        Ok(())
     }
 
     /// Same as [`Wal::append`], blocking the calling (non-async) thread. Must not be called
@@ -466,6 +533,16 @@ impl Wal {
 // Writer thread
 // ---------------------------------------------------------------------------------------------
 
+/// What the writer does next.
+enum Next {
+    /// Write this command (with everything deferred).
+    Command(Command),
+    /// Write the deferred records alone.
+    DeferredOnly,
+    /// Every handle is gone: write what is deferred and stop.
+    Closed,
+}
+
 struct Writer {
     dir: PathBuf,
     opts: WalOptions,
@@ -492,14 +569,28 @@ impl Writer {
     fn run_loop(&mut self, rx: &mpsc::Receiver<Command>) {
         let max_batch = self.opts.max_batch.max(1);
         let mut batch: Vec<Command> = Vec::new();
-        let mut pending: Vec<(Callback, Reply)> = Vec::new();
-        while let Ok(first) = rx.recv() {
-            batch.push(first);
-            while batch.len() < max_batch {
+        let mut pending: Vec<(Option<Callback>, Reply)> = Vec::new();
+        let mut deferred: Vec<DeferredRecord> = Vec::new();
+        loop {
+            let first = match self.next_command(rx) {
+                Next::Command(cmd) => Some(cmd),
+                Next::DeferredOnly => None,
+                Next::Closed => break,
+            };
+            batch.extend(first);
+            while !batch.is_empty() && batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(cmd) => batch.push(cmd),
                     Err(_) => break,
                 }
+            }
+            // Deferred records go first: every one queued before a command in this batch was
+            // sent is in the queue now, so "decision before its accept" holds in the log.
+            self.take_deferred(&mut deferred);
+            for d in deferred.drain(..) {
+                let lsn = self.next_lsn + pending.len() as u64;
+                encode_record(&mut self.buf, lsn, &d.payload);
+                pending.push((None, Reply::Deferred(d.done)));
             }
             for cmd in batch.drain(..) {
                 match cmd {
@@ -510,20 +601,83 @@ impl Writer {
                     } => {
                         let lsn = self.next_lsn + pending.len() as u64;
                         encode_record(&mut self.buf, lsn, &payload);
-                        pending.push((after_durable, reply));
+                        pending.push((Some(after_durable), reply));
                     }
                     Command::Snapshot { make, reply } => {
                         self.flush(&mut pending);
                         reply.send(self.snapshot(make));
                     }
+                    Command::Wake => {}
                 }
             }
             self.flush(&mut pending);
         }
+        // Closed: whatever was deferred before the close is still written.
+        self.take_deferred(&mut deferred);
+        for d in deferred.drain(..) {
+            let lsn = self.next_lsn + pending.len() as u64;
+            encode_record(&mut self.buf, lsn, &d.payload);
+            pending.push((None, Reply::Deferred(d.done)));
+        }
+        self.flush(&mut pending);
+    }
+
+    fn take_deferred(&self, into: &mut Vec<DeferredRecord>) {
+        let mut q = self
+            .shared
+            .deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *q, into);
+    }
+
+    fn has_deferred(&self) -> bool {
+        !self
+            .shared
+            .deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Waits for the next thing to do: a command (written at once), or, with only deferred
+    /// records queued, the end of the linger time.
+    fn next_command(&self, rx: &mpsc::Receiver<Command>) -> Next {
+        match rx.try_recv() {
+            Ok(cmd) => return Next::Command(cmd),
+            Err(mpsc::TryRecvError::Disconnected) => return Next::Closed,
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        if !self.has_deferred() {
+            // Announce idleness, then look again: a deferred appender either sees the flag
+            // (and sends a Wake) or pushed before we looked (and we see its record).
+            self.shared.idle.store(true, Ordering::SeqCst);
+            if !self.has_deferred() {
+                let got = rx.recv();
+                self.shared.idle.store(false, Ordering::SeqCst);
+                return match got {
+                    Ok(Command::Wake) => self.linger(rx),
+                    Ok(cmd) => Next::Command(cmd),
+                    Err(_) => Next::Closed,
+                };
+            }
+            self.shared.idle.store(false, Ordering::SeqCst);
+        }
+        self.linger(rx)
+    }
+
+    /// Deferred records are queued: give others up to the linger time to join the batch; a
+    /// command that someone waits for ends the wait at once.
+    fn linger(&self, rx: &mpsc::Receiver<Command>) -> Next {
+        match rx.recv_timeout(self.opts.deferred_linger) {
+            Ok(Command::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => Next::DeferredOnly,
+            Ok(cmd) => Next::Command(cmd),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Next::Closed,
+        }
     }
 
     /// Writes, fsyncs and acknowledges the encoded batch in `self.buf`.
-    fn flush(&mut self, pending: &mut Vec<(Callback, Reply)>) {
+    fn flush(&mut self, pending: &mut Vec<(Option<Callback>, Reply)>) {
         if pending.is_empty() {
             return;
         }
@@ -542,8 +696,10 @@ impl Writer {
                     .store(self.next_lsn - 1, Ordering::Release);
                 for (i, (callback, reply)) in pending.drain(..).enumerate() {
                     let lsn = first + i as u64;
-                    if catch_unwind(AssertUnwindSafe(|| callback(lsn))).is_err() {
-                        tracing::error!(lsn, "event log after_durable callback panicked");
+                    if let Some(callback) = callback {
+                        if catch_unwind(AssertUnwindSafe(|| callback(lsn))).is_err() {
+                            tracing::error!(lsn, "event log after_durable callback panicked");
+                        }
                     }
                     reply.send(Ok(lsn));
                 }
@@ -1180,6 +1336,8 @@ fn recover(
             last_lsn: AtomicU64::new(last),
             poisoned: AtomicBool::new(false),
             inject_failures: AtomicUsize::new(0),
+            deferred: Mutex::new(Vec::new()),
+            idle: AtomicBool::new(false),
         }),
         file,
         seg_path,
@@ -1410,6 +1568,93 @@ mod tests {
             wal.append(b"next".to_vec(), |_| {}).await.expect("append"),
             1601
         );
+    }
+
+    #[test]
+    fn deferred_records_precede_later_appends_and_survive_close() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = WalOptions {
+            // Long enough that only the waiting append (or the close) can write them.
+            deferred_linger: std::time::Duration::from_secs(30),
+            ..opts()
+        };
+        let (wal, _, _) = open_collect(dir.path(), o.clone());
+        let done = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..100u64 {
+            let done = Arc::clone(&done);
+            wal.append_deferred(payload(i), move |r| {
+                done.lock().expect("lock").push(r.expect("durable"))
+            })
+            .expect("queued");
+        }
+        // A waiting append is written at once, after every deferred record queued before it.
+        let lsn = wal
+            .append_blocking(b"accept".to_vec(), |_| {})
+            .expect("append");
+        assert_eq!(lsn, 101);
+        assert_eq!(*done.lock().expect("lock"), (1..=100).collect::<Vec<u64>>());
+        // Deferred records queued just before a close are written by the close.
+        for i in 100..110u64 {
+            let done = Arc::clone(&done);
+            wal.append_deferred(payload(i), move |r| {
+                done.lock().expect("lock").push(r.expect("durable"))
+            })
+            .expect("queued");
+        }
+        wal.close();
+        assert_eq!(done.lock().expect("lock").len(), 110);
+        assert!(matches!(
+            wal.append_deferred(vec![1], |_| {}),
+            Err(WalError::Closed)
+        ));
+        drop(wal);
+        let (_, report, (_, recs)) = open_collect(dir.path(), o);
+        assert_eq!(report.records_replayed, 111);
+        let mut expected: Vec<Vec<u8>> = (0..100).map(payload).collect();
+        expected.push(b"accept".to_vec());
+        expected.extend((100..110).map(payload));
+        assert_eq!(recs.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn deferred_records_are_written_after_the_linger_without_other_traffic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = WalOptions {
+            deferred_linger: std::time::Duration::from_millis(1),
+            ..opts()
+        };
+        let (wal, _, _) = open_collect(dir.path(), o);
+        for round in 0..3u64 {
+            // Each round finds the writer idle: the first record must wake it.
+            let (tx, rx) = mpsc::channel();
+            wal.append_deferred(payload(round), move |r| {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            })
+            .expect("queued");
+            let lsn = rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .expect("written without any other append")
+                .expect("durable");
+            assert_eq!(lsn, round + 1);
+            assert_eq!(wal.last_lsn(), round + 1);
+        }
+    }
+
+    #[test]
+    fn deferred_failure_reaches_its_completion() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (wal, _, _) = open_collect(dir.path(), opts());
+        wal.inject_failures(1);
+        let (tx, rx) = mpsc::channel();
+        wal.append_deferred(payload(1), move |r| {
+            let _ = tx.send(r.is_err());
+        })
+        .expect("queued");
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("completion runs"));
+        // The log stays usable and the failed record is not in it.
+        assert_eq!(wal.append_blocking(payload(2), |_| {}).expect("append"), 1);
     }
 
     fn write_n(wal: &Wal, range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {

@@ -204,23 +204,29 @@ pub async fn post_offers(
 }
 
 /// Remembers a decision at once (an accept may follow immediately) and logs
-/// it without waiting: checkout never waits for the disk. The decision is
-/// durable within one group commit; one lost in a crash inside that window
-/// can no longer be attributed (its accept gets 404), nothing else is lost.
+/// it without waiting: checkout never waits for the disk. The record joins the
+/// log's next batch (within [`crate::wal::WalOptions::deferred_linger`], or
+/// sooner with any waiting write, and always before a later accept); one lost
+/// in a crash inside that window can no longer be attributed (its accept gets
+/// 404), nothing else is lost.
 pub fn record_decision(state: &SharedState, record: DecisionRecord) {
-    let payload = LogRecord::Decision(record.clone()).encode();
-    state.core.ledger.remember(record.clone());
+    let payload = LogRecord::encode_decision(&record);
+    let live = state.core.ledger.remember(record);
     let core = state.core.clone();
     let metrics = state.metrics.clone();
-    let observer = metrics.clone();
-    let pending = state.wal.append(payload, move |_lsn| {
-        let applied = core.apply(&LogRecord::Decision(record), true);
-        observer.observe_applied(&applied);
-    });
-    tokio::spawn(async move {
-        if let Err(e) = pending.await {
-            metrics.log_errors.with_label_values(&["decision"]).inc();
-            tracing::warn!(error = %e, "decision not logged; its outcomes cannot be attributed after a restart");
+    let queued = state.wal.append_deferred(payload, move |result| match result {
+        Ok(_) => {
+            let applied = core.apply_decision_record(&live.record, true);
+            metrics.observe_applied(&applied);
         }
+        Err(e) => decision_not_logged(&metrics, &e),
     });
+    if let Err(e) = queued {
+        decision_not_logged(&state.metrics, &e);
+    }
+}
+
+fn decision_not_logged(metrics: &crate::metrics::Metrics, e: &crate::wal::WalError) {
+    metrics.log_errors.with_label_values(&["decision"]).inc();
+    tracing::warn!(error = %e, "decision not logged; its outcomes cannot be attributed after a restart");
 }
