@@ -130,6 +130,8 @@ impl LiveDecision {
 const KEEP_AFTER_EXPIRY_MS: i64 = 60_000;
 /// Eviction rings; a decision's ring is chosen by its id's hash.
 const RINGS: usize = 16;
+/// One eviction ring: (keep until ms, id) in insertion order.
+type Ring = std::sync::Mutex<std::collections::VecDeque<(i64, Box<str>)>>;
 
 /// Decisions by id, bounded in number and time.
 ///
@@ -149,7 +151,7 @@ const RINGS: usize = 16;
 pub struct DecisionMemory {
     map: DashMap<Box<str>, Arc<LiveDecision>, ahash::RandomState>,
     /// Per ring: (keep until ms, id) in insertion order.
-    rings: Box<[std::sync::Mutex<std::collections::VecDeque<(i64, Box<str>)>>]>,
+    rings: Box<[Ring]>,
     /// Capacity share of one ring.
     per_ring: usize,
     hasher: ahash::RandomState,
