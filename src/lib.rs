@@ -53,3 +53,5 @@ pub mod synth;
 pub mod telemetry;
 pub mod train;
 pub mod wal;
+pub mod ope;
+pub mod evaluate_cli;
