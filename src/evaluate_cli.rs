@@ -203,7 +203,9 @@ impl ModelPolicy {
         let mut used = Vec::new();
         let mut remaining: Vec<(usize, f64, f64)> = scored;
         for _ in 0..position {
-            let Some(k) = remaining.first().copied() else { break };
+            let Some(k) = remaining.first().copied() else {
+                break;
+            };
             used.push(offers[k.0].category);
             remaining.retain(|s| !used.contains(&offers[s.0].category));
         }
@@ -367,7 +369,11 @@ pub struct EvaluateArgs {
 pub fn run(a: EvaluateArgs) -> anyhow::Result<()> {
     if let (Some(dir), Some(out)) = (&a.data_dir, &a.export) {
         let rounds = with_output(out, |w| export_engine_log(dir, a.export_reward, w))?;
-        eprintln!("wrote {rounds} logged rounds from {} to {}", dir.display(), out.display());
+        eprintln!(
+            "wrote {rounds} logged rounds from {} to {}",
+            dir.display(),
+            out.display()
+        );
         return Ok(());
     }
     let Some(log) = &a.log else {
@@ -383,7 +389,8 @@ pub fn run(a: EvaluateArgs) -> anyhow::Result<()> {
             let catalog = match &a.catalog {
                 None => Catalog::default_catalog(),
                 Some(c) => Catalog::from_toml(
-                    &std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?,
+                    &std::fs::read_to_string(c)
+                        .with_context(|| format!("reading {}", c.display()))?,
                 )
                 .with_context(|| format!("loading {}", c.display()))?,
             };
@@ -429,9 +436,7 @@ fn with_output<T>(
     let sink: Box<dyn Write> = if out.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(
-            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
-        )
+        Box::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?)
     };
     let mut w = std::io::BufWriter::new(sink);
     let r = f(&mut w)?;
@@ -502,8 +507,21 @@ pub fn export_engine_log(
     use crate::events::OutcomeKind;
     use crate::wal::{ReplayItem, Wal, WalOptions};
 
-    if !dir.join("LOCK").exists() && !dir.is_dir() {
+    if !dir.is_dir() {
         anyhow::bail!("{} is not an offer-engine data dir", dir.display());
+    }
+    // Opening the log repairs a torn tail; never do that under a running server.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .with_context(|| format!("opening the lock file in {}", dir.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "data dir {} is in use by an offer-engine process (its LOCK file is held); stop it first",
+            dir.display()
+        );
     }
     let mut decisions = Vec::new();
     let mut accepts: HashMap<(String, u8), f64> = HashMap::new();
@@ -633,6 +651,40 @@ mod tests {
         assert!(p.terms(&l).unwrap_err().contains("frequency_log"));
         l.context = None;
         assert!(p.terms(&l).unwrap_err().contains("context"));
+    }
+
+    #[test]
+    fn engine_log_without_propensities_is_refused_naming_the_field() {
+        use crate::durable::LogRecord;
+        use crate::ledger::{DecisionRecord, IssuedOffer};
+        use crate::wal::{Wal, WalOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default(), |_| Ok(())).unwrap();
+        let rec = LogRecord::Decision(DecisionRecord {
+            id: "d-1".into(),
+            member_id: "M1".into(),
+            channel: crate::domain::Channel::Checkout,
+            created_ms: 0,
+            offers: vec![IssuedOffer {
+                offer_id: "lounge-dom".into(),
+                price: None,
+                points_price: None,
+                expires_ms: 1,
+                inventory: None,
+                suppress_days: 0,
+            }],
+            experiments: Vec::new(),
+            covariate: 0.0,
+        });
+        wal.append_blocking(rec.encode(), |_| ()).unwrap();
+        wal.close();
+        drop(wal);
+        let mut out = Vec::new();
+        let err = export_engine_log(dir.path(), ExportReward::Accept, &mut out).unwrap_err();
+        assert!(err.to_string().contains("`propensity`"), "{err}");
+        assert!(err.to_string().contains("d-1"), "{err}");
+        let missing = dir.path().join("nope");
+        assert!(export_engine_log(&missing, ExportReward::Accept, &mut out).is_err());
     }
 
     #[test]

@@ -393,7 +393,11 @@ mod tests {
 
     #[test]
     fn snips_se_is_the_delta_method() {
-        let rs = [round(1.0, 0.5, 1.0), round(0.0, 0.1, 1.0), round(1.0, 0.25, 0.0)];
+        let rs = [
+            round(1.0, 0.5, 1.0),
+            round(0.0, 0.1, 1.0),
+            round(1.0, 0.25, 0.0),
+        ];
         let e = evaluate(&rs, &EvaluateOptions::default()).unwrap();
         // w = [2, 10, 0]; Σwr = 2, Σw = 12 → V = 1/6; mean w = 4.
         let v = 1.0 / 6.0;
@@ -455,7 +459,10 @@ mod tests {
         assert!(
             RoundTerms::from_distribution("a", 1.0, 0.5, [("a", 1.5), ("b", -0.5)], None).is_err()
         );
-        assert_eq!(evaluate(&[], &EvaluateOptions::default()), Err(OpeError::NoRounds));
+        assert_eq!(
+            evaluate(&[], &EvaluateOptions::default()),
+            Err(OpeError::NoRounds)
+        );
         let one = [round(1.0, 0.5, 0.5)];
         let bad = EvaluateOptions {
             confidence: 1.0,
@@ -471,14 +478,8 @@ mod tests {
     #[test]
     fn reduction_reads_the_logged_action_and_averages_the_model() {
         let q = |a: &str| if a == "a" { 0.2 } else { 0.6 };
-        let t = RoundTerms::from_distribution(
-            "a",
-            1.0,
-            0.4,
-            [("a", 0.25), ("b", 0.75)],
-            Some(&q),
-        )
-        .unwrap();
+        let t = RoundTerms::from_distribution("a", 1.0, 0.4, [("a", 0.25), ("b", 0.75)], Some(&q))
+            .unwrap();
         assert_eq!(t.target_prob, 0.25);
         assert_eq!(t.estimate_logged, 0.2);
         assert!((t.estimate_target - (0.05 + 0.45)).abs() < 1e-15);
