@@ -14,6 +14,7 @@
 //! [`export_engine_log`] (`evaluate --data-dir DIR --export FILE`); see its
 //! documentation for what it needs from decision records.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -28,14 +29,18 @@ use crate::ope::{self, EvaluateOptions, Evaluation, OpeError, RoundTerms};
 
 /// One line of the generic log. Unknown fields are refused so that a typo
 /// (`propensities`) fails loudly instead of silently reading as absent.
+/// Strings borrow from the line where they can (no escapes): reading a log is
+/// mostly parsing, and a million lines of small maps are a million allocations
+/// saved per field.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LoggedRound {
+pub struct LoggedRound<'a> {
     /// Identifier of the round (any JSON value; only for the reader's own bookkeeping).
     #[serde(default)]
     pub round: Option<serde::de::IgnoredAny>,
     /// The action (offer id) the logging policy showed.
-    pub action: String,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
     /// Slot it was shown in, 0 = first (default 0).
     #[serde(default)]
     pub position: Option<u32>,
@@ -43,15 +48,76 @@ pub struct LoggedRound {
     pub reward: f64,
     /// Logging policy's probability of `action` at `position`.
     pub propensity: f64,
-    /// Candidate policy's probabilities over actions at `position`.
-    #[serde(default)]
-    pub target_probs: Option<HashMap<String, f64>>,
+    /// Candidate policy's probabilities over actions at `position`, in the
+    /// line's order (only ever iterated).
+    #[serde(default, borrow, deserialize_with = "action_list")]
+    pub target_probs: Option<Vec<(ActionKey<'a>, f64)>>,
     /// Reward model: estimated reward of each action (used by DR).
-    #[serde(default)]
-    pub reward_estimates: Option<HashMap<String, f64>>,
+    #[serde(default, borrow)]
+    pub reward_estimates: Option<HashMap<ActionKey<'a>, f64, ahash::RandomState>>,
     /// What the candidate policy needs to decide (`--model`), see [`ModelContext`].
     #[serde(default)]
     pub context: Option<serde_json::Value>,
+}
+
+/// An action name as a map key, borrowed from the line when it has no escapes.
+/// Hashes and compares as the `str` it holds, so maps are looked up by `&str`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ActionKey<'a>(pub Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for ActionKey<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ActionKey<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ActionKey<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an action name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(ActionKey(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ActionKey(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(ActionKey(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON object `{action: number}` as a list of pairs.
+fn action_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<(ActionKey<'de>, f64)>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<(ActionKey<'de>, f64)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of action → probability")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+            while let Some(entry) = m.next_entry::<ActionKey<'de>, f64>()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V).map(Some)
 }
 
 /// `context` of a line when the target is a model file: what the engine
@@ -168,7 +234,7 @@ impl ModelPolicy {
     }
 
     /// Reduces one line with this policy as the target.
-    fn terms(&self, line: &LoggedRound) -> Result<RoundTerms, String> {
+    fn terms(&self, line: &LoggedRound<'_>) -> Result<RoundTerms, String> {
         let ctx: ModelContext = match &line.context {
             Some(v) => ModelContext::deserialize(v).map_err(|e| format!("context: {e}"))?,
             None => return Err("--model needs a `context` on every line".to_string()),
@@ -209,7 +275,7 @@ impl ModelPolicy {
             used.push(offers[k.0].category);
             remaining.retain(|s| !used.contains(&offers[s.0].category));
         }
-        let logged = self.index.get(&line.action).copied();
+        let logged = self.index.get(line.action.as_ref()).copied();
         let q_logged = logged
             .and_then(|i| remaining.iter().find(|s| s.0 == i).map(|s| s.1))
             .unwrap_or(0.0);
@@ -276,7 +342,7 @@ pub enum ReadError {
 }
 
 /// Reduces one parsed line.
-pub fn round_terms(line: &LoggedRound, target: &Target) -> Result<RoundTerms, String> {
+pub fn round_terms(line: &LoggedRound<'_>, target: &Target) -> Result<RoundTerms, String> {
     match target {
         Target::Logged => {
             let probs = line.target_probs.as_ref().ok_or(
@@ -288,7 +354,7 @@ pub fn round_terms(line: &LoggedRound, target: &Target) -> Result<RoundTerms, St
                 &line.action,
                 line.reward,
                 line.propensity,
-                probs.iter().map(|(a, p)| (a.as_str(), *p)),
+                probs.iter().map(|(a, p)| (a.0.as_ref(), *p)),
                 est.is_some().then_some(&q as &dyn Fn(&str) -> f64),
             )
             .map_err(|e| e.to_string())
@@ -297,16 +363,23 @@ pub fn round_terms(line: &LoggedRound, target: &Target) -> Result<RoundTerms, St
     }
 }
 
-/// Parses and reduces every non-blank line of `input`.
-pub fn read_rounds(input: impl BufRead, target: &Target) -> Result<Vec<RoundTerms>, ReadError> {
+/// Parses and reduces every non-blank line of `input`. Each line is reduced
+/// as soon as it is parsed, so memory holds five numbers per round, not the
+/// line.
+pub fn read_rounds(mut input: impl BufRead, target: &Target) -> Result<Vec<RoundTerms>, ReadError> {
     let mut out = Vec::new();
-    for (n, text) in input.lines().enumerate() {
-        let text = text?;
+    let mut text = String::new();
+    let mut line = 0u64;
+    loop {
+        text.clear();
+        if input.read_line(&mut text)? == 0 {
+            return Ok(out);
+        }
+        line += 1;
         if text.trim().is_empty() {
             continue;
         }
-        let line = n as u64 + 1;
-        let parsed: LoggedRound = serde_json::from_str(&text).map_err(|e| ReadError::Line {
+        let parsed: LoggedRound<'_> = serde_json::from_str(&text).map_err(|e| ReadError::Line {
             line,
             message: e.to_string(),
         })?;
@@ -314,7 +387,6 @@ pub fn read_rounds(input: impl BufRead, target: &Target) -> Result<Vec<RoundTerm
             round_terms(&parsed, target).map_err(|message| ReadError::Line { line, message })?,
         );
     }
-    Ok(out)
 }
 
 /// The printed report: the evaluation plus what was evaluated.
@@ -603,14 +675,14 @@ mod tests {
         .unwrap()
     }
 
-    fn line(action: &str, position: u32, eligible: &[&str]) -> LoggedRound {
+    fn line<'a>(action: &'a str, position: u32, eligible: &[&str]) -> LoggedRound<'a> {
         let ctx = serde_json::json!({
             "features": vec![0.5f32; N_FEATURES],
             "eligible": eligible,
         });
         LoggedRound {
             round: None,
-            action: action.to_string(),
+            action: Cow::Borrowed(action),
             position: Some(position),
             reward: 1.0,
             propensity: 0.5,
@@ -696,6 +768,10 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].weight(), 0.4);
         assert_eq!(r[1].estimate_target, 0.2 * 0.1);
+        // Escaped names cannot borrow from the line; they still match.
+        let escaped = r#"{"action":"\u0061","reward":1,"propensity":0.5,"target_probs":{"a":1},"reward_estimates":{"\u0061":0.3}}"#;
+        let r = read_rounds(escaped.as_bytes(), &Target::Logged).unwrap();
+        assert_eq!((r[0].target_prob, r[0].estimate_logged), (1.0, 0.3));
         let typo = r#"{"action":"a","reward":1,"propensities":0.5}"#;
         match read_rounds(typo.as_bytes(), &Target::Logged) {
             Err(ReadError::Line { line: 1, message }) => assert!(message.contains("propensities")),

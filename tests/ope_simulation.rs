@@ -31,6 +31,7 @@ use offer_engine::model::ModelFile;
 use offer_engine::ope::{evaluate, EvaluateOptions, RoundTerms};
 use offer_engine::synth::{self, GroundTruth};
 use rand::{Rng, SeedableRng};
+use serde::Deserialize;
 
 const POPULATION: u64 = 4_000;
 const ROUNDS: usize = 4_000;
@@ -113,7 +114,7 @@ fn world() -> (Vec<Context>, f64) {
                 "propensity": pb,
                 "context": {"features": x.to_vec(), "eligible": ids, "passengers": it.passengers},
             });
-            let line: LoggedRound = serde_json::from_value(line).unwrap();
+            let line = LoggedRound::deserialize(&line).unwrap();
             let q = truth.probability(
                 &engine.catalog.offers[k],
                 Some(&m),
