@@ -31,6 +31,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Write the best offers for a segment of members to a file (NDJSON or CSV).
     Campaign(Box<CampaignArgs>),
+    /// Off-policy evaluation of a candidate policy on logged bandit feedback.
+    Evaluate(Box<crate::evaluate_cli::EvaluateArgs>),
 }
 
 /// `campaign` flags (named like the fields of `POST /v1/campaigns`).
@@ -192,6 +194,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GenMembers(a) => gen_members(a),
         Command::Train(a) => train(a),
         Command::Campaign(a) => crate::campaign_cli::run(*a),
+        Command::Evaluate(a) => crate::evaluate_cli::run(*a),
     }
 }
 

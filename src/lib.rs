@@ -20,6 +20,9 @@
 //! And the synthetic world used by tests, simulations and training:
 //! [`synth`] (population, itineraries, hidden ground truth) and [`train`].
 //!
+//! Off-policy evaluation of candidate policies on logged feedback:
+//! [`ope`] (pure estimators) and [`evaluate_cli`] (`offer-engine evaluate`).
+//!
 //! # Data flow
 //! ```text
 //! POST /v1/offers ─► parse ─► decide(engine, member, itinerary) ─► JSON
@@ -36,6 +39,7 @@ pub mod config;
 pub mod decision;
 pub mod domain;
 pub mod durable;
+pub mod evaluate_cli;
 pub mod events;
 pub mod experiments;
 pub mod features;
@@ -43,6 +47,7 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod model;
+pub mod ope;
 pub mod parse;
 pub mod render;
 pub mod startup;
