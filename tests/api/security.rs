@@ -774,3 +774,40 @@ async fn batches_over_the_limit_are_refused() {
         202
     );
 }
+
+#[tokio::test]
+async fn withdrawn_consent_removes_a_member_from_campaigns_at_once() {
+    let app = spawn_app().await;
+    let body = json!({"channel": "email", "offers": 1, "date": chrono::Utc::now().date_naive().to_string()});
+    let ids = |text: String| -> Vec<String> {
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["member_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let r = app.post_json("/v1/campaigns", &body).await;
+    assert_eq!(r.status(), 200);
+    let before = ids(r.text().await.unwrap());
+    let member = before
+        .first()
+        .expect("someone in the email segment")
+        .clone();
+    let r = app
+        .post_json(
+            "/v1/member-events",
+            &json!({"member_id": member, "type": "consent_changed", "channel": "email", "granted": false}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let r = app.post_json("/v1/campaigns", &body).await;
+    let after = ids(r.text().await.unwrap());
+    assert!(
+        !after.contains(&member),
+        "{member} still in the email campaign"
+    );
+    assert!(!after.is_empty());
+}
