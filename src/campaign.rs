@@ -431,6 +431,8 @@ pub struct RunOptions {
     pub format: Format,
     /// Scoring threads.
     pub threads: usize,
+    /// Signs each offer's `token` (accepts need it); None: no tokens.
+    pub tokens: Option<crate::tokens::TokenKey>,
 }
 
 /// Members per block scored together.
@@ -451,6 +453,7 @@ pub fn csv_header(offers: usize) -> String {
             "expected_value",
             "expires_at",
             "reasons",
+            "token",
         ] {
             h.push_str(&format!(",offer{k}_{f}"));
         }
@@ -511,9 +514,10 @@ fn write_line(out: &mut Vec<u8>, format: Format, offers_per_row: usize, line: &L
                         csv_field(out, &o.expected_value.to_string());
                         csv_field(out, &o.expires_at);
                         csv_field(out, &o.reasons.join(" | "));
+                        csv_field(out, o.token.as_deref().unwrap_or(""));
                     }
                     None => {
-                        for _ in 0..10 {
+                        for _ in 0..11 {
                             out.push(b',');
                         }
                     }
@@ -667,7 +671,13 @@ fn score_block(
                 offers: d
                     .offers
                     .into_iter()
-                    .map(|o| OfferOut::new(&engine.catalog.offers[o.index], o))
+                    .map(|o| {
+                        let offer = &engine.catalog.offers[o.index];
+                        match &opts.tokens {
+                            Some(k) => OfferOut::new_signed(offer, o, k, &decision_id, id),
+                            None => OfferOut::new(offer, o),
+                        }
+                    })
                     .collect(),
             };
             write_line(&mut bytes, opts.format, c.offers, &line);

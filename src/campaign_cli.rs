@@ -220,6 +220,19 @@ pub fn run(a: CampaignArgs) -> anyhow::Result<()> {
         record: sink.log.is_some(),
         format,
         threads,
+        // Signed with the server's key (same configuration), so accepts of
+        // these offers verify on the server.
+        tokens: Some(
+            crate::auth::Security::from_settings(
+                &settings.security,
+                crate::auth::RateDefaults {
+                    requests_per_second: 0.0,
+                    burst: 0.0,
+                },
+            )
+            .context("security settings")?
+            .tokens,
+        ),
     };
     let summary = campaign::run(&engine, &c, &store, ledger.as_ref(), opts, &mut sink, &stop)?;
     sink.out.flush()?;

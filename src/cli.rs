@@ -33,6 +33,22 @@ pub enum Command {
     Campaign(Box<CampaignArgs>),
     /// Off-policy evaluation of a candidate policy on logged bandit feedback.
     Evaluate(Box<crate::evaluate_cli::EvaluateArgs>),
+    /// API keys: `keys new --scopes offers,events` makes a scoped key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a fresh scoped key: prints the key once (it is stored nowhere)
+    /// and the block to add to the configuration (a salted hash of it).
+    New {
+        /// Scopes, comma-separated: offers, events, members:read,
+        /// members:write, campaigns, experiments:read, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
 }
 
 /// `campaign` flags (named like the fields of `POST /v1/campaigns`).
@@ -136,6 +152,10 @@ pub struct ServeArgs {
     /// Size of the embedded synthetic population.
     #[arg(long)]
     pub synthetic_members: Option<u64>,
+    /// Master key (holds every scope). Prefer the environment variable
+    /// OFFER_ENGINE_MASTER_KEY: a flag shows in the process list.
+    #[arg(long)]
+    pub master_key: Option<String>,
 }
 
 /// `gen-members` flags.
@@ -195,6 +215,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train(a),
         Command::Campaign(a) => crate::campaign_cli::run(*a),
         Command::Evaluate(a) => crate::evaluate_cli::run(*a),
+        Command::Keys(KeysCommand::New { scopes }) => {
+            let scopes = crate::auth::Scopes::parse(&scopes)?;
+            let (key, spec) = crate::auth::generate_key(scopes);
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "API key (shown once, stored nowhere; send it as Authorization: Bearer KEY):\n\n  {key}\n\nAdd to the configuration file:\n\n{}",
+                crate::auth::config_block(&spec)
+            )?;
+            Ok(())
+        }
     }
 }
 
@@ -220,6 +251,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = a.synthetic_members {
         settings.members.synthetic_count = n;
+    }
+    if let Some(k) = a.master_key {
+        settings.security.master_key = crate::config::Secret(k);
     }
     crate::telemetry::init(&settings.log.filter, settings.log.format == "json");
     let workers = settings.server.workers;

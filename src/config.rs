@@ -38,6 +38,8 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Bulk upload size limit, bytes.
     pub max_bulk_bytes: usize,
+    /// Also serve `GET /metrics`, without a key, on this address (empty: no).
+    pub metrics_addr: String,
 }
 
 /// Event log and snapshots.
@@ -124,6 +126,61 @@ pub struct LogSettings {
     pub format: String,
 }
 
+/// A secret setting: never printed by `Debug` (settings are logged).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+impl Secret {
+    /// Whether it is set.
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// Access control and privacy (README, *Security*).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// Master key; empty = development mode. `OFFER_ENGINE_MASTER_KEY` sets it.
+    pub master_key: Secret,
+    /// Secret the offer-token key is derived from; empty = from the master key.
+    pub token_key: Secret,
+    /// Log member ids in clear instead of keyed pseudonyms (debugging only).
+    pub log_member_ids: bool,
+    /// Scoped keys (salted hashes, from `offer-engine keys new`).
+    pub keys: Vec<crate::auth::KeySpec>,
+}
+
+/// Limits and degradation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Requests per second per key (0 = unlimited).
+    pub requests_per_second: f64,
+    /// Requests a key may make at once above the rate.
+    pub burst: f64,
+    /// Requests served at once before 503 (0 = unlimited).
+    pub max_concurrent_requests: usize,
+    /// A request still running after this many milliseconds gets 503.
+    pub request_timeout_ms: u64,
+    /// A checkout that has already spent this many milliseconds before
+    /// scoring answers with the fallback offers.
+    pub fallback_after_ms: u64,
+    /// Most events in one `POST /v1/events` batch.
+    pub max_batch_events: usize,
+}
+
 /// All settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +203,10 @@ pub struct Settings {
     pub contact: ContactSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Access control and privacy.
+    pub security: SecuritySettings,
+    /// Limits and degradation.
+    pub limits: LimitSettings,
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {
@@ -193,6 +254,15 @@ impl Settings {
             merge(&mut v, over);
         }
         for (k, val) in env {
+            // Meilisearch-style: the one secret an operator must set has a short name.
+            if k == "OFFER_ENGINE_MASTER_KEY" {
+                let mut t = toml::Table::new();
+                t.insert("master_key".into(), toml::Value::String(val));
+                let mut over = toml::Table::new();
+                over.insert("security".into(), toml::Value::Table(t));
+                merge(&mut v, toml::Value::Table(over));
+                continue;
+            }
             let Some(rest) = k.strip_prefix("OFFER_ENGINE__") else {
                 continue;
             };
@@ -246,5 +316,24 @@ mod tests {
         assert!(Settings::load(None, bad).is_err());
         let bad = [("OFFER_ENGINE__TIERS__GOLD".to_string(), "5".to_string())];
         assert!(Settings::load(None, bad).is_err());
+    }
+
+    #[test]
+    fn the_master_key_comes_from_its_variable_and_is_never_printed() {
+        let s = Settings::load(None, []).unwrap();
+        assert!(
+            !s.security.master_key.is_set(),
+            "development mode by default"
+        );
+        let s = Settings::load(
+            None,
+            [(
+                "OFFER_ENGINE_MASTER_KEY".to_string(),
+                "correct-horse-battery-staple".to_string(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.security.master_key.0, "correct-horse-battery-staple");
+        assert!(!format!("{s:?}").contains("correct-horse"));
     }
 }

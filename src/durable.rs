@@ -88,6 +88,15 @@ pub enum LogRecord {
         /// The change.
         change: MemberChange,
     },
+    /// A member erased (`DELETE /v1/members/{id}`): the record and every
+    /// piece of state keyed by the id go; replay after the earlier records
+    /// about the member removes them again.
+    MemberErased {
+        /// Member id.
+        member_id: String,
+        /// Server time, ms.
+        at_ms: i64,
+    },
 }
 
 impl LogRecord {
@@ -206,6 +215,7 @@ impl Core {
                     applied.skipped += 1;
                 }
             }
+            LogRecord::MemberErased { member_id, .. } => self.erase_member(member_id),
         }
         applied
     }
@@ -216,6 +226,21 @@ impl Core {
         let mut applied = Applied::default();
         self.apply_decision(d, live, &mut applied);
         applied
+    }
+
+    /// Removes everything held about a member: the record, suppressions,
+    /// contact counts and remembered decisions; experiment exposures are
+    /// kept anonymously (see [`ExperimentBook::erase_member`]). Inventory
+    /// counts hold no member data and stay. Erasure is rare, so walking the
+    /// decision cache is acceptable.
+    pub fn erase_member(&self, member_id: &str) {
+        self.members.remove(member_id);
+        self.ledger.suppressions.remove(member_id);
+        self.ledger.contacts.remove(member_id);
+        self.ledger
+            .decisions
+            .remove_where(|d| d.record.member_id == member_id);
+        self.experiments.erase_member(member_id);
     }
 
     fn apply_decision(&self, d: &DecisionRecord, live: bool, applied: &mut Applied) {

@@ -610,6 +610,10 @@ pub fn export_engine_log(
                             accepts.insert((o.decision_id, o.offer_pos), o.revenue);
                         }
                     }
+                    // An erased member's decisions are not exported.
+                    LogRecord::MemberErased { member_id, .. } => {
+                        decisions.retain(|d: &crate::ledger::DecisionRecord| d.member_id != member_id)
+                    }
                     LogRecord::Members(_) | LogRecord::MemberChange { .. } => {}
                 }
             }

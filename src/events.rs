@@ -50,6 +50,9 @@ pub struct OutcomeEventDto {
     /// When it happened (RFC 3339); informational, the server's clock decides expiry.
     #[serde(default)]
     pub at: Option<String>,
+    /// The offer's signed token from the decision; required for an accept.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// `POST /v1/events` takes one event or an array.

@@ -316,6 +316,21 @@ impl ExperimentBook {
         change
     }
 
+    /// Erasure: the member's exposures stay in the statistics (removing
+    /// them would bias every report) but no longer under their id; each is
+    /// re-keyed under a random, unlinkable placeholder. Returns how many.
+    pub fn erase_member(&self, member: &str) -> usize {
+        let mut n = 0;
+        for st in self.experiments.iter() {
+            if let Some((_, e)) = st.members.remove(member) {
+                let anon = format!("erased-{}", uuid::Uuid::new_v4().simple());
+                st.members.insert(anon.into(), e);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Records an accept attributed to a member in an experiment.
     pub fn convert(&self, a: &Assignment, member: &str, revenue: f64) -> Change {
         let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {

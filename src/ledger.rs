@@ -235,6 +235,12 @@ impl DecisionMemory {
         }
     }
 
+    /// Forgets every decision for which `f` is true (erasure: rare, walks the whole map).
+    /// Their ids stay in the rings until evicted; removing an absent id is harmless.
+    pub fn remove_where(&self, f: impl Fn(&LiveDecision) -> bool) {
+        self.map.retain(|_, d| !f(d));
+    }
+
     /// Decisions held (outlived ones not yet evicted included).
     pub fn len(&self) -> usize {
         self.map.len()

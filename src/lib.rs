@@ -16,6 +16,9 @@
 //! - [`http`]: actix-web routes and the one API error type.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`startup`], [`config`], [`telemetry`], [`cli`]: wiring.
+//! - [`auth`], [`tokens`], [`privacy`]: API keys and scopes, signed offer
+//!   tokens, pseudonymised member ids in logs (pure; the middleware is in
+//!   `http::auth` and `http::limits`).
 //!
 //! And the synthetic world used by tests, simulations and training:
 //! [`synth`] (population, itineraries, hidden ground truth) and [`train`].
@@ -58,3 +61,7 @@ pub mod synth;
 pub mod telemetry;
 pub mod train;
 pub mod wal;
+
+pub mod auth;
+pub mod privacy;
+pub mod tokens;

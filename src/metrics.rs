@@ -42,6 +42,9 @@ pub struct Metrics {
     pub accepted_revenue: CounterVec,
     /// Member updates applied, by kind.
     pub member_updates: IntCounterVec,
+    /// Checkout decisions answered with the fallback, by reason
+    /// (`deadline`, `scoring_failed`).
+    pub fallbacks: IntCounterVec,
     /// Writes the event log refused, by kind of record.
     pub log_errors: IntCounterVec,
     /// Decisions made in experiments.
@@ -115,6 +118,14 @@ impl Metrics {
         let member_updates = IntCounterVec::new(
             Opts::new("member_updates_total", "Member updates applied (durable)"),
             &["kind"],
+        )
+        .expect("static metric");
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "decision_fallbacks_total",
+                "Checkout decisions answered with the fallback offers (business priority)",
+            ),
+            &["reason"],
         )
         .expect("static metric");
         let ev = ["experiment", "variant"];
@@ -192,6 +203,7 @@ impl Metrics {
             Box::new(outcome_events.clone()),
             Box::new(accepted_revenue.clone()),
             Box::new(member_updates.clone()),
+            Box::new(fallbacks.clone()),
             Box::new(log_errors.clone()),
             Box::new(experiment_decisions.clone()),
             Box::new(experiment_members.clone()),
@@ -214,6 +226,7 @@ impl Metrics {
             outcome_events,
             accepted_revenue,
             member_updates,
+            fallbacks,
             log_errors,
             experiment_decisions,
             experiment_members,
@@ -239,6 +252,7 @@ impl Metrics {
             "tier_changed",
             "consent_changed",
             "purchase",
+            "erase",
         ] {
             self.log_errors.with_label_values(&[record]);
         }

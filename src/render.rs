@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::catalog::Offer;
 use crate::decision::RankedOffer;
 use crate::domain::Money;
+use crate::tokens::{Terms, TokenKey};
 
 /// One offer as returned to a caller.
 #[derive(Debug, Serialize)]
@@ -29,6 +30,9 @@ pub struct OfferOut<'a> {
     pub reasons: Vec<String>,
     /// RFC 3339 expiry.
     pub expires_at: String,
+    /// Signed terms of the offer; an accept must bring it back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl<'a> OfferOut<'a> {
@@ -44,7 +48,29 @@ impl<'a> OfferOut<'a> {
             expected_value: o.expected_value,
             reasons: o.reasons,
             expires_at: rfc3339(o.expires_at),
+            token: None,
         }
+    }
+
+    /// The wire form with its signed `token` (see [`crate::tokens`]).
+    pub fn new_signed(
+        offer: &'a Offer,
+        o: RankedOffer,
+        key: &TokenKey,
+        decision_id: &str,
+        member_id: &str,
+    ) -> OfferOut<'a> {
+        let token = key.sign(&Terms {
+            decision_id,
+            member_id,
+            offer_id: &offer.id,
+            price: o.price.as_ref(),
+            points_price: o.points_price,
+            expires_ms: o.expires_at.timestamp_millis(),
+        });
+        let mut out = OfferOut::new(offer, o);
+        out.token = Some(token);
+        out
     }
 }
 

@@ -29,6 +29,43 @@ pub struct Application {
     port: u16,
     server: Server,
     state: SharedState,
+    /// The separate `/metrics` listener, when configured: (port, server).
+    metrics: Option<(u16, actix_web::dev::ServerHandle)>,
+}
+
+/// Whether every address `addr` resolves to is a loopback address.
+fn loopback_only(addr: &str) -> anyhow::Result<bool> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {addr}"))?
+        .collect();
+    Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
+}
+
+/// Development mode (no master key) listens on loopback only: a service
+/// that protects nothing must not be reachable from another machine.
+pub fn check_development_mode(settings: &Settings) -> anyhow::Result<()> {
+    let mut addrs = vec![settings.server.addr.as_str()];
+    if !settings.server.metrics_addr.is_empty() {
+        addrs.push(settings.server.metrics_addr.as_str());
+    }
+    for addr in addrs {
+        if !loopback_only(addr)? {
+            anyhow::bail!(
+                "refusing to listen on {addr} in development mode: without a master key nothing \
+                 is protected, so only loopback addresses are allowed. Set OFFER_ENGINE_MASTER_KEY \
+                 (or --master-key) to serve on other addresses"
+            );
+        }
+    }
+    tracing::warn!(
+        addr = %settings.server.addr,
+        "DEVELOPMENT MODE: no master key is set, so NOTHING IS PROTECTED: every route answers \
+         without an API key and offer tokens are signed with a public key. Listening on \
+         loopback only. Set OFFER_ENGINE_MASTER_KEY for production"
+    );
+    Ok(())
 }
 
 /// Fills `store` with the synthetic population, in parallel.
@@ -212,6 +249,23 @@ impl Application {
     /// Loads state and binds the listener; does not serve yet. Must be called
     /// inside a tokio runtime (it starts the periodic snapshot task).
     pub fn build(settings: Settings) -> anyhow::Result<Application> {
+        let security = crate::auth::Security::from_settings(
+            &settings.security,
+            crate::auth::RateDefaults {
+                requests_per_second: settings.limits.requests_per_second,
+                burst: settings.limits.burst,
+            },
+        )
+        .context("security settings")?;
+        if security.development_mode() {
+            check_development_mode(&settings)?;
+        } else {
+            tracing::info!(
+                keys = settings.security.keys.len(),
+                "API keys required (master key and scoped keys)"
+            );
+        }
+        let limits = crate::http::limits::Limits::new(&settings.limits);
         let catalog = load_catalog(&settings)?;
         let model = load_model(&settings)?;
         let (core, wal, lock) = open_state(&settings)?;
@@ -231,6 +285,8 @@ impl Application {
             settings: settings.clone(),
             ready: AtomicBool::new(false),
             data_lock: lock,
+            security,
+            limits,
         });
         state.metrics.members.set(state.core.members.len() as i64);
         state.metrics.init_error_series();
@@ -239,6 +295,9 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                // The last wrapped runs first: count, then authorise, then limit.
+                .wrap(middleware::from_fn(crate::http::limits::limit))
+                .wrap(middleware::from_fn(crate::http::auth::authorize))
                 .wrap(middleware::from_fn(crate::http::track_requests))
                 .configure(crate::http::configure)
         })
@@ -247,6 +306,29 @@ impl Application {
             server = server.workers(settings.server.workers);
         }
         let server = server.shutdown_timeout(10).run();
+        let metrics = if settings.server.metrics_addr.is_empty() {
+            None
+        } else {
+            let l = TcpListener::bind(&settings.server.metrics_addr)
+                .with_context(|| format!("binding {}", settings.server.metrics_addr))?;
+            let port = l.local_addr()?.port();
+            let data = web::Data::new(state.clone());
+            // Only /metrics, without a key: meant for a private scrape network.
+            let s = HttpServer::new(move || {
+                App::new()
+                    .app_data(data.clone())
+                    .route("/metrics", web::get().to(crate::http::metrics_endpoint))
+            })
+            .listen(l)?
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .run();
+            tracing::info!(addr = %settings.server.metrics_addr, port, "serving /metrics");
+            let handle = s.handle();
+            tokio::spawn(s);
+            Some((port, handle))
+        };
         spawn_snapshots(&state);
         state.ready.store(true, Ordering::Release);
         tracing::info!(addr = %settings.server.addr, port, "listening");
@@ -254,12 +336,18 @@ impl Application {
             port,
             server,
             state,
+            metrics,
         })
     }
 
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the separate `/metrics` listener, if configured.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(p, _)| *p)
     }
 
     /// Shared state (for tests and embedding).
@@ -270,6 +358,9 @@ impl Application {
     /// Serves until the server stops (SIGINT/SIGTERM), then writes a final snapshot.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        if let Some((_, m)) = &self.metrics {
+            m.stop(true).await;
+        }
         let core = self.state.core.clone();
         match self.state.wal.snapshot(move || core.snapshot_bytes()).await {
             Ok(lsn) => tracing::info!(lsn, "final snapshot written"),

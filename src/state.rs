@@ -29,6 +29,10 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The data dir's lock, held for the life of the process.
     pub data_lock: crate::startup::DirLock,
+    /// API keys, offer-token key, log pseudonyms.
+    pub security: crate::auth::Security,
+    /// Concurrency cap and request deadline.
+    pub limits: crate::http::limits::Limits,
 }
 
 /// Handle shared by handlers.

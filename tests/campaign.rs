@@ -59,6 +59,7 @@ fn run(engine: &Engine, store: &MemberStore, dto: CampaignDto, format: Format) -
         record: true,
         format,
         threads: 2,
+        tokens: None,
     };
     campaign::run(
         engine,

@@ -174,7 +174,7 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
                         }
                         if let Some(o) = offers.iter().find(|o| o["offer_id"] == "upg-first-intl-cash") {
                             let e = json!({"decision_id": d, "offer_id": o["offer_id"], "type": "accept",
-                                           "revenue": o["price"]});
+                                           "revenue": o["price"], "token": o["token"]});
                             *seen.lock().unwrap().accepts_in_flight.entry(flight.clone()).or_default() += 1;
                             match client.post(format!("{base}/v1/events")).json(&e).send().await {
                                 Ok(r) => {
@@ -290,7 +290,7 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
                 continue;
             };
             let e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "accept",
-                           "revenue": o["price"]});
+                           "revenue": o["price"], "token": o["token"]});
             let r = client
                 .post(format!("{base}/v1/events"))
                 .json(&e)

@@ -463,6 +463,9 @@ async fn traffic(
                     if kind == "accept" && o["price"].is_object() {
                         e["revenue"] = o["price"].clone();
                     }
+                    if kind == "accept" {
+                        e["token"] = o["token"].clone();
+                    }
                     let r = send(client.post(format!("{base}/v1/events")).json(&e), &mut t).await;
                     if kind == "accept" && r.is_some_and(|r| r.status() == 202) {
                         t.accepts += 1;

@@ -243,6 +243,8 @@ pub struct Issued {
     pub offer_id: String,
     /// Quoted cash price (JSON number) or `None` for points-only offers.
     pub price: Option<serde_json::Value>,
+    /// The offer's signed token (an accept must bring it back).
+    pub token: String,
 }
 
 /// Offers received and not yet used for an event (bounded).
@@ -283,6 +285,7 @@ impl IssuedPool {
                 decision_id: id.to_string(),
                 offer_id: offer_id.to_string(),
                 price: (!price.is_null()).then_some(price),
+                token: o["token"].as_str().unwrap_or("").to_string(),
             });
         }
     }
@@ -419,8 +422,8 @@ impl Traffic {
         } else {
             let amount = o.price.map(|p| p.to_string()).unwrap_or_else(|| "0".into());
             format!(
-                r#"{{"decision_id":"{}","offer_id":"{}","type":"accept","revenue":{{"amount":{amount},"currency":"CNY"}}}}"#,
-                o.decision_id, o.offer_id
+                r#"{{"decision_id":"{}","offer_id":"{}","type":"accept","revenue":{{"amount":{amount},"currency":"CNY"}},"token":"{}"}}"#,
+                o.decision_id, o.offer_id, o.token
             )
         };
         Some(Req {

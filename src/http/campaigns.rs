@@ -110,6 +110,7 @@ pub async fn post_campaigns(
             record: true,
             format: Format::Ndjson,
             threads,
+            tokens: Some(state.security.tokens),
         };
         let result = campaign::run(
             &engine,

@@ -63,6 +63,37 @@ pub enum ApiError {
     /// Not ready to serve (still loading, or a dependency is down).
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// No key, or a key the service does not know.
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    /// The key lacks the scope the route needs.
+    #[error("the key lacks scope {scope}")]
+    Forbidden {
+        /// The scope needed.
+        scope: &'static str,
+    },
+    /// The key's request rate is used up.
+    #[error("rate limit of key {key} reached")]
+    RateLimited {
+        /// The key id (not secret).
+        key: String,
+        /// Seconds until a request is allowed again.
+        retry_after_secs: u64,
+    },
+    /// Too many requests in flight.
+    #[error("overloaded")]
+    Overloaded,
+    /// The request ran past its deadline.
+    #[error("request timed out")]
+    Timeout,
+    /// A configuration or model file failed to load; the running version stays.
+    #[error("{file}: {detail}")]
+    InvalidFile {
+        /// The file.
+        file: String,
+        /// Why (the parse error; shown to admin-scope callers only).
+        detail: String,
+    },
     /// A bug or an I/O failure; the text is logged, not returned.
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
@@ -154,6 +185,45 @@ impl ApiError {
                 why.clone(),
                 None,
             ),
+            ApiError::Unauthorized => (
+                "/problems/unauthorized",
+                "Unauthorized",
+                "send a valid API key as Authorization: Bearer KEY".to_string(),
+                None,
+            ),
+            ApiError::Forbidden { scope } => (
+                "/problems/forbidden",
+                "Forbidden",
+                format!("this route needs a key with scope {scope}"),
+                None,
+            ),
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => (
+                "/problems/rate-limited",
+                "Too many requests",
+                format!("this key's request rate is used up; retry in {retry_after_secs} s"),
+                None,
+            ),
+            ApiError::Overloaded => (
+                "/problems/overloaded",
+                "Overloaded",
+                "too many requests in flight; retry shortly".to_string(),
+                None,
+            ),
+            ApiError::Timeout => (
+                "/problems/timeout",
+                "Request timed out",
+                "the request ran past its deadline; a write may or may not have been applied"
+                    .to_string(),
+                None,
+            ),
+            ApiError::InvalidFile { file, detail } => (
+                "/problems/invalid-file",
+                "Invalid file",
+                format!("{file}: {detail}; the running version stays in service"),
+                Some(file.clone()),
+            ),
             ApiError::Internal(_) => (
                 "/problems/internal",
                 "Internal error",
@@ -195,6 +265,12 @@ impl ResponseError for ApiError {
             ApiError::Expired { .. } => StatusCode::GONE,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InvalidFile { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -206,12 +282,29 @@ impl ResponseError for ApiError {
             ApiError::Storage(e) => {
                 tracing::error!(error = %e, "write refused: event log unavailable")
             }
+            ApiError::InvalidFile { file, detail } => {
+                tracing::warn!(%file, %detail, "reload refused; the running version stays")
+            }
             _ => tracing::debug!(error = %self, "request refused"),
         }
         let mut b = HttpResponse::build(self.status_code());
         b.insert_header((header::CONTENT_TYPE, "application/problem+json"));
-        if let ApiError::Unavailable(_) | ApiError::Storage(_) = self {
-            b.insert_header((header::RETRY_AFTER, "1"));
+        match self {
+            ApiError::Unavailable(_)
+            | ApiError::Storage(_)
+            | ApiError::Overloaded
+            | ApiError::Timeout => {
+                b.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                b.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::Unauthorized => {
+                b.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
         }
         b.json(self.problem())
     }

@@ -14,9 +14,7 @@ use crate::events::{OutcomeBody, OutcomeKind, OutcomeRecord};
 use crate::ledger::{self, LiveDecision, ReserveError};
 use crate::parse::{from_json, parse_instant};
 use crate::state::SharedState;
-
-/// Most events in one batch.
-pub const MAX_BATCH: usize = 1000;
+use crate::tokens::Terms;
 
 /// Undoes phase-one reservations if the batch fails.
 struct Reservations {
@@ -57,10 +55,11 @@ pub async fn post_events(
             )));
         }
     };
-    if events.is_empty() || events.len() > MAX_BATCH {
+    let max_batch = state.settings.limits.max_batch_events;
+    if events.is_empty() || events.len() > max_batch {
         return Err(ApiError::InvalidField(crate::domain::FieldError::new(
             "body",
-            format!("a batch holds 1 to {MAX_BATCH} events"),
+            format!("a batch holds 1 to {max_batch} events"),
         )));
     }
     let now = Utc::now();
@@ -103,6 +102,37 @@ pub async fn post_events(
                 ))
             })?;
         let issued = &d.record.offers[pos];
+        // The signed terms must be exactly those issued: no changed price or
+        // expiry, no offer moved to another member or decision.
+        match &e.token {
+            Some(t) => state
+                .security
+                .tokens
+                .verify(
+                    t,
+                    &Terms {
+                        decision_id: &d.record.id,
+                        member_id: &d.record.member_id,
+                        offer_id: &issued.offer_id,
+                        price: issued.price.as_ref(),
+                        points_price: issued.points_price,
+                        expires_ms: issued.expires_ms,
+                    },
+                )
+                .map_err(|err| {
+                    ApiError::InvalidField(crate::domain::FieldError::new(
+                        field("token"),
+                        err.to_string(),
+                    ))
+                })?,
+            None if e.kind == OutcomeKind::Accept => {
+                return Err(ApiError::InvalidField(crate::domain::FieldError::new(
+                    field("token"),
+                    "an accept must carry the offer's token from the decision",
+                )))
+            }
+            None => {}
+        }
         if now_ms > issued.expires_ms {
             return Err(ApiError::Expired {
                 field: field("offer_id"),

@@ -80,6 +80,36 @@ pub async fn put_member(
     })
 }
 
+/// `DELETE /v1/members/{id}`: erases a member and everything held under
+/// the id (durably: a log record that replay applies after the member's
+/// earlier records). Idempotent: erasing an unknown id still clears
+/// decisions and suppressions a cold-start member may have left.
+#[tracing::instrument(name = "delete_member", skip_all)]
+pub async fn delete_member(
+    path: web::Path<String>,
+    state: web::Data<SharedState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    crate::domain::validate_member_id(&id, "member_id")?;
+    let existed = state.core.members.get(&id).is_some();
+    let lsn = write(
+        &state,
+        LogRecord::MemberErased {
+            member_id: id.clone(),
+            at_ms: Utc::now().timestamp_millis(),
+        },
+        "erase",
+    )
+    .await?;
+    tracing::info!(
+        member = %state.security.pseudonyms.of(&id),
+        existed,
+        lsn,
+        "member erased"
+    );
+    Ok(HttpResponse::Ok().json(serde_json::json!({"erased": existed, "lsn": lsn})))
+}
+
 /// `POST /v1/members`: NDJSON, one member a line. Good lines are applied (as
 /// one durable record); bad lines are reported by number and field.
 #[tracing::instrument(name = "post_members", skip_all)]

@@ -2,11 +2,14 @@
 //! it into domain types, call the decision core, render the answer. Routes
 //! are grouped by resource; every error goes through [`error::ApiError`].
 
+mod admin;
+pub mod auth;
 mod campaigns;
 pub mod error;
 mod events;
 mod experiments;
 mod health;
+pub mod limits;
 mod members;
 pub mod offers;
 
@@ -41,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/members/{id}")
             .route(web::get().to(members::get_member))
             .route(web::put().to(members::put_member))
+            .route(web::delete().to(members::delete_member))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -64,6 +68,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/admin/reload")
+            .route(web::post().to(admin::reload))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/admin/snapshot")
+            .route(web::post().to(admin::snapshot))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/admin/keys")
+            .route(web::get().to(admin::keys))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/healthz")
             .route(web::get().to(health::healthz))
             .default_service(web::to(method_not_allowed)),
@@ -79,6 +98,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .default_service(web::to(not_found));
+}
+
+/// `GET /metrics` for the separate metrics listener.
+pub async fn metrics_endpoint(state: web::Data<SharedState>) -> actix_web::HttpResponse {
+    health::metrics(state).await
 }
 
 async fn not_found() -> ApiError {

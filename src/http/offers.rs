@@ -32,6 +32,9 @@ pub struct OffersResponse<'a> {
     pub experiments: Vec<Assignment>,
     /// Ranked offers.
     pub offers: Vec<OfferOut<'a>>,
+    /// True when the offers are the fallback (business priority, no model
+    /// scoring) because scoring failed or the request's deadline was near.
+    pub fallback: bool,
 }
 
 pub use crate::render::rfc3339;
@@ -75,6 +78,7 @@ pub async fn post_offers(
     payload: web::Payload,
     state: web::Data<SharedState>,
 ) -> Result<HttpResponse, ApiError> {
+    let arrived = std::time::Instant::now();
     let body = super::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let now = Utc::now();
     let request = from_json::<OfferRequestDto>(&body)?.into_domain(now)?;
@@ -121,7 +125,7 @@ pub async fn post_offers(
         },
         categories,
     };
-    let input = DecisionInput {
+    let mut input = DecisionInput {
         member: member.as_ref(),
         itinerary: Some(&request.itinerary),
         channel: request.channel,
@@ -131,19 +135,58 @@ pub async fn post_offers(
     };
     // The variant's model (or the engine's) scores.
     let table = policy.table;
-    let x = crate::features::build(
-        member.as_ref(),
-        &crate::features::DecisionContext {
-            itinerary: Some(&request.itinerary),
-            channel: request.channel,
-            now,
-        },
-        &engine.thresholds,
-    );
-    let decision = decision::decide_scored(&engine, &input, &constraints, None, |i| {
-        table.propensity(i, &x)
-    });
+    // Degradation: a request that has already used its time budget (a slow
+    // body), or whose scoring fails, gets the fallback at once.
+    let fallback_after = std::time::Duration::from_millis(state.settings.limits.fallback_after_ms);
+    let mut fallback = None;
+    let scored = if arrived.elapsed() >= fallback_after {
+        fallback = Some("deadline");
+        None
+    } else {
+        let x = crate::features::build(
+            member.as_ref(),
+            &crate::features::DecisionContext {
+                itinerary: Some(&request.itinerary),
+                channel: request.channel,
+                now,
+            },
+            &engine.thresholds,
+        );
+        let failed = std::cell::Cell::new(false);
+        let d = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decision::decide_scored(&engine, &input, &constraints, None, |i| {
+                let p = table.propensity(i, &x);
+                if !p.is_finite() {
+                    failed.set(true);
+                }
+                p
+            })
+        }));
+        match d {
+            Ok(d) if !failed.get() => Some(d),
+            _ => {
+                fallback = Some("scoring_failed");
+                None
+            }
+        }
+    };
+    let decision = match scored {
+        Some(d) => d,
+        None => {
+            input.ranking = decision::Ranking::Priority;
+            let mut d = decision::decide_scored(&engine, &input, &constraints, None, |_| 0.0);
+            for o in &mut d.offers {
+                o.reasons.pop();
+                o.reasons
+                    .push("chosen by business priority (fallback: no model score)".into());
+            }
+            d
+        }
+    };
     let m = &state.metrics;
+    if let Some(reason) = fallback {
+        m.fallbacks.with_label_values(&[reason]).inc();
+    }
     m.decision_duration
         .with_label_values(&[request.channel.as_str()])
         .observe(started.elapsed().as_secs_f64());
@@ -175,7 +218,13 @@ pub async fn post_offers(
                     .suppress_days_after_decline
                     .unwrap_or(suppress_default),
             });
-            OfferOut::new(offer, o)
+            OfferOut::new_signed(
+                offer,
+                o,
+                &state.security.tokens,
+                &decision_id,
+                &request.member_id,
+            )
         })
         .collect();
     if !issued.is_empty() || !assignments.is_empty() {
@@ -200,6 +249,7 @@ pub async fn post_offers(
         model_version: &table.version,
         experiments: assignments,
         offers,
+        fallback: fallback.is_some(),
     }))
 }
 

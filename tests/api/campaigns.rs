@@ -55,6 +55,7 @@ async fn campaigns_stream_ndjson_and_their_accepts_count_in_the_experiment() {
     if o["price"].is_object() {
         e["revenue"] = o["price"].clone();
     }
+    e["token"] = o["token"].clone();
     // Campaign decisions are remembered before their line is streamed.
     assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -17,6 +17,9 @@ fn event(decision: &str, offer: &Value, kind: &str) -> Value {
     if kind == "accept" && offer["price"].is_object() {
         e["revenue"] = offer["price"].clone();
     }
+    if kind == "accept" {
+        e["token"] = offer["token"].clone();
+    }
     e
 }
 

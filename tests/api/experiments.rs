@@ -85,6 +85,7 @@ async fn report_counts_members_exposures_and_conversions() {
                 if o["price"].is_object() {
                     e["revenue"] = o["price"].clone();
                 }
+                e["token"] = o["token"].clone();
                 assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
                 *expected_conversions.entry(variant.clone()).or_default() += 1;
                 *expected_revenue.entry(variant.clone()).or_default() +=
@@ -160,6 +161,7 @@ async fn the_report_survives_a_restart() {
             if o["price"].is_object() {
                 e["revenue"] = o["price"].clone();
             }
+            e["token"] = o["token"].clone();
             assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
         }
     }

@@ -10,6 +10,11 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub state: SharedState,
+    /// Sent as `Authorization: Bearer` by every request helper (None in development mode).
+    pub key: Option<String>,
+    /// The separate `/metrics` listener's address, if configured.
+    #[allow(dead_code)]
+    pub metrics_address: Option<String>,
     /// The data dir; removed when the app is dropped (held, not read).
     #[allow(dead_code)]
     pub data_dir: std::sync::Arc<tempfile::TempDir>,
@@ -35,6 +40,25 @@ pub fn settings_with_default_experiments() -> Settings {
     s
 }
 
+/// A master key for tests (synthetic, like everything here).
+#[allow(dead_code)]
+pub const TEST_MASTER_KEY: &str = "test-master-key-0123456789";
+
+/// Settings with a master key: every route needs a key.
+#[allow(dead_code)]
+pub fn settings_with_master_key() -> Settings {
+    let mut s = test_settings();
+    s.security.master_key = offer_engine::config::Secret(TEST_MASTER_KEY.into());
+    s
+}
+
+/// A protected app whose request helpers send the master key.
+#[allow(dead_code)]
+pub async fn spawn_protected_app() -> TestApp {
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    spawn_with(settings_with_master_key(), dir).await
+}
+
 pub async fn spawn_app() -> TestApp {
     let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
     spawn_with(test_settings(), dir).await
@@ -45,14 +69,22 @@ pub async fn spawn_with(
     data_dir: std::sync::Arc<tempfile::TempDir>,
 ) -> TestApp {
     settings.durability.data_dir = data_dir.path().display().to_string();
+    let key = settings
+        .security
+        .master_key
+        .is_set()
+        .then(|| settings.security.master_key.0.clone());
     let app = Application::build(settings).expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let metrics_address = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
     let state = app.state();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: reqwest::Client::new(),
         state,
+        key,
+        metrics_address,
         data_dir,
     }
 }
@@ -79,9 +111,19 @@ pub fn offer_request(member_id: &str) -> Value {
 }
 
 impl TestApp {
+    /// A request builder with the app's key, if it has one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let b = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        match &self.key {
+            Some(k) => b.bearer_auth(k),
+            None => b,
+        }
+    }
+
     pub async fn post_offers(&self, body: &Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}/v1/offers", self.address))
+        self.request(reqwest::Method::POST, "/v1/offers")
             .json(body)
             .send()
             .await
@@ -94,8 +136,7 @@ impl TestApp {
         body: Vec<u8>,
         content_type: &str,
     ) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.address))
+        self.request(reqwest::Method::POST, path)
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -104,8 +145,7 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.address))
+        self.request(reqwest::Method::POST, path)
             .json(body)
             .send()
             .await
@@ -113,8 +153,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.address))
+        self.request(reqwest::Method::GET, path)
             .send()
             .await
             .expect("request sent")

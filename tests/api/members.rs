@@ -10,8 +10,7 @@ fn record(id: &str) -> Value {
 }
 
 async fn put(app: &TestApp, id: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .put(format!("{}/v1/members/{id}", app.address))
+    app.request(reqwest::Method::PUT, &format!("/v1/members/{id}"))
         .json(body)
         .send()
         .await
