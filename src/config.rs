@@ -162,6 +162,14 @@ pub struct SecuritySettings {
     pub keys: Vec<crate::auth::KeySpec>,
 }
 
+/// Hot reload of the catalog, model and experiments files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadSettings {
+    /// Seconds between checks of the files for changes; 0 turns the watch off.
+    pub watch_secs: u64,
+}
+
 /// Limits and degradation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +203,8 @@ pub struct Settings {
     pub model: FileSetting,
     /// Experiments.
     pub experiments: FileSetting,
+    /// Hot reload of catalog, model and experiments.
+    pub reload: ReloadSettings,
     /// Tier thresholds.
     pub tiers: TierThresholds,
     /// Event log.

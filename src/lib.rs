@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod model;
 pub mod ope;
 pub mod parse;
+pub mod reload;
 pub mod render;
 pub mod startup;
 pub mod state;

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// Writes the event log refused, by kind of record.
     pub log_errors: IntCounterVec,
+    /// Catalog/model/experiments reloads by trigger (`admin`, `watch`) and result (`ok`, `refused`).
+    pub reloads: IntCounterVec,
     /// Decisions made in experiments.
     pub experiment_decisions: IntCounterVec,
     /// Members exposed for the first time.
@@ -193,6 +195,14 @@ impl Metrics {
             &["record"],
         )
         .expect("static metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "reloads_total",
+                "Catalog, model and experiments reloads by trigger and result",
+            ),
+            &["trigger", "result"],
+        )
+        .expect("static metric");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -205,6 +215,7 @@ impl Metrics {
             Box::new(member_updates.clone()),
             Box::new(fallbacks.clone()),
             Box::new(log_errors.clone()),
+            Box::new(reloads.clone()),
             Box::new(experiment_decisions.clone()),
             Box::new(experiment_members.clone()),
             Box::new(experiment_conversions.clone()),
@@ -228,6 +239,7 @@ impl Metrics {
             member_updates,
             fallbacks,
             log_errors,
+            reloads,
             experiment_decisions,
             experiment_members,
             experiment_conversions,
@@ -255,6 +267,11 @@ impl Metrics {
             "erase",
         ] {
             self.log_errors.with_label_values(&[record]);
+        }
+        for trigger in ["admin", "watch"] {
+            for result in ["ok", "refused"] {
+                self.reloads.with_label_values(&[trigger, result]);
+            }
         }
     }
 

@@ -330,6 +330,7 @@ impl Application {
             Some((port, handle))
         };
         spawn_snapshots(&state);
+        crate::reload::spawn_file_watch(&state);
         state.ready.store(true, Ordering::Release);
         tracing::info!(addr = %settings.server.addr, port, "listening");
         Ok(Application {

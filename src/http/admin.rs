@@ -5,61 +5,40 @@
 //!
 //! A reload builds the new engine completely before swapping it in; a file
 //! that fails to read or parse refuses the whole reload (422 naming the file
-//! and the error) and the running version stays in service.
-
-use std::sync::Arc;
+//! and the error) and the running version stays in service. The same
+//! reload runs when a watched file changes ([`crate::reload`]).
 
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use crate::decision::Engine;
 use crate::state::SharedState;
-
-/// Which configured file a loader error is about, and why, for the problem document.
-fn invalid(file: &str, default: &str, e: anyhow::Error) -> ApiError {
-    ApiError::InvalidFile {
-        file: if file.is_empty() {
-            default.to_string()
-        } else {
-            file.to_string()
-        },
-        // The chain without the context line that repeats the file name.
-        detail: e.chain().last().map(|c| c.to_string()).unwrap_or_default(),
-    }
-}
-
-/// Builds the engine the configured files describe.
-fn build_engine(state: &SharedState) -> Result<Engine, ApiError> {
-    let s = &state.settings;
-    let catalog =
-        crate::startup::load_catalog(s).map_err(|e| invalid(&s.catalog.file, "catalog", e))?;
-    let model = crate::startup::load_model(s).map_err(|e| invalid(&s.model.file, "model", e))?;
-    let experiments = crate::startup::load_experiments(s)
-        .map_err(|e| invalid(&s.experiments.file, "experiments", e))?;
-    let variant_models = crate::startup::load_variant_models(&experiments)
-        .map_err(|e| invalid(&s.experiments.file, "experiments", e))?;
-    Ok(Engine::new(catalog, model, s.tiers)
-        .with_experiments(experiments)
-        .with_variant_models(variant_models))
-}
 
 /// `POST /v1/admin/reload`.
 pub async fn reload(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
     let st = state.get_ref().clone();
     // Parsing a large catalog or model is blocking work.
-    let engine = web::block(move || build_engine(&st))
+    let built = web::block(move || crate::reload::build_engine(&st.settings))
         .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reload task failed: {e}")))??;
-    let out = serde_json::json!({
-        "catalog_version": engine.catalog.version,
-        "offers": engine.catalog.offers.len(),
-        "model_version": engine.table.version,
-        "experiments": engine.experiments.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-    });
-    state.engine.store(Arc::new(engine));
-    state.metrics.seed_experiments(&state.core.experiments);
-    tracing::info!(%out, "catalog, model and experiments reloaded");
-    Ok(HttpResponse::Ok().json(out))
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reload task failed: {e}")))?;
+    match built {
+        Ok(engine) => {
+            let out = crate::reload::swap(&state, engine);
+            state.metrics.reloads.with_label_values(&["admin", "ok"]).inc();
+            Ok(HttpResponse::Ok().json(out))
+        }
+        Err(e) => {
+            state
+                .metrics
+                .reloads
+                .with_label_values(&["admin", "refused"])
+                .inc();
+            tracing::warn!(file = %e.file, error = %e.detail, "reload refused; the running version stays");
+            Err(ApiError::InvalidFile {
+                file: e.file,
+                detail: e.detail,
+            })
+        }
+    }
 }
 
 /// `POST /v1/admin/snapshot`.

@@ -30,6 +30,8 @@ pub fn test_settings() -> Settings {
     s.members.synthetic_count = TEST_MEMBERS;
     // No experiments (no holdout) unless a test asks for them: see experiments.rs.
     s.experiments.file = "/dev/null".into();
+    // Reloads only when a test asks (the file watch has its own test).
+    s.reload.watch_secs = 0;
     s
 }
 

@@ -752,6 +752,61 @@ async fn a_reload_swaps_valid_files_and_refuses_invalid_ones() {
 }
 
 #[tokio::test]
+async fn the_file_watch_reloads_a_changed_file_and_refuses_a_broken_one() {
+    let files = tempfile::tempdir().unwrap();
+    let catalog = files.path().join("catalog.toml");
+    let original = std::fs::read_to_string("config/catalog.toml").unwrap();
+    std::fs::write(&catalog, &original).unwrap();
+    let mut s = test_settings();
+    s.catalog.file = catalog.display().to_string();
+    s.reload.watch_secs = 1;
+    let app = spawn_with(s, std::sync::Arc::new(tempfile::tempdir().unwrap())).await;
+    let version = |app: &TestApp| app.state.engine.load().catalog.version.clone();
+    let wait_for = |app: &TestApp, want: &str| {
+        let want = want.to_string();
+        let state = app.state.clone();
+        async move {
+            for _ in 0..100 {
+                if state.engine.load().catalog.version == want {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    // Let the watch take its first look at the file as it is.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    std::fs::write(
+        &catalog,
+        original.replace("version = \"2026.11-default\"", "version = \"2026.12-watch\""),
+    )
+    .unwrap();
+    assert!(wait_for(&app, "2026.12-watch").await, "the watch swapped the new catalog in");
+    // A broken file: refused and counted; the running version stays in service.
+    std::fs::write(&catalog, "version = \"broken\"\n[[offer]]\nid = ").unwrap();
+    let refused = || {
+        app.state
+            .metrics
+            .reloads
+            .with_label_values(&["watch", "refused"])
+            .get()
+    };
+    for _ in 0..100 {
+        if refused() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(refused(), 1);
+    assert_eq!(version(&app), "2026.12-watch");
+    assert_eq!(
+        app.post_offers(&offer_request("M00000001")).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
 async fn batches_over_the_limit_are_refused() {
     let mut s = test_settings();
     s.limits.max_batch_events = 2;
