@@ -43,6 +43,7 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod model;
+pub mod online;
 pub mod parse;
 pub mod render;
 pub mod startup;
