@@ -577,6 +577,7 @@ fn score_block(
                     offers: Vec::new(),
                     experiments: assignments,
                     covariate: m.qualifying_spend_12m,
+                    features: Vec::new(),
                 }),
                 true,
             ));
@@ -653,6 +654,7 @@ fn score_block(
                             .contact
                             .suppress_days_after_decline
                             .unwrap_or(opts.suppress_days_default),
+                        propensity: o.slot_propensity,
                     }
                 })
                 .collect()
@@ -682,6 +684,9 @@ fn score_block(
                 offers: issued,
                 experiments: assignments,
                 covariate: m.qualifying_spend_12m,
+                // Campaign decisions do not feed the adaptive models (they
+                // are scored a block at a time and accepted via other paths).
+                features: Vec::new(),
             }),
             false,
         ));

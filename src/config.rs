@@ -146,6 +146,9 @@ pub struct Settings {
     pub contact: ContactSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Adaptive models and delayed rewards.
+    #[serde(default)]
+    pub learning: crate::online::LearnSettings,
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {

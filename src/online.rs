@@ -264,7 +264,11 @@ pub fn select(
                 } else {
                     remaining[0]
                 };
-                let greedy = if pick == remaining[0] { 1.0 - epsilon } else { 0.0 };
+                let greedy = if pick == remaining[0] {
+                    1.0 - epsilon
+                } else {
+                    0.0
+                };
                 (pick, greedy + epsilon / n)
             }
             Exploration::Softmax { temperature } => {
@@ -521,7 +525,9 @@ impl OnlineLearner {
         x.copy_from_slice(features);
         for o in offers {
             let m = self.model(o);
-            m.write().unwrap_or_else(|e| e.into_inner()).update(&x, false);
+            m.write()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(&x, false);
         }
         self.inner.memory.insert(
             decision_id.into(),
@@ -643,7 +649,10 @@ mod tests {
         let var_before = p.var_logit(&x);
         p.update(&x, true);
         assert!(p.mean_logit(&x) > before, "an accept raises the estimate");
-        assert!(p.var_logit(&x) < var_before, "evidence narrows the posterior");
+        assert!(
+            p.var_logit(&x) < var_before,
+            "evidence narrows the posterior"
+        );
         let mid = p.mean_logit(&x);
         p.update(&x, false);
         assert!(p.mean_logit(&x) < mid, "a non-accept lowers it");
@@ -695,11 +704,14 @@ mod tests {
 
     #[test]
     fn exploration_policies_validate() {
-        assert!(Exploration::EpsilonGreedy { epsilon: 1.5 }.validate().is_err());
-        assert!(Exploration::Softmax { temperature: 0.0 }.validate().is_err());
+        assert!(Exploration::EpsilonGreedy { epsilon: 1.5 }
+            .validate()
+            .is_err());
+        assert!(Exploration::Softmax { temperature: 0.0 }
+            .validate()
+            .is_err());
         assert!(Exploration::Softmax { temperature: 5.0 }.validate().is_ok());
-        let e: Exploration =
-            toml::from_str("policy = \"epsilon_greedy\"\nepsilon = 0.05").unwrap();
+        let e: Exploration = toml::from_str("policy = \"epsilon_greedy\"\nepsilon = 0.05").unwrap();
         assert_eq!(e, Exploration::EpsilonGreedy { epsilon: 0.05 });
     }
 
@@ -806,7 +818,10 @@ mod tests {
         assert_eq!(l.posterior("o1").unwrap().examples, 1);
         assert!(l.accepted("d1", "o1", 3_600_000));
         assert!(!l.accepted("d1", "o3", 3_600_000), "not shown in d1");
-        assert!(!l.accepted("d1", "o2", 2 * 86_400_000), "outside the window");
+        assert!(
+            !l.accepted("d1", "o2", 2 * 86_400_000),
+            "outside the window"
+        );
         assert!(!l.accepted("nope", "o1", 0));
         let p = l.posterior("o1").unwrap();
         assert_eq!((p.examples, p.accepts), (2, 1));

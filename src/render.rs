@@ -29,6 +29,9 @@ pub struct OfferOut<'a> {
     pub reasons: Vec<String>,
     /// RFC 3339 expiry.
     pub expires_at: String,
+    /// Probability with which the exploration policy put this offer in this
+    /// slot (1 when the variant does not explore).
+    pub propensity: f64,
 }
 
 impl<'a> OfferOut<'a> {
@@ -44,6 +47,7 @@ impl<'a> OfferOut<'a> {
             expected_value: o.expected_value,
             reasons: o.reasons,
             expires_at: rfc3339(o.expires_at),
+            propensity: o.slot_propensity,
         }
     }
 }

@@ -140,9 +140,39 @@ pub async fn post_offers(
         },
         &engine.thresholds,
     );
-    let decision = decision::decide_scored(&engine, &input, &constraints, None, |i| {
-        table.propensity(i, &x)
-    });
+    // Adaptive models score once an offer has enough evidence (not for a
+    // variant with a model file of its own); the variant's policy explores.
+    let learner = &core.learner;
+    let adaptive = learner.settings().enabled && !policy.own_model;
+    let slots = adaptive.then(|| learner.slots(&engine.catalog));
+    let decision_id = uuid::Uuid::new_v4().to_string();
+    let sample = |i: usize, rng: &mut rand_chacha::ChaCha8Rng| match &slots {
+        Some(s) => s[i]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .sample_probability(&x, rng),
+        None => table.propensity(i, &x) as f64,
+    };
+    let explore = decision::Explore {
+        policy: policy.exploration,
+        seed: crate::online::seed_of(&decision_id),
+        draws: learner.settings().thompson_draws,
+        sample: &sample,
+    };
+    let decision = decision::decide_explored(
+        &engine,
+        &input,
+        &constraints,
+        None,
+        |i| {
+            let shipped = table.propensity(i, &x);
+            match &slots {
+                Some(s) => learner.score(&s[i], &x, shipped),
+                None => shipped,
+            }
+        },
+        Some(&explore),
+    );
     let m = &state.metrics;
     m.decision_duration
         .with_label_values(&[request.channel.as_str()])
@@ -153,7 +183,6 @@ pub async fn post_offers(
             if decision.cold_start { "true" } else { "false" },
         ])
         .inc();
-    let decision_id = uuid::Uuid::new_v4().to_string();
     let suppress_default = state.settings.contact.suppress_days_after_decline;
     let mut issued = Vec::with_capacity(decision.offers.len());
     let offers: Vec<OfferOut<'_>> = decision
@@ -174,6 +203,7 @@ pub async fn post_offers(
                     .contact
                     .suppress_days_after_decline
                     .unwrap_or(suppress_default),
+                propensity: o.slot_propensity,
             });
             OfferOut::new(offer, o)
         })
@@ -189,6 +219,7 @@ pub async fn post_offers(
                 offers: issued,
                 experiments: assignments.clone(),
                 covariate: member.map(|m| m.qualifying_spend_12m).unwrap_or(0.0),
+                features: if adaptive { x.to_vec() } else { Vec::new() },
             },
         );
     }
