@@ -40,6 +40,7 @@ pub mod events;
 pub mod experiments;
 pub mod features;
 pub mod http;
+pub mod learnsim;
 pub mod ledger;
 pub mod metrics;
 pub mod model;
