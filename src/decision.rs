@@ -262,8 +262,9 @@ pub struct Explore<'a> {
     pub seed: u64,
     /// Monte Carlo draws for Thompson propensities.
     pub draws: usize,
-    /// One posterior draw of catalog offer `i`'s accept probability (Thompson).
-    pub sample: &'a dyn Fn(usize, &mut rand_chacha::ChaCha8Rng) -> f64,
+    /// Posterior mean and standard deviation of catalog offer `i`'s
+    /// log-odds (Thompson draws p = e^z from them; see [`crate::online`]).
+    pub moments: &'a dyn Fn(usize) -> (f64, f64),
 }
 
 /// [`decide_scored`] under an exploration policy: the greedy arbitration
@@ -336,9 +337,21 @@ pub fn decide_explored(
                 })
                 .collect();
             let cpp = engine.catalog.cost_per_point;
+            // (mean, sd, value) per candidate, computed once per decision.
+            let moments: Vec<(f64, f64, f64)> = if ex.policy.samples() {
+                cands
+                    .iter()
+                    .map(|c| {
+                        let (mu, sd) = (ex.moments)(c.index);
+                        (mu, sd, offers[c.index].accept_value(passengers, cpp))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let sample_ev = |pos: usize, rng: &mut rand_chacha::ChaCha8Rng| {
-                let i = cands[pos].index;
-                (ex.sample)(i, rng) * offers[i].accept_value(passengers, cpp)
+                let (mu, sd, value) = moments[pos];
+                crate::online::draw_probability(mu, sd, rng) * value
             };
             crate::online::select(&cands, limit, ex.policy, ex.seed, ex.draws, &sample_ev)
                 .into_iter()

@@ -43,12 +43,14 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
-            seed: 7,
+            seed: 42,
             population: 50_000,
             policy: Exploration::Thompson,
             learn: LearnSettings {
                 min_evidence: 0,
                 thompson_draws: 0,
+                // A cold start knows nothing: a wide prior explores more.
+                prior_variance: 1.0,
                 ..LearnSettings::default()
             },
             cold_start: true,
@@ -99,8 +101,13 @@ pub struct Simulation {
 impl Simulation {
     /// A simulation of `catalog` scored by the shipped model.
     pub fn new(cfg: SimConfig, catalog: Catalog) -> Simulation {
+        Simulation::with_model(cfg, catalog, ModelFile::default_model())
+    }
+
+    /// A simulation of `catalog` scored by `model`.
+    pub fn with_model(cfg: SimConfig, catalog: Catalog, model: ModelFile) -> Simulation {
         let th = TierThresholds::default();
-        let engine = Engine::new(catalog, ModelFile::default_model(), th);
+        let engine = Engine::new(catalog, model, th);
         let learner = OnlineLearner::new(cfg.learn);
         if !cfg.cold_start {
             learner.set_prior(engine.catalog.clone(), engine.table.clone());
@@ -206,17 +213,17 @@ impl Simulation {
         };
         let slots = self.learner.slots(&self.engine.catalog);
         let table = self.engine.table.clone();
-        let sample = |i: usize, r: &mut ChaCha8Rng| {
+        let moments = |i: usize| {
             slots[i]
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
-                .sample_probability(&x, r)
+                .logit_moments(&x)
         };
         let explore = Explore {
             policy: self.cfg.policy,
             seed: id_seed,
             draws: self.cfg.learn.thompson_draws,
-            sample: &sample,
+            moments: &moments,
         };
         let learner = &self.learner;
         let d = decide_explored(

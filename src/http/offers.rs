@@ -146,18 +146,18 @@ pub async fn post_offers(
     let adaptive = learner.settings().enabled && !policy.own_model;
     let slots = adaptive.then(|| learner.slots(&engine.catalog));
     let decision_id = uuid::Uuid::new_v4().to_string();
-    let sample = |i: usize, rng: &mut rand_chacha::ChaCha8Rng| match &slots {
+    let moments = |i: usize| match &slots {
         Some(s) => s[i]
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .sample_probability(&x, rng),
-        None => table.propensity(i, &x) as f64,
+            .logit_moments(&x),
+        None => ((table.propensity(i, &x) as f64).ln(), 0.0),
     };
     let explore = decision::Explore {
         policy: policy.exploration,
         seed: crate::online::seed_of(&decision_id),
         draws: learner.settings().thompson_draws,
-        sample: &sample,
+        moments: &moments,
     };
     let decision = decision::decide_explored(
         &engine,
