@@ -510,7 +510,11 @@ mod learning_tests {
         live.apply(&accept(1, now + 86_400_000), true);
         assert_eq!(snap(&restored), snap(&live));
         assert_eq!(
-            restored.learner.posterior("seat-extra-legroom").unwrap().accepts,
+            restored
+                .learner
+                .posterior("seat-extra-legroom")
+                .unwrap()
+                .accepts,
             44
         );
     }

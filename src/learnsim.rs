@@ -10,7 +10,7 @@
 //! learning-curve example and the online-update bench.
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::catalog::{Catalog, EligibilityContext};
@@ -168,13 +168,8 @@ impl Simulation {
             let (m, it) = self.draw_context(&mut rng);
             let x = self.features(&m, &it);
             let gap = features::spend_to_next_tier(&m, &self.th);
-            let ectx = EligibilityContext::new(
-                Some(&m),
-                Some(&it),
-                Channel::Checkout,
-                self.now,
-                gap,
-            );
+            let ectx =
+                EligibilityContext::new(Some(&m), Some(&it), Channel::Checkout, self.now, gap);
             for (k, offer) in self.engine.catalog.offers.iter().enumerate() {
                 if offer.eligible(&ectx).is_ok() {
                     let p = self.truth.probability(
@@ -255,8 +250,16 @@ impl Simulation {
             self.engine.catalog.offers[i]
                 .accept_value(it.passengers, self.engine.catalog.cost_per_point)
         };
-        let oracle_ev: f64 = oracle.offers.iter().map(|o| truth(o.index) * value(o.index)).sum();
-        let shown_ev: f64 = d.offers.iter().map(|o| truth(o.index) * value(o.index)).sum();
+        let oracle_ev: f64 = oracle
+            .offers
+            .iter()
+            .map(|o| truth(o.index) * value(o.index))
+            .sum();
+        let shown_ev: f64 = d
+            .offers
+            .iter()
+            .map(|o| truth(o.index) * value(o.index))
+            .sum();
         self.regret += oracle_ev - shown_ev;
         let id = format!("sim-{}", self.decisions);
         let t = self.now.timestamp_millis();
@@ -280,7 +283,11 @@ impl Simulation {
 
     /// Catalog indices shown in the last decision, with its trip and member.
     pub fn last(&self) -> (&[usize], Option<&Itinerary>, Option<&Member>) {
-        (&self.last, self.last_trip.as_ref(), self.last_member.as_ref())
+        (
+            &self.last,
+            self.last_trip.as_ref(),
+            self.last_member.as_ref(),
+        )
     }
 
     /// Held-out AUC of (adaptive models, shipped offline model).
@@ -375,7 +382,10 @@ pub fn curve_svg(curve: &[CurvePoint], title: &str) -> String {
         w / 2.0,
         xml_escape(title)
     );
-    for (left, label) in [(pad, "held-out AUC"), (2.0 * pad + panel, "cumulative regret, CNY")] {
+    for (left, label) in [
+        (pad, "held-out AUC"),
+        (2.0 * pad + panel, "cumulative regret, CNY"),
+    ] {
         s.push_str(&format!(
             "<rect x=\"{left}\" y=\"{pad}\" width=\"{panel}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n\
              <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n\
@@ -422,5 +432,7 @@ pub fn curve_svg(curve: &[CurvePoint], title: &str) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

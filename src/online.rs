@@ -298,6 +298,9 @@ pub fn select(
     } else {
         Vec::new()
     };
+    let n = cands.len();
+    // Thompson: `draws` fresh draws of every candidate, row by row.
+    let mut fresh: Vec<f64> = Vec::new();
     let mut remaining: Vec<usize> = Vec::with_capacity(cands.len());
     while out.len() < limit {
         remaining.clear();
@@ -344,18 +347,21 @@ pub fn select(
                     .unwrap_or(&remaining[0]);
                 // P(pick is the best remaining under a fresh draw), estimated
                 // from `draws` fresh draws plus the draw actually used (so
-                // the estimate is never 0 for an offer that was shown).
-                let mut wins = 1usize;
-                for _ in 0..draws {
-                    let mut best = (f64::NEG_INFINITY, usize::MAX);
-                    for &i in &remaining {
-                        let v = sample_ev(i, &mut rng);
-                        if v > best.0 {
-                            best = (v, i);
-                        }
-                    }
-                    wins += (best.1 == pick) as usize;
+                // the estimate is never 0 for an offer that was shown). The
+                // fresh draws are made once per decision and shared by its
+                // slots: each slot's estimate is still over independent draws.
+                if fresh.is_empty() && draws > 0 {
+                    fresh = (0..draws * n).map(|k| sample_ev(k % n, &mut rng)).collect();
                 }
+                let wins = 1 + fresh
+                    .chunks_exact(n)
+                    .filter(|draw| {
+                        remaining
+                            .iter()
+                            .max_by(|a, b| draw[**a].total_cmp(&draw[**b]).then(b.cmp(a)))
+                            == Some(&pick)
+                    })
+                    .count();
                 (pick, wins as f64 / (draws + 1) as f64)
             }
         };

@@ -93,7 +93,7 @@ fn exploration_finds_a_new_offer_that_is_best_for_a_segment() {
         probe.step();
         let (shown, it, m) = probe.last();
         if shown.contains(&inc) {
-            contexts.push((m.unwrap().clone(), it.unwrap().clone()));
+            contexts.push((*m.unwrap(), it.unwrap().clone()));
         }
     }
     let mean_truth = |o: &Offer| {
