@@ -623,6 +623,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn points_given_away_cost_expected_value() {
+        let c = Catalog::default_catalog();
+        assert!(c.cost_per_point > 0.0);
+        let booster = c.offers.iter().find(|o| o.id == "miles-double-trip").unwrap();
+        assert!(booster.points_awarded > 0);
+        let gross = booster.margin * booster.units(2) * booster.lever;
+        let net = booster.accept_value(2, c.cost_per_point);
+        let cost = booster.points_awarded as f64 * c.cost_per_point * booster.units(2);
+        assert!((gross - net - cost).abs() < 1e-9, "{gross} {net} {cost}");
+        // Points at no cost leave the margin as it was.
+        assert_eq!(booster.accept_value(2, 0.0), gross);
+        let bad = DEFAULT_CATALOG.replace("points_cost_cny = 0.04", "points_cost_cny = -1.0");
+        assert!(matches!(Catalog::from_toml(&bad), Err(CatalogError::Parse(_))));
+    }
+
+    #[test]
     fn default_catalog_parses_and_covers_every_category() {
         let c = Catalog::default_catalog();
         assert!((30..=60).contains(&c.offers.len()), "{}", c.offers.len());
