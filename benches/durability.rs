@@ -24,6 +24,7 @@ fn core() -> Core {
         ledger: Ledger::new(1_000_000),
         thresholds: TierThresholds::default(),
         experiments: Default::default(),
+        learner: Default::default(),
     }
 }
 

@@ -581,6 +581,7 @@ fn score_block(
                     offers: Vec::new(),
                     experiments: assignments,
                     covariate: m.qualifying_spend_12m,
+                    features: Vec::new(),
                 }),
                 true,
             ));
@@ -657,6 +658,7 @@ fn score_block(
                             .contact
                             .suppress_days_after_decline
                             .unwrap_or(opts.suppress_days_default),
+                        propensity: o.slot_propensity,
                     }
                 })
                 .collect()
@@ -692,6 +694,9 @@ fn score_block(
                 offers: issued,
                 experiments: assignments,
                 covariate: m.qualifying_spend_12m,
+                // Campaign decisions do not feed the adaptive models (they
+                // are scored a block at a time and accepted via other paths).
+                features: Vec::new(),
             }),
             false,
         ));

@@ -133,6 +133,8 @@ struct OfferSpec {
     #[serde(default)]
     points_price: Option<u32>,
     #[serde(default)]
+    points_awarded: u32,
+    #[serde(default)]
     per_passenger: bool,
     margin: f64,
     #[serde(default = "one")]
@@ -165,6 +167,8 @@ fn default_validity() -> u32 {
 #[serde(deny_unknown_fields)]
 struct CatalogFile {
     version: String,
+    #[serde(default)]
+    points_cost_cny: f64,
     #[serde(rename = "offer")]
     offers: Vec<OfferSpec>,
 }
@@ -182,6 +186,9 @@ pub struct Offer {
     pub price: Option<Money>,
     /// Points price per unit.
     pub points_price: Option<u32>,
+    /// Points the airline gives the member on an accept, per unit (bonus
+    /// miles); expected value counts them at the catalog's cost per point.
+    pub points_awarded: u32,
     /// Whether the price is multiplied by the party size.
     pub per_passenger: bool,
     /// Margin the airline makes on an accept, CNY (per unit).
@@ -430,6 +437,21 @@ pub struct Catalog {
     pub version: String,
     /// Offers in file order.
     pub offers: Vec<Offer>,
+    /// What a point given away costs the airline, CNY (`points_cost_cny`):
+    /// expected value subtracts it for points an offer awards, so a policy
+    /// cannot win by giving away miles.
+    pub cost_per_point: f64,
+}
+
+impl Offer {
+    /// Net value of one accept for the party: margin less the cost of the
+    /// points awarded, per unit, times the units and the business lever.
+    #[inline]
+    pub fn accept_value(&self, passengers: u8, cost_per_point: f64) -> f64 {
+        (self.margin - self.points_awarded as f64 * cost_per_point)
+            * self.units(passengers)
+            * self.lever
+    }
 }
 
 /// The default catalog, compiled in.
@@ -552,6 +574,7 @@ impl Catalog {
                 title: spec.title,
                 price: spec.price,
                 points_price: spec.points_price,
+                points_awarded: spec.points_awarded,
                 per_passenger: spec.per_passenger,
                 margin: spec.margin,
                 lever: spec.lever,
@@ -571,8 +594,14 @@ impl Catalog {
         if offers.is_empty() {
             return Err(CatalogError::Parse("catalog has no offers".into()));
         }
+        if !(file.points_cost_cny.is_finite() && (0.0..=10.0).contains(&file.points_cost_cny)) {
+            return Err(CatalogError::Parse(
+                "points_cost_cny must be from 0 to 10 CNY per point".into(),
+            ));
+        }
         Ok(Catalog {
             version: file.version,
+            cost_per_point: file.points_cost_cny,
             offers,
         })
     }
@@ -592,6 +621,22 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn points_given_away_cost_expected_value() {
+        let c = Catalog::default_catalog();
+        assert!(c.cost_per_point > 0.0);
+        let booster = c.offers.iter().find(|o| o.id == "miles-double-trip").unwrap();
+        assert!(booster.points_awarded > 0);
+        let gross = booster.margin * booster.units(2) * booster.lever;
+        let net = booster.accept_value(2, c.cost_per_point);
+        let cost = booster.points_awarded as f64 * c.cost_per_point * booster.units(2);
+        assert!((gross - net - cost).abs() < 1e-9, "{gross} {net} {cost}");
+        // Points at no cost leave the margin as it was.
+        assert_eq!(booster.accept_value(2, 0.0), gross);
+        let bad = DEFAULT_CATALOG.replace("points_cost_cny = 0.04", "points_cost_cny = -1.0");
+        assert!(matches!(Catalog::from_toml(&bad), Err(CatalogError::Parse(_))));
+    }
 
     #[test]
     fn default_catalog_parses_and_covers_every_category() {

@@ -217,6 +217,9 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// Limits and degradation.
     pub limits: LimitSettings,
+    /// Adaptive models and delayed rewards.
+    #[serde(default)]
+    pub learning: crate::online::LearnSettings,
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {

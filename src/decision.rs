@@ -97,6 +97,11 @@ pub struct VariantPolicy<'a> {
     pub categories: Option<&'a [Category]>,
     /// The model to score with (a variant's, or the engine's).
     pub table: &'a ScoringTable,
+    /// Whether the variant scores with a model file of its own (then the
+    /// adaptive models, which learn around the engine's model, stay out).
+    pub own_model: bool,
+    /// Exploration policy.
+    pub exploration: crate::online::Exploration,
 }
 
 impl Engine {
@@ -109,6 +114,8 @@ impl Engine {
             max_offers,
             categories: None,
             table: &self.table,
+            own_model: false,
+            exploration: crate::online::Exploration::Greedy,
         };
         for e in self.experiments.iter() {
             if let Some(v) = e.assign(member_id) {
@@ -127,7 +134,9 @@ impl Engine {
                 }
                 if let Some(t) = var.model.as_ref().and_then(|m| self.variant_tables.get(m)) {
                     p.table = t;
+                    p.own_model = true;
                 }
+                p.exploration = var.exploration;
             }
         }
         p
@@ -187,6 +196,9 @@ pub struct RankedOffer {
     pub index: usize,
     /// Propensity to accept, from the model.
     pub propensity: f32,
+    /// Probability with which the exploration policy put this offer in
+    /// this slot, given the slots before it (1 for greedy).
+    pub slot_propensity: f64,
     /// Expected value, CNY.
     pub expected_value: f64,
     /// Cash price for the party.
@@ -239,6 +251,33 @@ pub fn decide_scored(
     candidates: Option<&[usize]>,
     score: impl Fn(usize) -> f32,
 ) -> Decision {
+    decide_explored(engine, input, constraints, candidates, score, None)
+}
+
+/// How a decision explores (see [`crate::online`]).
+pub struct Explore<'a> {
+    /// The policy.
+    pub policy: crate::online::Exploration,
+    /// Seed of the decision's draws (e.g. from its id).
+    pub seed: u64,
+    /// Monte Carlo draws for Thompson propensities.
+    pub draws: usize,
+    /// Posterior mean and standard deviation of catalog offer `i`'s
+    /// log-odds (Thompson draws p = e^z from them; see [`crate::online`]).
+    pub moments: &'a dyn Fn(usize) -> (f64, f64),
+}
+
+/// [`decide_scored`] under an exploration policy: the greedy arbitration
+/// when `explore` is None or greedy, otherwise the policy's slot-by-slot
+/// draws, each offer carrying its slot propensity.
+pub fn decide_explored(
+    engine: &Engine,
+    input: &DecisionInput<'_>,
+    constraints: &dyn Constraints,
+    candidates: Option<&[usize]>,
+    score: impl Fn(usize) -> f32,
+    explore: Option<&Explore<'_>>,
+) -> Decision {
     let _span = tracing::trace_span!("decide", channel = input.channel.as_str()).entered();
     let spend_gap = input
         .member
@@ -260,7 +299,7 @@ pub fn decide_scored(
             return;
         }
         let p = score(i);
-        let ev = p as f64 * offer.margin * offer.units(passengers) * offer.lever;
+        let ev = p as f64 * offer.accept_value(passengers, engine.catalog.cost_per_point);
         scored.push((i, p, ev));
     };
     match candidates {
@@ -285,22 +324,64 @@ pub fn decide_scored(
         }),
     }
     let limit = input.max_offers.min(constraints.remaining_contacts());
-    let mut used_categories: u16 = 0;
     let mut member_lines: Option<MemberReasons> = None;
-    let mut chosen = Vec::with_capacity(limit.min(10));
-    for (i, p, ev) in candidates {
-        if chosen.len() >= limit {
-            break;
+    // (candidate, slot propensity) in slot order.
+    let picks: Vec<((usize, f32, f64), f64)> = match explore {
+        Some(ex) if ex.policy != crate::online::Exploration::Greedy => {
+            let cands: Vec<crate::online::Candidate> = candidates
+                .iter()
+                .map(|(i, _, ev)| crate::online::Candidate {
+                    index: *i,
+                    category: category_index(offers[*i].category),
+                    ev: *ev,
+                })
+                .collect();
+            let cpp = engine.catalog.cost_per_point;
+            // (mean, sd, value) per candidate, computed once per decision.
+            let moments: Vec<(f64, f64, f64)> = if ex.policy.samples() {
+                cands
+                    .iter()
+                    .map(|c| {
+                        let (mu, sd) = (ex.moments)(c.index);
+                        (mu, sd, offers[c.index].accept_value(passengers, cpp))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let sample_ev = |pos: usize, rng: &mut rand_chacha::ChaCha8Rng| {
+                let (mu, sd, value) = moments[pos];
+                crate::online::draw_probability(mu, sd, rng) * value
+            };
+            crate::online::select(&cands, limit, ex.policy, ex.seed, ex.draws, &sample_ev)
+                .into_iter()
+                .map(|(pos, prob)| (candidates[pos], prob))
+                .collect()
         }
+        _ => {
+            let mut used_categories: u32 = 0;
+            let mut picks = Vec::with_capacity(limit.min(10));
+            for c in candidates {
+                if picks.len() >= limit {
+                    break;
+                }
+                let bit = 1u32 << category_index(offers[c.0].category);
+                if used_categories & bit != 0 {
+                    continue;
+                }
+                used_categories |= bit;
+                picks.push((c, 1.0));
+            }
+            picks
+        }
+    };
+    let mut chosen = Vec::with_capacity(picks.len());
+    for ((i, p, ev), slot_propensity) in picks {
         let offer = &offers[i];
-        let bit = 1u16 << category_index(offer.category);
-        if used_categories & bit != 0 {
-            continue;
-        }
-        used_categories |= bit;
         chosen.push(RankedOffer {
             index: i,
             propensity: p,
+            slot_propensity,
             expected_value: crate::domain::round2(ev),
             price: offer.cash_price(passengers),
             points_price: offer.points_price_for(passengers),

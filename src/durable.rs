@@ -121,7 +121,7 @@ impl LogRecord {
 }
 
 /// Snapshot format version.
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Everything the state holds, committed parts only.
 #[derive(Debug, Serialize, Deserialize)]
@@ -133,6 +133,7 @@ struct Snapshot {
     contacts: Vec<(String, ContactDay)>,
     inventory: Vec<(String, InventoryKey, u32)>,
     experiments: Vec<ExperimentSnapshot>,
+    learner: crate::online::LearnerSnapshot,
 }
 
 /// The state that the log makes durable. Cloning is shallow.
@@ -146,6 +147,8 @@ pub struct Core {
     pub thresholds: TierThresholds,
     /// Experiment exposures and conversions.
     pub experiments: ExperimentBook,
+    /// Adaptive models, fed by decisions and accepts.
+    pub learner: crate::online::OnlineLearner,
 }
 
 /// Result of applying a record (for metrics on the live path).
@@ -175,6 +178,7 @@ impl Core {
                 for e in events {
                     match e.kind {
                         OutcomeKind::Accept => {
+                            self.learner.accepted(&e.decision_id, &e.offer_id, e.at_ms);
                             match self.ledger.decision(&e.decision_id) {
                                 Some(d) if (e.offer_pos as usize) < d.status.len() => {
                                     self.ledger.commit_accept(&d, e.offer_pos as usize, live)
@@ -244,6 +248,11 @@ impl Core {
     }
 
     fn apply_decision(&self, d: &DecisionRecord, live: bool, applied: &mut Applied) {
+        if !d.features.is_empty() {
+            let offers: Vec<&str> = d.offers.iter().map(|o| o.offer_id.as_str()).collect();
+            self.learner
+                .decided(&d.id, d.created_ms, &d.features, &offers);
+        }
         let shown = d.offers.len().min(u16::MAX as usize) as u16;
         self.ledger
             .count_shown(&d.member_id, Day(day_of_ms(d.created_ms)), d.channel, shown);
@@ -316,6 +325,9 @@ impl Core {
             contacts,
             inventory,
             experiments: self.experiments.to_snapshot(),
+            learner: self
+                .learner
+                .to_snapshot(chrono::Utc::now().timestamp_millis()),
         };
         bincode::serialize(&snap).unwrap_or_default()
     }
@@ -361,6 +373,7 @@ impl Core {
                 .committed = committed;
         }
         self.experiments.restore(snap.experiments);
+        self.learner.restore(snap.learner);
         Ok(())
     }
 }
@@ -420,9 +433,11 @@ mod tests {
                 expires_ms: 1_790_000_900_000,
                 inventory: None,
                 suppress_days: 30,
+                propensity: 0.25,
             }],
             experiments: vec![],
             covariate: 1234.5,
+            features: vec![0.5; 26],
         };
         let bytes = LogRecord::encode_decision(&d);
         assert_eq!(bytes, LogRecord::Decision(d.clone()).encode());
@@ -446,6 +461,7 @@ mod tests {
             ledger: Ledger::new(1000),
             thresholds: TierThresholds::default(),
             experiments: ExperimentBook::default(),
+            learner: Default::default(),
         };
         let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
         core.members
@@ -457,10 +473,116 @@ mod tests {
             ledger: Ledger::new(1000),
             thresholds: TierThresholds::default(),
             experiments: ExperimentBook::default(),
+            learner: Default::default(),
         };
         other.restore(&bytes).unwrap();
         assert_eq!(other.members.get("M1"), core.members.get("M1"));
         assert!(other.ledger.suppressed("M1", "o1", 1));
         assert!(other.restore(b"garbage").is_err());
+    }
+}
+
+#[cfg(test)]
+mod learning_tests {
+    use super::*;
+    use crate::events::OutcomeRecord;
+    use crate::ledger::IssuedOffer;
+
+    fn core() -> Core {
+        Core {
+            members: MemberStore::new(),
+            ledger: Ledger::new(1000),
+            thresholds: TierThresholds::default(),
+            experiments: ExperimentBook::default(),
+            learner: Default::default(),
+        }
+    }
+
+    fn decision(i: usize, now: i64) -> LogRecord {
+        let features: Vec<f32> = (0..crate::features::N_FEATURES)
+            .map(|j| ((i * 7 + j) % 5) as f32 / 4.0)
+            .collect();
+        LogRecord::Decision(DecisionRecord {
+            id: format!("d{i}"),
+            member_id: format!("M{i}"),
+            channel: crate::domain::Channel::Checkout,
+            created_ms: now,
+            offers: ["seat-extra-legroom", "lounge-dom"]
+                .iter()
+                .map(|o| IssuedOffer {
+                    offer_id: o.to_string(),
+                    price: None,
+                    points_price: None,
+                    expires_ms: now + 3_600_000,
+                    inventory: None,
+                    suppress_days: 30,
+                    propensity: 0.5,
+                })
+                .collect(),
+            experiments: Vec::new(),
+            covariate: 0.0,
+            features,
+        })
+    }
+
+    fn accept(i: usize, at_ms: i64) -> LogRecord {
+        LogRecord::Outcomes(vec![OutcomeRecord {
+            decision_id: format!("d{i}"),
+            offer_pos: 0,
+            offer_id: "seat-extra-legroom".into(),
+            member_id: format!("M{i}"),
+            kind: OutcomeKind::Accept,
+            revenue: 0.0,
+            at_ms,
+            client_at_ms: None,
+            inventory: None,
+            suppress_days: 30,
+            experiments: Vec::new(),
+        }])
+    }
+
+    /// What is learned live is what replay and a snapshot restore rebuild,
+    /// including an accept that arrives days after its decision.
+    #[test]
+    fn learned_state_survives_replay_and_snapshots() {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut log = Vec::new();
+        for i in 0..300 {
+            log.push(decision(i, now));
+            if i % 7 == 0 {
+                // Three days later: past the offer's expiry, inside the window.
+                log.push(accept(i, now + 3 * 86_400_000));
+            }
+        }
+        let live = core();
+        for r in &log {
+            live.apply(r, true);
+        }
+        let p = live.learner.posterior("seat-extra-legroom").unwrap();
+        assert_eq!((p.examples, p.accepts), (300 + 43, 43));
+        assert_eq!(live.learner.posterior("lounge-dom").unwrap().accepts, 0);
+
+        let replayed = core();
+        for r in &log {
+            replayed.apply(&LogRecord::decode(&r.encode()).unwrap(), false);
+        }
+        let snap = |c: &Core| bincode::serialize(&c.learner.to_snapshot(now)).unwrap();
+        assert_eq!(snap(&replayed), snap(&live));
+
+        let restored = core();
+        restored.restore(&live.snapshot_bytes()).unwrap();
+        assert_eq!(snap(&restored), snap(&live));
+        // A delayed accept after the restart is still attributed.
+        restored.apply(&accept(1, now + 86_400_000), false);
+        live.apply(&accept(1, now + 86_400_000), true);
+        assert_eq!(snap(&restored), snap(&live));
+        assert_eq!(
+            restored
+                .learner
+                .posterior("seat-extra-legroom")
+                .unwrap()
+                .accepts,
+            44
+        );
     }
 }

@@ -529,15 +529,10 @@ pub enum ExportReward {
     Revenue,
 }
 
-/// The logging policy's probability of showing an issued offer, if the
-/// record carries one. Read through serde rather than a field access so that
-/// this file builds both before and after decision records gain the field;
-/// at merge, when `IssuedOffer` has `propensity`, this becomes that field.
+/// The logging policy's probability of showing an issued offer in its slot,
+/// if it is a usable one (in (0, 1]).
 fn logging_propensity(offer: &crate::ledger::IssuedOffer) -> Option<f64> {
-    serde_json::to_value(offer)
-        .ok()?
-        .get("propensity")?
-        .as_f64()
+    (offer.propensity > 0.0 && offer.propensity <= 1.0).then_some(offer.propensity)
 }
 
 /// One exported line: the generic format without `target_probs`, which the
@@ -632,11 +627,11 @@ pub fn export_engine_log(
         for (pos, o) in d.offers.iter().enumerate() {
             let propensity = logging_propensity(o).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "decision {} offer {pos} ({}) has no `propensity` field: this log was written \
-                     before decisions recorded the logging policy's probability of each offer, \
-                     so it cannot be evaluated off-policy",
+                    "decision {} offer {pos} ({}) has `propensity` {}, not a probability in (0, 1]: \
+                     its rounds cannot be weighted, so the log cannot be evaluated off-policy",
                     d.id,
-                    o.offer_id
+                    o.offer_id,
+                    o.propensity
                 )
             })?;
             let accepted = accepts.get(&(d.id.clone(), pos as u8));
@@ -730,7 +725,7 @@ mod tests {
     }
 
     #[test]
-    fn engine_log_without_propensities_is_refused_naming_the_field() {
+    fn engine_log_with_an_unusable_propensity_is_refused_naming_the_field() {
         use crate::durable::LogRecord;
         use crate::ledger::{DecisionRecord, IssuedOffer};
         use crate::wal::{Wal, WalOptions};
@@ -748,9 +743,11 @@ mod tests {
                 expires_ms: 1,
                 inventory: None,
                 suppress_days: 0,
+                propensity: 0.0,
             }],
             experiments: Vec::new(),
             covariate: 0.0,
+            features: Vec::new(),
         });
         wal.append_blocking(rec.encode(), |_| ()).unwrap();
         wal.close();

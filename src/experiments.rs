@@ -88,6 +88,10 @@ pub struct VariantSpec {
     /// Model file this variant scores with (default: the engine's model).
     #[serde(default)]
     pub model: Option<String>,
+    /// Exploration policy, e.g. `{ policy = "epsilon_greedy", epsilon = 0.05 }`
+    /// (default greedy: the best expected value, propensity 1).
+    #[serde(default)]
+    pub exploration: crate::online::Exploration,
 }
 
 /// One experiment.
@@ -162,6 +166,11 @@ pub fn parse_experiments(text: &str) -> Result<Vec<ExperimentSpec>, FieldError> 
         }
         if !(e.msprt_tau2.is_finite() && e.msprt_tau2 > 0.0) {
             return Err(FieldError::new(at("msprt_tau2"), "must be positive"));
+        }
+        for v in &e.variants {
+            v.exploration
+                .validate()
+                .map_err(|m| FieldError::new(at("variant.exploration"), m))?;
         }
     }
     Ok(f.experiments)

@@ -60,6 +60,9 @@ pub struct IssuedOffer {
     pub inventory: Option<(InventoryKey, u32)>,
     /// Days a decline suppresses this offer for the member.
     pub suppress_days: u32,
+    /// Probability with which the exploration policy put this offer in this
+    /// slot, given the slots before it (1 for greedy); for off-policy evaluation.
+    pub propensity: f64,
 }
 
 /// A decision as remembered for attribution (and logged).
@@ -79,6 +82,9 @@ pub struct DecisionRecord {
     pub experiments: Vec<crate::experiments::Assignment>,
     /// The member's qualifying spend at the time (CUPED covariate).
     pub covariate: f32,
+    /// The feature vector the decision was scored on (empty: not learned
+    /// from), kept so an accept days later still teaches the adaptive models.
+    pub features: Vec<f32>,
 }
 
 impl DecisionRecord {
@@ -490,9 +496,11 @@ mod tests {
                     cap,
                 )),
                 suppress_days: 30,
+                propensity: 1.0,
             }],
             experiments: Vec::new(),
             covariate: 0.0,
+            features: Vec::new(),
         }
     }
 

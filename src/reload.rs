@@ -62,6 +62,11 @@ pub fn swap(state: &SharedState, engine: Engine) -> serde_json::Value {
         "model_version": engine.table.version,
         "experiments": engine.experiments.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
     });
+    // Offers new in this catalog start from the new model's coefficients.
+    state
+        .core
+        .learner
+        .set_prior(engine.catalog.clone(), engine.table.clone());
     state.engine.store(Arc::new(engine));
     state.metrics.seed_experiments(&state.core.experiments);
     tracing::info!(%out, "catalog, model and experiments reloaded");

@@ -33,6 +33,9 @@ pub struct OfferOut<'a> {
     /// Signed terms of the offer; an accept must bring it back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Probability with which the exploration policy put this offer in this
+    /// slot (1 when the variant does not explore).
+    pub propensity: f64,
 }
 
 impl<'a> OfferOut<'a> {
@@ -49,6 +52,7 @@ impl<'a> OfferOut<'a> {
             reasons: o.reasons,
             expires_at: rfc3339(o.expires_at),
             token: None,
+            propensity: o.slot_propensity,
         }
     }
 

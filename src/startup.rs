@@ -208,7 +208,12 @@ pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal, DirLock)> {
         ledger: Ledger::new(d.max_decisions),
         thresholds: settings.tiers,
         experiments: Default::default(),
+        learner: crate::online::OnlineLearner::new(settings.learning),
     };
+    // Offers the log mentions start from the shipped model's coefficients.
+    let prior_catalog = Arc::new(load_catalog(settings)?);
+    let prior_table = crate::model::ScoringTable::new(&load_model(settings)?, &prior_catalog);
+    core.learner.set_prior(prior_catalog, Arc::new(prior_table));
     let dir = std::path::Path::new(&d.data_dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let lock_file = std::fs::OpenOptions::new()
@@ -274,6 +279,8 @@ impl Application {
         let engine = Engine::new(catalog, model, settings.tiers)
             .with_experiments(experiments)
             .with_variant_models(variant_models);
+        core.learner
+            .set_prior(engine.catalog.clone(), engine.table.clone());
         let listener = TcpListener::bind(&settings.server.addr)
             .with_context(|| format!("binding {}", settings.server.addr))?;
         let port = listener.local_addr()?.port();

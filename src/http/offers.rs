@@ -135,6 +135,34 @@ pub async fn post_offers(
     };
     // The variant's model (or the engine's) scores.
     let table = policy.table;
+    let x = crate::features::build(
+        member.as_ref(),
+        &crate::features::DecisionContext {
+            itinerary: Some(&request.itinerary),
+            channel: request.channel,
+            now,
+        },
+        &engine.thresholds,
+    );
+    // Adaptive models score once an offer has enough evidence (not for a
+    // variant with a model file of its own); the variant's policy explores.
+    let learner = &core.learner;
+    let adaptive = learner.settings().enabled && !policy.own_model;
+    let slots = adaptive.then(|| learner.slots(&engine.catalog));
+    let decision_id = uuid::Uuid::new_v4().to_string();
+    let moments = |i: usize| match &slots {
+        Some(s) => s[i]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .logit_moments(&x),
+        None => ((table.propensity(i, &x) as f64).ln(), 0.0),
+    };
+    let explore = decision::Explore {
+        policy: policy.exploration,
+        seed: crate::online::seed_of(&decision_id),
+        draws: learner.settings().thompson_draws,
+        moments: &moments,
+    };
     // Degradation: a request that has already used its time budget (a slow
     // body), or whose scoring fails, gets the fallback at once.
     let fallback_after = std::time::Duration::from_millis(state.settings.limits.fallback_after_ms);
@@ -143,24 +171,26 @@ pub async fn post_offers(
         fallback = Some("deadline");
         None
     } else {
-        let x = crate::features::build(
-            member.as_ref(),
-            &crate::features::DecisionContext {
-                itinerary: Some(&request.itinerary),
-                channel: request.channel,
-                now,
-            },
-            &engine.thresholds,
-        );
         let failed = std::cell::Cell::new(false);
         let d = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decision::decide_scored(&engine, &input, &constraints, None, |i| {
-                let p = table.propensity(i, &x);
-                if !p.is_finite() {
-                    failed.set(true);
-                }
-                p
-            })
+            decision::decide_explored(
+                &engine,
+                &input,
+                &constraints,
+                None,
+                |i| {
+                    let shipped = table.propensity(i, &x);
+                    let p = match &slots {
+                        Some(s) => learner.score(&s[i], &x, shipped),
+                        None => shipped,
+                    };
+                    if !p.is_finite() {
+                        failed.set(true);
+                    }
+                    p
+                },
+                Some(&explore),
+            )
         }));
         match d {
             Ok(d) if !failed.get() => Some(d),
@@ -196,7 +226,6 @@ pub async fn post_offers(
             if decision.cold_start { "true" } else { "false" },
         ])
         .inc();
-    let decision_id = uuid::Uuid::new_v4().to_string();
     let suppress_default = state.settings.contact.suppress_days_after_decline;
     let mut issued = Vec::with_capacity(decision.offers.len());
     let offers: Vec<OfferOut<'_>> = decision
@@ -217,6 +246,7 @@ pub async fn post_offers(
                     .contact
                     .suppress_days_after_decline
                     .unwrap_or(suppress_default),
+                propensity: o.slot_propensity,
             });
             OfferOut::new_signed(
                 offer,
@@ -238,6 +268,7 @@ pub async fn post_offers(
                 offers: issued,
                 experiments: assignments.clone(),
                 covariate: member.map(|m| m.qualifying_spend_12m).unwrap_or(0.0),
+                features: if adaptive { x.to_vec() } else { Vec::new() },
             },
         );
     }

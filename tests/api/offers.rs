@@ -42,6 +42,7 @@ async fn known_member_gets_ranked_offers_with_every_field() {
         assert!(o["price"].is_object() || o["points_price"].is_u64(), "{o}");
         let score = o["score"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&score));
+        assert_eq!(o["propensity"], 1.0, "greedy when no variant explores: {o}");
         let ev = o["expected_value"].as_f64().unwrap();
         assert!(ev <= last_ev, "ranked by expected value: {body}");
         last_ev = ev;
@@ -239,4 +240,55 @@ async fn arbitrary_bytes_never_give_a_5xx() {
             String::from_utf8_lossy(&b)
         );
     }
+}
+
+#[tokio::test]
+async fn an_exploring_variant_returns_and_logs_slot_propensities() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("experiments.toml");
+    std::fs::write(
+        &path,
+        "[[experiment]]\nid = \"explore\"\nsalt = \"s\"\ntraffic = 1.0\n\
+         [[experiment.variant]]\nname = \"a\"\ncontrol = true\nweight = 1\n\
+         exploration = { policy = \"epsilon_greedy\", epsilon = 0.5 }\n\
+         [[experiment.variant]]\nname = \"b\"\nweight = 1\n\
+         exploration = { policy = \"softmax\", temperature = 50.0 }\n",
+    )
+    .unwrap();
+    let mut settings = test_settings();
+    settings.experiments.file = path.display().to_string();
+    let app = spawn_with(settings, std::sync::Arc::new(tempfile::tempdir().unwrap())).await;
+    let mut explored = 0;
+    for k in 0..20 {
+        let member = app.find_member(|m| m.tier as u8 == (k % 3) as u8);
+        let body: Value = app
+            .post_offers(&offer_request(&member))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = body["decision_id"].as_str().unwrap();
+        let rec = app.state.core.ledger.decision(id).expect("remembered");
+        assert_eq!(
+            rec.record.features.len(),
+            offer_engine::features::N_FEATURES
+        );
+        for (o, issued) in body["offers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&rec.record.offers)
+        {
+            let p = o["propensity"].as_f64().unwrap();
+            assert!(p > 0.0 && p <= 1.0, "{o}");
+            // JSON numbers round-trip to within an ulp or so.
+            assert!(
+                (p - issued.propensity).abs() < 1e-12,
+                "the response and the record agree: {p} vs {}",
+                issued.propensity
+            );
+            explored += (p < 1.0) as u32;
+        }
+    }
+    assert!(explored > 0, "some slot had a real choice");
 }
