@@ -626,7 +626,11 @@ mod tests {
     fn points_given_away_cost_expected_value() {
         let c = Catalog::default_catalog();
         assert!(c.cost_per_point > 0.0);
-        let booster = c.offers.iter().find(|o| o.id == "miles-double-trip").unwrap();
+        let booster = c
+            .offers
+            .iter()
+            .find(|o| o.id == "miles-double-trip")
+            .unwrap();
         assert!(booster.points_awarded > 0);
         let gross = booster.margin * booster.units(2) * booster.lever;
         let net = booster.accept_value(2, c.cost_per_point);
@@ -635,7 +639,10 @@ mod tests {
         // Points at no cost leave the margin as it was.
         assert_eq!(booster.accept_value(2, 0.0), gross);
         let bad = DEFAULT_CATALOG.replace("points_cost_cny = 0.04", "points_cost_cny = -1.0");
-        assert!(matches!(Catalog::from_toml(&bad), Err(CatalogError::Parse(_))));
+        assert!(matches!(
+            Catalog::from_toml(&bad),
+            Err(CatalogError::Parse(_))
+        ));
     }
 
     #[test]

@@ -570,53 +570,11 @@ pub fn export_engine_log(
     reward: ExportReward,
     out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
-    use crate::durable::LogRecord;
-    use crate::events::OutcomeKind;
-    use crate::wal::{ReplayItem, Wal, WalOptions};
-
-    if !dir.is_dir() {
-        anyhow::bail!("{} is not an offer-engine data dir", dir.display());
-    }
-    // Opening the log repairs a torn tail; never do that under a running server.
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("LOCK"))
-        .with_context(|| format!("opening the lock file in {}", dir.display()))?;
-    if lock.try_lock().is_err() {
-        anyhow::bail!(
-            "data dir {} is in use by an offer-engine process (its LOCK file is held); stop it first",
-            dir.display()
-        );
-    }
-    let mut decisions = Vec::new();
-    let mut accepts: HashMap<(String, u8), f64> = HashMap::new();
-    let mut snapshot_lsn = None;
-    let (wal, _) = Wal::open(dir, WalOptions::default(), |item| {
-        match item {
-            ReplayItem::Snapshot { lsn, .. } => snapshot_lsn = Some(lsn),
-            ReplayItem::Record { data, lsn } => {
-                match LogRecord::decode(data).map_err(|e| format!("record {lsn}: {e}"))? {
-                    LogRecord::Decision(d) => decisions.push(d),
-                    LogRecord::Decisions(ds) => decisions.extend(ds),
-                    LogRecord::Outcomes(os) => {
-                        for o in os.into_iter().filter(|o| o.kind == OutcomeKind::Accept) {
-                            accepts.insert((o.decision_id, o.offer_pos), o.revenue);
-                        }
-                    }
-                    // An erased member's decisions are not exported.
-                    LogRecord::MemberErased { member_id, .. } => {
-                        decisions.retain(|d: &crate::ledger::DecisionRecord| d.member_id != member_id)
-                    }
-                    LogRecord::Members(_) | LogRecord::MemberChange { .. } => {}
-                }
-            }
-        }
-        Ok(())
-    })
-    .with_context(|| format!("reading the event log in {}", dir.display()))?;
-    wal.close();
+    let crate::logs::EngineLog {
+        decisions,
+        accepts,
+        snapshot_lsn,
+    } = crate::logs::read(dir)?;
     if let Some(lsn) = snapshot_lsn {
         eprintln!(
             "note: decisions up to LSN {lsn} are compacted into a snapshot and are not exported"

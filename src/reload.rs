@@ -145,7 +145,11 @@ pub fn spawn_file_watch(state: &SharedState) {
             match built {
                 Ok(Ok(engine)) => {
                     swap(&state, engine);
-                    state.metrics.reloads.with_label_values(&["watch", "ok"]).inc();
+                    state
+                        .metrics
+                        .reloads
+                        .with_label_values(&["watch", "ok"])
+                        .inc();
                 }
                 Ok(Err(e)) => {
                     state

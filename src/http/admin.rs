@@ -23,7 +23,11 @@ pub async fn reload(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
     match built {
         Ok(engine) => {
             let out = crate::reload::swap(&state, engine);
-            state.metrics.reloads.with_label_values(&["admin", "ok"]).inc();
+            state
+                .metrics
+                .reloads
+                .with_label_values(&["admin", "ok"])
+                .inc();
             Ok(HttpResponse::Ok().json(out))
         }
         Err(e) => {

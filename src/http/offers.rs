@@ -295,13 +295,15 @@ pub fn record_decision(state: &SharedState, record: DecisionRecord) {
     let live = state.core.ledger.remember(record);
     let core = state.core.clone();
     let metrics = state.metrics.clone();
-    let queued = state.wal.append_deferred(payload, move |result| match result {
-        Ok(_) => {
-            let applied = core.apply_decision_record(&live.record, true);
-            metrics.observe_applied(&applied);
-        }
-        Err(e) => decision_not_logged(&metrics, &e),
-    });
+    let queued = state
+        .wal
+        .append_deferred(payload, move |result| match result {
+            Ok(_) => {
+                let applied = core.apply_decision_record(&live.record, true);
+                metrics.observe_applied(&applied);
+            }
+            Err(e) => decision_not_logged(&metrics, &e),
+        });
     if let Err(e) = queued {
         decision_not_logged(&state.metrics, &e);
     }

@@ -779,10 +779,16 @@ async fn the_file_watch_reloads_a_changed_file_and_refuses_a_broken_one() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     std::fs::write(
         &catalog,
-        original.replace("version = \"2026.11-default\"", "version = \"2026.12-watch\""),
+        original.replace(
+            "version = \"2026.11-default\"",
+            "version = \"2026.12-watch\"",
+        ),
     )
     .unwrap();
-    assert!(wait_for(&app, "2026.12-watch").await, "the watch swapped the new catalog in");
+    assert!(
+        wait_for(&app, "2026.12-watch").await,
+        "the watch swapped the new catalog in"
+    );
     // A broken file: refused and counted; the running version stays in service.
     std::fs::write(&catalog, "version = \"broken\"\n[[offer]]\nid = ").unwrap();
     let refused = || {

@@ -1,0 +1,74 @@
+//! Reading the engine's own event log offline (the server stopped): the
+//! decisions it made and the accepts they got, for `evaluate --data-dir`
+//! (off-policy evaluation) and `train --data-dir` (models from real logs).
+//!
+//! Opening the log may repair a torn tail, so the data dir's LOCK is taken
+//! first and a running server's directory is refused. Decisions already
+//! compacted into a snapshot are not in the record stream; the caller is told
+//! the snapshot's LSN. A member erased later in the log takes their earlier
+//! decisions out of what is returned.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::durable::LogRecord;
+use crate::events::OutcomeKind;
+use crate::ledger::DecisionRecord;
+use crate::wal::{ReplayItem, Wal, WalOptions};
+
+/// What the log holds for learning and evaluation.
+#[derive(Debug, Default)]
+pub struct EngineLog {
+    /// Decisions in log order (members erased later excluded).
+    pub decisions: Vec<DecisionRecord>,
+    /// (decision id, offer position) → revenue of each accept.
+    pub accepts: HashMap<(String, u8), f64>,
+    /// LSN of the snapshot the records follow, if any: earlier decisions are not here.
+    pub snapshot_lsn: Option<u64>,
+}
+
+/// Reads the log in `dir`; the server must be stopped.
+pub fn read(dir: &Path) -> anyhow::Result<EngineLog> {
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not an offer-engine data dir", dir.display());
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .with_context(|| format!("opening the lock file in {}", dir.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "data dir {} is in use by an offer-engine process (its LOCK file is held); stop it first",
+            dir.display()
+        );
+    }
+    let mut log = EngineLog::default();
+    let (wal, _) = Wal::open(dir, WalOptions::default(), |item| {
+        match item {
+            ReplayItem::Snapshot { lsn, .. } => log.snapshot_lsn = Some(lsn),
+            ReplayItem::Record { data, lsn } => {
+                match LogRecord::decode(data).map_err(|e| format!("record {lsn}: {e}"))? {
+                    LogRecord::Decision(d) => log.decisions.push(d),
+                    LogRecord::Decisions(ds) => log.decisions.extend(ds),
+                    LogRecord::Outcomes(os) => {
+                        for o in os.into_iter().filter(|o| o.kind == OutcomeKind::Accept) {
+                            log.accepts.insert((o.decision_id, o.offer_pos), o.revenue);
+                        }
+                    }
+                    LogRecord::MemberErased { member_id, .. } => {
+                        log.decisions.retain(|d| d.member_id != member_id)
+                    }
+                    LogRecord::Members(_) | LogRecord::MemberChange { .. } => {}
+                }
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("reading the event log in {}", dir.display()))?;
+    wal.close();
+    Ok(log)
+}
