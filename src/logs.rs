@@ -72,3 +72,55 @@ pub fn read(dir: &Path) -> anyhow::Result<EngineLog> {
     wal.close();
     Ok(log)
 }
+
+/// Counts behind the examples of [`examples`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExampleSummary {
+    /// Decisions with a usable feature vector.
+    pub decisions: usize,
+    /// Decisions without one (campaigns, older records): skipped.
+    pub without_features: usize,
+    /// Accepted offers among the examples.
+    pub accepts: usize,
+}
+
+/// One training example per offer shown in a decision that recorded its
+/// features: label = accepted. Offers not in `catalog` are skipped. One
+/// decision in five, chosen by a hash of its id, is held out, so a decision's
+/// offers are never split between training and evaluation.
+pub fn examples(
+    log: &EngineLog,
+    catalog: &crate::catalog::Catalog,
+) -> (Vec<crate::train::LoggedExample>, ExampleSummary) {
+    use crate::features::N_FEATURES;
+    let index: HashMap<&str, usize> = catalog
+        .offers
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.id.as_str(), i))
+        .collect();
+    let mut out = Vec::new();
+    let mut summary = ExampleSummary::default();
+    for d in &log.decisions {
+        let Ok(x) = <[f32; N_FEATURES]>::try_from(d.features.as_slice()) else {
+            summary.without_features += 1;
+            continue;
+        };
+        summary.decisions += 1;
+        let held_out = crate::experiments::fnv1a64(d.id.as_bytes()) % 5 == 0;
+        for (pos, o) in d.offers.iter().enumerate() {
+            let Some(&offer) = index.get(o.offer_id.as_str()) else {
+                continue;
+            };
+            let accepted = log.accepts.contains_key(&(d.id.clone(), pos as u8));
+            summary.accepts += accepted as usize;
+            out.push(crate::train::LoggedExample {
+                offer,
+                x,
+                accepted,
+                held_out,
+            });
+        }
+    }
+    (out, summary)
+}

@@ -228,18 +228,24 @@ fn metrics(preds: &[f64], rows: &[&Row]) -> Metrics {
         })
         .sum::<f64>()
         / n;
+    // Real logs have no ground truth (NaN): its columns are then NaN too.
+    let known = truth.iter().all(|t| t.is_finite());
     Metrics {
         rows: rows.len(),
         accept_rate: labels.iter().filter(|y| **y).count() as f64 / n,
         auc: auc(preds, &labels),
-        truth_auc: auc(&truth, &labels),
+        truth_auc: if known { auc(&truth, &labels) } else { f64::NAN },
         log_loss: ll,
-        mae_vs_truth: preds
-            .iter()
-            .zip(&truth)
-            .map(|(p, t)| (p - t).abs())
-            .sum::<f64>()
-            / n,
+        mae_vs_truth: if known {
+            preds
+                .iter()
+                .zip(&truth)
+                .map(|(p, t)| (p - t).abs())
+                .sum::<f64>()
+                / n
+        } else {
+            f64::NAN
+        },
     }
 }
 
@@ -291,6 +297,68 @@ pub fn train(cfg: &TrainConfig, catalog: &Catalog) -> (ModelFile, TrainReport) {
             }
         }
     }
+    let training = serde_json::json!({
+        "seed": cfg.seed,
+        "members": cfg.members,
+        "decisions": cfg.decisions,
+        "holdout": cfg.holdout,
+        "l2": cfg.l2,
+        "as_of": cfg.as_of.to_string(),
+    });
+    fit_model(&train_rows, &test_rows, catalog, cfg.l2, &cfg.version, training)
+}
+
+/// One example read from the engine's own logs: an offer shown in a decision.
+#[derive(Debug, Clone)]
+pub struct LoggedExample {
+    /// Index of the offer in the catalog trained for.
+    pub offer: usize,
+    /// The features the decision was scored on.
+    pub x: [f32; N_FEATURES],
+    /// Whether the member accepted it.
+    pub accepted: bool,
+    /// Held out for evaluation (chosen by the caller, e.g. by decision id).
+    pub held_out: bool,
+}
+
+/// Fits the model from logged examples. There is no ground truth in real
+/// logs, so the truth columns of the report are NaN (null in JSON).
+pub fn train_from_examples(
+    examples: &[LoggedExample],
+    catalog: &Catalog,
+    l2: f64,
+    version: &str,
+    training: serde_json::Value,
+) -> (ModelFile, TrainReport) {
+    let n_offers = catalog.offers.len();
+    let mut train_rows: Vec<Vec<Row>> = (0..n_offers).map(|_| Vec::new()).collect();
+    let mut test_rows: Vec<Vec<Row>> = (0..n_offers).map(|_| Vec::new()).collect();
+    for e in examples.iter().filter(|e| e.offer < n_offers) {
+        let row = Row {
+            x: e.x,
+            y: e.accepted,
+            truth: f64::NAN,
+        };
+        if e.held_out {
+            test_rows[e.offer].push(row);
+        } else {
+            train_rows[e.offer].push(row);
+        }
+    }
+    fit_model(&train_rows, &test_rows, catalog, l2, version, training)
+}
+
+/// Fits one model per offer with enough rows (and per category), evaluates
+/// on the held-out rows, and records `training` plus the held-out figures in
+/// the model file.
+fn fit_model(
+    train_rows: &[Vec<Row>],
+    test_rows: &[Vec<Row>],
+    catalog: &Catalog,
+    l2: f64,
+    version: &str,
+    mut training: serde_json::Value,
+) -> (ModelFile, TrainReport) {
     let mut offers = BTreeMap::new();
     let mut per_offer = BTreeMap::new();
     let (mut all_preds, mut all_rows): (Vec<f64>, Vec<&Row>) = (Vec::new(), Vec::new());
@@ -300,7 +368,7 @@ pub fn train(cfg: &TrainConfig, catalog: &Catalog) -> (ModelFile, TrainReport) {
             tracing::warn!(offer = %offer.id, rows = rows.len(), "too few rows; offer falls back to its category");
             continue;
         }
-        let c = fit_logistic(&rows, cfg.l2);
+        let c = fit_logistic(&rows, l2);
         let test: Vec<&Row> = test_rows[i].iter().collect();
         let preds: Vec<f64> = test.iter().map(|r| predict(&c, &r.x)).collect();
         per_offer.insert(offer.id.clone(), metrics(&preds, &test));
@@ -318,7 +386,7 @@ pub fn train(cfg: &TrainConfig, catalog: &Catalog) -> (ModelFile, TrainReport) {
             .flat_map(|(i, _)| train_rows[i].iter())
             .collect();
         if rows.len() >= 200 {
-            categories.insert(cat, fit_logistic(&rows, cfg.l2));
+            categories.insert(cat, fit_logistic(&rows, l2));
         }
     }
     let pooled = metrics(&all_preds, &all_rows);
@@ -337,55 +405,41 @@ pub fn train(cfg: &TrainConfig, catalog: &Catalog) -> (ModelFile, TrainReport) {
         })
         .collect();
     let report = TrainReport {
-        version: cfg.version.clone(),
+        version: version.to_string(),
         train_rows: train_rows.iter().map(|r| r.len()).sum(),
         pooled,
         per_offer,
         calibration,
     };
     let model = ModelFile {
-        version: cfg.version.clone(),
+        version: version.to_string(),
         kind: "logistic_regression".into(),
         features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
         offers,
         categories,
-        training: serde_json::json!({
-            "seed": cfg.seed,
-            "members": cfg.members,
-            "decisions": cfg.decisions,
-            "holdout": cfg.holdout,
-            "l2": cfg.l2,
-            "as_of": cfg.as_of.to_string(),
-            "catalog_version": catalog.version,
-            "heldout_auc": report.pooled.auc,
-            "heldout_truth_auc": report.pooled.truth_auc,
-            "heldout_log_loss": report.pooled.log_loss,
-            "heldout_mae_vs_truth": report.pooled.mae_vs_truth,
-        }),
+        training: {
+            if let Some(t) = training.as_object_mut() {
+                t.insert("catalog_version".into(), catalog.version.clone().into());
+                t.insert("heldout_auc".into(), report.pooled.auc.into());
+                t.insert("heldout_truth_auc".into(), report.pooled.truth_auc.into());
+                t.insert("heldout_log_loss".into(), report.pooled.log_loss.into());
+                t.insert(
+                    "heldout_mae_vs_truth".into(),
+                    report.pooled.mae_vs_truth.into(),
+                );
+            }
+            training
+        },
     };
     (model, report)
 }
 
 /// Renders the model card (Markdown).
 pub fn model_card(cfg: &TrainConfig, report: &TrainReport, command: &str) -> String {
-    let mut s = String::new();
-    let p = &report.pooled;
-    s.push_str(&format!(
-        "# Model card: `{}`\n\n\
-         Per-offer logistic regression giving the propensity that a member accepts an offer.\n\
-         Generated by `offer-engine train`; do not edit by hand.\n\n\
-         ## How to reproduce\n\n```sh\n{command}\n```\n\n\
-         ## Training data\n\n\
-         Simulated history only (no real member data): {} synthetic members (seed {}), {} simulated decisions \
+    let data = format!(
+        "Simulated history only (no real member data): {} synthetic members (seed {}), {} simulated decisions \
          starting {}, every eligible offer shown (uniform logging policy), accepts drawn from the synthetic \
-         world's hidden ground-truth response model. {:.0}% of decisions held out. {} training rows; L2 penalty {}.\n\n\
-         ## Held-out results (all offers pooled)\n\n\
-         | metric | model | ground truth (ceiling) |\n|---|---|---|\n\
-         | AUC against observed accepts | {:.4} | {:.4} |\n\
-         | log loss | {:.4} | |\n\
-         | mean absolute error of p vs true p | {:.4} | 0 |\n\
-         | accept rate | {:.4} | |\n| rows | {} | |\n\n",
-        report.version,
+         world's hidden ground-truth response model. {:.0}% of decisions held out. {} training rows; L2 penalty {}.",
         cfg.members,
         cfg.seed,
         cfg.decisions,
@@ -393,34 +447,79 @@ pub fn model_card(cfg: &TrainConfig, report: &TrainReport, command: &str) -> Str
         cfg.holdout * 100.0,
         report.train_rows,
         cfg.l2,
+    );
+    let limits = "Ranking offers at checkout and in campaigns by expected value. The ground truth is synthetic: these \
+         figures say how well the model recovers a known response model, not how real members behave. \
+         Retrain on the engine's own decision and outcome logs (`train --data-dir`) before trusting it with real traffic. \
+         Features are listed in the model file; the engine refuses a model whose features differ from its own.";
+    render_card(report, &data, limits, command)
+}
+
+/// The model card of a model trained on the engine's own logs.
+pub fn model_card_from_logs(report: &TrainReport, data: &str, command: &str) -> String {
+    let limits = "Ranking offers at checkout and in campaigns by expected value. Trained on the offers the \
+         logging policy chose to show (not on every eligible offer), without importance weighting: offers \
+         the policy rarely showed have few rows, and their estimates lean on the category model. There is no \
+         ground truth in real logs, so the truth columns are n/a; judge the model by held-out AUC, log loss \
+         and calibration, and before swapping it in, run it as the challenger variant of an experiment or \
+         through `offer-engine evaluate --model`.";
+    render_card(report, data, limits, command)
+}
+
+/// Four decimals, or n/a for a figure that does not exist (no ground truth).
+fn f4(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.4}")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn render_card(report: &TrainReport, data: &str, limits: &str, command: &str) -> String {
+    let mut s = String::new();
+    let p = &report.pooled;
+    s.push_str(&format!(
+        "# Model card: `{}`\n\n\
+         Per-offer logistic regression giving the propensity that a member accepts an offer.\n\
+         Generated by `offer-engine train`; do not edit by hand.\n\n\
+         ## How to reproduce\n\n```sh\n{command}\n```\n\n\
+         ## Training data\n\n{data}\n\n\
+         ## Held-out results (all offers pooled)\n\n\
+         | metric | model | ground truth (ceiling) |\n|---|---|---|\n\
+         | AUC against observed accepts | {:.4} | {} |\n\
+         | log loss | {:.4} | |\n\
+         | mean absolute error of p vs true p | {} | 0 |\n\
+         | accept rate | {:.4} | |\n| rows | {} | |\n\n",
+        report.version,
         p.auc,
-        p.truth_auc,
+        f4(p.truth_auc),
         p.log_loss,
-        p.mae_vs_truth,
+        f4(p.mae_vs_truth),
         p.accept_rate,
         p.rows
     ));
     s.push_str("## Calibration (held-out deciles of predicted propensity)\n\n| rows | mean predicted | observed rate | mean true p |\n|---|---|---|---|\n");
     for b in &report.calibration {
         s.push_str(&format!(
-            "| {} | {:.4} | {:.4} | {:.4} |\n",
-            b.rows, b.predicted, b.observed, b.truth
+            "| {} | {:.4} | {:.4} | {} |\n",
+            b.rows,
+            b.predicted,
+            b.observed,
+            f4(b.truth)
         ));
     }
     s.push_str("\n## Per offer (held out)\n\n| offer | rows | accept rate | AUC | truth AUC | MAE vs truth |\n|---|---|---|---|---|---|\n");
     for (id, m) in &report.per_offer {
         s.push_str(&format!(
-            "| {id} | {} | {:.4} | {:.4} | {:.4} | {:.4} |\n",
-            m.rows, m.accept_rate, m.auc, m.truth_auc, m.mae_vs_truth
+            "| {id} | {} | {:.4} | {:.4} | {} | {} |\n",
+            m.rows,
+            m.accept_rate,
+            m.auc,
+            f4(m.truth_auc),
+            f4(m.mae_vs_truth)
         ));
     }
-    s.push_str(
-        "\n## Intended use and limits\n\n\
-         Ranking offers at checkout and in campaigns by expected value. The ground truth is synthetic: these \
-         figures say how well the model recovers a known response model, not how real members behave. \
-         Retrain on the engine's own decision and outcome logs before trusting it with real traffic. \
-         Features are listed in the model file; the engine refuses a model whose features differ from its own.\n",
-    );
+    s.push_str(&format!("\n## Intended use and limits\n\n{limits}\n"));
     s
 }
 
