@@ -274,8 +274,11 @@ fn train_from_logs(a: &TrainArgs, dir: &std::path::Path, catalog: &Catalog) -> a
     );
     std::fs::write(&out, serde_json::to_string_pretty(&model)? + "\n")
         .with_context(|| format!("writing {}", out.display()))?;
-    std::fs::write(&card, crate::train::model_card_from_logs(&report, &data, &command))
-        .with_context(|| format!("writing {}", card.display()))?;
+    std::fs::write(
+        &card,
+        crate::train::model_card_from_logs(&report, &data, &command),
+    )
+    .with_context(|| format!("writing {}", card.display()))?;
     eprintln!(
         "trained {} from {} logged examples in {:.1}s: held-out AUC {:.4}, log loss {:.4}; wrote {} and {}",
         a.version,
@@ -394,7 +397,10 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| "models/propensity-lr-v1.json".into());
-    let card = a.card.clone().unwrap_or_else(|| "models/MODEL_CARD.md".into());
+    let card = a
+        .card
+        .clone()
+        .unwrap_or_else(|| "models/MODEL_CARD.md".into());
     let cfg = crate::train::TrainConfig {
         seed: a.seed,
         members: a.members,

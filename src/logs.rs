@@ -107,7 +107,7 @@ pub fn examples(
             continue;
         };
         summary.decisions += 1;
-        let held_out = crate::experiments::fnv1a64(d.id.as_bytes()) % 5 == 0;
+        let held_out = crate::experiments::fnv1a64(d.id.as_bytes()).is_multiple_of(5);
         for (pos, o) in d.offers.iter().enumerate() {
             let Some(&offer) = index.get(o.offer_id.as_str()) else {
                 continue;

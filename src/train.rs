@@ -234,7 +234,11 @@ fn metrics(preds: &[f64], rows: &[&Row]) -> Metrics {
         rows: rows.len(),
         accept_rate: labels.iter().filter(|y| **y).count() as f64 / n,
         auc: auc(preds, &labels),
-        truth_auc: if known { auc(&truth, &labels) } else { f64::NAN },
+        truth_auc: if known {
+            auc(&truth, &labels)
+        } else {
+            f64::NAN
+        },
         log_loss: ll,
         mae_vs_truth: if known {
             preds
@@ -305,7 +309,14 @@ pub fn train(cfg: &TrainConfig, catalog: &Catalog) -> (ModelFile, TrainReport) {
         "l2": cfg.l2,
         "as_of": cfg.as_of.to_string(),
     });
-    fit_model(&train_rows, &test_rows, catalog, cfg.l2, &cfg.version, training)
+    fit_model(
+        &train_rows,
+        &test_rows,
+        catalog,
+        cfg.l2,
+        &cfg.version,
+        training,
+    )
 }
 
 /// One example read from the engine's own logs: an offer shown in a decision.

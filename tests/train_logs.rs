@@ -24,7 +24,9 @@ fn write_log(dir: &std::path::Path, n: u64) -> usize {
     let catalog = Catalog::default_catalog();
     let truth = GroundTruth::new(42);
     let as_of = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
-    let members: Vec<_> = (0..3_000).map(|i| synth::member(42, i, as_of, &th)).collect();
+    let members: Vec<_> = (0..3_000)
+        .map(|i| synth::member(42, i, as_of, &th))
+        .collect();
     let mut rng = synth::stream_rng(7, 1);
     let start = Utc.from_utc_datetime(&as_of.and_hms_opt(6, 0, 0).unwrap());
     let opts = WalOptions {
