@@ -217,7 +217,9 @@ impl DecisionMemory {
     /// too; this is for quiet periods).
     pub fn evict_expired(&self, now_ms: i64) {
         for ring in self.rings.iter() {
-            let mut ring = ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut ring = ring
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             while ring.front().is_some_and(|(until, _)| *until <= now_ms) {
                 if let Some((_, old)) = ring.pop_front() {
                     self.map.remove(&old);
@@ -540,7 +542,10 @@ mod tests {
         let a = m.insert(decision("x", now, now + 60_000), now);
         a.status[0].store(ACCEPTED, Ordering::Release);
         let b = m.insert(decision("x", now, now + 60_000), now);
-        assert!(Arc::ptr_eq(&a, &b), "the live entry (with its accept) is kept");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the live entry (with its accept) is kept"
+        );
         assert_eq!(m.len(), 1);
     }
 

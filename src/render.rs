@@ -9,7 +9,7 @@ use crate::decision::RankedOffer;
 use crate::domain::Money;
 
 /// One offer as returned to a caller.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OfferOut<'a> {
     /// Offer id.
     pub offer_id: &'a str,

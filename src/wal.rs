@@ -1613,7 +1613,10 @@ mod tests {
         let mut expected: Vec<Vec<u8>> = (0..100).map(payload).collect();
         expected.push(b"accept".to_vec());
         expected.extend((100..110).map(payload));
-        assert_eq!(recs.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), expected);
+        assert_eq!(
+            recs.into_iter().map(|(_, p)| p).collect::<Vec<_>>(),
+            expected
+        );
     }
 
     #[test]

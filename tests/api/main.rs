@@ -8,3 +8,4 @@ mod health;
 mod helpers;
 mod members;
 mod offers;
+mod openapi;
