@@ -6,6 +6,7 @@ mod events;
 mod experiments;
 mod health;
 mod helpers;
+mod hostile;
 mod members;
 mod offers;
 mod openapi;
