@@ -35,7 +35,7 @@ use crate::ledger::{DecisionRecord, IssuedOffer, Ledger};
 use crate::render::OfferOut;
 
 /// Wire form of a campaign (`POST /v1/campaigns`; the CLI flags use the same names).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignDto {
     /// `email`, `sms` or `app`.

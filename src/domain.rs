@@ -195,7 +195,7 @@ impl TierThresholds {
 }
 
 /// Marketing-consent channels a member can opt in or out of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsentChannel {
     /// Email marketing.
@@ -266,7 +266,7 @@ impl Consent {
 }
 
 /// Serialized form of [`Consent`]: `{"email": bool, "sms": bool, "app": bool}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentDto {
     /// Email marketing consent.
@@ -278,7 +278,7 @@ pub struct ConsentDto {
 }
 
 /// Channel a decision is made for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// The booking flow (transactional: no marketing consent needed).
@@ -334,7 +334,19 @@ impl Channel {
 }
 
 /// Cabin of the itinerary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Cabin {
     /// Economy.
@@ -555,7 +567,7 @@ impl Serialize for Iata {
 }
 
 /// A money amount; amounts are finite and non-negative once parsed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Money {
     /// The amount in major units.
     pub amount: f64,
@@ -642,7 +654,7 @@ pub struct Member {
 
 /// The member NDJSON schema (one object a line); also the body of
 /// `PUT /v1/members/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberRecord {
     /// Member id (non-empty, at most 64 bytes).
     pub member_id: String,

@@ -116,8 +116,23 @@ impl LogRecord {
     }
     /// Decodes a log payload.
     pub fn decode(b: &[u8]) -> Result<LogRecord, String> {
-        bincode::deserialize(b).map_err(|e| format!("undecodable log record: {e}"))
+        decode_bounded(b).map_err(|e| format!("undecodable log record: {e}"))
     }
+}
+
+/// Decodes bincode written by `bincode::serialize` (fixint, little-endian,
+/// trailing bytes allowed: the same format, byte for byte), but never reads or
+/// reserves more than the input holds: a corrupt or hostile length prefix is
+/// an error, not a huge allocation. A valid encoding of `b.len()` bytes reads
+/// exactly `b.len()` bytes, so the limit refuses nothing that was written.
+pub fn decode_bounded<'a, T: Deserialize<'a>>(b: &'a [u8]) -> bincode::Result<T> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_little_endian()
+        .with_limit(b.len() as u64)
+        .deserialize(b)
 }
 
 /// Snapshot format version.
@@ -335,7 +350,7 @@ impl Core {
     /// Restores state from a snapshot (into empty stores).
     pub fn restore(&self, bytes: &[u8]) -> Result<(), String> {
         let snap: Snapshot =
-            bincode::deserialize(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+            decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
         if snap.format != SNAPSHOT_FORMAT {
             return Err(format!(
                 "snapshot format {} is not {SNAPSHOT_FORMAT}",
@@ -442,6 +457,53 @@ mod tests {
         let bytes = LogRecord::encode_decision(&d);
         assert_eq!(bytes, LogRecord::Decision(d.clone()).encode());
         assert_eq!(LogRecord::decode(&bytes), Ok(LogRecord::Decision(d)));
+    }
+
+    #[test]
+    fn bounded_decoding_reads_the_bytes_bincode_serialize_wrote() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let rec = LogRecord::Members(
+            (0..20)
+                .map(|i| {
+                    let m = crate::synth::member(3, i, d, &th);
+                    (format!("M{i:08}"), MemberWire::from(&m))
+                })
+                .collect(),
+        );
+        // The bytes as every earlier release wrote them.
+        let old: Vec<u8> = bincode::serialize(&rec).unwrap();
+        assert_eq!(rec.encode(), old);
+        assert_eq!(LogRecord::decode(&old), Ok(rec.clone()));
+        let unbounded: LogRecord = bincode::deserialize(&old).unwrap();
+        assert_eq!(decode_bounded::<LogRecord>(&old).unwrap(), unbounded);
+        // Trailing bytes were always allowed; still are.
+        let mut padded = old.clone();
+        padded.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(LogRecord::decode(&padded), Ok(rec));
+    }
+
+    #[test]
+    fn a_hostile_length_prefix_is_an_error_not_an_allocation() {
+        // Variant 3 (Members), then a vector length of 2^62.
+        let mut b = 3u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        b.extend_from_slice(&[0; 16]);
+        assert!(LogRecord::decode(&b).is_err());
+        // Variant 4 (MemberChange): a member id claiming 2^40 bytes.
+        let mut b = 4u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(LogRecord::decode(&b).is_err());
+        let core = Core {
+            members: MemberStore::new(),
+            ledger: Ledger::new(10),
+            thresholds: TierThresholds::default(),
+            experiments: ExperimentBook::default(),
+            learner: Default::default(),
+        };
+        let mut snap = 2u32.to_le_bytes().to_vec();
+        snap.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(core.restore(&snap).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::domain::{ConsentChannel, Day, FieldError, Member, Money, Tier, TierTh
 use crate::ledger::InventoryKey;
 
 /// Kind of outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
     /// The offer was displayed.
@@ -34,7 +34,7 @@ impl OutcomeKind {
 }
 
 /// Wire form of one outcome event.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutcomeEventDto {
     /// Decision the offer was shown in.
@@ -56,7 +56,7 @@ pub struct OutcomeEventDto {
 }
 
 /// `POST /v1/events` takes one event or an array.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum OutcomeBody {
     /// A batch.
@@ -94,7 +94,7 @@ pub struct OutcomeRecord {
 }
 
 /// Wire form of a member event.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MemberEventDto {
     /// The member flew.

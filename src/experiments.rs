@@ -202,7 +202,7 @@ impl ExperimentSpec {
 }
 
 /// One experiment assignment, as returned with a decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     /// Experiment id.
     pub experiment: String,

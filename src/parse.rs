@@ -61,7 +61,7 @@ pub fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FieldError
 }
 
 /// Wire form of the itinerary.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItineraryDto {
     /// Departure airport.
@@ -79,7 +79,7 @@ pub struct ItineraryDto {
 }
 
 /// Wire form of `POST /v1/offers`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OfferRequestDto {
     /// Member id.

@@ -10,7 +10,7 @@ use crate::domain::Money;
 use crate::tokens::{Terms, TokenKey};
 
 /// One offer as returned to a caller.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OfferOut<'a> {
     /// Offer id.
     pub offer_id: &'a str,

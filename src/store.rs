@@ -81,7 +81,7 @@ impl Default for MemberStore {
 }
 
 /// One bad line of an NDJSON input.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct LineError {
     /// 1-based line number.
     pub line: u64,
@@ -92,7 +92,7 @@ pub struct LineError {
 }
 
 /// Result of loading NDJSON.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct LoadReport {
     /// Lines read (blank lines included).
     pub lines: u64,

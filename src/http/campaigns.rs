@@ -73,6 +73,19 @@ impl CampaignSink for HttpSink {
 }
 
 /// `POST /v1/campaigns`.
+#[utoipa::path(
+    post,
+    path = "/v1/campaigns",
+    tag = "campaigns",
+    request_body = crate::campaign::CampaignDto,
+    responses(
+        (status = 200, description = "NDJSON: one line per member with offers, streamed", body = String, content_type = "application/x-ndjson"),
+        (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a field is invalid (named in `field`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(name = "post_campaigns", skip_all)]
 pub async fn post_campaigns(
     req: HttpRequest,

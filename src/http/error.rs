@@ -100,7 +100,7 @@ pub enum ApiError {
 }
 
 /// The problem document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// Problem type URI.
     #[serde(rename = "type")]

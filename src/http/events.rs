@@ -16,6 +16,15 @@ use crate::parse::{from_json, parse_instant};
 use crate::state::SharedState;
 use crate::tokens::Terms;
 
+/// The answer to an accepted batch.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EventsAccepted {
+    /// Events in the batch.
+    pub accepted: usize,
+    /// Log sequence number of the batch's record.
+    pub lsn: u64,
+}
+
 /// Undoes phase-one reservations if the batch fails.
 struct Reservations {
     ledger: crate::ledger::Ledger,
@@ -31,6 +40,22 @@ impl Drop for Reservations {
 }
 
 /// `POST /v1/events`.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body = crate::events::OutcomeBody,
+    responses(
+        (status = 202, description = "the events are durable and applied", body = EventsAccepted),
+        (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a field is invalid (named in `field`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown decision", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already accepted or sold out", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the offer expired", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(name = "post_events", skip_all)]
 pub async fn post_events(
     req: HttpRequest,
@@ -245,5 +270,5 @@ pub async fn post_events(
             .inc();
         ApiError::Storage(e)
     })?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({"accepted": n, "lsn": lsn})))
+    Ok(HttpResponse::Accepted().json(EventsAccepted { accepted: n, lsn }))
 }

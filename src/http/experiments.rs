@@ -6,6 +6,12 @@ use super::error::ApiError;
 use crate::state::SharedState;
 
 /// `GET /v1/experiments`: ids, variants, weights, control.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments",
+    tag = "experiments",
+    responses((status = 200, description = "`{\"experiments\": [...]}`: each with id, traffic, control and variants", body = serde_json::Value)),
+)]
 pub async fn list(state: web::Data<SharedState>) -> HttpResponse {
     let engine = state.engine.load();
     let out: Vec<serde_json::Value> = engine
@@ -32,6 +38,16 @@ pub async fn list(state: web::Data<SharedState>) -> HttpResponse {
 }
 
 /// `GET /v1/experiments/{id}/report`.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{id}/report",
+    tag = "experiments",
+    params(("id" = String, Path, description = "experiment id")),
+    responses(
+        (status = 200, description = "per-variant exposure, conversion, revenue and tests", body = serde_json::Value),
+        (status = 404, description = "no such experiment", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn report(
     path: web::Path<String>,
     state: web::Data<SharedState>,

@@ -7,6 +7,34 @@ use actix_web::{web, HttpResponse};
 use super::error::ApiError;
 use crate::state::SharedState;
 
+/// The body of `GET /healthz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// The body of `GET /readyz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Ready<'a> {
+    /// Always `ready`.
+    pub status: &'static str,
+    /// Members loaded.
+    pub members: usize,
+    /// Catalog version.
+    pub catalog_version: &'a str,
+    /// Offers in the catalog.
+    pub offers: usize,
+    /// Model version.
+    pub model_version: &'a str,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "the process is up", body = Status)),
+)]
 /// `GET /healthz`: the process is up. Deliberately does nothing else; it is
 /// also the load tests' baseline for the most this stack can serve.
 pub async fn healthz() -> HttpResponse {
@@ -16,21 +44,36 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// `GET /readyz`: members, catalog and model are loaded.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "ready", body = Ready),
+        (status = 503, description = "still starting", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::Unavailable("still starting".into()));
     }
     let engine = state.engine.load();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "status": "ready",
-        "members": state.core.members.len(),
-        "catalog_version": engine.catalog.version,
-        "offers": engine.catalog.offers.len(),
-        "model_version": engine.table.version,
-    })))
+    Ok(HttpResponse::Ok().json(Ready {
+        status: "ready",
+        members: state.core.members.len(),
+        catalog_version: &engine.catalog.version,
+        offers: engine.catalog.offers.len(),
+        model_version: &engine.table.version,
+    }))
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")),
+)]
 pub async fn metrics(state: web::Data<SharedState>) -> HttpResponse {
     state.metrics.members.set(state.core.members.len() as i64);
     let engine = state.engine.load();

@@ -14,6 +14,15 @@ use crate::parse::from_json;
 use crate::state::SharedState;
 use crate::store::{parse_member_line, LineError, LoadReport, MAX_REPORTED_ERRORS};
 
+/// The answer to an accepted member event.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct MemberEventAccepted {
+    /// Log sequence number of the change.
+    pub lsn: u64,
+    /// The member after the change.
+    pub member: Option<MemberRecord>,
+}
+
 /// Logs a record and applies it once durable; 503 if the log refuses it.
 async fn write(state: &SharedState, rec: LogRecord, kind: &'static str) -> Result<u64, ApiError> {
     let payload = rec.encode();
@@ -33,6 +42,16 @@ async fn write(state: &SharedState, rec: LogRecord, kind: &'static str) -> Resul
 }
 
 /// `GET /v1/members/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/members/{id}",
+    tag = "members",
+    params(("id" = String, Path, description = "member id")),
+    responses(
+        (status = 200, description = "the member", body = MemberRecord),
+        (status = 404, description = "no such member", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get_member(
     path: web::Path<String>,
     state: web::Data<SharedState>,
@@ -48,6 +67,21 @@ pub async fn get_member(
 }
 
 /// `PUT /v1/members/{id}`: creates or replaces the whole record.
+#[utoipa::path(
+    put,
+    path = "/v1/members/{id}",
+    tag = "members",
+    params(("id" = String, Path, description = "member id")),
+    request_body = MemberRecord,
+    responses(
+        (status = 200, description = "replaced", body = MemberRecord),
+        (status = 201, description = "created", body = MemberRecord),
+        (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a field is invalid (named in `field`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(name = "put_member", skip_all)]
 pub async fn put_member(
     req: HttpRequest,
@@ -112,6 +146,18 @@ pub async fn delete_member(
 
 /// `POST /v1/members`: NDJSON, one member a line. Good lines are applied (as
 /// one durable record); bad lines are reported by number and field.
+#[utoipa::path(
+    post,
+    path = "/v1/members",
+    tag = "members",
+    request_body(content = String, content_type = "application/x-ndjson", description = "one member record (JSON) a line"),
+    responses(
+        (status = 200, description = "lines loaded and rejected", body = LoadReport),
+        (status = 400, description = "body is not UTF-8", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not NDJSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(name = "post_members", skip_all)]
 pub async fn post_members(
     req: HttpRequest,
@@ -167,6 +213,21 @@ pub async fn post_members(
 }
 
 /// `POST /v1/member-events`.
+#[utoipa::path(
+    post,
+    path = "/v1/member-events",
+    tag = "members",
+    request_body = crate::events::MemberEventDto,
+    responses(
+        (status = 202, description = "durable and applied", body = MemberEventAccepted),
+        (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a field is invalid (named in `field`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such member", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "more points than the balance", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(name = "post_member_events", skip_all)]
 pub async fn post_member_events(
     req: HttpRequest,
@@ -216,5 +277,5 @@ pub async fn post_member_events(
         .members
         .get(&member_id)
         .map(|m| MemberRecord::from_member(&member_id, &m));
-    Ok(HttpResponse::Accepted().json(serde_json::json!({"lsn": lsn, "member": member})))
+    Ok(HttpResponse::Accepted().json(MemberEventAccepted { lsn, member }))
 }

@@ -12,6 +12,7 @@ mod health;
 pub mod limits;
 mod members;
 pub mod offers;
+pub mod openapi;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -95,6 +96,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/metrics")
             .route(web::get().to(health::metrics))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi::openapi_json))
             .default_service(web::to(method_not_allowed)),
     )
     .default_service(web::to(not_found));

@@ -18,7 +18,7 @@ use crate::render::OfferOut;
 use crate::state::SharedState;
 
 /// The response body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OffersResponse<'a> {
     /// Id to quote in outcome events.
     pub decision_id: String,
@@ -72,6 +72,19 @@ impl Constraints for LedgerConstraints<'_> {
 }
 
 /// `POST /v1/offers`.
+#[utoipa::path(
+    post,
+    path = "/v1/offers",
+    tag = "offers",
+    request_body = crate::parse::OfferRequestDto,
+    responses(
+        (status = 200, description = "ranked offers", body = OffersResponse),
+        (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a field is invalid (named in `field`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(name = "post_offers", skip_all)]
 pub async fn post_offers(
     req: HttpRequest,

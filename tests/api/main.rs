@@ -6,6 +6,8 @@ mod events;
 mod experiments;
 mod health;
 mod helpers;
+mod hostile;
 mod members;
 mod offers;
 mod security;
+mod openapi;
