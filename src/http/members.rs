@@ -150,7 +150,13 @@ pub async fn delete_member(
     post,
     path = "/v1/members",
     tag = "members",
-    request_body(content = String, content_type = "application/x-ndjson", description = "one member record (JSON) a line"),
+    request_body(
+        description = "one member record (JSON, the `PUT` body) a line",
+        content(
+            (String = "application/x-ndjson"),
+            (String = "text/plain"),
+        ),
+    ),
     responses(
         (status = 200, description = "lines loaded and rejected", body = LoadReport),
         (status = 400, description = "body is not UTF-8", body = crate::http::error::Problem, content_type = "application/problem+json"),
