@@ -14,6 +14,15 @@ use super::error::ApiError;
 use crate::state::SharedState;
 
 /// `POST /v1/admin/reload`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/reload",
+    tag = "admin",
+    responses(
+        (status = 200, description = "swapped in: catalog version, offers, model version, experiments", body = serde_json::Value),
+        (status = 422, description = "a file failed to read or parse (named in `field`); the running version stays", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn reload(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
     let st = state.get_ref().clone();
     // Parsing a large catalog or model is blocking work.
@@ -46,6 +55,15 @@ pub async fn reload(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
 }
 
 /// `POST /v1/admin/snapshot`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/snapshot",
+    tag = "admin",
+    responses(
+        (status = 200, description = "written; `lsn` is the last record it contains", body = serde_json::Value),
+        (status = 500, description = "the snapshot could not be written", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn snapshot(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
     let core = state.core.clone();
     let lsn = state
@@ -58,6 +76,14 @@ pub async fn snapshot(state: web::Data<SharedState>) -> Result<HttpResponse, Api
 }
 
 /// `GET /v1/admin/keys`: ids and scopes, never secrets or hashes.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/keys",
+    tag = "admin",
+    responses(
+        (status = 200, description = "`development_mode` and the configured keys' ids and scopes", body = serde_json::Value),
+    ),
+)]
 pub async fn keys(state: web::Data<SharedState>) -> HttpResponse {
     let keys: Vec<serde_json::Value> = match &state.security.keys {
         None => Vec::new(),

@@ -114,10 +114,29 @@ pub async fn put_member(
     })
 }
 
+/// The answer to an erasure.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Erased {
+    /// Whether a member record existed.
+    pub erased: bool,
+    /// Log sequence number of the erasure record.
+    pub lsn: u64,
+}
+
 /// `DELETE /v1/members/{id}`: erases a member and everything held under
 /// the id (durably: a log record that replay applies after the member's
 /// earlier records). Idempotent: erasing an unknown id still clears
 /// decisions and suppressions a cold-start member may have left.
+#[utoipa::path(
+    delete,
+    path = "/v1/members/{id}",
+    tag = "members",
+    params(("id" = String, Path, description = "member id")),
+    responses(
+        (status = 200, description = "erased (durable); `erased` says whether a record existed", body = Erased),
+        (status = 422, description = "the id is invalid", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
 #[tracing::instrument(name = "delete_member", skip_all)]
 pub async fn delete_member(
     path: web::Path<String>,
@@ -141,7 +160,10 @@ pub async fn delete_member(
         lsn,
         "member erased"
     );
-    Ok(HttpResponse::Ok().json(serde_json::json!({"erased": existed, "lsn": lsn})))
+    Ok(HttpResponse::Ok().json(Erased {
+        erased: existed,
+        lsn,
+    }))
 }
 
 /// `POST /v1/members`: NDJSON, one member a line. Good lines are applied (as

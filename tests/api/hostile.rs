@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every route and method `configure()` registers, plus methods it does not take.
-const ROUTES: [(&str, &str); 16] = [
+const ROUTES: [(&str, &str); 20] = [
     ("POST", "/v1/offers"),
     ("POST", "/v1/events"),
     ("POST", "/v1/members"),
@@ -25,6 +25,10 @@ const ROUTES: [(&str, &str); 16] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    ("DELETE", "/v1/members/M00000002"),
+    ("POST", "/v1/admin/reload"),
+    ("POST", "/v1/admin/snapshot"),
+    ("GET", "/v1/admin/keys"),
     ("DELETE", "/v1/offers"),
     ("PATCH", "/v1/members/M00000001"),
     ("PUT", "/v1/events"),

@@ -9,5 +9,5 @@ mod helpers;
 mod hostile;
 mod members;
 mod offers;
-mod security;
 mod openapi;
+mod security;
