@@ -109,9 +109,8 @@ pub const MAX_REPORTED_ERRORS: usize = 100;
 
 /// Parses one NDJSON member line.
 pub fn parse_member_line(line: &str) -> Result<(String, Member), FieldError> {
-    let mut de = serde_json::Deserializer::from_str(line);
-    let rec: MemberRecord =
-        serde_path_to_error::deserialize(&mut de).map_err(crate::parse::json_field_error)?;
+    // The same reader as request bodies: one JSON value and nothing after it.
+    let rec: MemberRecord = crate::parse::from_json(line.as_bytes())?;
     let m = rec.to_member()?;
     Ok((rec.member_id, m))
 }
@@ -318,6 +317,10 @@ mod tests {
 
     #[test]
     fn missing_and_mistyped_fields_are_named() {
+        let e = parse_member_line(&format!("{GOOD} trailing")).unwrap_err();
+        assert!(e.message.contains("trailing"), "{e:?}");
+        let e = parse_member_line(&format!("{GOOD}{GOOD}")).unwrap_err();
+        assert!(e.message.contains("trailing"), "{e:?}");
         let e = parse_member_line(&GOOD.replace(",\"points\":1200", "")).unwrap_err();
         assert_eq!(e.field, "points", "{e:?}");
         let e = parse_member_line(&GOOD.replace("1200", "\"many\"")).unwrap_err();
