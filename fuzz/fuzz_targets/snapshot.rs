@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         ledger: Ledger::new(1000),
         thresholds: TierThresholds::default(),
         experiments: ExperimentBook::default(),
+        learner: Default::default(),
     };
     let _ = core.restore(data);
 });
