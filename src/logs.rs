@@ -34,18 +34,7 @@ pub fn read(dir: &Path) -> anyhow::Result<EngineLog> {
     if !dir.is_dir() {
         anyhow::bail!("{} is not an offer-engine data dir", dir.display());
     }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("LOCK"))
-        .with_context(|| format!("opening the lock file in {}", dir.display()))?;
-    if lock.try_lock().is_err() {
-        anyhow::bail!(
-            "data dir {} is in use by an offer-engine process (its LOCK file is held); stop it first",
-            dir.display()
-        );
-    }
+    let _lock = crate::startup::lock_data_dir(dir)?;
     let mut log = EngineLog::default();
     let (wal, _) = Wal::open(dir, WalOptions::default(), |item| {
         match item {

@@ -216,18 +216,7 @@ pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal, DirLock)> {
     core.learner.set_prior(prior_catalog, Arc::new(prior_table));
     let dir = std::path::Path::new(&d.data_dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("LOCK"))
-        .with_context(|| format!("opening the lock file in {}", dir.display()))?;
-    if lock_file.try_lock().is_err() {
-        anyhow::bail!(
-            "data dir {} is in use by another offer-engine process (its LOCK file is held)",
-            dir.display()
-        );
-    }
+    let lock_file = lock_data_dir(dir)?;
     let opts = WalOptions {
         fsync: d.fsync,
         ..WalOptions::default()
@@ -379,6 +368,24 @@ impl Application {
         self.state.wal.close();
         result
     }
+}
+
+/// Takes the data dir's LOCK (held while the returned file is open): one
+/// process at a time may open an event log, since opening repairs a torn tail.
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .with_context(|| format!("opening the lock file in {}", dir.display()))?;
+    if lock_file.try_lock().is_err() {
+        anyhow::bail!(
+            "data dir {} is in use by another offer-engine process (its LOCK file is held); stop it first",
+            dir.display()
+        );
+    }
+    Ok(lock_file)
 }
 
 /// Writes a snapshot every `snapshot_interval_secs`.

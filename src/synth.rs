@@ -199,6 +199,64 @@ pub fn itinerary<R: Rng>(rng: &mut R, m: Option<&Member>, now: DateTime<Utc>) ->
 }
 
 /// A channel drawn with checkout traffic dominating.
+/// One simulated checkout, as training and the simulations draw it: a
+/// member from `members`, a time within `minutes` after `start`, an
+/// itinerary and a channel (drawn from `rng` in that order, which the
+/// shipped model's reproducibility relies on), and the features the engine
+/// builds for it.
+pub struct Checkout<'m> {
+    /// The member.
+    pub member: &'m Member,
+    /// When.
+    pub now: DateTime<Utc>,
+    /// The trip.
+    pub itinerary: crate::domain::Itinerary,
+    /// Where the decision is asked for.
+    pub channel: Channel,
+    /// The features of member and context.
+    pub x: crate::features::FeatureVector,
+}
+
+impl<'m> Checkout<'m> {
+    /// Draws one checkout.
+    pub fn draw<R: Rng>(
+        rng: &mut R,
+        members: &'m [Member],
+        start: DateTime<Utc>,
+        minutes: i64,
+        th: &TierThresholds,
+    ) -> Checkout<'m> {
+        let member = &members[rng.gen_range(0..members.len())];
+        let now = start + Duration::minutes(rng.gen_range(0..minutes));
+        let itinerary = itinerary(rng, Some(member), now);
+        let channel = channel(rng);
+        let ctx = crate::features::DecisionContext {
+            itinerary: Some(&itinerary),
+            channel,
+            now,
+        };
+        let x = crate::features::build(Some(member), &ctx, th);
+        Checkout {
+            member,
+            now,
+            itinerary,
+            channel,
+            x,
+        }
+    }
+
+    /// The eligibility context of this checkout.
+    pub fn eligibility(&self, th: &TierThresholds) -> crate::catalog::EligibilityContext<'_> {
+        crate::catalog::EligibilityContext::new(
+            Some(self.member),
+            Some(&self.itinerary),
+            self.channel,
+            self.now,
+            crate::features::spend_to_next_tier(self.member, th),
+        )
+    }
+}
+
 pub fn channel<R: Rng>(rng: &mut R) -> Channel {
     let r: f64 = rng.gen();
     if r < 0.70 {

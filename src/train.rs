@@ -10,14 +10,14 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{Duration, NaiveDate, TimeZone, Utc};
+use chrono::{NaiveDate, TimeZone, Utc};
 use ndarray::{Array1, Array2, Axis};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, EligibilityContext};
+use crate::catalog::Catalog;
 use crate::domain::{Category, TierThresholds};
-use crate::features::{self, DecisionContext, FEATURE_NAMES, N_FEATURES};
+use crate::features::{FEATURE_NAMES, N_FEATURES};
 use crate::model::{Coefficients, ModelFile};
 use crate::synth::{self, GroundTruth};
 
@@ -266,29 +266,15 @@ pub fn train(cfg: &TrainConfig, catalog: &Catalog) -> (ModelFile, TrainReport) {
     let mut train_rows: Vec<Vec<Row>> = (0..n_offers).map(|_| Vec::new()).collect();
     let mut test_rows: Vec<Vec<Row>> = (0..n_offers).map(|_| Vec::new()).collect();
     for _ in 0..cfg.decisions {
-        let m = &members[rng.gen_range(0..members.len())];
-        let now = start + Duration::minutes(rng.gen_range(0..60 * 24 * 28));
-        let it = synth::itinerary(&mut rng, Some(m), now);
-        let channel = synth::channel(&mut rng);
-        let ctx = DecisionContext {
-            itinerary: Some(&it),
-            channel,
-            now,
-        };
-        let x = features::build(Some(m), &ctx, &th);
-        let ectx = EligibilityContext::new(
-            Some(m),
-            Some(&it),
-            channel,
-            now,
-            features::spend_to_next_tier(m, &th),
-        );
+        let c = synth::Checkout::draw(&mut rng, &members, start, 60 * 24 * 28, &th);
+        let (m, it, channel, now, x) = (c.member, &c.itinerary, c.channel, c.now, c.x);
+        let ectx = c.eligibility(&th);
         let held_out = rng.gen_bool(cfg.holdout);
         for (i, offer) in catalog.offers.iter().enumerate() {
             if offer.eligible(&ectx).is_err() {
                 continue;
             }
-            let p = truth.probability(offer, Some(m), Some(&it), channel, now, &th);
+            let p = truth.probability(offer, Some(m), Some(it), channel, now, &th);
             let row = Row {
                 x,
                 y: rng.gen_bool(p),

@@ -5,12 +5,11 @@
 //! accepts; the command must recover a model that ranks well on held-out
 //! decisions, write it versioned with its card, and refuse misuse.
 
-use chrono::{Duration, NaiveDate, TimeZone, Utc};
-use offer_engine::catalog::{Catalog, EligibilityContext};
+use chrono::{NaiveDate, TimeZone, Utc};
+use offer_engine::catalog::Catalog;
 use offer_engine::domain::TierThresholds;
 use offer_engine::durable::LogRecord;
 use offer_engine::events::{OutcomeKind, OutcomeRecord};
-use offer_engine::features::{self, DecisionContext};
 use offer_engine::ledger::{DecisionRecord, IssuedOffer};
 use offer_engine::model::ModelFile;
 use offer_engine::synth::{self, GroundTruth};
@@ -36,23 +35,9 @@ fn write_log(dir: &std::path::Path, n: u64) -> usize {
     let (wal, _) = Wal::open(dir, opts, |_| Ok(())).unwrap();
     let mut accepts = 0;
     for k in 0..n {
-        let m = &members[rng.gen_range(0..members.len())];
-        let now = start + Duration::minutes(rng.gen_range(0..60 * 24 * 20));
-        let it = synth::itinerary(&mut rng, Some(m), now);
-        let channel = synth::channel(&mut rng);
-        let ctx = DecisionContext {
-            itinerary: Some(&it),
-            channel,
-            now,
-        };
-        let x = features::build(Some(m), &ctx, &th);
-        let ectx = EligibilityContext::new(
-            Some(m),
-            Some(&it),
-            channel,
-            now,
-            features::spend_to_next_tier(m, &th),
-        );
+        let c = synth::Checkout::draw(&mut rng, &members, start, 60 * 24 * 20, &th);
+        let (m, it, channel, now, x) = (c.member, &c.itinerary, c.channel, c.now, c.x);
+        let ectx = c.eligibility(&th);
         let eligible: Vec<usize> = (0..catalog.offers.len())
             .filter(|i| catalog.offers[*i].eligible(&ectx).is_ok())
             .collect();
@@ -94,7 +79,7 @@ fn write_log(dir: &std::path::Path, n: u64) -> usize {
         let mut outcomes = Vec::new();
         for (pos, i) in shown.iter().enumerate() {
             let offer = &catalog.offers[*i];
-            let p = truth.probability(offer, Some(m), Some(&it), channel, now, &th);
+            let p = truth.probability(offer, Some(m), Some(it), channel, now, &th);
             if rng.gen_bool(p) {
                 outcomes.push(OutcomeRecord {
                     decision_id: id.clone(),
