@@ -5,9 +5,10 @@
 //! twice. Snapshots run every second meanwhile, so recovery goes through a
 //! snapshot plus the log after it.
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,50 +20,23 @@ struct Server {
 }
 
 fn start(data_dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_offer-engine"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--synthetic-members",
-            "2000",
-        ])
-        .env("OFFER_ENGINE__DURABILITY__DATA_DIR", data_dir)
-        .env("OFFER_ENGINE__DURABILITY__SNAPSHOT_INTERVAL_SECS", "1")
-        .env("OFFER_ENGINE__SERVER__WORKERS", "2")
-        .env(
-            "OFFER_ENGINE__CONTACT__MAX_OFFERS_PER_DAY__CHECKOUT",
-            "10000",
-        )
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && line.contains("listening") {
-                if let Some(p) = line.split("port=").nth(1) {
-                    let port: String = p.chars().take_while(|c| c.is_ascii_digit()).collect();
-                    let _ = tx.send(port);
-                    sent = true;
-                }
-            }
-            if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("server: {line}");
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server reports its port");
-    Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_offer-engine"));
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--synthetic-members",
+        "2000",
+    ])
+    .env("OFFER_ENGINE__DURABILITY__DATA_DIR", data_dir)
+    .env("OFFER_ENGINE__DURABILITY__SNAPSHOT_INTERVAL_SECS", "1")
+    .env("OFFER_ENGINE__SERVER__WORKERS", "2")
+    .env(
+        "OFFER_ENGINE__CONTACT__MAX_OFFERS_PER_DAY__CHECKOUT",
+        "10000",
+    );
+    let (child, base) = support::spawn_server(cmd);
+    Server { child, base }
 }
 
 fn departure(hours: i64) -> String {

@@ -7,9 +7,9 @@
 //! passes, unless the environment variable `CI` is set (to anything but ``,
 //! `0` or `false`): then it fails.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod support;
+
+use std::process::{Child, Command};
 
 fn in_ci() -> bool {
     match std::env::var("CI") {
@@ -43,43 +43,18 @@ impl Drop for Server {
 }
 
 fn start(data_dir: &std::path::Path) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_offer-engine"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--synthetic-members",
-            "500",
-        ])
-        .env("OFFER_ENGINE__DURABILITY__DATA_DIR", data_dir)
-        .env("OFFER_ENGINE__SERVER__WORKERS", "2")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && line.contains("listening") {
-                if let Some(p) = line.split("port=").nth(1) {
-                    let port: String = p.chars().take_while(|c| c.is_ascii_digit()).collect();
-                    let _ = tx.send(port);
-                    sent = true;
-                }
-            }
-            if line.contains("ERROR") {
-                eprintln!("server: {line}");
-            }
-        }
-    });
-    let server = Server(child);
-    let port = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server reports its port");
-    (server, format!("http://127.0.0.1:{port}"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_offer-engine"));
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--synthetic-members",
+        "500",
+    ])
+    .env("OFFER_ENGINE__DURABILITY__DATA_DIR", data_dir)
+    .env("OFFER_ENGINE__SERVER__WORKERS", "2");
+    let (child, base) = support::spawn_server(cmd);
+    (Server(child), base)
 }
 
 #[test]
