@@ -57,6 +57,7 @@ fn outcome(i: u64, per_record: usize) -> LogRecord {
                     )),
                     suppress_days: 30,
                     experiments: Vec::new(),
+                    learn: true,
                 }
             })
             .collect(),

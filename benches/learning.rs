@@ -57,7 +57,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             k += 1;
             let x = &xs[(k & 1023) as usize];
-            l.decided(&format!("d{k}"), 0, black_box(x), &offers);
+            l.decided(&format!("d{k}"), "M00000001", 0, black_box(x), &offers);
         })
     });
     g.finish();

@@ -55,6 +55,24 @@ pub enum InventoryScope {
     PerAirportDay,
 }
 
+/// Which outcome is an offer's reward for the adaptive models.
+///
+/// Most offers are worth what they are worth when the member says yes. Some
+/// are worth something only when delivered: a cabin upgrade bought at
+/// checkout is revenue when it is flown (weeks later; a cancelled trip refunds
+/// it), a hotel bundle when the stay happens. Those learn from the
+/// `fulfilled` event, attributed to the decision by id within the learning
+/// attribution window, and not from the accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardOn {
+    /// The accept is the reward (the default).
+    #[default]
+    Accept,
+    /// The `fulfilled` event after an accept is the reward.
+    Fulfilment,
+}
+
 /// An inventory cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,6 +172,8 @@ struct OfferSpec {
     contact: ContactSpec,
     #[serde(default)]
     inventory: Option<Inventory>,
+    #[serde(default)]
+    reward_on: RewardOn,
 }
 
 fn one() -> f64 {
@@ -217,6 +237,8 @@ pub struct Offer {
     pub contact: ContactSpec,
     /// Inventory cap, if the offer is perishable.
     pub inventory: Option<Inventory>,
+    /// Which outcome teaches the adaptive models (`reward_on`, default `accept`).
+    pub reward_on: RewardOn,
 }
 
 /// Why an offer is not eligible; used by tests and debugging endpoints.
@@ -589,6 +611,7 @@ impl Catalog {
                 exclude_tags,
                 contact: spec.contact,
                 inventory: spec.inventory,
+                reward_on: spec.reward_on,
             });
         }
         if offers.is_empty() {

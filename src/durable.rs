@@ -136,7 +136,7 @@ pub fn decode_bounded<'a, T: Deserialize<'a>>(b: &'a [u8]) -> bincode::Result<T>
 }
 
 /// Snapshot format version.
-const SNAPSHOT_FORMAT: u32 = 2;
+const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Everything the state holds, committed parts only.
 #[derive(Debug, Serialize, Deserialize)]
@@ -193,7 +193,8 @@ impl Core {
                 for e in events {
                     match e.kind {
                         OutcomeKind::Accept => {
-                            self.learner.accepted(&e.decision_id, &e.offer_id, e.at_ms);
+                            self.learner
+                                .accepted(&e.decision_id, &e.offer_id, e.at_ms, e.learn);
                             match self.ledger.decision(&e.decision_id) {
                                 Some(d) if (e.offer_pos as usize) < d.status.len() => {
                                     self.ledger.commit_accept(&d, e.offer_pos as usize, live)
@@ -212,6 +213,16 @@ impl Core {
                             let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
                             self.ledger
                                 .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
+                        }
+                        OutcomeKind::Fulfilled => {
+                            // Checked at the edge; a duplicate that raced
+                            // past the check is refused here and counts once.
+                            let _ = self.learner.fulfilled(
+                                &e.decision_id,
+                                &e.offer_id,
+                                e.at_ms,
+                                e.learn,
+                            );
                         }
                         OutcomeKind::Impression | OutcomeKind::Click => {}
                     }
@@ -260,13 +271,14 @@ impl Core {
             .decisions
             .remove_where(|d| d.record.member_id == member_id);
         self.experiments.erase_member(member_id);
+        self.learner.forget_member(member_id);
     }
 
     fn apply_decision(&self, d: &DecisionRecord, live: bool, applied: &mut Applied) {
         if !d.features.is_empty() {
             let offers: Vec<&str> = d.offers.iter().map(|o| o.offer_id.as_str()).collect();
             self.learner
-                .decided(&d.id, d.created_ms, &d.features, &offers);
+                .decided(&d.id, &d.member_id, d.created_ms, &d.features, &offers);
         }
         let shown = d.offers.len().min(u16::MAX as usize) as u16;
         self.ledger
@@ -600,6 +612,7 @@ mod learning_tests {
             inventory: None,
             suppress_days: 30,
             experiments: Vec::new(),
+            learn: true,
         }])
     }
 

@@ -19,6 +19,14 @@ pub enum OutcomeKind {
     Accept,
     /// The member said no.
     Decline,
+    /// The accepted offer was delivered: the upgraded flight flown, the
+    /// lounge visited, the bag carried. It may come weeks after the decision,
+    /// long after the offer itself expired, and counts while the decision is
+    /// inside the learning attribution window (`learning.attribution_window_days`).
+    /// It needs an earlier accept of the same offer in the same decision and
+    /// counts once. For offers rewarded on fulfilment (`reward_on =
+    /// "fulfilment"` in the catalog) it is what teaches the adaptive models.
+    Fulfilled,
 }
 
 impl OutcomeKind {
@@ -29,6 +37,7 @@ impl OutcomeKind {
             OutcomeKind::Click => "click",
             OutcomeKind::Accept => "accept",
             OutcomeKind::Decline => "decline",
+            OutcomeKind::Fulfilled => "fulfilled",
         }
     }
 }
@@ -44,13 +53,14 @@ pub struct OutcomeEventDto {
     /// What happened.
     #[serde(rename = "type")]
     pub kind: OutcomeKind,
-    /// Revenue of an accept; must equal the quoted price.
+    /// Revenue of an accept; must equal the quoted price. Only an accept carries it.
     #[serde(default)]
     pub revenue: Option<Money>,
     /// When it happened (RFC 3339); informational, the server's clock decides expiry.
     #[serde(default)]
     pub at: Option<String>,
-    /// The offer's signed token from the decision; required for an accept.
+    /// The offer's signed token from the decision; required for an accept,
+    /// checked when given with any other event.
     #[serde(default)]
     pub token: Option<String>,
 }
@@ -91,6 +101,11 @@ pub struct OutcomeRecord {
     pub suppress_days: u32,
     /// Experiments the decision carried (accepts convert the member there).
     pub experiments: Vec<crate::experiments::Assignment>,
+    /// Whether this outcome is the offer's reward for the adaptive models:
+    /// an accept of an offer rewarded on accept, or a fulfilment of one
+    /// rewarded on fulfilment (the catalog's `reward_on` when the event
+    /// arrived, fixed here so that replay learns exactly what was learned live).
+    pub learn: bool,
 }
 
 /// Wire form of a member event.

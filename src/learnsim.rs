@@ -268,11 +268,11 @@ impl Simulation {
             .iter()
             .map(|o| self.engine.catalog.offers[o.index].id.as_str())
             .collect();
-        self.learner.decided(&id, t, &x, &ids);
+        self.learner.decided(&id, "sim-member", t, &x, &ids);
         for o in &d.offers {
             if self.rng.gen_bool(truth(o.index)) {
                 self.learner
-                    .accepted(&id, &self.engine.catalog.offers[o.index].id, t);
+                    .accepted(&id, &self.engine.catalog.offers[o.index].id, t, true);
             }
         }
         self.last = d.offers.iter().map(|o| o.index).collect();

@@ -428,15 +428,48 @@ impl Default for LearnSettings {
 }
 
 /// What a decision leaves for delayed rewards: the features it was scored
-/// on and the offers shown.
+/// on, the offers shown and what became of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Remembered {
     /// When it was made, ms.
     pub created_ms: i64,
+    /// The member it was for (fulfilments are logged with it; erasure forgets by it).
+    pub member_id: String,
     /// Its feature vector.
     pub features: Vec<f32>,
     /// Offer ids shown, in order.
     pub offers: Vec<String>,
+    /// Bit `i` set: offer `i` was accepted (attributed within the window).
+    pub accepted: u64,
+    /// Bit `i` set: offer `i` was fulfilled after its accept.
+    pub fulfilled: u64,
+}
+
+impl Remembered {
+    fn bit(&self, offer_id: &str) -> Option<u64> {
+        let i = self.offers.iter().position(|o| o == offer_id)?;
+        (i < 64).then(|| 1u64 << i)
+    }
+}
+
+/// Why a fulfilment cannot be attributed to a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FulfilmentError {
+    /// Not remembered: unknown, not scored by the adaptive models, or long gone.
+    #[error("no such decision remembered for delayed rewards (unknown, not scored by the adaptive models, or older than the attribution window)")]
+    Unknown,
+    /// The offer was not shown in that decision.
+    #[error("this offer was not in that decision")]
+    NotShown,
+    /// The decision is older than the attribution window.
+    #[error("the attribution window of this decision has closed")]
+    WindowClosed,
+    /// No accept of this offer in this decision has been recorded.
+    #[error("this offer was not accepted in that decision (or its accept is not recorded yet)")]
+    NotAccepted,
+    /// Already fulfilled: it counts once.
+    #[error("already fulfilled")]
+    AlreadyFulfilled,
 }
 
 /// A posterior shared between the writer (updates) and decisions (reads).
@@ -574,8 +607,15 @@ impl OnlineLearner {
     }
 
     /// A decision was made: its shown offers count as negatives now (see
-    /// the module notes) and it is remembered for delayed accepts.
-    pub fn decided(&self, decision_id: &str, created_ms: i64, features: &[f32], offers: &[&str]) {
+    /// the module notes) and it is remembered for delayed rewards.
+    pub fn decided(
+        &self,
+        decision_id: &str,
+        member_id: &str,
+        created_ms: i64,
+        features: &[f32],
+        offers: &[&str],
+    ) {
         if !self.inner.settings.enabled || features.len() != N_FEATURES || offers.is_empty() {
             return;
         }
@@ -591,33 +631,122 @@ impl OnlineLearner {
             decision_id.into(),
             Arc::new(Remembered {
                 created_ms,
+                member_id: member_id.to_string(),
                 features: features.to_vec(),
                 offers: offers.iter().map(|s| s.to_string()).collect(),
+                accepted: 0,
+                fulfilled: 0,
             }),
         );
     }
 
-    /// An accept of `offer_id` in `decision_id` at `at_ms`: a positive
-    /// example, if the decision is remembered and within the window.
-    /// Returns whether it was learned from.
-    pub fn accepted(&self, decision_id: &str, offer_id: &str, at_ms: i64) -> bool {
+    /// An accept of `offer_id` in `decision_id` at `at_ms`. Within the
+    /// window it is recorded (a later fulfilment needs it) and, when `learn`
+    /// (the offer is rewarded on accept), it is a positive example. Returns
+    /// whether it was attributed (remembered, shown, within the window).
+    ///
+    /// Called from the log's apply path, one record at a time (the writer
+    /// thread, or replay), so the read-modify-write of the entry is not raced.
+    pub fn accepted(&self, decision_id: &str, offer_id: &str, at_ms: i64, learn: bool) -> bool {
         if !self.inner.settings.enabled {
             return false;
         }
         let Some(r) = self.inner.memory.get(decision_id) else {
             return false;
         };
-        let window = self.inner.settings.attribution_window_days as i64 * 86_400_000;
-        if at_ms - r.created_ms > window || !r.offers.iter().any(|o| o == offer_id) {
+        let window = self.window_ms();
+        let Some(bit) = r.bit(offer_id) else {
+            return false;
+        };
+        if at_ms - r.created_ms > window {
             return false;
         }
+        if r.accepted & bit == 0 {
+            let mut next = (*r).clone();
+            next.accepted |= bit;
+            self.inner.memory.insert(decision_id.into(), Arc::new(next));
+        }
+        if learn {
+            self.learn_positive(&r, offer_id);
+        }
+        true
+    }
+
+    /// Whether a fulfilment of `offer_id` in `decision_id` at `at_ms` would
+    /// count (read-only: the HTTP edge checks before logging).
+    pub fn check_fulfilment(
+        &self,
+        decision_id: &str,
+        offer_id: &str,
+        at_ms: i64,
+    ) -> Result<Arc<Remembered>, FulfilmentError> {
+        if !self.inner.settings.enabled {
+            return Err(FulfilmentError::Unknown);
+        }
+        let r = self
+            .inner
+            .memory
+            .get(decision_id)
+            .ok_or(FulfilmentError::Unknown)?;
+        let bit = r.bit(offer_id).ok_or(FulfilmentError::NotShown)?;
+        if at_ms - r.created_ms > self.window_ms() {
+            return Err(FulfilmentError::WindowClosed);
+        }
+        if r.accepted & bit == 0 {
+            return Err(FulfilmentError::NotAccepted);
+        }
+        if r.fulfilled & bit != 0 {
+            return Err(FulfilmentError::AlreadyFulfilled);
+        }
+        Ok(r)
+    }
+
+    /// A fulfilment (the accepted offer was delivered): recorded once, and a
+    /// positive example when `learn` (the offer is rewarded on fulfilment).
+    /// Same apply-path rule as [`OnlineLearner::accepted`].
+    pub fn fulfilled(
+        &self,
+        decision_id: &str,
+        offer_id: &str,
+        at_ms: i64,
+        learn: bool,
+    ) -> Result<(), FulfilmentError> {
+        let r = self.check_fulfilment(decision_id, offer_id, at_ms)?;
+        let bit = r.bit(offer_id).ok_or(FulfilmentError::NotShown)?;
+        let mut next = (*r).clone();
+        next.fulfilled |= bit;
+        self.inner.memory.insert(decision_id.into(), Arc::new(next));
+        if learn {
+            self.learn_positive(&r, offer_id);
+        }
+        Ok(())
+    }
+
+    /// Forgets every remembered decision of `member_id` (erasure; walks the memory).
+    pub fn forget_member(&self, member_id: &str) {
+        let ids: Vec<Arc<Box<str>>> = self
+            .inner
+            .memory
+            .iter()
+            .filter(|(_, r)| r.member_id == member_id)
+            .map(|(k, _)| k)
+            .collect();
+        for id in ids {
+            self.inner.memory.invalidate(id.as_ref());
+        }
+    }
+
+    fn window_ms(&self) -> i64 {
+        self.inner.settings.attribution_window_days as i64 * 86_400_000
+    }
+
+    fn learn_positive(&self, r: &Remembered, offer_id: &str) {
         let mut x = [0f32; N_FEATURES];
         x.copy_from_slice(&r.features);
         self.model(offer_id)
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .update(&x, true);
-        true
     }
 
     /// A remembered decision.
@@ -647,7 +776,7 @@ impl OnlineLearner {
             })
             .collect();
         models.sort_by(|a, b| a.0.cmp(&b.0));
-        let window = self.inner.settings.attribution_window_days as i64 * 86_400_000;
+        let window = self.window_ms();
         let mut memory: Vec<(String, Remembered)> = self
             .inner
             .memory
@@ -872,15 +1001,15 @@ mod tests {
             ..Default::default()
         });
         let x = x_of(&[(4, 1.0)]);
-        l.decided("d1", 0, &x, &["o1", "o2"]);
+        l.decided("d1", "M1", 0, &x, &["o1", "o2"]);
         assert_eq!(l.posterior("o1").unwrap().examples, 1);
-        assert!(l.accepted("d1", "o1", 3_600_000));
-        assert!(!l.accepted("d1", "o3", 3_600_000), "not shown in d1");
+        assert!(l.accepted("d1", "o1", 3_600_000, true));
+        assert!(!l.accepted("d1", "o3", 3_600_000, true), "not shown in d1");
         assert!(
-            !l.accepted("d1", "o2", 2 * 86_400_000),
+            !l.accepted("d1", "o2", 2 * 86_400_000, true),
             "outside the window"
         );
-        assert!(!l.accepted("nope", "o1", 0));
+        assert!(!l.accepted("nope", "o1", 0, true));
         let p = l.posterior("o1").unwrap();
         assert_eq!((p.examples, p.accepts), (2, 1));
         let snap = l.to_snapshot(0);
@@ -890,5 +1019,57 @@ mod tests {
         assert_eq!(other.posterior("o1"), l.posterior("o1"));
         assert!(other.remembered("d1").is_some());
         assert_eq!(bincode::serialize(&other.to_snapshot(0)).unwrap(), bytes);
+    }
+
+    #[test]
+    fn fulfilment_counts_once_after_an_accept_within_the_window_and_survives_snapshots() {
+        let l = OnlineLearner::new(LearnSettings {
+            attribution_window_days: 30,
+            ..Default::default()
+        });
+        let x = x_of(&[(4, 1.0)]);
+        let day = 86_400_000;
+        l.decided("d1", "M1", 0, &x, &["upgrade", "lounge"]);
+        assert_eq!(
+            l.check_fulfilment("d1", "upgrade", day).unwrap_err(),
+            FulfilmentError::NotAccepted
+        );
+        // Rewarded on fulfilment: the accept is recorded but teaches nothing.
+        assert!(l.accepted("d1", "upgrade", 60_000, false));
+        assert_eq!(l.posterior("upgrade").unwrap().accepts, 0);
+        assert_eq!(
+            l.check_fulfilment("d1", "lounge", day).unwrap_err(),
+            FulfilmentError::NotAccepted
+        );
+        assert_eq!(
+            l.check_fulfilment("d1", "wifi", day).unwrap_err(),
+            FulfilmentError::NotShown
+        );
+        assert_eq!(
+            l.check_fulfilment("nope", "upgrade", day).unwrap_err(),
+            FulfilmentError::Unknown
+        );
+        assert_eq!(
+            l.check_fulfilment("d1", "upgrade", 31 * day).unwrap_err(),
+            FulfilmentError::WindowClosed
+        );
+        // The flight is flown three weeks later: the reward arrives.
+        let snap = bincode::serialize(&l.to_snapshot(21 * day)).unwrap();
+        l.fulfilled("d1", "upgrade", 21 * day, true).unwrap();
+        let p = l.posterior("upgrade").unwrap();
+        assert_eq!((p.examples, p.accepts), (2, 1));
+        assert_eq!(
+            l.fulfilled("d1", "upgrade", 22 * day, true).unwrap_err(),
+            FulfilmentError::AlreadyFulfilled
+        );
+        assert_eq!(l.posterior("upgrade").unwrap().accepts, 1, "counted once");
+        // A restart before the fulfilment: the accept survives the snapshot.
+        let other = OnlineLearner::new(*l.settings());
+        other.restore(bincode::deserialize(&snap).unwrap());
+        other.fulfilled("d1", "upgrade", 21 * day, true).unwrap();
+        assert_eq!(other.posterior("upgrade"), l.posterior("upgrade"));
+        // Erasure forgets the member's decisions.
+        l.forget_member("M1");
+        assert!(l.remembered("d1").is_none());
     }
 }

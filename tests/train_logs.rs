@@ -93,6 +93,7 @@ fn write_log(dir: &std::path::Path, n: u64) -> usize {
                     inventory: None,
                     suppress_days: 30,
                     experiments: Vec::new(),
+                    learn: true,
                 });
             }
         }

@@ -1,7 +1,11 @@
-//! `POST /v1/events`: outcome events (impression, click, accept, decline),
-//! one or a batch. A batch is all-or-nothing: every event is checked, accepts
-//! reserve their offer and inventory, the batch is logged as one record, and
-//! only once it is durable is it applied and answered 202.
+//! `POST /v1/events`: outcome events (impression, click, accept, decline,
+//! fulfilled), one or a batch. A batch is all-or-nothing: every event is
+//! checked, accepts reserve their offer and inventory, the batch is logged as
+//! one record, and only once it is durable is it applied and answered 202.
+//!
+//! A fulfilment (the accepted upgrade flown, weeks later) is checked against
+//! the adaptive models' memory of the decision, which lasts the attribution
+//! window, not against the live decision, which lasts as long as its offers.
 
 use std::sync::Arc;
 
@@ -11,7 +15,9 @@ use chrono::Utc;
 use super::error::ApiError;
 use crate::durable::LogRecord;
 use crate::events::{OutcomeBody, OutcomeKind, OutcomeRecord};
+use crate::catalog::RewardOn;
 use crate::ledger::{self, LiveDecision, ReserveError};
+use crate::online::FulfilmentError;
 use crate::parse::{from_json, parse_instant};
 use crate::state::SharedState;
 use crate::tokens::Terms;
@@ -52,8 +58,8 @@ impl Drop for Reservations {
         (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "a field is invalid (named in `field`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "unknown decision", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "already accepted or sold out", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 410, description = "the offer expired", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already accepted or sold out; a fulfilment without an accept, or a second one", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the offer expired (a fulfilment: the attribution window closed)", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
 )]
 #[tracing::instrument(name = "post_events", skip_all)]
@@ -90,6 +96,13 @@ pub async fn post_events(
     let now = Utc::now();
     let now_ms = ledger::ms(now);
     let ledger = &state.core.ledger;
+    let catalog = state.engine.load().catalog.clone();
+    let reward_on = |offer_id: &str| {
+        catalog
+            .get(offer_id)
+            .map(|(_, o)| o.reward_on)
+            .unwrap_or_default()
+    };
     let mut reservations = Reservations {
         ledger: ledger.clone(),
         held: Vec::new(),
@@ -109,6 +122,22 @@ pub async fn post_events(
                 parse_instant(s, &field("at")).map_err(ApiError::InvalidField)?,
             )),
         };
+        if e.kind == OutcomeKind::Fulfilled {
+            let learn = reward_on(&e.offer_id) == RewardOn::Fulfilment;
+            let record = fulfilment(&state, e, &field, now_ms, client_at_ms, learn)?;
+            if records.iter().any(|r: &OutcomeRecord| {
+                r.kind == OutcomeKind::Fulfilled
+                    && r.decision_id == record.decision_id
+                    && r.offer_id == record.offer_id
+            }) {
+                return Err(ApiError::Conflict {
+                    field: field("offer_id"),
+                    detail: "fulfilled twice in this batch".into(),
+                });
+            }
+            records.push(record);
+            continue;
+        }
         let d = ledger
             .decision(&e.decision_id)
             .ok_or_else(|| ApiError::UnknownResource {
@@ -225,6 +254,7 @@ pub async fn post_events(
             inventory: issued.inventory.clone(),
             suppress_days: issued.suppress_days,
             experiments: d.record.experiments.clone(),
+            learn: e.kind == OutcomeKind::Accept && reward_on(&d.record.offers[pos].offer_id) == RewardOn::Accept,
         });
     }
     let n = records.len();
@@ -271,4 +301,92 @@ pub async fn post_events(
         ApiError::Storage(e)
     })?;
     Ok(HttpResponse::Accepted().json(EventsAccepted { accepted: n, lsn }))
+}
+
+/// Checks a `fulfilled` event and makes its record. The decision must be
+/// remembered by the adaptive models (it lasts the attribution window), the
+/// offer accepted there and not fulfilled yet. A token is checked when given
+/// and the decision's terms are still live; none is needed, since a
+/// fulfilment moves no money and needs an accept that carried one.
+fn fulfilment(
+    state: &SharedState,
+    e: crate::events::OutcomeEventDto,
+    field: &dyn Fn(&str) -> String,
+    now_ms: i64,
+    client_at_ms: Option<i64>,
+    learn: bool,
+) -> Result<OutcomeRecord, ApiError> {
+    if e.revenue.is_some() {
+        return Err(ApiError::InvalidField(crate::domain::FieldError::new(
+            field("revenue"),
+            "only an accept carries revenue",
+        )));
+    }
+    let remembered = state
+        .core
+        .learner
+        .check_fulfilment(&e.decision_id, &e.offer_id, now_ms)
+        .map_err(|err| match err {
+            FulfilmentError::Unknown => ApiError::UnknownResource {
+                field: field("decision_id"),
+                detail: err.to_string(),
+            },
+            FulfilmentError::NotShown => ApiError::InvalidField(
+                crate::domain::FieldError::new(field("offer_id"), err.to_string()),
+            ),
+            FulfilmentError::WindowClosed => ApiError::Expired {
+                field: field("decision_id"),
+                detail: err.to_string(),
+            },
+            FulfilmentError::NotAccepted | FulfilmentError::AlreadyFulfilled => {
+                ApiError::Conflict {
+                    field: field("offer_id"),
+                    detail: err.to_string(),
+                }
+            }
+        })?;
+    let pos = remembered
+        .offers
+        .iter()
+        .position(|o| *o == e.offer_id)
+        .unwrap_or(0);
+    let live = state.core.ledger.decision(&e.decision_id);
+    if let (Some(t), Some(d)) = (&e.token, &live) {
+        if let Some(issued) = d.record.offers.get(pos) {
+            state
+                .security
+                .tokens
+                .verify(
+                    t,
+                    &Terms {
+                        decision_id: &d.record.id,
+                        member_id: &d.record.member_id,
+                        offer_id: &issued.offer_id,
+                        price: issued.price.as_ref(),
+                        points_price: issued.points_price,
+                        expires_ms: issued.expires_ms,
+                    },
+                )
+                .map_err(|err| {
+                    ApiError::InvalidField(crate::domain::FieldError::new(
+                        field("token"),
+                        err.to_string(),
+                    ))
+                })?;
+        }
+    }
+    Ok(OutcomeRecord {
+        decision_id: e.decision_id,
+        offer_pos: pos as u8,
+        offer_id: e.offer_id,
+        member_id: remembered.member_id.clone(),
+        kind: OutcomeKind::Fulfilled,
+        revenue: 0.0,
+        at_ms: now_ms,
+        client_at_ms,
+        inventory: None,
+        suppress_days: 0,
+        experiments: Vec::new(),
+        learn,
+    })
 }

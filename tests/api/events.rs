@@ -254,3 +254,112 @@ async fn a_failing_disk_gives_503_and_applies_nothing() {
         .await;
     assert_eq!(r.status(), 202);
 }
+
+/// The learner's (examples, accepts) for an offer.
+fn learned(app: &TestApp, offer_id: &str) -> (u64, u64) {
+    let p = app
+        .state
+        .core
+        .learner
+        .posterior(offer_id)
+        .expect("the offer has a posterior");
+    (p.examples, p.accepts)
+}
+
+#[tokio::test]
+async fn a_fulfilment_needs_an_accept_counts_once_and_carries_no_revenue() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Gold);
+    let (d, offers) = decide(&app, &offer_request(&member)).await;
+    let id = offers[0]["offer_id"].as_str().unwrap();
+    // Any write makes the deferred decision record durable first.
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "impression"))
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_problem(
+        app.post_json("/v1/events", &event(&d, &offers[0], "fulfilled"))
+            .await,
+        409,
+        Some("offer_id"),
+    )
+    .await;
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "accept"))
+        .await;
+    assert_eq!(r.status(), 202);
+    // Rewarded on accept (the default catalog): the accept taught the model.
+    let after_accept = learned(&app, id);
+    assert_eq!(after_accept.1, 1);
+    let mut paid = event(&d, &offers[0], "fulfilled");
+    paid["revenue"] = json!({"amount": 1, "currency": "CNY"});
+    assert_problem(app.post_json("/v1/events", &paid).await, 422, Some("revenue")).await;
+    let twice = json!([event(&d, &offers[0], "fulfilled"), event(&d, &offers[0], "fulfilled")]);
+    assert_problem(
+        app.post_json("/v1/events", &twice).await,
+        409,
+        Some("[1].offer_id"),
+    )
+    .await;
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "fulfilled"))
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(learned(&app, id), after_accept, "not the reward of this offer");
+    assert_problem(
+        app.post_json("/v1/events", &event(&d, &offers[0], "fulfilled"))
+            .await,
+        409,
+        Some("offer_id"),
+    )
+    .await;
+    let unknown = json!({"decision_id": "nope", "offer_id": id, "type": "fulfilled"});
+    assert_problem(
+        app.post_json("/v1/events", &unknown).await,
+        404,
+        Some("decision_id"),
+    )
+    .await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "offer_engine_outcome_events_total{{offer_id=\"{id}\",type=\"fulfilled\"}} 1"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_offer_rewarded_on_fulfilment_learns_from_the_fulfilment_after_a_restart() {
+    // Every offer of the default catalog, rewarded on fulfilment.
+    let files = tempfile::tempdir().unwrap();
+    let catalog = files.path().join("catalog.toml");
+    let original = std::fs::read_to_string("config/catalog.toml").unwrap();
+    std::fs::write(
+        &catalog,
+        original.replace("[[offer]]\n", "[[offer]]\nreward_on = \"fulfilment\"\n"),
+    )
+    .unwrap();
+    let mut s = test_settings();
+    s.catalog.file = catalog.display().to_string();
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_with(s.clone(), data.clone()).await;
+    let member = app.find_member(|m| m.tier == Tier::Silver);
+    let (d, offers) = decide(&app, &offer_request(&member)).await;
+    let id = offers[0]["offer_id"].as_str().unwrap().to_string();
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "accept"))
+        .await;
+    assert_eq!(r.status(), 202);
+    let after_accept = learned(&app, &id);
+    assert_eq!(after_accept.1, 0, "an accept is not this offer's reward");
+    // A restart before the flight (a copy of the data dir, as a restart finds
+    // it): the log brings the decision and the accept back.
+    let app = spawn_with(s, copy_dir(data.path())).await;
+    assert_eq!(learned(&app, &id), after_accept, "replayed");
+    let r = app
+        .post_json("/v1/events", &event(&d, &offers[0], "fulfilled"))
+        .await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    assert_eq!(learned(&app, &id), (after_accept.0 + 1, 1));
+}

@@ -91,6 +91,18 @@ pub async fn spawn_with(
     }
 }
 
+/// Copies an idle data dir, as a restart (or another instance) would find it
+/// (the running server holds the original's lock).
+#[allow(dead_code)]
+pub fn copy_dir(from: &std::path::Path) -> std::sync::Arc<tempfile::TempDir> {
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+    }
+    std::sync::Arc::new(copy)
+}
+
 /// A departure `days` from now, RFC 3339.
 pub fn departure_in(days: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::days(days) + chrono::Duration::hours(3)).to_rfc3339()

@@ -422,16 +422,6 @@ async fn accepts_need_the_offers_own_untampered_token() {
     .await;
 }
 
-/// Copies an idle data dir, as a restart (or another instance) would find it.
-fn copy_dir(from: &std::path::Path) -> std::sync::Arc<tempfile::TempDir> {
-    let copy = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(from).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
-    }
-    std::sync::Arc::new(copy)
-}
-
 fn with_token_key(k: &str) -> Settings {
     let mut s = test_settings();
     s.security.token_key = Secret(k.into());
