@@ -13,9 +13,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 
 use super::error::ApiError;
+use crate::catalog::RewardOn;
 use crate::durable::LogRecord;
 use crate::events::{OutcomeBody, OutcomeKind, OutcomeRecord};
-use crate::catalog::RewardOn;
 use crate::ledger::{self, LiveDecision, ReserveError};
 use crate::online::FulfilmentError;
 use crate::parse::{from_json, parse_instant};
@@ -159,26 +159,7 @@ pub async fn post_events(
         // The signed terms must be exactly those issued: no changed price or
         // expiry, no offer moved to another member or decision.
         match &e.token {
-            Some(t) => state
-                .security
-                .tokens
-                .verify(
-                    t,
-                    &Terms {
-                        decision_id: &d.record.id,
-                        member_id: &d.record.member_id,
-                        offer_id: &issued.offer_id,
-                        price: issued.price.as_ref(),
-                        points_price: issued.points_price,
-                        expires_ms: issued.expires_ms,
-                    },
-                )
-                .map_err(|err| {
-                    ApiError::InvalidField(crate::domain::FieldError::new(
-                        field("token"),
-                        err.to_string(),
-                    ))
-                })?,
+            Some(t) => verify_token(&state, t, &d, pos, &field("token"))?,
             None if e.kind == OutcomeKind::Accept => {
                 return Err(ApiError::InvalidField(crate::domain::FieldError::new(
                     field("token"),
@@ -254,7 +235,8 @@ pub async fn post_events(
             inventory: issued.inventory.clone(),
             suppress_days: issued.suppress_days,
             experiments: d.record.experiments.clone(),
-            learn: e.kind == OutcomeKind::Accept && reward_on(&d.record.offers[pos].offer_id) == RewardOn::Accept,
+            learn: e.kind == OutcomeKind::Accept
+                && reward_on(&d.record.offers[pos].offer_id) == RewardOn::Accept,
         });
     }
     let n = records.len();
@@ -331,9 +313,10 @@ fn fulfilment(
                 field: field("decision_id"),
                 detail: err.to_string(),
             },
-            FulfilmentError::NotShown => ApiError::InvalidField(
-                crate::domain::FieldError::new(field("offer_id"), err.to_string()),
-            ),
+            FulfilmentError::NotShown => ApiError::InvalidField(crate::domain::FieldError::new(
+                field("offer_id"),
+                err.to_string(),
+            )),
             FulfilmentError::WindowClosed => ApiError::Expired {
                 field: field("decision_id"),
                 detail: err.to_string(),
@@ -352,27 +335,8 @@ fn fulfilment(
         .unwrap_or(0);
     let live = state.core.ledger.decision(&e.decision_id);
     if let (Some(t), Some(d)) = (&e.token, &live) {
-        if let Some(issued) = d.record.offers.get(pos) {
-            state
-                .security
-                .tokens
-                .verify(
-                    t,
-                    &Terms {
-                        decision_id: &d.record.id,
-                        member_id: &d.record.member_id,
-                        offer_id: &issued.offer_id,
-                        price: issued.price.as_ref(),
-                        points_price: issued.points_price,
-                        expires_ms: issued.expires_ms,
-                    },
-                )
-                .map_err(|err| {
-                    ApiError::InvalidField(crate::domain::FieldError::new(
-                        field("token"),
-                        err.to_string(),
-                    ))
-                })?;
+        if pos < d.record.offers.len() {
+            verify_token(state, t, d, pos, &field("token"))?;
         }
     }
     Ok(OutcomeRecord {
@@ -389,4 +353,33 @@ fn fulfilment(
         experiments: Vec::new(),
         learn,
     })
+}
+
+/// Checks `token` against the terms issued for offer `pos` of decision `d`:
+/// no changed price or expiry, no offer moved to another member or decision.
+fn verify_token(
+    state: &SharedState,
+    token: &str,
+    d: &LiveDecision,
+    pos: usize,
+    field: &str,
+) -> Result<(), ApiError> {
+    let issued = &d.record.offers[pos];
+    state
+        .security
+        .tokens
+        .verify(
+            token,
+            &Terms {
+                decision_id: &d.record.id,
+                member_id: &d.record.member_id,
+                offer_id: &issued.offer_id,
+                price: issued.price.as_ref(),
+                points_price: issued.points_price,
+                expires_ms: issued.expires_ms,
+            },
+        )
+        .map_err(|err| {
+            ApiError::InvalidField(crate::domain::FieldError::new(field, err.to_string()))
+        })
 }

@@ -42,14 +42,16 @@ async fn accept_is_acknowledged_once_and_counted() {
         .post_json("/v1/events", &event(&d, &offers[0], "accept"))
         .await;
     assert_problem(r, 409, Some("offer_id")).await;
-    let metrics = app.get("/metrics").await.text().await.unwrap();
     let id = offers[0]["offer_id"].as_str().unwrap();
-    assert!(
-        metrics.contains(&format!(
-            "offer_engine_outcome_events_total{{offer_id=\"{id}\",type=\"accept\"}} 1"
-        )),
-        "{metrics}"
-    );
+    assert_outcomes_counted(&app, id, "accept", 1).await;
+}
+
+/// `/metrics` counts `n` outcomes of `kind` for `offer_id`.
+async fn assert_outcomes_counted(app: &TestApp, offer_id: &str, kind: &str, n: u64) {
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let line =
+        format!("offer_engine_outcome_events_total{{offer_id=\"{offer_id}\",type=\"{kind}\"}} {n}");
+    assert!(metrics.contains(&line), "no `{line}` in {metrics}");
 }
 
 #[tokio::test]
@@ -293,8 +295,16 @@ async fn a_fulfilment_needs_an_accept_counts_once_and_carries_no_revenue() {
     assert_eq!(after_accept.1, 1);
     let mut paid = event(&d, &offers[0], "fulfilled");
     paid["revenue"] = json!({"amount": 1, "currency": "CNY"});
-    assert_problem(app.post_json("/v1/events", &paid).await, 422, Some("revenue")).await;
-    let twice = json!([event(&d, &offers[0], "fulfilled"), event(&d, &offers[0], "fulfilled")]);
+    assert_problem(
+        app.post_json("/v1/events", &paid).await,
+        422,
+        Some("revenue"),
+    )
+    .await;
+    let twice = json!([
+        event(&d, &offers[0], "fulfilled"),
+        event(&d, &offers[0], "fulfilled")
+    ]);
     assert_problem(
         app.post_json("/v1/events", &twice).await,
         409,
@@ -305,7 +315,11 @@ async fn a_fulfilment_needs_an_accept_counts_once_and_carries_no_revenue() {
         .post_json("/v1/events", &event(&d, &offers[0], "fulfilled"))
         .await;
     assert_eq!(r.status(), 202);
-    assert_eq!(learned(&app, id), after_accept, "not the reward of this offer");
+    assert_eq!(
+        learned(&app, id),
+        after_accept,
+        "not the reward of this offer"
+    );
     assert_problem(
         app.post_json("/v1/events", &event(&d, &offers[0], "fulfilled"))
             .await,
@@ -320,13 +334,7 @@ async fn a_fulfilment_needs_an_accept_counts_once_and_carries_no_revenue() {
         Some("decision_id"),
     )
     .await;
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains(&format!(
-            "offer_engine_outcome_events_total{{offer_id=\"{id}\",type=\"fulfilled\"}} 1"
-        )),
-        "{metrics}"
-    );
+    assert_outcomes_counted(&app, id, "fulfilled", 1).await;
 }
 
 #[tokio::test]
