@@ -536,8 +536,15 @@ impl OnlineLearner {
                     catalog: 0,
                     slots: Vec::new(),
                 }),
+                // LRU, not moka's default TinyLFU: TinyLFU admits a new key
+                // into a full cache only if it is more popular than the
+                // victim, and a decision id is new by definition, so once
+                // `max_remembered` decisions were held every new decision
+                // was dropped and its accept never learned from
+                // (moka-rs/moka#147; `a_full_memory_keeps_the_newest_decisions`).
                 memory: moka::sync::Cache::builder()
                     .max_capacity(settings.max_remembered)
+                    .eviction_policy(moka::policy::EvictionPolicy::lru())
                     .build_with_hasher(ahash::RandomState::default()),
             }),
         }
@@ -1071,5 +1078,32 @@ mod tests {
         // Erasure forgets the member's decisions.
         l.forget_member("M1");
         assert!(l.remembered("d1").is_none());
+    }
+
+    #[test]
+    fn a_full_memory_keeps_the_newest_decisions() {
+        // Delayed rewards come to recent decisions: once the memory is full,
+        // a new decision must push out the oldest, never be refused itself
+        // (TinyLFU admission, moka's default, refuses keys it has not seen
+        // before once the cache is full: moka-rs/moka#147).
+        let l = OnlineLearner::new(LearnSettings {
+            max_remembered: 100,
+            ..Default::default()
+        });
+        let x = x_of(&[(4, 1.0)]);
+        for i in 0..5_000 {
+            l.decided(&format!("d{i}"), "M1", i, &x, &["o1"]);
+            if i % 7 == 0 {
+                // Reads of older decisions (accept checks) must not change that.
+                let _ = l.remembered(&format!("d{}", i / 2));
+            }
+        }
+        l.inner.memory.run_pending_tasks();
+        let newest = (4_950..5_000)
+            .filter(|i| l.remembered(&format!("d{i}")).is_some())
+            .count();
+        assert_eq!(newest, 50, "the newest 50 decisions are remembered");
+        assert!(l.inner.memory.entry_count() <= 100);
+        assert!(l.accepted("d4999", "o1", 5_000, true));
     }
 }
