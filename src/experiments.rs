@@ -245,7 +245,7 @@ impl ExperimentState {
         let n = MAX_VARIANTS;
         ExperimentState {
             variants: std::sync::RwLock::new(variants),
-            members: DashMap::default(),
+            members: crate::store::growing_map(Default::default()),
             arms: Mutex::new(vec![ArmStats::default(); n]),
             decisions: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sequential_min: (0..n).map(|_| AtomicU64::new(1f64.to_bits())).collect(),

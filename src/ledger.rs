@@ -176,7 +176,7 @@ impl DecisionMemory {
     /// Remembers at most about `capacity` decisions (rounded up to a multiple of 16).
     pub fn new(capacity: usize) -> DecisionMemory {
         DecisionMemory {
-            map: DashMap::with_hasher(ahash::RandomState::with_seeds(11, 12, 13, 14)),
+            map: crate::store::growing_map(ahash::RandomState::with_seeds(11, 12, 13, 14)),
             rings: (0..RINGS)
                 .map(|_| std::sync::Mutex::new(std::collections::VecDeque::new()))
                 .collect(),
@@ -318,8 +318,8 @@ impl Ledger {
     pub fn new(max_decisions: u64) -> Ledger {
         Ledger {
             decisions: Arc::new(DecisionMemory::new(max_decisions as usize)),
-            suppressions: Default::default(),
-            contacts: Default::default(),
+            suppressions: Arc::new(crate::store::growing_map(Default::default())),
+            contacts: Arc::new(crate::store::growing_map(Default::default())),
             inventory: Default::default(),
         }
     }

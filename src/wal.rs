@@ -98,6 +98,8 @@ const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 const DEFAULT_MAX_RECORD_BYTES: usize = 16 << 20;
 /// Default maximum number of requests drained into one batch.
 const DEFAULT_MAX_BATCH: usize = 8192;
+/// The writer yields its core after this many completions of one batch.
+const YIELD_EVERY: usize = 32;
 /// Read buffer size used during replay.
 const READ_CHUNK: usize = 8 << 20;
 
@@ -695,6 +697,12 @@ impl Writer {
                     .last_lsn
                     .store(self.next_lsn - 1, Ordering::Release);
                 for (i, (callback, reply)) in pending.drain(..).enumerate() {
+                    // Applying a batch of checkout decisions (learner updates,
+                    // exposures, contact counts) can take milliseconds; where the
+                    // HTTP workers share this core, they should not wait all of it.
+                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                        thread::yield_now();
+                    }
                     let lsn = first + i as u64;
                     if let Some(callback) = callback {
                         if catch_unwind(AssertUnwindSafe(|| callback(lsn))).is_err() {
