@@ -446,10 +446,22 @@ pub struct Remembered {
 }
 
 impl Remembered {
-    fn bit(&self, offer_id: &str) -> Option<u64> {
-        let i = self.offers.iter().position(|o| o == offer_id)?;
-        (i < 64).then(|| 1u64 << i)
+    /// Position of `offer_id` among the offers shown, if tracked (the first 64).
+    pub fn position(&self, offer_id: &str) -> Option<usize> {
+        self.offers
+            .iter()
+            .position(|o| o == offer_id)
+            .filter(|i| *i < 64)
     }
+}
+
+/// A fulfilment that would count: the remembered decision and the offer's position in it.
+#[derive(Debug, Clone)]
+pub struct Fulfilment {
+    /// The decision as remembered.
+    pub remembered: Arc<Remembered>,
+    /// Position of the offer among those shown.
+    pub pos: usize,
 }
 
 /// Why a fulfilment cannot be attributed to a decision.
@@ -662,7 +674,7 @@ impl OnlineLearner {
             return false;
         };
         let window = self.window_ms();
-        let Some(bit) = r.bit(offer_id) else {
+        let Some(bit) = r.position(offer_id).map(|i| 1u64 << i) else {
             return false;
         };
         if at_ms - r.created_ms > window {
@@ -686,7 +698,7 @@ impl OnlineLearner {
         decision_id: &str,
         offer_id: &str,
         at_ms: i64,
-    ) -> Result<Arc<Remembered>, FulfilmentError> {
+    ) -> Result<Fulfilment, FulfilmentError> {
         if !self.inner.settings.enabled {
             return Err(FulfilmentError::Unknown);
         }
@@ -695,7 +707,8 @@ impl OnlineLearner {
             .memory
             .get(decision_id)
             .ok_or(FulfilmentError::Unknown)?;
-        let bit = r.bit(offer_id).ok_or(FulfilmentError::NotShown)?;
+        let pos = r.position(offer_id).ok_or(FulfilmentError::NotShown)?;
+        let bit = 1u64 << pos;
         if at_ms - r.created_ms > self.window_ms() {
             return Err(FulfilmentError::WindowClosed);
         }
@@ -705,7 +718,7 @@ impl OnlineLearner {
         if r.fulfilled & bit != 0 {
             return Err(FulfilmentError::AlreadyFulfilled);
         }
-        Ok(r)
+        Ok(Fulfilment { remembered: r, pos })
     }
 
     /// A fulfilment (the accepted offer was delivered): recorded once, and a
@@ -718,13 +731,12 @@ impl OnlineLearner {
         at_ms: i64,
         learn: bool,
     ) -> Result<(), FulfilmentError> {
-        let r = self.check_fulfilment(decision_id, offer_id, at_ms)?;
-        let bit = r.bit(offer_id).ok_or(FulfilmentError::NotShown)?;
-        let mut next = (*r).clone();
-        next.fulfilled |= bit;
+        let f = self.check_fulfilment(decision_id, offer_id, at_ms)?;
+        let mut next = (*f.remembered).clone();
+        next.fulfilled |= 1u64 << f.pos;
         self.inner.memory.insert(decision_id.into(), Arc::new(next));
         if learn {
-            self.learn_positive(&r, offer_id);
+            self.learn_positive(&f.remembered, offer_id);
         }
         Ok(())
     }

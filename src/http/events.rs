@@ -304,7 +304,7 @@ fn fulfilment(
             "only an accept carries revenue",
         )));
     }
-    let remembered = state
+    let crate::online::Fulfilment { remembered, pos } = state
         .core
         .learner
         .check_fulfilment(&e.decision_id, &e.offer_id, now_ms)
@@ -328,11 +328,6 @@ fn fulfilment(
                 }
             }
         })?;
-    let pos = remembered
-        .offers
-        .iter()
-        .position(|o| *o == e.offer_id)
-        .unwrap_or(0);
     let live = state.core.ledger.decision(&e.decision_id);
     if let (Some(t), Some(d)) = (&e.token, &live) {
         if pos < d.record.offers.len() {

@@ -257,6 +257,11 @@ async fn a_failing_disk_gives_503_and_applies_nothing() {
     assert_eq!(r.status(), 202);
 }
 
+/// Posts `body` to `/v1/events` and expects a problem with `status` naming `field`.
+async fn assert_events_refused(app: &TestApp, body: &Value, status: u16, field: &str) {
+    assert_problem(app.post_json("/v1/events", body).await, status, Some(field)).await;
+}
+
 /// The learner's (examples, accepts) for an offer.
 fn learned(app: &TestApp, offer_id: &str) -> (u64, u64) {
     let p = app
@@ -279,13 +284,7 @@ async fn a_fulfilment_needs_an_accept_counts_once_and_carries_no_revenue() {
         .post_json("/v1/events", &event(&d, &offers[0], "impression"))
         .await;
     assert_eq!(r.status(), 202);
-    assert_problem(
-        app.post_json("/v1/events", &event(&d, &offers[0], "fulfilled"))
-            .await,
-        409,
-        Some("offer_id"),
-    )
-    .await;
+    assert_events_refused(&app, &event(&d, &offers[0], "fulfilled"), 409, "offer_id").await;
     let r = app
         .post_json("/v1/events", &event(&d, &offers[0], "accept"))
         .await;
@@ -295,22 +294,12 @@ async fn a_fulfilment_needs_an_accept_counts_once_and_carries_no_revenue() {
     assert_eq!(after_accept.1, 1);
     let mut paid = event(&d, &offers[0], "fulfilled");
     paid["revenue"] = json!({"amount": 1, "currency": "CNY"});
-    assert_problem(
-        app.post_json("/v1/events", &paid).await,
-        422,
-        Some("revenue"),
-    )
-    .await;
+    assert_events_refused(&app, &paid, 422, "revenue").await;
     let twice = json!([
         event(&d, &offers[0], "fulfilled"),
         event(&d, &offers[0], "fulfilled")
     ]);
-    assert_problem(
-        app.post_json("/v1/events", &twice).await,
-        409,
-        Some("[1].offer_id"),
-    )
-    .await;
+    assert_events_refused(&app, &twice, 409, "[1].offer_id").await;
     let r = app
         .post_json("/v1/events", &event(&d, &offers[0], "fulfilled"))
         .await;
@@ -320,20 +309,9 @@ async fn a_fulfilment_needs_an_accept_counts_once_and_carries_no_revenue() {
         after_accept,
         "not the reward of this offer"
     );
-    assert_problem(
-        app.post_json("/v1/events", &event(&d, &offers[0], "fulfilled"))
-            .await,
-        409,
-        Some("offer_id"),
-    )
-    .await;
+    assert_events_refused(&app, &event(&d, &offers[0], "fulfilled"), 409, "offer_id").await;
     let unknown = json!({"decision_id": "nope", "offer_id": id, "type": "fulfilled"});
-    assert_problem(
-        app.post_json("/v1/events", &unknown).await,
-        404,
-        Some("decision_id"),
-    )
-    .await;
+    assert_events_refused(&app, &unknown, 404, "decision_id").await;
     assert_outcomes_counted(&app, id, "fulfilled", 1).await;
 }
 
