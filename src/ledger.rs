@@ -23,6 +23,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Channel, Day, Money};
+use crate::expiring::ExpiringMap;
 
 /// Where an accepted unit of inventory is counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,54 +135,20 @@ impl LiveDecision {
 
 /// Kept this long past a decision's last expiry, so a late event gets "expired", not "unknown".
 const KEEP_AFTER_EXPIRY_MS: i64 = 60_000;
-/// Eviction rings; a decision's ring is chosen by its id's hash.
-const RINGS: usize = 16;
-/// One eviction ring: (keep until ms, id) in insertion order.
-type Ring = std::sync::Mutex<std::collections::VecDeque<(i64, Box<str>)>>;
 
-/// Decisions by id, bounded in number and time.
-///
-/// A concurrent map plus, per ring, the ids in insertion order. Inserting
-/// evicts from the front of its ring what has outlived its offers (one minute
-/// grace) and, past the ring's share of the capacity, the oldest decision: the
-/// one least likely to be accepted still. Lookups treat an outlived entry as
-/// absent even before it is evicted. This replaced a moka cache, whose
-/// admission and bookkeeping cost about 7% of a checkout decision's CPU (perf,
-/// 2026-11-23) for policies (LFU admission, idle expiry) this data does not
-/// need: a decision is written once, read at most a few times, and its end of
-/// life is known when it is written.
-///
-/// Locks: a ring's mutex is taken after the map shard's lock is released, and
-/// eviction takes a map shard lock inside a ring's lock; nothing takes them
-/// the other way round.
+/// Decisions by id, bounded in number and time: each is kept until a minute
+/// after its last offer expires, and past the capacity the oldest goes first
+/// (the one least likely to be accepted still); see [`ExpiringMap`].
+#[derive(Debug)]
 pub struct DecisionMemory {
-    map: DashMap<Box<str>, Arc<LiveDecision>, ahash::RandomState>,
-    /// Per ring: (keep until ms, id) in insertion order.
-    rings: Box<[Ring]>,
-    /// Capacity share of one ring.
-    per_ring: usize,
-    hasher: ahash::RandomState,
-}
-
-impl std::fmt::Debug for DecisionMemory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecisionMemory")
-            .field("len", &self.map.len())
-            .field("capacity", &(self.per_ring * RINGS))
-            .finish()
-    }
+    map: ExpiringMap<Arc<LiveDecision>>,
 }
 
 impl DecisionMemory {
     /// Remembers at most about `capacity` decisions (rounded up to a multiple of 16).
     pub fn new(capacity: usize) -> DecisionMemory {
         DecisionMemory {
-            map: crate::store::growing_map(ahash::RandomState::with_seeds(11, 12, 13, 14)),
-            rings: (0..RINGS)
-                .map(|_| std::sync::Mutex::new(std::collections::VecDeque::new()))
-                .collect(),
-            per_ring: capacity.div_ceil(RINGS).max(1),
-            hasher: ahash::RandomState::with_seeds(21, 22, 23, 24),
+            map: ExpiringMap::new(capacity),
         }
     }
 
@@ -189,64 +156,32 @@ impl DecisionMemory {
     /// idempotent) and returns the live entry.
     pub fn insert(&self, record: DecisionRecord, now_ms: i64) -> Arc<LiveDecision> {
         let keep_until = record.last_expiry_ms() + KEEP_AFTER_EXPIRY_MS;
-        let id: Box<str> = record.id.as_str().into();
-        let (live, fresh) = match self.map.entry(id.clone()) {
-            dashmap::Entry::Occupied(e) => (Arc::clone(e.get()), false),
-            dashmap::Entry::Vacant(e) => {
-                let live = Arc::new(LiveDecision::new(record));
-                e.insert(Arc::clone(&live));
-                (live, true)
-            }
-        };
-        if fresh {
-            let mut ring = self.ring(&id);
-            ring.push_back((keep_until, id));
-            while let Some((until, _)) = ring.front() {
-                if ring.len() <= self.per_ring && *until > now_ms {
-                    break;
-                }
-                if let Some((_, old)) = ring.pop_front() {
-                    self.map.remove(&old);
-                }
-            }
-        }
-        live
+        let id = record.id.clone();
+        self.map
+            .insert_with(&id, keep_until, now_ms, || {
+                Arc::new(LiveDecision::new(record))
+            })
+            .0
     }
 
     /// The decision with this id, unless unknown or outlived.
     pub fn get(&self, id: &str, now_ms: i64) -> Option<Arc<LiveDecision>> {
-        let live = self.map.get(id).map(|e| Arc::clone(e.value()))?;
-        (live.record.last_expiry_ms() + KEEP_AFTER_EXPIRY_MS > now_ms).then_some(live)
+        self.map.get(id, now_ms)
     }
 
-    /// Evicts what has outlived its offers from the front of every ring (inserts do this
-    /// too; this is for quiet periods).
+    /// Evicts what has outlived its offers (inserts do this too; this is for quiet periods).
     pub fn evict_expired(&self, now_ms: i64) {
-        for ring in self.rings.iter() {
-            let mut ring = ring
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            while ring.front().is_some_and(|(until, _)| *until <= now_ms) {
-                if let Some((_, old)) = ring.pop_front() {
-                    self.map.remove(&old);
-                }
-            }
-        }
+        self.map.evict_expired(now_ms)
     }
 
     /// Calls `f` for every decision not yet outlived at `now_ms`.
     pub fn for_each(&self, now_ms: i64, mut f: impl FnMut(&LiveDecision)) {
-        for e in self.map.iter() {
-            if e.value().record.last_expiry_ms() + KEEP_AFTER_EXPIRY_MS > now_ms {
-                f(e.value());
-            }
-        }
+        self.map.for_each(now_ms, |_, d| f(d))
     }
 
     /// Forgets every decision for which `f` is true (erasure: rare, walks the whole map).
-    /// Their ids stay in the rings until evicted; removing an absent id is harmless.
     pub fn remove_where(&self, f: impl Fn(&LiveDecision) -> bool) {
-        self.map.retain(|_, d| !f(d));
+        self.map.remove_where(|d| f(d))
     }
 
     /// Decisions held (outlived ones not yet evicted included).
@@ -257,16 +192,6 @@ impl DecisionMemory {
     /// True when none is held.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
-    }
-
-    fn ring(
-        &self,
-        id: &str,
-    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(i64, Box<str>)>> {
-        let i = (self.hasher.hash_one(id) as usize) % RINGS;
-        self.rings[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -515,22 +440,6 @@ mod tests {
     }
 
     #[test]
-    fn decision_memory_is_bounded_and_keeps_the_newest() {
-        let m = DecisionMemory::new(160);
-        let now = 1_000_000_000;
-        for i in 0..10_000 {
-            m.insert(decision(&format!("d{i}"), now, now + 3_600_000), now);
-            assert!(m.len() <= 160, "bounded at every step");
-        }
-        // Each ring keeps its newest share: every recent id is still there.
-        let newest_missing = (9_990..10_000)
-            .filter(|i| m.get(&format!("d{i}"), now).is_none())
-            .count();
-        assert_eq!(newest_missing, 0);
-        assert!(m.get("d0", now).is_none(), "the oldest is evicted");
-    }
-
-    #[test]
     fn decision_memory_forgets_outlived_decisions() {
         let m = DecisionMemory::new(1000);
         let now = 1_000_000_000;
@@ -545,7 +454,7 @@ mod tests {
         m.evict_expired(now + 1_000 + 60_000);
         assert!(m.get("long", now).is_some());
         // "short" was inserted first, so it is at the front of its ring whichever it is.
-        assert!(m.map.get("short").is_none());
+        assert!(!m.map.contains("short"));
         assert_eq!(m.len(), 1);
     }
 

@@ -45,6 +45,7 @@ pub mod durable;
 pub mod evaluate_cli;
 pub mod events;
 pub mod experiments;
+pub mod expiring;
 pub mod features;
 pub mod http;
 pub mod learnsim;
