@@ -183,10 +183,10 @@ impl Core {
     pub fn apply(&self, rec: &LogRecord, live: bool) -> Applied {
         let mut applied = Applied::default();
         match rec {
-            LogRecord::Decision(d) => self.apply_decision(d, live, &mut applied),
+            LogRecord::Decision(d) => self.apply_decision(d, &d.features, live, &mut applied),
             LogRecord::Decisions(list) => {
                 for d in list {
-                    self.apply_decision(d, live, &mut applied);
+                    self.apply_decision(d, &d.features, live, &mut applied);
                 }
             }
             LogRecord::Outcomes(events) => {
@@ -250,11 +250,17 @@ impl Core {
         applied
     }
 
-    /// Applies one durable decision (what [`Core::apply`] does for `LogRecord::Decision`),
-    /// borrowing the record.
-    pub fn apply_decision_record(&self, d: &DecisionRecord, live: bool) -> Applied {
+    /// Applies one durable decision (what [`Core::apply`] does for
+    /// `LogRecord::Decision`), borrowing the record; `features` are the ones
+    /// it was logged with (the live path keeps them out of the ledger's copy).
+    pub fn apply_decision_record(
+        &self,
+        d: &DecisionRecord,
+        features: &[f32],
+        live: bool,
+    ) -> Applied {
         let mut applied = Applied::default();
-        self.apply_decision(d, live, &mut applied);
+        self.apply_decision(d, features, live, &mut applied);
         applied
     }
 
@@ -274,11 +280,17 @@ impl Core {
         self.learner.forget_member(member_id);
     }
 
-    fn apply_decision(&self, d: &DecisionRecord, live: bool, applied: &mut Applied) {
-        if !d.features.is_empty() {
+    fn apply_decision(
+        &self,
+        d: &DecisionRecord,
+        features: &[f32],
+        live: bool,
+        applied: &mut Applied,
+    ) {
+        if !features.is_empty() {
             let offers: Vec<&str> = d.offers.iter().map(|o| o.offer_id.as_str()).collect();
             self.learner
-                .decided(&d.id, &d.member_id, d.created_ms, &d.features, &offers);
+                .decided(&d.id, &d.member_id, d.created_ms, features, &offers);
         }
         let shown = d.offers.len().min(u16::MAX as usize) as u16;
         self.ledger
@@ -288,7 +300,11 @@ impl Core {
             applied.exposed.push((a.clone(), c.new_member));
         }
         if !live && d.last_expiry_ms() + 60_000 > chrono::Utc::now().timestamp_millis() {
-            self.ledger.remember(d.clone());
+            // The features live on in the learner's memory, not twice.
+            self.ledger.remember(DecisionRecord {
+                features: Vec::new(),
+                ..d.clone()
+            });
         }
     }
 

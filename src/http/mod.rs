@@ -163,6 +163,9 @@ pub async fn read_body(
             return Err(ApiError::PayloadTooLarge { limit });
         }
     }
+    // A body that arrives in one chunk (nearly every checkout) is kept as
+    // it came, without a copy.
+    let mut only: Option<web::Bytes> = None;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
@@ -171,12 +174,37 @@ pub async fn read_body(
                 format!("malformed JSON: could not read the body: {e}"),
             ))
         })?;
-        if body.len() + chunk.len() > limit {
+        let held = only.as_ref().map_or(0, |b| b.len()) + body.len();
+        if held + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        body.extend_from_slice(&chunk);
+        if held == 0 {
+            only = Some(chunk);
+        } else {
+            if let Some(first) = only.take() {
+                body.extend_from_slice(&first);
+            }
+            body.extend_from_slice(&chunk);
+        }
     }
-    Ok(body.freeze())
+    Ok(match only {
+        Some(b) => b,
+        None => body.freeze(),
+    })
+}
+
+/// A 200 JSON response serialized into a buffer of `capacity` bytes up
+/// front (actix's `.json()` starts at 128 and reallocates as it grows).
+pub fn json_ok<T: serde::Serialize>(
+    value: &T,
+    capacity: usize,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    let mut buf = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut buf, value)
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("serializing a response")))?;
+    Ok(actix_web::HttpResponse::Ok()
+        .content_type(header::ContentType::json())
+        .body(buf))
 }
 
 /// Middleware: counts requests and times them by route template.

@@ -286,15 +286,20 @@ pub async fn post_offers(
         );
     }
     tracing::debug!(%decision_id, offers = offers.len(), cold_start = decision.cold_start, "decided");
-    Ok(HttpResponse::Ok().json(OffersResponse {
-        decision_id,
-        member_id: &request.member_id,
-        cold_start: decision.cold_start,
-        model_version: &table.version,
-        experiments: assignments,
-        offers,
-        fallback: fallback.is_some(),
-    }))
+    // About 650 bytes an offer (a token, three reasons) and 250 around them.
+    let capacity = 256 + 768 * offers.len();
+    super::json_ok(
+        &OffersResponse {
+            decision_id,
+            member_id: &request.member_id,
+            cold_start: decision.cold_start,
+            model_version: &table.version,
+            experiments: assignments,
+            offers,
+            fallback: fallback.is_some(),
+        },
+        capacity,
+    )
 }
 
 /// Remembers a decision at once (an accept may follow immediately) and logs
@@ -303,8 +308,11 @@ pub async fn post_offers(
 /// sooner with any waiting write, and always before a later accept); one lost
 /// in a crash inside that window can no longer be attributed (its accept gets
 /// 404), nothing else is lost.
-pub fn record_decision(state: &SharedState, record: DecisionRecord) {
+pub fn record_decision(state: &SharedState, mut record: DecisionRecord) {
     let payload = LogRecord::encode_decision(&record);
+    // The features go to the learner's memory once logged; the ledger's copy
+    // (kept until the offers expire) does not need them.
+    let features = std::mem::take(&mut record.features);
     let live = state.core.ledger.remember(record);
     let core = state.core.clone();
     let metrics = state.metrics.clone();
@@ -312,7 +320,7 @@ pub fn record_decision(state: &SharedState, record: DecisionRecord) {
         .wal
         .append_deferred(payload, move |result| match result {
             Ok(_) => {
-                let applied = core.apply_decision_record(&live.record, true);
+                let applied = core.apply_decision_record(&live.record, &features, true);
                 metrics.observe_applied(&applied);
             }
             Err(e) => decision_not_logged(&metrics, &e),

@@ -269,8 +269,19 @@ async fn an_exploring_variant_returns_and_logs_slot_propensities() {
             .unwrap();
         let id = body["decision_id"].as_str().unwrap();
         let rec = app.state.core.ledger.decision(id).expect("remembered");
+        // The features it was scored on are logged and kept once, by the
+        // learner, when the log has applied the decision.
+        assert!(rec.record.features.is_empty(), "not kept twice");
+        let mut learned = None;
+        for _ in 0..500 {
+            learned = app.state.core.learner.remembered(id);
+            if learned.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(
-            rec.record.features.len(),
+            learned.expect("remembered by the learner").features.len(),
             offer_engine::features::N_FEATURES
         );
         for (o, issued) in body["offers"]
@@ -291,4 +302,62 @@ async fn an_exploring_variant_returns_and_logs_slot_propensities() {
         }
     }
     assert!(explored > 0, "some slot had a real choice");
+}
+
+/// Sends `body` to `POST /v1/offers` over a raw connection in `pieces`
+/// chunks of chunked transfer encoding, each its own write; returns the
+/// status and the answer's body.
+async fn post_offers_in_chunks(app: &TestApp, body: &[u8], pieces: usize) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.address.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let auth = app
+        .key
+        .as_ref()
+        .map(|k| format!("authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST /v1/offers HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{auth}transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for piece in body.chunks(body.len().div_ceil(pieces)) {
+        let mut c = format!("{:x}\r\n", piece.len()).into_bytes();
+        c.extend_from_slice(piece);
+        c.extend_from_slice(b"\r\n");
+        s.write_all(&c).await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The server may answer (413) and close before the last chunk is sent.
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let at = text.find("\r\n\r\n").map(|i| i + 4).unwrap_or(answer.len());
+    (status, answer[at..].to_vec())
+}
+
+#[tokio::test]
+async fn a_body_in_several_chunks_is_read_whole_and_still_limited() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Gold);
+    // Whole in three pieces: the same answer as in one.
+    let (status, body) =
+        post_offers_in_chunks(&app, offer_request(&member).to_string().as_bytes(), 3).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let d: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(d["member_id"], member.as_str());
+    assert!(!d["offers"].as_array().unwrap().is_empty(), "{d}");
+    // Over the limit only once the pieces are added up: refused.
+    let limit = app.state.settings.server.max_body_bytes;
+    let mut big = format!("{{\"member_id\":\"{member}\",\"pad\":\"").into_bytes();
+    big.resize(limit + 10, b'x');
+    let (status, body) = post_offers_in_chunks(&app, &big, 4).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
 }
