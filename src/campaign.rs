@@ -419,7 +419,7 @@ pub trait CampaignSink {
 }
 
 /// How a run behaves beyond the campaign itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Offers a member may be shown per day on the channel (contact policy).
     pub daily_cap: usize,
@@ -778,13 +778,14 @@ pub fn run(
             let done_tx = done_tx.clone();
             let work_rx = &work_rx;
             let plan = &plan;
+            let opts = &opts;
             s.spawn(move || loop {
                 let job = {
                     let rx = work_rx.lock().unwrap_or_else(|e| e.into_inner());
                     rx.recv()
                 };
                 let Ok((seq, block, n)) = job else { break };
-                let r = score_block(engine, campaign, plan, ledger, &opts, seq, block, n);
+                let r = score_block(engine, campaign, plan, ledger, opts, seq, block, n);
                 if done_tx.send(r).is_err() {
                     break;
                 }

@@ -295,10 +295,14 @@ pub struct EligibilityContext<'a> {
     pub spend_to_next_tier: Option<f64>,
     /// The trip's route facts, computed once: (domestic, distance in km).
     pub route: Option<(bool, f64)>,
+    /// The day of `now`, computed once.
+    pub today: Day,
+    /// Whole days from `now` to the trip's departure, computed once.
+    pub days_to_departure: Option<i64>,
 }
 
 impl<'a> EligibilityContext<'a> {
-    /// A context, with the route facts every offer's rules need computed once.
+    /// A context, with the route and date facts every offer's rules need computed once.
     pub fn new(
         member: Option<&'a Member>,
         itinerary: Option<&'a Itinerary>,
@@ -313,6 +317,8 @@ impl<'a> EligibilityContext<'a> {
             now,
             spend_to_next_tier,
             route: itinerary.map(|it| (it.is_domestic(), it.distance_km())),
+            today: Day::of(now),
+            days_to_departure: itinerary.map(|it| it.days_to_departure(now)),
         }
     }
 }
@@ -333,7 +339,7 @@ impl Offer {
     /// Whether the offer may be shown in `ctx`; the first failed rule otherwise.
     pub fn eligible(&self, ctx: &EligibilityContext<'_>) -> Result<(), Ineligible> {
         let e = &self.eligibility;
-        let today = Day::of(ctx.now);
+        let today = ctx.today;
         if today < self.valid_from || today > self.valid_to {
             return Err(Ineligible::OutOfWindow);
         }
@@ -370,7 +376,9 @@ impl Offer {
                 RouteKind::International if domestic => return Err(Ineligible::Route),
                 _ => {}
             }
-            let days = it.days_to_departure(ctx.now);
+            let days = ctx
+                .days_to_departure
+                .unwrap_or_else(|| it.days_to_departure(ctx.now));
             if e.min_days_before_departure.is_some_and(|d| days < d as i64)
                 || e.max_days_before_departure.is_some_and(|d| days > d as i64)
             {

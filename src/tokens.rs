@@ -24,9 +24,14 @@ type HmacSha256 = Hmac<Sha256>;
 /// Version tag at the start of the signed terms.
 const VERSION: &[u8; 3] = b"OT1";
 
-/// The key that signs tokens (32 bytes; `Copy` so campaign options stay `Copy`).
-#[derive(Clone, Copy)]
-pub struct TokenKey([u8; 32]);
+/// The key that signs tokens (32 bytes), with its HMAC state keyed once:
+/// keying HMAC-SHA-256 hashes two blocks (the padded key with ipad and opad),
+/// which was 40% of the hashing of every token signed.
+#[derive(Clone)]
+pub struct TokenKey {
+    raw: [u8; 32],
+    keyed: HmacSha256,
+}
 
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,16 +45,23 @@ impl TokenKey {
     pub fn derive(secret: &[u8], purpose: &str) -> TokenKey {
         let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
         mac.update(purpose.as_bytes());
-        TokenKey(mac.finalize().into_bytes().into())
+        TokenKey::from_bytes(mac.finalize().into_bytes().into())
+    }
+
+    fn from_bytes(raw: [u8; 32]) -> TokenKey {
+        TokenKey {
+            raw,
+            keyed: HmacSha256::new_from_slice(&raw).expect("HMAC takes any key length"),
+        }
     }
 
     /// The raw key (to key other derivations, never to log).
     pub fn bytes(&self) -> [u8; 32] {
-        self.0
+        self.raw
     }
 
     fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length")
+        self.keyed.clone()
     }
 
     /// Signs an offer's terms.

@@ -123,7 +123,7 @@ pub async fn post_campaigns(
             record: true,
             format: Format::Ndjson,
             threads,
-            tokens: Some(state.security.tokens),
+            tokens: Some(state.security.tokens.clone()),
         };
         let result = campaign::run(
             &engine,
