@@ -301,10 +301,7 @@ impl Core {
         }
         if !live && d.last_expiry_ms() + 60_000 > chrono::Utc::now().timestamp_millis() {
             // The features live on in the learner's memory, not twice.
-            self.ledger.remember(DecisionRecord {
-                features: Vec::new(),
-                ..d.clone()
-            });
+            self.ledger.remember(d.without_features());
         }
     }
 

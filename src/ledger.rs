@@ -89,6 +89,21 @@ pub struct DecisionRecord {
 }
 
 impl DecisionRecord {
+    /// A copy without the feature vector (what the ledger keeps; the
+    /// learner's memory holds the features), made without copying them.
+    pub fn without_features(&self) -> DecisionRecord {
+        DecisionRecord {
+            id: self.id.clone(),
+            member_id: self.member_id.clone(),
+            channel: self.channel,
+            created_ms: self.created_ms,
+            offers: self.offers.clone(),
+            experiments: self.experiments.clone(),
+            covariate: self.covariate,
+            features: Vec::new(),
+        }
+    }
+
     /// The latest expiry of its offers.
     pub fn last_expiry_ms(&self) -> i64 {
         self.offers
