@@ -180,33 +180,7 @@ pub fn hash_key(salt: &[u8], key: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// Lower-case hex.
-pub fn to_hex(b: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(H[(x >> 4) as usize] as char);
-        s.push(H[(x & 15) as usize] as char);
-    }
-    s
-}
-
-/// Parses hex (either case).
-pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let d = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(d(p[0])? << 4 | d(p[1])?))
-        .collect()
-}
+pub use offer_engine_core::privacy::{from_hex, to_hex};
 
 /// The id embedded in a presented scoped key, if it has that form.
 fn key_id(presented: &str) -> Option<&str> {

@@ -356,7 +356,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn gen_members(a: GenArgs) -> anyhow::Result<()> {
-    let as_of = crate::synth::as_of_or_today(a.as_of.as_deref()).map_err(anyhow::Error::msg)?;
+    let as_of = crate::synth::as_of_or_today(a.as_of.as_deref(), chrono::Utc::now().date_naive())
+        .map_err(anyhow::Error::msg)?;
     let out: Box<dyn Write> = if a.out.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {

@@ -33,40 +33,31 @@
 //!            MemberStore ───────┘            └── ArcSwap<Engine> (catalog + model)
 //! ```
 
-pub mod airports;
 pub mod campaign;
 pub mod campaign_cli;
-pub mod catalog;
 pub mod cli;
 pub mod config;
-pub mod decision;
-pub mod domain;
 pub mod durable;
 pub mod evaluate_cli;
-pub mod events;
 pub mod experiments;
 pub mod expiring;
-pub mod features;
 pub mod http;
 pub mod learnsim;
 pub mod ledger;
 pub mod logs;
 pub mod metrics;
-pub mod model;
 pub mod online;
-pub mod ope;
-pub mod parse;
 pub mod reload;
-pub mod render;
 pub mod startup;
 pub mod state;
-pub mod stats;
 pub mod store;
-pub mod synth;
 pub mod telemetry;
-pub mod train;
 pub mod wal;
 
+pub use offer_engine_core::domain::airports;
+pub use offer_engine_core::{
+    catalog, decision, domain, events, features, model, ope, parse, policy, posterior, privacy,
+    records, render, stats, synth, tokens, train,
+};
+
 pub mod auth;
-pub mod privacy;
-pub mod tokens;

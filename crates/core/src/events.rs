@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ConsentChannel, Day, FieldError, Member, Money, Tier, TierThresholds};
-use crate::ledger::InventoryKey;
+use crate::records::InventoryKey;
 
 /// Kind of outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -57,7 +57,7 @@ pub struct ModelFile {
 }
 
 /// The model shipped with the engine, compiled in.
-pub const DEFAULT_MODEL: &str = include_str!("../models/propensity-lr-v1.json");
+pub const DEFAULT_MODEL: &str = include_str!("../../../models/propensity-lr-v1.json");
 
 impl ModelFile {
     /// Parses and checks a model file.

@@ -44,7 +44,7 @@ impl Pseudonyms {
                 let mut mac = Hmac::<Sha256>::new_from_slice(k).expect("HMAC takes any key length");
                 mac.update(member_id.as_bytes());
                 let tag = mac.finalize().into_bytes();
-                format!("m-{}", crate::auth::to_hex(&tag[..8]))
+                format!("m-{}", to_hex(&tag[..8]))
             }
         }
     }
@@ -67,4 +67,32 @@ mod tests {
         assert_ne!(a, Pseudonyms::keyed([8; 32]).of("M00000042"));
         assert_eq!(Pseudonyms::clear().of("M00000042"), "M00000042");
     }
+}
+
+/// Lower-case hex.
+pub fn to_hex(b: &[u8]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(H[(x >> 4) as usize] as char);
+        s.push(H[(x & 15) as usize] as char);
+    }
+    s
+}
+
+/// Parses hex (either case).
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let d = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(d(p[0])? << 4 | d(p[1])?))
+        .collect()
 }

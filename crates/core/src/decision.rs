@@ -17,6 +17,7 @@ use crate::catalog::{Catalog, EligibilityContext, Offer};
 use crate::domain::{Category, Channel, Day, Itinerary, Member, Money, TierThresholds};
 use crate::features::{self, DecisionContext, ValueSegment};
 use crate::model::{ModelFile, ScoringTable};
+pub use crate::policy::Ranking;
 
 /// Catalog, model and tier rules that decide together. Swapped as a whole
 /// (behind `ArcSwap` in the server) when the catalog or model is reloaded, so
@@ -101,7 +102,7 @@ pub struct VariantPolicy<'a> {
     /// adaptive models, which learn around the engine's model, stay out).
     pub own_model: bool,
     /// Exploration policy.
-    pub exploration: crate::online::Exploration,
+    pub exploration: crate::policy::Exploration,
 }
 
 impl Engine {
@@ -115,7 +116,7 @@ impl Engine {
             categories: None,
             table: &self.table,
             own_model: false,
-            exploration: crate::online::Exploration::Greedy,
+            exploration: crate::policy::Exploration::Greedy,
         };
         for e in self.experiments.iter() {
             if let Some(v) = e.assign(member_id) {
@@ -141,17 +142,6 @@ impl Engine {
         }
         p
     }
-}
-
-/// How offers are ranked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ranking {
-    /// By expected value from the model.
-    #[default]
-    Model,
-    /// By the catalog's fixed business priority.
-    Priority,
 }
 
 /// State outside the core that can rule an offer out for this member:
@@ -257,7 +247,7 @@ pub fn decide_scored(
 /// How a decision explores (see [`crate::online`]).
 pub struct Explore<'a> {
     /// The policy.
-    pub policy: crate::online::Exploration,
+    pub policy: crate::policy::Exploration,
     /// Seed of the decision's draws (e.g. from its id).
     pub seed: u64,
     /// Monte Carlo draws for Thompson propensities.
@@ -327,10 +317,10 @@ pub fn decide_explored(
     let mut member_lines: Option<MemberReasons> = None;
     // (candidate, slot propensity) in slot order.
     let picks: Vec<((usize, f32, f64), f64)> = match explore {
-        Some(ex) if ex.policy != crate::online::Exploration::Greedy => {
-            let cands: Vec<crate::online::Candidate> = candidates
+        Some(ex) if ex.policy != crate::policy::Exploration::Greedy => {
+            let cands: Vec<crate::policy::Candidate> = candidates
                 .iter()
-                .map(|(i, _, ev)| crate::online::Candidate {
+                .map(|(i, _, ev)| crate::policy::Candidate {
                     index: *i,
                     category: category_index(offers[*i].category),
                     ev: *ev,
@@ -351,9 +341,9 @@ pub fn decide_explored(
             };
             let sample_ev = |pos: usize, rng: &mut rand_chacha::ChaCha8Rng| {
                 let (mu, sd, value) = moments[pos];
-                crate::online::draw_probability(mu, sd, rng) * value
+                crate::posterior::draw_probability(mu, sd, rng) * value
             };
-            crate::online::select(&cands, limit, ex.policy, ex.seed, ex.draws, &sample_ev)
+            crate::policy::select(&cands, limit, ex.policy, ex.seed, ex.draws, &sample_ev)
                 .into_iter()
                 .map(|(pos, prob)| (candidates[pos], prob))
                 .collect()

@@ -485,7 +485,7 @@ impl Offer {
 }
 
 /// The default catalog, compiled in.
-pub const DEFAULT_CATALOG: &str = include_str!("../config/catalog.toml");
+pub const DEFAULT_CATALOG: &str = include_str!("../../../config/catalog.toml");
 
 impl Catalog {
     /// Parses and validates a catalog from TOML text.

@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{LogNormal, Poisson};
 
-use crate::airports::AIRPORTS;
 use crate::catalog::Offer;
+use crate::domain::airports::AIRPORTS;
 use crate::domain::{
     Cabin, Category, Channel, Consent, Day, Iata, Itinerary, Member, MemberRecord, Money, Tags,
     Tier, TierThresholds, TAGS,
@@ -133,7 +133,7 @@ pub fn member_record(seed: u64, i: u64, as_of: NaiveDate, th: &TierThresholds) -
 
 /// A plausible itinerary for a member, departing after `now`.
 pub fn itinerary<R: Rng>(rng: &mut R, m: Option<&Member>, now: DateTime<Utc>) -> Itinerary {
-    let cn: Vec<&crate::airports::Airport> =
+    let cn: Vec<&crate::domain::airports::Airport> =
         AIRPORTS.iter().filter(|a| a.country == "CN").collect();
     let origin = match m {
         Some(m) if rng.gen_bool(0.8) => m.home_airport,
@@ -146,7 +146,7 @@ pub fn itinerary<R: Rng>(rng: &mut R, m: Option<&Member>, now: DateTime<Utc>) ->
         0.22
     };
     let destination = loop {
-        let pool: Vec<&crate::airports::Airport> = if rng.gen_bool(intl_p) {
+        let pool: Vec<&crate::domain::airports::Airport> = if rng.gen_bool(intl_p) {
             AIRPORTS.iter().filter(|a| a.country != "CN").collect()
         } else {
             cn.clone()
@@ -177,7 +177,7 @@ pub fn itinerary<R: Rng>(rng: &mut R, m: Option<&Member>, now: DateTime<Utc>) ->
     } else {
         1
     };
-    let dist = crate::airports::distance_km(origin, destination).unwrap_or(1000.0);
+    let dist = crate::domain::airports::distance_km(origin, destination).unwrap_or(1000.0);
     let cabin_mult = match cabin {
         Cabin::Economy => 1.0,
         Cabin::PremiumEconomy => 1.7,
@@ -423,10 +423,10 @@ pub fn population_lines(
     })
 }
 
-/// Parses the `--as-of` style date, defaulting to today.
-pub fn as_of_or_today(s: Option<&str>) -> Result<NaiveDate, String> {
+/// Parses the `--as-of` style date, defaulting to `today` (the caller's clock).
+pub fn as_of_or_today(s: Option<&str>, today: NaiveDate) -> Result<NaiveDate, String> {
     match s {
-        None => Ok(Utc::now().date_naive()),
+        None => Ok(today),
         Some(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
             .map_err(|_| format!("--as-of {s:?} is not YYYY-MM-DD")),
     }

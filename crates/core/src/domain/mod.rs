@@ -10,7 +10,9 @@ use std::fmt;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::airports::{self, Airport};
+pub mod airports;
+
+use self::airports::Airport;
 
 /// A typed validation failure that names the offending field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
