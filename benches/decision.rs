@@ -24,7 +24,7 @@ use offer_engine::decision::{decide, DecisionInput, Engine, Ranking, Unconstrain
 use offer_engine::domain::{Channel, Itinerary, Member, DEFAULT_MAX_OFFERS};
 use offer_engine::features::{self, DecisionContext};
 use offer_engine::startup::populate_synthetic;
-use offer_engine::store::MemberStore;
+use offer_engine::state::members::MemberStore;
 use offer_engine::synth;
 
 const MEMBERS: u64 = 100_000;

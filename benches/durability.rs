@@ -7,25 +7,25 @@
 //!
 //! Ingest goes through the real path below HTTP: an outcome record is encoded,
 //! appended to the log, fsynced with its group, applied to the ledger by the
-//! log-order callback, and only then acknowledged to its producer task.
+//! log-order callback (`Durable::commit`, the commit path every write takes), and only then acknowledged to its producer task.
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use offer_engine::domain::TierThresholds;
-use offer_engine::durable::{Core, LogRecord};
+use offer_engine::durable::{Durable, LocalLog, Silent};
 use offer_engine::events::{OutcomeKind, OutcomeRecord};
-use offer_engine::ledger::{InventoryKey, Ledger};
-use offer_engine::store::MemberStore;
+use offer_engine::state::ledger::InventoryKey;
+use offer_engine::state::{LogRecord, State, StateSettings};
 use offer_engine::wal::WalOptions;
 
-fn core() -> Core {
-    Core {
-        members: MemberStore::new(),
-        ledger: Ledger::new(1_000_000),
+fn core() -> State {
+    State::new(StateSettings {
+        max_decisions: 1_000_000,
         thresholds: TierThresholds::default(),
-        experiments: Default::default(),
-        learner: Default::default(),
-    }
+        learning: Default::default(),
+    })
 }
 
 fn outcome(i: u64, per_record: usize) -> LogRecord {
@@ -71,6 +71,7 @@ fn ingest(records: u64, per_record: usize, tasks: u64) -> f64 {
     let core = core();
     let (wal, _) =
         offer_engine::durable::open(dir.path(), WalOptions::default(), &core).expect("open");
+    let durable = Durable::new(Arc::new(LocalLog(wal)), core, Arc::new(Silent));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -80,19 +81,15 @@ fn ingest(records: u64, per_record: usize, tasks: u64) -> f64 {
     rt.block_on(async {
         let mut handles = Vec::new();
         for t in 0..tasks {
-            let wal = wal.clone();
-            let core = core.clone();
+            let durable = durable.clone();
             handles.push(tokio::spawn(async move {
                 let mut i = t;
                 while i < records {
-                    let rec = outcome(i, per_record);
-                    let payload = rec.encode();
-                    let c = core.clone();
-                    wal.append(payload, move |_| {
-                        c.apply(&rec, false);
-                    })
-                    .await
-                    .expect("durable append");
+                    // The one commit path: append, fsync with the group, apply.
+                    durable
+                        .commit(outcome(i, per_record), "outcomes")
+                        .await
+                        .expect("durable append");
                     i += tasks;
                 }
             }));
@@ -102,7 +99,7 @@ fn ingest(records: u64, per_record: usize, tasks: u64) -> f64 {
         }
     });
     let secs = started.elapsed().as_secs_f64();
-    wal.close();
+    durable.close();
     (records * per_record as u64) as f64 / secs
 }
 

@@ -18,7 +18,7 @@ use offer_engine::decision::{
 };
 use offer_engine::domain::{Channel, TierThresholds};
 use offer_engine::features::{self, DecisionContext, FeatureVector, N_FEATURES};
-use offer_engine::online::{Exploration, OnlineLearner, Posterior};
+use offer_engine::state::learner::{Exploration, OnlineLearner, Posterior};
 use offer_engine::synth;
 
 fn features(n: usize) -> Vec<FeatureVector> {

@@ -22,7 +22,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use offer_engine::evaluate_cli::{read_rounds, Target};
+use offer_engine::cli::evaluate::{read_rounds, Target};
 use offer_engine::ope::{evaluate, EvaluateOptions};
 
 const ROUNDS: u64 = 1_000_000;

@@ -219,7 +219,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Adaptive models and delayed rewards.
     #[serde(default)]
-    pub learning: crate::online::LearnSettings,
+    pub learning: crate::state::learner::LearnSettings,
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {

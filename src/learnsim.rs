@@ -18,7 +18,7 @@ use crate::decision::{decide_explored, decide_scored, DecisionInput, Engine, Exp
 use crate::domain::{Channel, Itinerary, Member, TierThresholds};
 use crate::features::{self, DecisionContext, FeatureVector};
 use crate::model::ModelFile;
-use crate::online::{Exploration, LearnSettings, OnlineLearner};
+use crate::state::learner::{Exploration, LearnSettings, OnlineLearner};
 use crate::synth::{self, GroundTruth};
 
 /// What to simulate.

@@ -33,31 +33,23 @@
 //!            MemberStore ───────┘            └── ArcSwap<Engine> (catalog + model)
 //! ```
 
-pub mod campaign;
-pub mod campaign_cli;
 pub mod cli;
 pub mod config;
-pub mod durable;
-pub mod evaluate_cli;
-pub mod experiments;
-pub mod expiring;
 pub mod http;
 pub mod learnsim;
-pub mod ledger;
 pub mod logs;
 pub mod metrics;
-pub mod online;
-pub mod reload;
 pub mod startup;
-pub mod state;
-pub mod store;
 pub mod telemetry;
 pub mod wal;
 
 pub use offer_engine_core::domain::airports;
 pub use offer_engine_core::{
-    catalog, decision, domain, events, features, model, ope, parse, policy, posterior, privacy,
-    records, render, stats, synth, tokens, train,
+    catalog, decision, domain, events, experiments, features, model, ope, parse, policy, posterior,
+    privacy, records, render, stats, synth, tokens, train,
 };
 
 pub mod auth;
+pub mod durable;
+pub mod service;
+pub mod state;

@@ -13,9 +13,9 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::durable::LogRecord;
 use crate::events::OutcomeKind;
-use crate::ledger::DecisionRecord;
+use crate::state::ledger::DecisionRecord;
+use crate::state::LogRecord;
 use crate::wal::{ReplayItem, Wal, WalOptions};
 
 /// What the log holds for learning and evaluation.

@@ -277,37 +277,27 @@ impl Metrics {
 
     /// Seeds the experiment counters from state restored at start, so
     /// dashboards read totals, not totals since the last restart.
-    pub fn seed_experiments(&self, book: &crate::experiments::ExperimentBook) {
-        for e in book.experiments.iter() {
-            let st = e.value();
-            let names = st
-                .variants
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let arms = st.arms.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            for (i, name) in names.iter().enumerate() {
-                let l = [e.key().as_str(), name.as_str()];
-                let decisions = st.decisions[i].load(std::sync::atomic::Ordering::Relaxed);
-                self.experiment_decisions
-                    .with_label_values(&l)
-                    .inc_by(decisions);
-                self.experiment_members
-                    .with_label_values(&l)
-                    .inc_by(arms[i].members);
-                self.experiment_conversions
-                    .with_label_values(&l)
-                    .inc_by(arms[i].conversions);
-                self.experiment_revenue
-                    .with_label_values(&l)
-                    .inc_by(arms[i].revenue_sum);
-            }
+    pub fn seed_experiments(&self, book: &crate::state::experiments::ExperimentBook) {
+        for t in book.totals() {
+            let l = [t.experiment.as_str(), t.variant.as_str()];
+            self.experiment_decisions
+                .with_label_values(&l)
+                .inc_by(t.decisions);
+            self.experiment_members
+                .with_label_values(&l)
+                .inc_by(t.members);
+            self.experiment_conversions
+                .with_label_values(&l)
+                .inc_by(t.conversions);
+            self.experiment_revenue
+                .with_label_values(&l)
+                .inc_by(t.revenue);
         }
     }
 
     /// Counts what a live apply changed in experiments (one place, so the
     /// counters and the durable state never disagree).
-    pub fn observe_applied(&self, applied: &crate::durable::Applied) {
+    pub fn observe_applied(&self, applied: &crate::state::Applied) {
         for (a, first) in &applied.exposed {
             let l = [a.experiment.as_str(), a.variant.as_str()];
             self.experiment_decisions.with_label_values(&l).inc();
@@ -360,5 +350,74 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Metrics {
+    /// A checkout decision was made (`started` when scoring began).
+    pub fn observe_decision(
+        &self,
+        channel: crate::domain::Channel,
+        cold_start: bool,
+        fallback: Option<&'static str>,
+        started: std::time::Instant,
+    ) {
+        if let Some(reason) = fallback {
+            self.fallbacks.with_label_values(&[reason]).inc();
+        }
+        self.decision_duration
+            .with_label_values(&[channel.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        self.decisions
+            .with_label_values(&[channel.as_str(), if cold_start { "true" } else { "false" }])
+            .inc();
+    }
+
+    /// An offer was served in a checkout answer.
+    pub fn offer_served(&self, offer: &crate::catalog::Offer) {
+        self.offers_served
+            .with_label_values(&[&offer.id, offer.category.as_str()])
+            .inc();
+    }
+}
+
+/// The metrics hear every record applied live, so counters and the durable
+/// state never disagree.
+impl crate::durable::Observer for Metrics {
+    fn applied(
+        &self,
+        what: &'static str,
+        rec: &crate::state::LogRecord,
+        applied: &crate::state::Applied,
+    ) {
+        use crate::state::LogRecord;
+        match rec {
+            LogRecord::Outcomes(list) => {
+                for e in list {
+                    self.outcome_events
+                        .with_label_values(&[&e.offer_id, e.kind.as_str()])
+                        .inc();
+                    if e.kind == crate::events::OutcomeKind::Accept {
+                        self.accepted_revenue
+                            .with_label_values(&[&e.offer_id])
+                            .inc_by(e.revenue);
+                    }
+                }
+            }
+            LogRecord::Members(_)
+            | LogRecord::MemberChange { .. }
+            | LogRecord::MemberErased { .. } => {
+                self.member_updates.with_label_values(&[what]).inc();
+            }
+            LogRecord::Decision(_) | LogRecord::Decisions(_) => {}
+        }
+        self.observe_applied(applied);
+    }
+
+    fn not_logged(&self, what: &'static str, e: &crate::durable::LogError) {
+        self.log_errors.with_label_values(&[what]).inc();
+        if what == "decision" {
+            tracing::warn!(error = %e, "decision not logged; its outcomes cannot be attributed after a restart");
+        }
     }
 }

@@ -2,27 +2,23 @@
 //! the listener (port 0 works: tests read the port back), serve.
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use chrono::NaiveDate;
 
-use crate::catalog::Catalog;
 use crate::config::Settings;
-use crate::decision::Engine;
 use crate::domain::TierThresholds;
-use crate::durable::Core;
-use crate::ledger::Ledger;
+use crate::durable::{Durable, LocalLog};
 use crate::metrics::Metrics;
-use crate::model::ModelFile;
-use crate::state::{AppState, SharedState};
-use crate::store::MemberStore;
+use crate::service::reload::build_engine;
+use crate::service::{Service, ServiceParts, SharedState};
+use crate::state::members::MemberStore;
+use crate::state::{State, StateSettings};
 use crate::synth;
-use crate::wal::{Wal, WalOptions};
+use crate::wal::WalOptions;
 
 /// A bound, ready-to-run service.
 pub struct Application {
@@ -93,66 +89,6 @@ pub fn populate_synthetic(
     });
 }
 
-/// Loads the catalog named by the settings (or the compiled-in one).
-pub fn load_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
-    if settings.catalog.file.is_empty() {
-        return Ok(Catalog::default_catalog());
-    }
-    let text = std::fs::read_to_string(&settings.catalog.file)
-        .with_context(|| format!("reading catalog {}", settings.catalog.file))?;
-    Catalog::from_toml(&text).with_context(|| format!("catalog {}", settings.catalog.file))
-}
-
-/// Loads the model named by the settings (or the compiled-in one).
-pub fn load_model(settings: &Settings) -> anyhow::Result<ModelFile> {
-    if settings.model.file.is_empty() {
-        return Ok(ModelFile::default_model());
-    }
-    let text = std::fs::read_to_string(&settings.model.file)
-        .with_context(|| format!("reading model {}", settings.model.file))?;
-    ModelFile::from_json(&text).with_context(|| format!("model {}", settings.model.file))
-}
-
-/// Loads the experiments named by the settings (or the compiled-in ones).
-pub fn load_experiments(
-    settings: &Settings,
-) -> anyhow::Result<Vec<crate::experiments::ExperimentSpec>> {
-    let text = if settings.experiments.file.is_empty() {
-        crate::experiments::DEFAULT_EXPERIMENTS.to_string()
-    } else {
-        std::fs::read_to_string(&settings.experiments.file)
-            .with_context(|| format!("reading experiments {}", settings.experiments.file))?
-    };
-    crate::experiments::parse_experiments(&text)
-        .map_err(|e| anyhow::anyhow!("experiments {}: {e}", settings.experiments.file))
-}
-
-/// Loads the model files experiment variants name (each once).
-pub fn load_variant_models(
-    experiments: &[crate::experiments::ExperimentSpec],
-) -> anyhow::Result<Vec<(String, ModelFile)>> {
-    let mut out: Vec<(String, ModelFile)> = Vec::new();
-    for e in experiments {
-        for v in &e.variants {
-            let Some(path) = &v.model else { continue };
-            if out.iter().any(|(p, _)| p == path) {
-                continue;
-            }
-            let text = std::fs::read_to_string(path).with_context(|| {
-                format!(
-                    "reading model {path} of experiment {} variant {}",
-                    e.id, v.name
-                )
-            })?;
-            let model = ModelFile::from_json(&text).with_context(|| {
-                format!("model {path} of experiment {} variant {}", e.id, v.name)
-            })?;
-            out.push((path.clone(), model));
-        }
-    }
-    Ok(out)
-}
-
 /// Loads members named by the settings into `store`, or generates the synthetic population.
 pub fn load_members(settings: &Settings, store: &MemberStore) -> anyhow::Result<()> {
     let m = &settings.members;
@@ -192,28 +128,29 @@ pub fn load_members(settings: &Settings, store: &MemberStore) -> anyhow::Result<
     Ok(())
 }
 
-/// Opens the data directory: replays the log into a fresh [`Core`]; on a
-/// new directory loads the initial members and writes the first snapshot.
 /// Holds the data directory's lock file: one process per data dir.
 #[derive(Debug)]
 pub struct DirLock(#[allow(dead_code)] std::fs::File);
 
 /// Opens the data directory: takes its lock (a second process on the same
-/// directory is refused), replays the log into a fresh [`Core`]; on a new
+/// directory is refused), replays the log into a fresh [`State`]; on a new
 /// directory loads the initial members and writes the first snapshot.
-pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal, DirLock)> {
+/// Returns the commit path over the local log, observed by `observer`.
+pub fn open_state(
+    settings: &Settings,
+    observer: Arc<dyn crate::durable::Observer>,
+) -> anyhow::Result<(Durable, DirLock)> {
     let d = &settings.durability;
-    let core = Core {
-        members: MemberStore::new(),
-        ledger: Ledger::new(d.max_decisions),
+    let state = State::new(StateSettings {
+        max_decisions: d.max_decisions,
         thresholds: settings.tiers,
-        experiments: Default::default(),
-        learner: crate::online::OnlineLearner::new(settings.learning),
-    };
+        learning: settings.learning,
+    });
     // Offers the log mentions start from the shipped model's coefficients.
-    let prior_catalog = Arc::new(load_catalog(settings)?);
-    let prior_table = crate::model::ScoringTable::new(&load_model(settings)?, &prior_catalog);
-    core.learner.set_prior(prior_catalog, Arc::new(prior_table));
+    let engine = build_engine(settings)?;
+    state
+        .learner()
+        .set_prior(engine.catalog.clone(), engine.table.clone());
     let dir = std::path::Path::new(&d.data_dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let lock_file = lock_data_dir(dir)?;
@@ -221,14 +158,15 @@ pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal, DirLock)> {
         fsync: d.fsync,
         ..WalOptions::default()
     };
-    let (wal, report) = crate::durable::open(dir, opts, &core)
+    let (wal, report) = crate::durable::open(dir, opts, &state)
         .with_context(|| format!("opening the event log in {}", dir.display()))?;
+    let durable = Durable::new(Arc::new(LocalLog(wal)), state, observer);
     if report.snapshot_lsn.is_none() && report.last_lsn == 0 {
-        load_members(settings, &core.members)?;
-        let snap = core.clone();
-        wal.snapshot_blocking(move || snap.snapshot_bytes())
+        load_members(settings, durable.state().members())?;
+        durable
+            .snapshot_blocking()
             .context("writing the first snapshot")?;
-        tracing::info!(dir = %dir.display(), members = core.members.len(), "new data dir initialised");
+        tracing::info!(dir = %dir.display(), members = durable.state().members().len(), "new data dir initialised");
     } else if !settings.members.file.is_empty() {
         tracing::warn!(
             file = %settings.members.file,
@@ -236,7 +174,7 @@ pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal, DirLock)> {
             "the data dir already holds state; the members file is not read (use POST /v1/members to load more)"
         );
     }
-    Ok((core, wal, DirLock(lock_file)))
+    Ok((durable, DirLock(lock_file)))
 }
 
 impl Application {
@@ -260,33 +198,36 @@ impl Application {
             );
         }
         let limits = crate::http::limits::Limits::new(&settings.limits);
-        let catalog = load_catalog(&settings)?;
-        let model = load_model(&settings)?;
-        let (core, wal, lock) = open_state(&settings)?;
-        let experiments = load_experiments(&settings)?;
-        let variant_models = load_variant_models(&experiments)?;
-        let engine = Engine::new(catalog, model, settings.tiers)
-            .with_experiments(experiments)
-            .with_variant_models(variant_models);
-        core.learner
+        let metrics = Metrics::new();
+        let (durable, lock) = open_state(&settings, Arc::new(metrics.clone()))?;
+        let engine = build_engine(&settings)?;
+        tracing::info!(
+            catalog = %engine.catalog.version,
+            offers = engine.catalog.offers.len(),
+            model = %engine.table.version,
+            experiments = ?engine.experiments.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            "engine loaded"
+        );
+        durable
+            .state()
+            .learner()
             .set_prior(engine.catalog.clone(), engine.table.clone());
         let listener = TcpListener::bind(&settings.server.addr)
             .with_context(|| format!("binding {}", settings.server.addr))?;
         let port = listener.local_addr()?.port();
-        let state: SharedState = Arc::new(AppState {
-            core,
-            wal,
-            engine: ArcSwap::from_pointee(engine),
-            metrics: Metrics::new(),
+        let state: SharedState = Arc::new(Service::new(ServiceParts {
+            durable,
+            engine,
+            metrics,
             settings: settings.clone(),
-            ready: AtomicBool::new(false),
-            data_lock: lock,
             security,
             limits,
-        });
-        state.metrics.members.set(state.core.members.len() as i64);
-        state.metrics.init_error_series();
-        state.metrics.seed_experiments(&state.core.experiments);
+            data_lock: lock,
+        }));
+        let m = state.metrics();
+        m.members.set(state.state().members().len() as i64);
+        m.init_error_series();
+        m.seed_experiments(state.state().experiments());
         let data = web::Data::new(state.clone());
         let mut server = HttpServer::new(move || {
             App::new()
@@ -326,8 +267,8 @@ impl Application {
             Some((port, handle))
         };
         spawn_snapshots(&state);
-        crate::reload::spawn_file_watch(&state);
-        state.ready.store(true, Ordering::Release);
+        crate::service::reload::spawn_file_watch(&state);
+        state.mark_ready();
         tracing::info!(addr = %settings.server.addr, port, "listening");
         Ok(Application {
             port,
@@ -358,14 +299,13 @@ impl Application {
         if let Some((_, m)) = &self.metrics {
             m.stop(true).await;
         }
-        let core = self.state.core.clone();
-        match self.state.wal.snapshot(move || core.snapshot_bytes()).await {
+        match self.state.snapshot().await {
             Ok(lsn) => tracing::info!(lsn, "final snapshot written"),
             Err(e) => {
                 tracing::error!(error = %e, "final snapshot failed; the log still holds every write")
             }
         }
-        self.state.wal.close();
+        self.state.durable().close();
         result
     }
 }
@@ -390,7 +330,7 @@ pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 
 /// Writes a snapshot every `snapshot_interval_secs`.
 fn spawn_snapshots(state: &SharedState) {
-    let secs = state.settings.durability.snapshot_interval_secs.max(1);
+    let secs = state.settings().durability.snapshot_interval_secs.max(1);
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(secs));
@@ -400,13 +340,11 @@ fn spawn_snapshots(state: &SharedState) {
             let Some(state) = weak.upgrade() else { break };
             // Outlived decisions leave memory before they would be copied.
             state
-                .core
-                .ledger
-                .decisions
+                .state()
+                .ledger()
                 .evict_expired(chrono::Utc::now().timestamp_millis());
-            let core = state.core.clone();
             let started = std::time::Instant::now();
-            match state.wal.snapshot(move || core.snapshot_bytes()).await {
+            match state.snapshot().await {
                 Ok(lsn) => tracing::info!(
                     lsn,
                     seconds = started.elapsed().as_secs_f64(),

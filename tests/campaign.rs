@@ -5,12 +5,14 @@ use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 
 use chrono::{TimeZone, Utc};
-use offer_engine::campaign::{self, CampaignDto, CampaignSink, Format};
 use offer_engine::decision::Engine;
 use offer_engine::domain::{ConsentChannel, Day, TierThresholds};
 use offer_engine::experiments::parse_experiments;
-use offer_engine::ledger::DecisionRecord;
-use offer_engine::store::MemberStore;
+use offer_engine::service::campaigns::{
+    self as campaign, CampaignDto, CampaignSink, Format, Recorder,
+};
+use offer_engine::state::ledger::DecisionRecord;
+use offer_engine::state::members::MemberStore;
 use proptest::prelude::*;
 
 #[derive(Default)]
@@ -24,8 +26,14 @@ impl CampaignSink for Capture {
         self.out.extend_from_slice(bytes);
         Ok(())
     }
+}
+
+#[derive(Default)]
+struct Records(Vec<DecisionRecord>);
+
+impl Recorder for Records {
     fn record(&mut self, records: Vec<DecisionRecord>) -> std::io::Result<()> {
-        self.records.extend(records);
+        self.0.extend(records);
         Ok(())
     }
 }
@@ -53,6 +61,7 @@ fn engine() -> Engine {
 fn run(engine: &Engine, store: &MemberStore, dto: CampaignDto, format: Format) -> Capture {
     let c = dto.into_campaign(now()).unwrap();
     let mut sink = Capture::default();
+    let mut records = Records::default();
     let opts = campaign::RunOptions {
         daily_cap: usize::MAX,
         suppress_days_default: 30,
@@ -68,9 +77,11 @@ fn run(engine: &Engine, store: &MemberStore, dto: CampaignDto, format: Format) -
         None,
         opts,
         &mut sink,
+        Some(&mut records),
         &AtomicBool::new(false),
     )
     .unwrap();
+    sink.records = records.0;
     sink
 }
 

@@ -16,7 +16,7 @@ use offer_engine::catalog::{Catalog, Offer, DEFAULT_CATALOG};
 use offer_engine::domain::{Category, Channel, Itinerary, Member, TierThresholds};
 use offer_engine::learnsim::{SimConfig, Simulation};
 use offer_engine::model::ModelFile;
-use offer_engine::online::{Exploration, LearnSettings};
+use offer_engine::state::learner::{Exploration, LearnSettings};
 use offer_engine::synth::GroundTruth;
 
 const DECISIONS_TO_MATCH_OFFLINE: u64 = 120_000;

@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use offer_engine::evaluate_cli::{round_terms, LoggedRound, Target};
+use offer_engine::cli::evaluate::{round_terms, LoggedRound, Target};
 use offer_engine::ope::{evaluate, Estimate, EvaluateOptions};
 use serde::Deserialize;
 
@@ -150,7 +150,7 @@ fn without_reward_estimates_dr_is_ips_and_says_so() {
 #[test]
 fn documented_examples_evaluate() {
     use offer_engine::catalog::Catalog;
-    use offer_engine::evaluate_cli::{read_rounds, ModelPolicy, RewardUnit};
+    use offer_engine::cli::evaluate::{read_rounds, ModelPolicy, RewardUnit};
     use offer_engine::model::ModelFile;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ope");
     let open = |name: &str| std::io::BufReader::new(std::fs::File::open(dir.join(name)).unwrap());

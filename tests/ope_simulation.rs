@@ -23,9 +23,9 @@
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use offer_engine::catalog::EligibilityContext;
+use offer_engine::cli::evaluate::{round_terms, LoggedRound, ModelPolicy, RewardUnit, Target};
 use offer_engine::decision::Engine;
 use offer_engine::domain::{Channel, TierThresholds};
-use offer_engine::evaluate_cli::{round_terms, LoggedRound, ModelPolicy, RewardUnit, Target};
 use offer_engine::features::{self, DecisionContext};
 use offer_engine::model::ModelFile;
 use offer_engine::ope::{evaluate, EvaluateOptions, RoundTerms};

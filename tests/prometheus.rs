@@ -675,8 +675,8 @@ async fn dashboard_and_alert_expressions_return_data_in_a_real_prometheus() {
     tokio::spawn(app.run_until_stopped());
     let mut members = Vec::new();
     state
-        .core
-        .members
+        .state()
+        .members()
         .for_each(|id, _| members.push(id.to_string()));
     members.sort();
     let members = Arc::new(members);

@@ -19,7 +19,8 @@
 use chrono::{NaiveDate, TimeZone, Utc};
 use offer_engine::decision::{decide, DecisionInput, Engine, Ranking, Unconstrained};
 use offer_engine::domain::{Channel, TierThresholds};
-use offer_engine::experiments::{parse_experiments, Assignment, ExperimentBook, ExperimentSpec};
+use offer_engine::experiments::{parse_experiments, Assignment, ExperimentSpec};
+use offer_engine::state::experiments::ExperimentBook;
 use offer_engine::synth::{self, GroundTruth};
 use rand::{Rng, SeedableRng};
 

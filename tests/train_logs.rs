@@ -8,10 +8,10 @@
 use chrono::{NaiveDate, TimeZone, Utc};
 use offer_engine::catalog::Catalog;
 use offer_engine::domain::TierThresholds;
-use offer_engine::durable::LogRecord;
 use offer_engine::events::{OutcomeKind, OutcomeRecord};
-use offer_engine::ledger::{DecisionRecord, IssuedOffer};
 use offer_engine::model::ModelFile;
+use offer_engine::state::ledger::{DecisionRecord, IssuedOffer};
+use offer_engine::state::LogRecord;
 use offer_engine::synth::{self, GroundTruth};
 use offer_engine::wal::{Wal, WalOptions};
 use rand::Rng;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use offer_engine::durable::LogRecord;
+use offer_engine::state::LogRecord;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(rec) = LogRecord::decode(data) {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use offer_engine::store::parse_member_line;
+use offer_engine::state::members::parse_member_line;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -4,7 +4,7 @@
 
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
-use offer_engine::campaign::CampaignDto;
+use offer_engine::service::campaigns::CampaignDto;
 use offer_engine::domain::{Day, MemberRecord};
 use offer_engine::events::{MemberEventDto, OutcomeBody};
 use offer_engine::parse::{from_json, OfferRequestDto};

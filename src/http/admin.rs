@@ -6,12 +6,12 @@
 //! A reload builds the new engine completely before swapping it in; a file
 //! that fails to read or parse refuses the whole reload (422 naming the file
 //! and the error) and the running version stays in service. The same
-//! reload runs when a watched file changes ([`crate::reload`]).
+//! reload runs when a watched file changes ([`crate::service::reload`]).
 
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use crate::state::SharedState;
+use crate::service::SharedState;
 
 /// `POST /v1/admin/reload`.
 #[utoipa::path(
@@ -24,34 +24,8 @@ use crate::state::SharedState;
     ),
 )]
 pub async fn reload(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
-    let st = state.get_ref().clone();
-    // Parsing a large catalog or model is blocking work.
-    let built = web::block(move || crate::reload::build_engine(&st.settings))
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reload task failed: {e}")))?;
-    match built {
-        Ok(engine) => {
-            let out = crate::reload::swap(&state, engine);
-            state
-                .metrics
-                .reloads
-                .with_label_values(&["admin", "ok"])
-                .inc();
-            Ok(HttpResponse::Ok().json(out))
-        }
-        Err(e) => {
-            state
-                .metrics
-                .reloads
-                .with_label_values(&["admin", "refused"])
-                .inc();
-            tracing::warn!(file = %e.file, error = %e.detail, "reload refused; the running version stays");
-            Err(ApiError::InvalidFile {
-                file: e.file,
-                detail: e.detail,
-            })
-        }
-    }
+    let out = state.reload("admin").await?;
+    Ok(HttpResponse::Ok().json(out))
 }
 
 /// `POST /v1/admin/snapshot`.
@@ -65,14 +39,29 @@ pub async fn reload(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
     ),
 )]
 pub async fn snapshot(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
-    let core = state.core.clone();
-    let lsn = state
-        .wal
-        .snapshot(move || core.snapshot_bytes())
-        .await
-        .map_err(ApiError::Storage)?;
+    let lsn = state.snapshot().await?;
     tracing::info!(lsn, "snapshot written on request");
-    Ok(HttpResponse::Ok().json(serde_json::json!({"lsn": lsn})))
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "lsn": lsn })))
+}
+
+/// `GET /v1/admin/state`: the position of the last record applied and a
+/// digest of the state it produced. Two replicas (or a replica before and
+/// after a restart) that applied the same records report the same digest.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/state",
+    tag = "admin",
+    responses(
+        (status = 200, description = "applied position and state digest", body = crate::state::StateDigest),
+    ),
+)]
+pub async fn state(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
+    let st = state.get_ref().clone();
+    // Hashing every member is blocking work (seconds at 10M members).
+    let digest = web::block(move || st.state_digest())
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("state digest task failed: {e}")))?;
+    Ok(HttpResponse::Ok().json(digest))
 }
 
 /// `GET /v1/admin/keys`: ids and scopes, never secrets or hashes.
@@ -85,7 +74,7 @@ pub async fn snapshot(state: web::Data<SharedState>) -> Result<HttpResponse, Api
     ),
 )]
 pub async fn keys(state: web::Data<SharedState>) -> HttpResponse {
-    let keys: Vec<serde_json::Value> = match &state.security.keys {
+    let keys: Vec<serde_json::Value> = match &state.security().keys {
         None => Vec::new(),
         Some(k) => k
             .list()
@@ -94,7 +83,7 @@ pub async fn keys(state: web::Data<SharedState>) -> HttpResponse {
             .collect(),
     };
     HttpResponse::Ok().json(serde_json::json!({
-        "development_mode": state.security.development_mode(),
+        "development_mode": state.security().development_mode(),
         "keys": keys,
     }))
 }

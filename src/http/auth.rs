@@ -12,11 +12,11 @@ use actix_web::{web, ResponseError};
 
 use super::error::ApiError;
 use crate::auth::{bearer, required, Access};
-use crate::state::SharedState;
+use crate::service::SharedState;
 
 /// What the check decided.
 fn check(state: &SharedState, req: &ServiceRequest) -> Result<(), ApiError> {
-    let Some(keys) = &state.security.keys else {
+    let Some(keys) = &state.security().keys else {
         return Ok(());
     };
     let scope = match required(req.method().as_str(), req.match_pattern().as_deref()) {

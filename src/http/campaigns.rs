@@ -11,17 +11,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use crate::campaign::{self, CampaignDto, CampaignSink, Format};
-use crate::durable::LogRecord;
-use crate::ledger::DecisionRecord;
 use crate::parse::from_json;
-use crate::state::SharedState;
+use crate::service::campaigns::{CampaignDto, CampaignSink, Format};
+use crate::service::SharedState;
 
 /// Bytes per streamed chunk.
 const CHUNK: usize = 64 * 1024;
 
 struct HttpSink {
-    state: SharedState,
     tx: mpsc::Sender<web::Bytes>,
     buf: Vec<u8>,
     stop: Arc<AtomicBool>,
@@ -48,28 +45,6 @@ impl CampaignSink for HttpSink {
         }
         Ok(())
     }
-
-    fn record(&mut self, records: Vec<DecisionRecord>) -> std::io::Result<()> {
-        for r in &records {
-            self.state.core.ledger.remember(r.clone());
-        }
-        let rec = LogRecord::Decisions(records);
-        let core = self.state.core.clone();
-        let metrics = self.state.metrics.clone();
-        let pending = self.state.wal.append(rec.encode(), move |_| {
-            let applied = core.apply(&rec, true);
-            metrics.observe_applied(&applied);
-        });
-        let metrics = self.state.metrics.clone();
-        // Logged like checkout decisions: without waiting, failures counted.
-        tokio::runtime::Handle::current().spawn(async move {
-            if let Err(e) = pending.await {
-                metrics.log_errors.with_label_values(&["decision"]).inc();
-                tracing::warn!(error = %e, "campaign decisions not logged");
-            }
-        });
-        Ok(())
-    }
 }
 
 /// `POST /v1/campaigns`.
@@ -77,7 +52,7 @@ impl CampaignSink for HttpSink {
     post,
     path = "/v1/campaigns",
     tag = "campaigns",
-    request_body = crate::campaign::CampaignDto,
+    request_body = crate::service::campaigns::CampaignDto,
     responses(
         (status = 200, description = "NDJSON: one line per member with offers, streamed", body = String, content_type = "application/x-ndjson"),
         (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
@@ -92,49 +67,24 @@ pub async fn post_campaigns(
     payload: web::Payload,
     state: web::Data<SharedState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let max = state.settings().server.max_body_bytes;
+    let body = super::read_json_body(&req, payload, max).await?;
     let dto: CampaignDto = from_json(&body)?;
     let campaign = dto.into_campaign(chrono::Utc::now())?;
     let (tx, mut rx) = mpsc::channel::<web::Bytes>(4);
     let stop = Arc::new(AtomicBool::new(false));
     let state = state.get_ref().clone();
     let handle = tokio::runtime::Handle::current();
-    let task_stop = stop.clone();
     tokio::task::spawn_blocking(move || {
         let _rt = handle.enter();
-        let engine = state.engine.load_full();
-        let cap = state
-            .settings
-            .contact
-            .max_offers_per_day
-            .of(campaign.channel) as usize;
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
         let mut sink = HttpSink {
-            state: state.clone(),
             tx,
             buf: Vec::with_capacity(CHUNK),
-            stop: task_stop.clone(),
+            stop: stop.clone(),
         };
-        let opts = campaign::RunOptions {
-            daily_cap: cap,
-            suppress_days_default: state.settings.contact.suppress_days_after_decline,
-            record: true,
-            format: Format::Ndjson,
-            threads,
-            tokens: Some(state.security.tokens.clone()),
-        };
-        let result = campaign::run(
-            &engine,
-            &campaign,
-            &state.core.members,
-            Some(&state.core.ledger),
-            opts,
-            &mut sink,
-            &task_stop,
-        );
-        let result = result.and_then(|s| sink.flush().map(|()| s));
+        let result = state
+            .run_campaign(&campaign, Format::Ndjson, &mut sink, &stop)
+            .and_then(|s| sink.flush().map(|()| s));
         match result {
             Ok(s) => tracing::info!(
                 campaign = %s.campaign_id,

@@ -56,7 +56,7 @@ pub enum ApiError {
     },
     /// The event log cannot take writes (full disk, I/O error).
     #[error("event log unavailable: {0}")]
-    Storage(#[source] crate::wal::WalError),
+    Storage(#[source] crate::durable::LogError),
     /// Route exists, method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -307,5 +307,51 @@ impl ResponseError for ApiError {
             _ => {}
         }
         b.json(self.problem())
+    }
+}
+
+impl From<crate::durable::LogError> for ApiError {
+    fn from(e: crate::durable::LogError) -> ApiError {
+        ApiError::Storage(e)
+    }
+}
+
+impl From<crate::service::outcomes::OutcomeError> for ApiError {
+    fn from(e: crate::service::outcomes::OutcomeError) -> ApiError {
+        use crate::service::outcomes::OutcomeError as E;
+        match e {
+            E::Invalid(f) => ApiError::InvalidField(f),
+            E::UnknownDecision { field, detail } => ApiError::UnknownResource { field, detail },
+            E::Conflict { field, detail } => ApiError::Conflict { field, detail },
+            E::Expired { field, detail } => ApiError::Expired { field, detail },
+            E::Log(e) => ApiError::Storage(e),
+        }
+    }
+}
+
+impl From<crate::service::members::MemberError> for ApiError {
+    fn from(e: crate::service::members::MemberError) -> ApiError {
+        use crate::service::members::MemberError as E;
+        match e {
+            E::Invalid(f) => ApiError::InvalidField(f),
+            E::Unknown => ApiError::UnknownResource {
+                field: "member_id".into(),
+                detail: "no such member".into(),
+            },
+            E::InsufficientPoints { balance } => ApiError::Conflict {
+                field: "points".into(),
+                detail: format!("the balance is {balance} points"),
+            },
+            E::Log(e) => ApiError::Storage(e),
+        }
+    }
+}
+
+impl From<crate::service::reload::ReloadError> for ApiError {
+    fn from(e: crate::service::reload::ReloadError) -> ApiError {
+        ApiError::InvalidFile {
+            file: e.file,
+            detail: e.detail,
+        }
     }
 }

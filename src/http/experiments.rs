@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use crate::state::SharedState;
+use crate::service::SharedState;
 
 /// `GET /v1/experiments`: ids, variants, weights, control.
 #[utoipa::path(
@@ -13,7 +13,7 @@ use crate::state::SharedState;
     responses((status = 200, description = "`{\"experiments\": [...]}`: each with id, traffic, control and variants", body = serde_json::Value)),
 )]
 pub async fn list(state: web::Data<SharedState>) -> HttpResponse {
-    let engine = state.engine.load();
+    let engine = state.engine();
     let out: Vec<serde_json::Value> = engine
         .experiments
         .iter()
@@ -53,7 +53,7 @@ pub async fn report(
     state: web::Data<SharedState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let engine = state.engine.load();
+    let engine = state.engine();
     let spec = engine
         .experiments
         .iter()
@@ -62,7 +62,9 @@ pub async fn report(
             field: "id".into(),
             detail: "no such experiment".into(),
         })?;
-    let report = state.core.experiments.report(spec);
-    state.metrics.observe_reports(std::slice::from_ref(&report));
+    let report = state.state().experiments().report(spec);
+    state
+        .metrics()
+        .observe_reports(std::slice::from_ref(&report));
     Ok(HttpResponse::Ok().json(report))
 }

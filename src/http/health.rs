@@ -1,11 +1,9 @@
 //! Liveness, readiness and the Prometheus endpoint.
 
-use std::sync::atomic::Ordering;
-
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use crate::state::SharedState;
+use crate::service::SharedState;
 
 /// The body of `GET /healthz`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -54,13 +52,13 @@ pub async fn healthz() -> HttpResponse {
     ),
 )]
 pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.is_ready() {
         return Err(ApiError::Unavailable("still starting".into()));
     }
-    let engine = state.engine.load();
+    let engine = state.engine();
     Ok(HttpResponse::Ok().json(Ready {
         status: "ready",
-        members: state.core.members.len(),
+        members: state.state().members().len(),
         catalog_version: &engine.catalog.version,
         offers: engine.catalog.offers.len(),
         model_version: &engine.table.version,
@@ -75,15 +73,18 @@ pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
     responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")),
 )]
 pub async fn metrics(state: web::Data<SharedState>) -> HttpResponse {
-    state.metrics.members.set(state.core.members.len() as i64);
-    let engine = state.engine.load();
+    state
+        .metrics()
+        .members
+        .set(state.state().members().len() as i64);
+    let engine = state.engine();
     let reports: Vec<_> = engine
         .experiments
         .iter()
-        .map(|e| state.core.experiments.report(e))
+        .map(|e| state.state().experiments().report(e))
         .collect();
-    state.metrics.observe_reports(&reports);
+    state.metrics().observe_reports(&reports);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(state.metrics().render())
 }

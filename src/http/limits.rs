@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use crate::config::LimitSettings;
-use crate::state::SharedState;
+use crate::service::SharedState;
 
 /// Concurrency cap and deadline.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ pub async fn limit(
             .await
             .map(ServiceResponse::map_into_left_body);
     }
-    let limits = &state.limits;
+    let limits = state.limits();
     let _permit = match &limits.permits {
         None => None,
         Some(p) => match p.clone().try_acquire_owned() {

@@ -7,39 +7,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 
 use super::error::ApiError;
-use crate::domain::{Day, FieldError, MemberRecord};
-use crate::durable::{LogRecord, MemberWire};
-use crate::events::{MemberChange, MemberEventDto};
+use crate::domain::{FieldError, MemberRecord};
+use crate::events::MemberEventDto;
 use crate::parse::from_json;
-use crate::state::SharedState;
-use crate::store::{parse_member_line, LineError, LoadReport, MAX_REPORTED_ERRORS};
+use crate::service::SharedState;
+use crate::state::members::LoadReport;
 
-/// The answer to an accepted member event.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct MemberEventAccepted {
-    /// Log sequence number of the change.
-    pub lsn: u64,
-    /// The member after the change.
-    pub member: Option<MemberRecord>,
-}
-
-/// Logs a record and applies it once durable; 503 if the log refuses it.
-async fn write(state: &SharedState, rec: LogRecord, kind: &'static str) -> Result<u64, ApiError> {
-    let payload = rec.encode();
-    let core = state.core.clone();
-    let metrics = state.metrics.clone();
-    state
-        .wal
-        .append(payload, move |_| {
-            core.apply(&rec, true);
-            metrics.member_updates.with_label_values(&[kind]).inc();
-        })
-        .await
-        .map_err(|e| {
-            state.metrics.log_errors.with_label_values(&[kind]).inc();
-            ApiError::Storage(e)
-        })
-}
+pub use crate::service::members::{Erased, MemberEventAccepted};
 
 /// `GET /v1/members/{id}`.
 #[utoipa::path(
@@ -57,12 +31,9 @@ pub async fn get_member(
     state: web::Data<SharedState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    match state.core.members.get(&id) {
+    match state.member(&id) {
         Some(m) => Ok(HttpResponse::Ok().json(MemberRecord::from_member(&id, &m))),
-        None => Err(ApiError::UnknownResource {
-            field: "member_id".into(),
-            detail: "no such member".into(),
-        }),
+        None => Err(crate::service::members::MemberError::Unknown.into()),
     }
 }
 
@@ -89,38 +60,21 @@ pub async fn put_member(
     payload: web::Payload,
     state: web::Data<SharedState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let max = state.settings().server.max_body_bytes;
+    let body = super::read_json_body(&req, payload, max).await?;
     let id = path.into_inner();
     let rec: MemberRecord = from_json(&body)?;
     if rec.member_id != id {
-        return Err(ApiError::InvalidField(FieldError::new(
-            "member_id",
-            "must equal the id in the path",
-        )));
+        return Err(FieldError::new("member_id", "must equal the id in the path").into());
     }
     let m = rec.to_member()?;
-    let existed = state.core.members.get(&id).is_some();
-    write(
-        &state,
-        LogRecord::Members(vec![(id.clone(), MemberWire::from(&m))]),
-        "put",
-    )
-    .await?;
+    let written = state.put_member(&id, &m).await?;
     let out = MemberRecord::from_member(&id, &m);
-    Ok(if existed {
+    Ok(if written.existed {
         HttpResponse::Ok().json(out)
     } else {
         HttpResponse::Created().json(out)
     })
-}
-
-/// The answer to an erasure.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Erased {
-    /// Whether a member record existed.
-    pub erased: bool,
-    /// Log sequence number of the erasure record.
-    pub lsn: u64,
 }
 
 /// `DELETE /v1/members/{id}`: erases a member and everything held under
@@ -142,28 +96,8 @@ pub async fn delete_member(
     path: web::Path<String>,
     state: web::Data<SharedState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    crate::domain::validate_member_id(&id, "member_id")?;
-    let existed = state.core.members.get(&id).is_some();
-    let lsn = write(
-        &state,
-        LogRecord::MemberErased {
-            member_id: id.clone(),
-            at_ms: Utc::now().timestamp_millis(),
-        },
-        "erase",
-    )
-    .await?;
-    tracing::info!(
-        member = %state.security.pseudonyms.of(&id),
-        existed,
-        lsn,
-        "member erased"
-    );
-    Ok(HttpResponse::Ok().json(Erased {
-        erased: existed,
-        lsn,
-    }))
+    let erased = state.erase_member(&path.into_inner(), Utc::now()).await?;
+    Ok(HttpResponse::Ok().json(erased))
 }
 
 /// `POST /v1/members`: NDJSON, one member a line. Good lines are applied (as
@@ -194,15 +128,17 @@ pub async fn post_members(
 ) -> Result<HttpResponse, ApiError> {
     if let Some(ct) = req.headers().get(actix_web::http::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        if !(ct.starts_with("application/x-ndjson")
-            || ct.starts_with("application/jsonl")
-            || ct.starts_with("application/json")
-            || ct.starts_with("text/plain"))
-        {
+        let ndjson = [
+            "application/x-ndjson",
+            "application/jsonl",
+            "application/json",
+            "text/plain",
+        ];
+        if !ndjson.iter().any(|t| ct.starts_with(t)) {
             return Err(ApiError::UnsupportedMediaType);
         }
     }
-    let body = super::read_body(payload, state.settings.server.max_bulk_bytes, &req).await?;
+    let body = super::read_body(payload, state.settings().server.max_bulk_bytes, &req).await?;
     let text = std::str::from_utf8(&body).map_err(|e| {
         ApiError::MalformedJson(FieldError::new(
             "body",
@@ -212,31 +148,7 @@ pub async fn post_members(
             ),
         ))
     })?;
-    let mut report = LoadReport::default();
-    let mut good = Vec::new();
-    for line in text.lines() {
-        report.lines += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_member_line(line) {
-            Ok((id, m)) => good.push((id, MemberWire::from(&m))),
-            Err(e) => {
-                report.rejected += 1;
-                if report.errors.len() < MAX_REPORTED_ERRORS {
-                    report.errors.push(LineError {
-                        line: report.lines,
-                        field: (!e.field.is_empty()).then_some(e.field),
-                        message: e.message,
-                    });
-                }
-            }
-        }
-    }
-    report.loaded = good.len() as u64;
-    if !good.is_empty() {
-        write(&state, LogRecord::Members(good), "bulk").await?;
-    }
+    let report: LoadReport = state.load_members(text).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -262,48 +174,9 @@ pub async fn post_member_events(
     payload: web::Payload,
     state: web::Data<SharedState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = super::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let max = state.settings().server.max_body_bytes;
+    let body = super::read_json_body(&req, payload, max).await?;
     let ev: MemberEventDto = from_json(&body)?;
-    let member_id = ev.member_id().to_string();
-    crate::domain::validate_member_id(&member_id, "member_id")?;
-    let now = Utc::now();
-    let change = ev.into_change(Day::of(now))?;
-    let Some(current) = state.core.members.get(&member_id) else {
-        return Err(ApiError::UnknownResource {
-            field: "member_id".into(),
-            detail: "no such member".into(),
-        });
-    };
-    if let MemberChange::PointsRedeemed(p) = change {
-        if p > current.points {
-            return Err(ApiError::Conflict {
-                field: "points".into(),
-                detail: format!("the balance is {} points", current.points),
-            });
-        }
-    }
-    let kind = match &change {
-        MemberChange::FlightFlown { .. } => "flight_flown",
-        MemberChange::PointsEarned(_) => "points_earned",
-        MemberChange::PointsRedeemed(_) => "points_redeemed",
-        MemberChange::TierChanged(_) => "tier_changed",
-        MemberChange::ConsentChanged(..) => "consent_changed",
-        MemberChange::Purchase { .. } => "purchase",
-    };
-    let lsn = write(
-        &state,
-        LogRecord::MemberChange {
-            member_id: member_id.clone(),
-            at_ms: now.timestamp_millis(),
-            change,
-        },
-        kind,
-    )
-    .await?;
-    let member = state
-        .core
-        .members
-        .get(&member_id)
-        .map(|m| MemberRecord::from_member(&member_id, &m));
-    Ok(HttpResponse::Accepted().json(MemberEventAccepted { lsn, member }))
+    let accepted = state.member_event(ev, Utc::now()).await?;
+    Ok(HttpResponse::Accepted().json(accepted))
 }

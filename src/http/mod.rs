@@ -1,5 +1,6 @@
 //! HTTP adapter (actix-web). Handlers only translate: read the body, parse
-//! it into domain types, call the decision core, render the answer. Routes
+//! it into domain types, call one use case of the service layer
+//! ([`crate::service`]), render the answer. Routes
 //! are grouped by resource; every error goes through [`error::ApiError`].
 
 mod admin;
@@ -21,7 +22,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
-use crate::state::SharedState;
+use crate::service::SharedState;
 use error::ApiError;
 
 /// Registers every route.
@@ -76,6 +77,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/admin/snapshot")
             .route(web::post().to(admin::snapshot))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/admin/state")
+            .route(web::get().to(admin::state))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -221,7 +227,7 @@ pub async fn track_requests(
             .request()
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_string());
-        let m = &state.metrics;
+        let m = state.metrics();
         m.http_requests
             .with_label_values(&[&route, method.as_str(), res.status().as_str()])
             .inc();

@@ -182,7 +182,7 @@ async fn capped_inventory_is_never_oversold_under_concurrency() {
     // First-class upgrades: 2 seats per flight in the default catalog.
     let departure = departure_in(5);
     let mut members = Vec::new();
-    app.state.core.members.for_each(|id, _| {
+    app.state.state().members().for_each(|id, _| {
         if members.len() < 60 {
             members.push(id.to_string());
         }
@@ -241,7 +241,7 @@ async fn a_failing_disk_gives_503_and_applies_nothing() {
     let (d, offers) = decide(&app, &offer_request(&member)).await;
     // Let the decision itself reach the log first.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    app.state.wal.inject_failures(1);
+    app.state.durable().inject_failures(1);
     let r = app
         .post_json("/v1/events", &event(&d, &offers[0], "accept"))
         .await;
@@ -266,8 +266,8 @@ async fn assert_events_refused(app: &TestApp, body: &Value, status: u16, field: 
 fn learned(app: &TestApp, offer_id: &str) -> (u64, u64) {
     let p = app
         .state
-        .core
-        .learner
+        .state()
+        .learner()
         .posterior(offer_id)
         .expect("the offer has a posterior");
     (p.examples, p.accepts)

@@ -36,7 +36,7 @@ async fn experiments_are_listed() {
 #[tokio::test]
 async fn decisions_carry_sticky_assignments_and_holdout_gets_nothing() {
     let app = app_with_experiments().await;
-    let spec: ExperimentSpec = app.state.engine.load().experiments[0].clone();
+    let spec: ExperimentSpec = app.state.engine().experiments[0].clone();
     let mut seen_holdout = false;
     for i in 1..=200 {
         let id = format!("M{i:08}");
@@ -64,7 +64,7 @@ async fn decisions_carry_sticky_assignments_and_holdout_gets_nothing() {
 #[tokio::test]
 async fn report_counts_members_exposures_and_conversions() {
     let app = app_with_experiments().await;
-    let spec: ExperimentSpec = app.state.engine.load().experiments[0].clone();
+    let spec: ExperimentSpec = app.state.engine().experiments[0].clone();
     let mut expected_members = std::collections::HashMap::<String, u64>::new();
     let mut expected_conversions = std::collections::HashMap::<String, u64>::new();
     let mut expected_revenue = std::collections::HashMap::<String, f64>::new();
@@ -148,7 +148,7 @@ async fn report_counts_members_exposures_and_conversions() {
 async fn the_report_survives_a_restart() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let app = spawn_with(settings_with_default_experiments(), dir.clone()).await;
-    let spec: ExperimentSpec = app.state.engine.load().experiments[0].clone();
+    let spec: ExperimentSpec = app.state.engine().experiments[0].clone();
     for i in 1..=100 {
         let body: Value = app
             .post_offers(&offer_request(&format!("M{i:08}")))
@@ -175,7 +175,10 @@ async fn the_report_survives_a_restart() {
     // The data dir is locked by the running server: a second one is refused.
     let mut same = settings_with_default_experiments();
     same.durability.data_dir = dir.path().display().to_string();
-    let Err(err) = offer_engine::startup::open_state(&same) else {
+    let Err(err) = offer_engine::startup::open_state(
+        &same,
+        std::sync::Arc::new(offer_engine::durable::Silent),
+    ) else {
         panic!("a second process opened a data dir in use");
     };
     assert!(err.to_string().contains("in use"), "{err}");
@@ -187,8 +190,11 @@ async fn the_report_survives_a_restart() {
     }
     let mut s = settings_with_default_experiments();
     s.durability.data_dir = copy.path().display().to_string();
-    let core = offer_engine::startup::open_state(&s).unwrap().0;
-    let after = serde_json::to_value(core.experiments.report(&spec)).unwrap();
+    let durable =
+        offer_engine::startup::open_state(&s, std::sync::Arc::new(offer_engine::durable::Silent))
+            .unwrap()
+            .0;
+    let after = serde_json::to_value(durable.state().experiments().report(&spec)).unwrap();
     for (b, a) in before["variants"]
         .as_array()
         .unwrap()

@@ -2,8 +2,8 @@
 //! synthetic population and returns a typed client.
 
 use offer_engine::config::Settings;
+use offer_engine::service::SharedState;
 use offer_engine::startup::Application;
-use offer_engine::state::SharedState;
 use serde_json::{json, Value};
 
 pub struct TestApp {
@@ -176,7 +176,7 @@ impl TestApp {
     /// The first member of the population matching `pred`.
     pub fn find_member(&self, pred: impl Fn(&offer_engine::domain::Member) -> bool) -> String {
         let mut found = None;
-        self.state.core.members.for_each(|id, m| {
+        self.state.state().members().for_each(|id, m| {
             if found.is_none() && pred(m) {
                 found = Some(id.to_string());
             }

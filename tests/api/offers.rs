@@ -75,7 +75,7 @@ async fn unknown_member_is_a_cold_start_with_context_only_offers() {
 async fn gold_members_are_never_sold_a_lounge_pass() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
-    app.state.core.members.for_each(|id, m| {
+    app.state.state().members().for_each(|id, m| {
         if m.tier >= Tier::Gold && ids.len() < 40 {
             ids.push(id.to_string());
         }
@@ -268,13 +268,18 @@ async fn an_exploring_variant_returns_and_logs_slot_propensities() {
             .await
             .unwrap();
         let id = body["decision_id"].as_str().unwrap();
-        let rec = app.state.core.ledger.decision(id).expect("remembered");
+        let rec = app
+            .state
+            .state()
+            .ledger()
+            .decision(id, chrono::Utc::now().timestamp_millis())
+            .expect("remembered");
         // The features it was scored on are logged and kept once, by the
         // learner, when the log has applied the decision.
         assert!(rec.record.features.is_empty(), "not kept twice");
         let mut learned = None;
         for _ in 0..500 {
-            learned = app.state.core.learner.remembered(id);
+            learned = app.state.state().learner().remembered(id);
             if learned.is_some() {
                 break;
             }
@@ -355,7 +360,7 @@ async fn a_body_in_several_chunks_is_read_whole_and_still_limited() {
     assert_eq!(d["member_id"], member.as_str());
     assert!(!d["offers"].as_array().unwrap().is_empty(), "{d}");
     // Over the limit only once the pieces are added up: refused.
-    let limit = app.state.settings.server.max_body_bytes;
+    let limit = app.state.settings().server.max_body_bytes;
     let mut big = format!("{{\"member_id\":\"{member}\",\"pad\":\"").into_bytes();
     big.resize(limit + 10, b'x');
     let (status, body) = post_offers_in_chunks(&app, &big, 4).await;

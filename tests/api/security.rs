@@ -498,7 +498,7 @@ async fn hold_a_slot(app: &TestApp) -> tokio::net::TcpStream {
 /// Waits (bounded) until the limiter shows `n` free slots.
 async fn until_available(app: &TestApp, n: usize) {
     for _ in 0..500 {
-        if app.state.limits.available() == Some(n) {
+        if app.state.limits().available() == Some(n) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -559,7 +559,7 @@ async fn the_fallback_answers_by_business_priority_and_says_so() {
     assert_eq!(d["fallback"], true, "{d}");
     let offers = d["offers"].as_array().unwrap();
     assert!(!offers.is_empty(), "{d}");
-    let engine = app.state.engine.load();
+    let engine = app.state.engine();
     let priority = |id: &Value| {
         engine
             .catalog
@@ -596,7 +596,7 @@ async fn an_erased_member_is_gone_after_replay_and_from_snapshots() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let app = spawn_with(settings_with_default_experiments(), dir.clone()).await;
     // A member the experiment does not hold out (a holdout member gets no offers).
-    let engine = app.state.engine.load();
+    let engine = app.state.engine();
     let id = (1..100)
         .map(|i| format!("ERASE-ME-{i}"))
         .find(|id| !engine.variant_policy(id, 3).holdout)
@@ -618,23 +618,8 @@ async fn an_erased_member_is_gone_after_replay_and_from_snapshots() {
     let decline =
         json!({"decision_id": d["decision_id"], "offer_id": o["offer_id"], "type": "decline"});
     assert_eq!(app.post_json("/v1/events", &decline).await.status(), 202);
-    let exposed = |app: &TestApp| {
-        app.state
-            .core
-            .experiments
-            .experiments
-            .iter()
-            .any(|e| e.members.contains_key(id))
-    };
-    let exposures = |app: &TestApp| -> usize {
-        app.state
-            .core
-            .experiments
-            .experiments
-            .iter()
-            .map(|e| e.members.len())
-            .sum()
-    };
+    let exposed = |app: &TestApp| app.state.state().experiments().is_exposed(id);
+    let exposures = |app: &TestApp| -> usize { app.state.state().experiments().exposures() };
     assert!(exposed(&app));
     let before = exposures(&app);
     let r = app
@@ -659,8 +644,7 @@ async fn an_erased_member_is_gone_after_replay_and_from_snapshots() {
         Some("decision_id"),
     )
     .await;
-    assert!(!app.state.core.ledger.suppressions.contains_key(id));
-    assert!(!app.state.core.ledger.contacts.contains_key(id));
+    assert!(!app.state.state().ledger().holds_member(id));
     assert!(!exposed(&app));
     assert_eq!(exposures(&app), before, "the statistics keep the exposure");
     // Replay of the log (no snapshot since): the erase record wins.
@@ -682,14 +666,14 @@ async fn an_erased_member_is_gone_after_replay_and_from_snapshots() {
     let snapshotted = copy_dir(dir.path());
     for copy in [replayed, snapshotted] {
         let again = spawn_with(settings_with_default_experiments(), copy).await;
-        assert!(again.state.core.members.get(id).is_none());
+        assert!(again.state.state().members().get(id).is_none());
         assert!(again
             .state
-            .core
-            .ledger
-            .decision(d["decision_id"].as_str().unwrap())
+            .state()
+            .ledger()
+            .decision(d["decision_id"].as_str().unwrap(), i64::MIN)
             .is_none());
-        assert!(!again.state.core.ledger.suppressions.contains_key(id));
+        assert!(!again.state.state().ledger().holds_member(id));
         assert!(!exposed(&again));
         assert_eq!(again.get(&format!("/v1/members/{id}")).await.status(), 404);
     }
@@ -704,7 +688,7 @@ async fn a_reload_swaps_valid_files_and_refuses_invalid_ones() {
     let mut s = test_settings();
     s.catalog.file = catalog.display().to_string();
     let app = spawn_with(s, std::sync::Arc::new(tempfile::tempdir().unwrap())).await;
-    let version = |app: &TestApp| app.state.engine.load().catalog.version.clone();
+    let version = |app: &TestApp| app.state.engine().catalog.version.clone();
     assert_eq!(version(&app), "2026.11-default");
     // A file that does not parse: refused, naming the file; the running version stays.
     std::fs::write(&catalog, "version = \"broken\"\n[[offer]]\nid = ").unwrap();
@@ -751,13 +735,13 @@ async fn the_file_watch_reloads_a_changed_file_and_refuses_a_broken_one() {
     s.catalog.file = catalog.display().to_string();
     s.reload.watch_secs = 1;
     let app = spawn_with(s, std::sync::Arc::new(tempfile::tempdir().unwrap())).await;
-    let version = |app: &TestApp| app.state.engine.load().catalog.version.clone();
+    let version = |app: &TestApp| app.state.engine().catalog.version.clone();
     let wait_for = |app: &TestApp, want: &str| {
         let want = want.to_string();
         let state = app.state.clone();
         async move {
             for _ in 0..100 {
-                if state.engine.load().catalog.version == want {
+                if state.engine().catalog.version == want {
                     return true;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -783,7 +767,7 @@ async fn the_file_watch_reloads_a_changed_file_and_refuses_a_broken_one() {
     std::fs::write(&catalog, "version = \"broken\"\n[[offer]]\nid = ").unwrap();
     let refused = || {
         app.state
-            .metrics
+            .metrics()
             .reloads
             .with_label_values(&["watch", "refused"])
             .get()

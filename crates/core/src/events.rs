@@ -2,45 +2,10 @@
 //! (flights, points, tier, consent, purchases): their wire forms, their
 //! checked forms as logged, and the pure functions that apply them.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::domain::{ConsentChannel, Day, FieldError, Member, Money, Tier, TierThresholds};
-use crate::records::InventoryKey;
-
-/// Kind of outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeKind {
-    /// The offer was displayed.
-    Impression,
-    /// The member clicked it.
-    Click,
-    /// The member bought it.
-    Accept,
-    /// The member said no.
-    Decline,
-    /// The accepted offer was delivered: the upgraded flight flown, the
-    /// lounge visited, the bag carried. It may come weeks after the decision,
-    /// long after the offer itself expired, and counts while the decision is
-    /// inside the learning attribution window (`learning.attribution_window_days`).
-    /// It needs an earlier accept of the same offer in the same decision and
-    /// counts once. For offers rewarded on fulfilment (`reward_on =
-    /// "fulfilment"` in the catalog) it is what teaches the adaptive models.
-    Fulfilled,
-}
-
-impl OutcomeKind {
-    /// snake_case name (metric label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutcomeKind::Impression => "impression",
-            OutcomeKind::Click => "click",
-            OutcomeKind::Accept => "accept",
-            OutcomeKind::Decline => "decline",
-            OutcomeKind::Fulfilled => "fulfilled",
-        }
-    }
-}
+pub use crate::records::{MemberChange, OutcomeKind, OutcomeRecord};
 
 /// Wire form of one outcome event.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -73,39 +38,6 @@ pub enum OutcomeBody {
     Many(Vec<OutcomeEventDto>),
     /// A single event.
     One(OutcomeEventDto),
-}
-
-/// An outcome as logged: everything its effect needs, so replay does not
-/// depend on the decision still being remembered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OutcomeRecord {
-    /// Decision id.
-    pub decision_id: String,
-    /// Position of the offer in the decision.
-    pub offer_pos: u8,
-    /// Offer id.
-    pub offer_id: String,
-    /// Member the decision was for.
-    pub member_id: String,
-    /// What happened.
-    pub kind: OutcomeKind,
-    /// Revenue attributed (accepts), in the quoted currency.
-    pub revenue: f64,
-    /// Server receive time, ms since the epoch.
-    pub at_ms: i64,
-    /// Client-reported time, ms since the epoch, if given.
-    pub client_at_ms: Option<i64>,
-    /// Inventory the accept takes from.
-    pub inventory: Option<(InventoryKey, u32)>,
-    /// Days a decline suppresses the offer.
-    pub suppress_days: u32,
-    /// Experiments the decision carried (accepts convert the member there).
-    pub experiments: Vec<crate::experiments::Assignment>,
-    /// Whether this outcome is the offer's reward for the adaptive models:
-    /// an accept of an offer rewarded on accept, or a fulfilment of one
-    /// rewarded on fulfilment (the catalog's `reward_on` when the event
-    /// arrived, fixed here so that replay learns exactly what was learned live).
-    pub learn: bool,
 }
 
 /// Wire form of a member event.
@@ -176,33 +108,6 @@ fn cny() -> String {
 }
 fn yes() -> bool {
     true
-}
-
-/// A checked member change, as logged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum MemberChange {
-    /// A flight on `day` with spend and points.
-    FlightFlown {
-        /// Day flown.
-        day: i32,
-        /// Qualifying spend added.
-        spend: f64,
-        /// Points added.
-        points: u32,
-    },
-    /// Points added.
-    PointsEarned(u32),
-    /// Points removed (saturating at zero).
-    PointsRedeemed(u32),
-    /// Tier set.
-    TierChanged(Tier),
-    /// Consent set.
-    ConsentChanged(ConsentChannel, bool),
-    /// Qualifying spend added.
-    Purchase {
-        /// Amount added to qualifying spend (0 when not qualifying).
-        qualifying_amount: f64,
-    },
 }
 
 impl MemberEventDto {
@@ -308,6 +213,18 @@ impl MemberEventDto {
 }
 
 impl MemberChange {
+    /// snake_case name of the change (metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MemberChange::FlightFlown { .. } => "flight_flown",
+            MemberChange::PointsEarned(_) => "points_earned",
+            MemberChange::PointsRedeemed(_) => "points_redeemed",
+            MemberChange::TierChanged(_) => "tier_changed",
+            MemberChange::ConsentChanged(..) => "consent_changed",
+            MemberChange::Purchase { .. } => "purchase",
+        }
+    }
+
     /// Applies the change to a member. Deterministic (replay gives the same
     /// result), saturating rather than failing.
     pub fn apply(&self, m: &mut Member, th: &TierThresholds) {

@@ -1,12 +1,14 @@
-//! The records the engine commits about its promises: decisions as issued
-//! (member, offers, prices, expiries, inventory keys) and where an accepted
-//! unit of inventory is counted. Plain data, shared by the state that applies
-//! them, the log that stores them and the tools that read the log.
+//! The records the engine commits: every durable change is one
+//! [`LogRecord`] (decisions as issued, outcomes, member writes and events,
+//! erasures), each carrying the time it needs, so applying a record reads no
+//! clock. Plain data and its bincode form, shared by the state that applies
+//! records, the logs that store them and the tools that read a log.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Channel, Day, Money};
+use crate::domain::ConsentChannel;
+use crate::domain::{Channel, Consent, Day, Iata, Member, Money, Tags, Tier};
 
 /// Where an accepted unit of inventory is counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,6 +73,24 @@ pub struct DecisionRecord {
     pub features: Vec<f32>,
 }
 
+impl IssuedOffer {
+    /// The terms its token signs, in decision `decision_id` for `member_id`.
+    pub fn terms<'a>(
+        &'a self,
+        decision_id: &'a str,
+        member_id: &'a str,
+    ) -> crate::tokens::Terms<'a> {
+        crate::tokens::Terms {
+            decision_id,
+            member_id,
+            offer_id: &self.offer_id,
+            price: self.price.as_ref(),
+            points_price: self.points_price,
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
 impl DecisionRecord {
     /// A copy without the feature vector (what the ledger keeps; the
     /// learner's memory holds the features), made without copying them.
@@ -124,4 +144,216 @@ pub fn inventory_key(
 /// Milliseconds since the epoch of an instant.
 pub fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
+}
+
+/// Compact member form for logs and snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MemberWire {
+    spend: f32,
+    points: u32,
+    last_flight: Option<i32>,
+    joined: i32,
+    flights: u16,
+    tags: u16,
+    home: [u8; 3],
+    tier: Tier,
+    birth_month: u8,
+    consent: u8,
+}
+
+impl From<&Member> for MemberWire {
+    fn from(m: &Member) -> Self {
+        let h = m.home_airport.as_str().as_bytes();
+        MemberWire {
+            spend: m.qualifying_spend_12m,
+            points: m.points,
+            last_flight: m.last_flight.map(|d| d.0),
+            joined: m.joined.0,
+            flights: m.flights_12m,
+            tags: m.tags.bits(),
+            home: [h[0], h[1], h[2]],
+            tier: m.tier,
+            birth_month: m.birth_month,
+            consent: m.consent.bits(),
+        }
+    }
+}
+
+impl From<&MemberWire> for Member {
+    fn from(w: &MemberWire) -> Self {
+        Member {
+            qualifying_spend_12m: w.spend,
+            points: w.points,
+            last_flight: w.last_flight.map(Day),
+            joined: Day(w.joined),
+            flights_12m: w.flights,
+            tags: Tags::from_bits(w.tags),
+            home_airport: Iata::from_bytes(w.home),
+            tier: w.tier,
+            birth_month: w.birth_month,
+            consent: Consent::from_bits(w.consent),
+        }
+    }
+}
+
+/// One log record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LogRecord {
+    /// A decision was issued.
+    Decision(DecisionRecord),
+    /// A block of campaign decisions (logged together for throughput).
+    Decisions(Vec<DecisionRecord>),
+    /// A batch of outcome events (applied all together).
+    Outcomes(Vec<OutcomeRecord>),
+    /// Members created or replaced.
+    Members(Vec<(String, MemberWire)>),
+    /// A member event.
+    MemberChange {
+        /// Member id.
+        member_id: String,
+        /// Server time, ms.
+        at_ms: i64,
+        /// The change.
+        change: MemberChange,
+    },
+    /// A member erased (`DELETE /v1/members/{id}`): the record and every
+    /// piece of state keyed by the id go; replay after the earlier records
+    /// about the member removes them again.
+    MemberErased {
+        /// Member id.
+        member_id: String,
+        /// Server time, ms.
+        at_ms: i64,
+    },
+}
+
+impl LogRecord {
+    /// Encodes for the log.
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding plain data into a Vec cannot fail.
+        bincode::serialize(self).unwrap_or_default()
+    }
+    /// Encodes `LogRecord::Decision(d)` without cloning the record (the checkout hot path).
+    pub fn encode_decision(d: &DecisionRecord) -> Vec<u8> {
+        /// Same variant index as [`LogRecord::Decision`] (bincode writes only the index).
+        #[derive(Serialize)]
+        enum Borrowed<'a> {
+            Decision(&'a DecisionRecord),
+        }
+        bincode::serialize(&Borrowed::Decision(d)).unwrap_or_default()
+    }
+    /// Decodes a log payload.
+    pub fn decode(b: &[u8]) -> Result<LogRecord, String> {
+        decode_bounded(b).map_err(|e| format!("undecodable log record: {e}"))
+    }
+}
+
+/// Decodes bincode written by `bincode::serialize` (fixint, little-endian,
+/// trailing bytes allowed: the same format, byte for byte), but never reads or
+/// reserves more than the input holds: a corrupt or hostile length prefix is
+/// an error, not a huge allocation. A valid encoding of `b.len()` bytes reads
+/// exactly `b.len()` bytes, so the limit refuses nothing that was written.
+pub fn decode_bounded<'a, T: Deserialize<'a>>(b: &'a [u8]) -> bincode::Result<T> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_little_endian()
+        .with_limit(b.len() as u64)
+        .deserialize(b)
+}
+
+/// Kind of outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// The offer was displayed.
+    Impression,
+    /// The member clicked it.
+    Click,
+    /// The member bought it.
+    Accept,
+    /// The member said no.
+    Decline,
+    /// The accepted offer was delivered: the upgraded flight flown, the
+    /// lounge visited, the bag carried. It may come weeks after the decision,
+    /// long after the offer itself expired, and counts while the decision is
+    /// inside the learning attribution window (`learning.attribution_window_days`).
+    /// It needs an earlier accept of the same offer in the same decision and
+    /// counts once. For offers rewarded on fulfilment (`reward_on =
+    /// "fulfilment"` in the catalog) it is what teaches the adaptive models.
+    Fulfilled,
+}
+
+impl OutcomeKind {
+    /// snake_case name (metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Impression => "impression",
+            OutcomeKind::Click => "click",
+            OutcomeKind::Accept => "accept",
+            OutcomeKind::Decline => "decline",
+            OutcomeKind::Fulfilled => "fulfilled",
+        }
+    }
+}
+
+/// An outcome as logged: everything its effect needs, so replay does not
+/// depend on the decision still being remembered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    /// Decision id.
+    pub decision_id: String,
+    /// Position of the offer in the decision.
+    pub offer_pos: u8,
+    /// Offer id.
+    pub offer_id: String,
+    /// Member the decision was for.
+    pub member_id: String,
+    /// What happened.
+    pub kind: OutcomeKind,
+    /// Revenue attributed (accepts), in the quoted currency.
+    pub revenue: f64,
+    /// Server receive time, ms since the epoch.
+    pub at_ms: i64,
+    /// Client-reported time, ms since the epoch, if given.
+    pub client_at_ms: Option<i64>,
+    /// Inventory the accept takes from.
+    pub inventory: Option<(InventoryKey, u32)>,
+    /// Days a decline suppresses the offer.
+    pub suppress_days: u32,
+    /// Experiments the decision carried (accepts convert the member there).
+    pub experiments: Vec<crate::experiments::Assignment>,
+    /// Whether this outcome is the offer's reward for the adaptive models:
+    /// an accept of an offer rewarded on accept, or a fulfilment of one
+    /// rewarded on fulfilment (the catalog's `reward_on` when the event
+    /// arrived, fixed here so that replay learns exactly what was learned live).
+    pub learn: bool,
+}
+
+/// A checked member change, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// A flight on `day` with spend and points.
+    FlightFlown {
+        /// Day flown.
+        day: i32,
+        /// Qualifying spend added.
+        spend: f64,
+        /// Points added.
+        points: u32,
+    },
+    /// Points added.
+    PointsEarned(u32),
+    /// Points removed (saturating at zero).
+    PointsRedeemed(u32),
+    /// Tier set.
+    TierChanged(Tier),
+    /// Consent set.
+    ConsentChanged(ConsentChannel, bool),
+    /// Qualifying spend added.
+    Purchase {
+        /// Amount added to qualifying spend (0 when not qualifying).
+        qualifying_amount: f64,
+    },
 }

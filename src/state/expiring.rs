@@ -52,7 +52,7 @@ impl<V: Clone> ExpiringMap<V> {
     /// Holds at most about `capacity` entries (rounded up to a multiple of 16).
     pub fn new(capacity: usize) -> ExpiringMap<V> {
         ExpiringMap {
-            map: crate::store::growing_map(ahash::RandomState::with_seeds(11, 12, 13, 14)),
+            map: crate::state::members::growing_map(ahash::RandomState::with_seeds(11, 12, 13, 14)),
             rings: (0..RINGS).map(|_| Mutex::new(VecDeque::new())).collect(),
             per_ring: capacity.div_ceil(RINGS).max(1),
             hasher: ahash::RandomState::with_seeds(21, 22, 23, 24),

@@ -12,17 +12,17 @@ use crate::stats::ArmStats;
 use dashmap::DashMap;
 pub use offer_engine_core::experiments::*;
 /// Attribution state of one experiment.
-pub struct ExperimentState {
+struct ExperimentState {
     /// Variant names, by slot (in the order first seen).
-    pub variants: std::sync::RwLock<Vec<String>>,
+    variants: std::sync::RwLock<Vec<String>>,
     /// Member → exposure.
-    pub members: DashMap<Box<str>, Exposure, ahash::RandomState>,
+    members: DashMap<Box<str>, Exposure, ahash::RandomState>,
     /// Per-variant statistics, kept up to date as members are exposed and convert.
-    pub arms: Mutex<Vec<ArmStats>>,
+    arms: Mutex<Vec<ArmStats>>,
     /// Decisions made per variant.
-    pub decisions: Vec<AtomicU64>,
+    decisions: Vec<AtomicU64>,
     /// Running minimum of the always-valid p-value per variant (f64 bits).
-    pub sequential_min: Vec<AtomicU64>,
+    sequential_min: Vec<AtomicU64>,
 }
 
 impl ExperimentState {
@@ -30,7 +30,7 @@ impl ExperimentState {
         let n = MAX_VARIANTS;
         ExperimentState {
             variants: std::sync::RwLock::new(variants),
-            members: crate::store::growing_map(Default::default()),
+            members: super::members::growing_map(super::members::fixed_hasher()),
             arms: Mutex::new(vec![ArmStats::default(); n]),
             decisions: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sequential_min: (0..n).map(|_| AtomicU64::new(1f64.to_bits())).collect(),
@@ -39,10 +39,20 @@ impl ExperimentState {
 }
 
 /// Attribution state of every experiment seen; cloning is shallow.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ExperimentBook {
     /// Experiment id → state.
-    pub experiments: Arc<DashMap<String, Arc<ExperimentState>, ahash::RandomState>>,
+    experiments: Arc<DashMap<String, Arc<ExperimentState>, ahash::RandomState>>,
+}
+
+impl Default for ExperimentBook {
+    fn default() -> Self {
+        // Fixed seeds: the same records give the same iteration order, so
+        // snapshots of equal histories are equal byte for byte.
+        ExperimentBook {
+            experiments: Arc::new(DashMap::with_hasher(super::members::fixed_hasher())),
+        }
+    }
 }
 
 /// What an exposure or conversion changed (for metrics on the live path).
@@ -112,12 +122,17 @@ impl ExperimentBook {
 
     /// Erasure: the member's exposures stay in the statistics (removing
     /// them would bias every report) but no longer under their id; each is
-    /// re-keyed under a random, unlinkable placeholder. Returns how many.
-    pub fn erase_member(&self, member: &str) -> usize {
+    /// re-keyed under a placeholder made of the erasure's time and a
+    /// counter, which says nothing about the member and is the same on every
+    /// replica. Returns how many.
+    pub fn erase_member(&self, member: &str, at_ms: i64) -> usize {
         let mut n = 0;
         for st in self.experiments.iter() {
             if let Some((_, e)) = st.members.remove(member) {
-                let anon = format!("erased-{}", uuid::Uuid::new_v4().simple());
+                let anon = (0u32..)
+                    .map(|k| format!("erased-{at_ms}-{k}"))
+                    .find(|k| !st.members.contains_key(k.as_str()))
+                    .unwrap_or_default();
                 st.members.insert(anon.into(), e);
                 n += 1;
             }
@@ -244,6 +259,62 @@ impl ExperimentBook {
             }
             self.experiments.insert(s.id, Arc::new(st));
         }
+    }
+}
+
+/// Running totals of one variant (for counters seeded at start).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantTotals {
+    /// Experiment id.
+    pub experiment: String,
+    /// Variant name.
+    pub variant: String,
+    /// Decisions made.
+    pub decisions: u64,
+    /// Members exposed.
+    pub members: u64,
+    /// Members converted.
+    pub conversions: u64,
+    /// Accepted revenue.
+    pub revenue: f64,
+}
+
+impl ExperimentBook {
+    /// Whether `member` is exposed (under their id) in any experiment.
+    pub fn is_exposed(&self, member: &str) -> bool {
+        self.experiments
+            .iter()
+            .any(|e| e.members.contains_key(member))
+    }
+
+    /// Exposed members across experiments (erased ones included, anonymously).
+    pub fn exposures(&self) -> usize {
+        self.experiments.iter().map(|e| e.members.len()).sum()
+    }
+
+    /// Every variant's running totals.
+    pub fn totals(&self) -> Vec<VariantTotals> {
+        let mut out = Vec::new();
+        for e in self.experiments.iter() {
+            let st = e.value();
+            let names = st
+                .variants
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let arms = st.arms.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (i, name) in names.into_iter().enumerate() {
+                out.push(VariantTotals {
+                    experiment: e.key().clone(),
+                    variant: name,
+                    decisions: st.decisions[i].load(Ordering::Relaxed),
+                    members: arms[i].members,
+                    conversions: arms[i].conversions,
+                    revenue: arms[i].revenue_sum,
+                });
+            }
+        }
+        out
     }
 }
 

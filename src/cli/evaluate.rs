@@ -531,7 +531,7 @@ pub enum ExportReward {
 
 /// The logging policy's probability of showing an issued offer in its slot,
 /// if it is a usable one (in (0, 1]).
-fn logging_propensity(offer: &crate::ledger::IssuedOffer) -> Option<f64> {
+fn logging_propensity(offer: &crate::state::ledger::IssuedOffer) -> Option<f64> {
     (offer.propensity > 0.0 && offer.propensity <= 1.0).then_some(offer.propensity)
 }
 
@@ -684,8 +684,8 @@ mod tests {
 
     #[test]
     fn engine_log_with_an_unusable_propensity_is_refused_naming_the_field() {
-        use crate::durable::LogRecord;
-        use crate::ledger::{DecisionRecord, IssuedOffer};
+        use crate::state::ledger::{DecisionRecord, IssuedOffer};
+        use crate::state::LogRecord;
         use crate::wal::{Wal, WalOptions};
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(dir.path(), WalOptions::default(), |_| Ok(())).unwrap();

@@ -54,7 +54,7 @@ pub fn growing_map<K: Eq + std::hash::Hash, V>(
     dashmap::DashMap::with_capacity_and_hasher_and_shard_amount(0, hasher, GROWING_SHARDS)
 }
 
-fn fixed_hasher() -> ahash::RandomState {
+pub(crate) fn fixed_hasher() -> ahash::RandomState {
     ahash::RandomState::with_seeds(
         0x6f66_6665_722d_656e,
         0x6769_6e65_2d6d_656d,
@@ -130,6 +130,41 @@ pub fn parse_member_line(line: &str) -> Result<(String, Member), FieldError> {
     let rec: MemberRecord = crate::parse::from_json(line.as_bytes())?;
     let m = rec.to_member()?;
     Ok((rec.member_id, m))
+}
+
+/// Reads NDJSON member lines: `good` gets each valid member; bad lines
+/// are counted and the first [`MAX_REPORTED_ERRORS`] reported by number and
+/// field. Blank lines count as lines and are skipped.
+pub fn read_member_lines<S: AsRef<str>, E>(
+    lines: impl Iterator<Item = Result<S, E>>,
+    mut good: impl FnMut(String, Member),
+) -> Result<LoadReport, E> {
+    let mut report = LoadReport::default();
+    for line in lines {
+        let line = line?;
+        let line = line.as_ref();
+        report.lines += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_member_line(line) {
+            Ok((id, m)) => {
+                good(id, m);
+                report.loaded += 1;
+            }
+            Err(e) => {
+                report.rejected += 1;
+                if report.errors.len() < MAX_REPORTED_ERRORS {
+                    report.errors.push(LineError {
+                        line: report.lines,
+                        field: (!e.field.is_empty()).then_some(e.field),
+                        message: e.message,
+                    });
+                }
+            }
+        }
+    }
+    Ok(report)
 }
 
 impl MemberStore {
@@ -215,31 +250,9 @@ impl MemberStore {
 
     /// Loads NDJSON, applying good lines and reporting bad ones by line number.
     pub fn load_ndjson(&self, reader: impl BufRead) -> std::io::Result<LoadReport> {
-        let mut report = LoadReport::default();
-        for line in reader.lines() {
-            let line = line?;
-            report.lines += 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match parse_member_line(&line) {
-                Ok((id, m)) => {
-                    self.upsert(&id, m);
-                    report.loaded += 1;
-                }
-                Err(e) => {
-                    report.rejected += 1;
-                    if report.errors.len() < MAX_REPORTED_ERRORS {
-                        report.errors.push(LineError {
-                            line: report.lines,
-                            field: (!e.field.is_empty()).then_some(e.field),
-                            message: e.message,
-                        });
-                    }
-                }
-            }
-        }
-        Ok(report)
+        read_member_lines(reader.lines(), |id, m| {
+            self.upsert(&id, m);
+        })
     }
 }
 

@@ -12,9 +12,9 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
-use crate::expiring::ExpiringMap;
 use crate::features::{FeatureVector, N_FEATURES};
 use crate::model::ScoringTable;
+use crate::state::expiring::ExpiringMap;
 pub use offer_engine_core::policy::{seed_of, select, softmax_weights, Candidate, Exploration};
 pub use offer_engine_core::posterior::*;
 

@@ -1,22 +1,87 @@
-//! `offer-engine campaign`: the CLI adapter around [`crate::campaign`].
+//! `offer-engine campaign`: the CLI adapter around [`crate::service::campaigns`].
 //! Reads the same state as the server (`--data-dir`, recording every decision
 //! durably in its log, or `--members FILE`, recording nothing), writes NDJSON
 //! or CSV, and shows progress: a bar with members per second and an ETA on a
 //! terminal, a plain line every few seconds otherwise.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::campaign::{self, CampaignDto, CampaignSink, Format};
-use crate::cli::CampaignArgs;
-use crate::config::Settings;
-use crate::decision::Engine;
-use crate::durable::{Core, LogRecord};
-use crate::ledger::DecisionRecord;
-use crate::wal::{Wal, WalError};
+use crate::durable::Silent;
+use crate::service::campaigns::{
+    self, CampaignDto, CampaignLog, CampaignSink, Format, Recorder, RunOptions,
+};
+use crate::service::reload::build_engine;
+
+/// `campaign` flags (named like the fields of `POST /v1/campaigns`).
+#[derive(Debug, clap::Args)]
+pub struct CampaignArgs {
+    /// Configuration, catalog, model and experiments files.
+    #[command(flatten)]
+    pub files: super::EngineFiles,
+    /// Members NDJSON file (decisions are then not recorded: nothing to attribute accepts to).
+    #[arg(long, conflicts_with = "data_dir")]
+    pub members: Option<PathBuf>,
+    /// The server's data dir (the server must be stopped); decisions are recorded durably.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// email, sms or app.
+    #[arg(long)]
+    pub channel: String,
+    /// Tiers, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tiers: Option<Vec<String>>,
+    /// Home airports, comma-separated IATA codes.
+    #[arg(long, value_delimiter = ',')]
+    pub home_airports: Option<Vec<String>>,
+    /// Not flown for at least this many days.
+    #[arg(long)]
+    pub min_days_since_flight: Option<u32>,
+    /// Flew within this many days.
+    #[arg(long)]
+    pub max_days_since_flight: Option<u32>,
+    /// Birth month 1-12.
+    #[arg(long)]
+    pub birth_month: Option<u8>,
+    /// Minimum points.
+    #[arg(long)]
+    pub min_points: Option<u32>,
+    /// Maximum points.
+    #[arg(long)]
+    pub max_points: Option<u32>,
+    /// At most this much qualifying spend (CNY) from the next tier.
+    #[arg(long)]
+    pub max_distance_to_next_tier: Option<f64>,
+    /// Required tags, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Option<Vec<String>>,
+    /// Offers per member.
+    #[arg(long, default_value_t = 3)]
+    pub offers: usize,
+    /// Campaign date YYYY-MM-DD (default today).
+    #[arg(long)]
+    pub date: Option<String>,
+    /// Most members written.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Campaign id (default: derived from the filter, channel, offers and date).
+    #[arg(long)]
+    pub campaign_id: Option<String>,
+    /// Output file ("-" for standard output).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// ndjson or csv.
+    #[arg(long, default_value = "ndjson")]
+    pub format: String,
+    /// Scoring threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
 
 /// Progress reporting: indicatif on a terminal, plain lines otherwise.
 enum Progress {
@@ -74,40 +139,15 @@ impl Progress {
     }
 }
 
-/// A log write on its way to disk.
-type PendingWrite =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, WalError>> + Send>>;
-
-/// Output file plus, with a data dir, the log every decision is recorded in.
-struct CliSink<W: Write> {
-    out: W,
-    log: Option<(Wal, Core)>,
-    /// Log writes queued and not yet confirmed (confirmed in order; the last proves all).
-    pending: Vec<PendingWrite>,
+/// Output file with progress.
+struct CliSink {
+    out: Box<dyn Write>,
     progress: Progress,
 }
 
-impl<W: Write> CampaignSink for CliSink<W> {
+impl CampaignSink for CliSink {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.out.write_all(bytes)
-    }
-
-    fn record(&mut self, records: Vec<DecisionRecord>) -> std::io::Result<()> {
-        let Some((wal, core)) = &self.log else {
-            return Ok(());
-        };
-        let rec = LogRecord::Decisions(records);
-        let core = core.clone();
-        let payload = rec.encode();
-        self.pending.push(Box::pin(wal.append(payload, move |_| {
-            core.apply(&rec, true);
-        })));
-        // Keep a bounded number of writes in flight.
-        if self.pending.len() >= 64 {
-            let first = self.pending.remove(0);
-            block_on(first).map_err(std::io::Error::other)?;
-        }
-        Ok(())
     }
 
     fn progress(&mut self, scanned: u64) {
@@ -115,27 +155,10 @@ impl<W: Write> CampaignSink for CliSink<W> {
     }
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    // A tiny single-threaded runtime: the CLI has no other async work.
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map(|rt| rt.block_on(f))
-        .unwrap_or_else(|e| panic!("cannot start a runtime: {e}"))
-}
-
 /// Runs the `campaign` command.
 pub fn run(a: CampaignArgs) -> anyhow::Result<()> {
     crate::telemetry::init("warn", false);
-    let mut settings = Settings::load(a.config.as_deref(), std::env::vars())?;
-    if let Some(c) = &a.catalog {
-        settings.catalog.file = c.display().to_string();
-    }
-    if let Some(m) = &a.model {
-        settings.model.file = m.display().to_string();
-    }
-    if let Some(e) = &a.experiments {
-        settings.experiments.file = e.display().to_string();
-    }
+    let mut settings = a.files.settings()?;
     let format = match a.format.as_str() {
         "ndjson" => Format::Ndjson,
         "csv" => Format::Csv,
@@ -158,53 +181,31 @@ pub fn run(a: CampaignArgs) -> anyhow::Result<()> {
         campaign_id: a.campaign_id.clone(),
     };
     // Every field is checked before anything is loaded or scored.
+    let now = chrono::Utc::now();
     let c = dto
-        .into_campaign(chrono::Utc::now())
+        .into_campaign(now)
         .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message))?;
-    let experiments = crate::startup::load_experiments(&settings)?;
-    let variant_models = crate::startup::load_variant_models(&experiments)?;
-    let engine = Engine::new(
-        crate::startup::load_catalog(&settings)?,
-        crate::startup::load_model(&settings)?,
-        settings.tiers,
-    )
-    .with_experiments(experiments)
-    .with_variant_models(variant_models);
-    let (store, ledger, log, _lock) = match (&a.data_dir, &a.members) {
+    let engine = build_engine(&settings)?;
+    let (store, durable, _lock) = match (&a.data_dir, &a.members) {
         (Some(dir), _) => {
             settings.durability.data_dir = dir.display().to_string();
-            let (core, wal, lock) = crate::startup::open_state(&settings)?;
-            (
-                core.members.clone(),
-                Some(core.ledger.clone()),
-                Some((wal, core)),
-                Some(lock),
-            )
+            let (durable, lock) = crate::startup::open_state(&settings, Arc::new(Silent))?;
+            (durable.state().members().clone(), Some(durable), Some(lock))
         }
         (None, Some(file)) => {
             settings.members.file = file.display().to_string();
-            let store = crate::store::MemberStore::new();
+            let store = crate::state::members::MemberStore::new();
             crate::startup::load_members(&settings, &store)?;
             eprintln!(
                 "note: reading {} directly: decisions are not recorded, so accepts from this campaign cannot be attributed (use --data-dir or POST /v1/campaigns)",
                 file.display()
             );
-            (store, None, None, None)
+            (store, None, None)
         }
         (None, None) => anyhow::bail!("give --data-dir DIR (the server's state) or --members FILE"),
     };
-    let out: Box<dyn Write> = if a.out.as_os_str() == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(
-            std::fs::File::create(&a.out)
-                .with_context(|| format!("creating {}", a.out.display()))?,
-        )
-    };
     let mut sink = CliSink {
-        out: std::io::BufWriter::with_capacity(1 << 20, out),
-        log,
-        pending: Vec::new(),
+        out: super::open_output(&a.out)?,
         progress: Progress::new(store.len() as u64),
     };
     let threads = a.threads.unwrap_or_else(|| {
@@ -212,12 +213,11 @@ pub fn run(a: CampaignArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let cap = settings.contact.max_offers_per_day.of(c.channel) as usize;
     let stop = AtomicBool::new(false);
-    let opts = campaign::RunOptions {
-        daily_cap: cap,
+    let opts = RunOptions {
+        daily_cap: settings.contact.max_offers_per_day.of(c.channel) as usize,
         suppress_days_default: settings.contact.suppress_days_after_decline,
-        record: sink.log.is_some(),
+        record: durable.is_some(),
         format,
         threads,
         // Signed with the server's key (same configuration), so accepts of
@@ -234,17 +234,30 @@ pub fn run(a: CampaignArgs) -> anyhow::Result<()> {
             .tokens,
         ),
     };
-    let summary = campaign::run(&engine, &c, &store, ledger.as_ref(), opts, &mut sink, &stop)?;
+    let mut log = durable
+        .as_ref()
+        .map(|d| CampaignLog::new(d.clone(), now.timestamp_millis()));
+    let ledger = durable.as_ref().map(|d| d.state().ledger());
+    let summary = campaigns::run(
+        &engine,
+        &c,
+        &store,
+        ledger,
+        opts,
+        &mut sink,
+        log.as_mut().map(|l| l as &mut dyn Recorder),
+        &stop,
+    )?;
     sink.out.flush()?;
     sink.progress.finish();
-    if let Some(last) = sink.pending.pop() {
-        // Writes complete in order: the last one durable means all are.
-        block_on(last).context("recording the campaign's decisions in the event log")?;
+    if let Some(log) = log {
+        log.finish()
+            .context("recording the campaign's decisions in the event log")?;
     }
-    if let Some((wal, _)) = &sink.log {
-        wal.close();
+    if let Some(d) = &durable {
+        d.close();
     }
-    let recorded = if sink.log.is_some() {
+    let recorded = if durable.is_some() {
         format!("{} decisions recorded", summary.decisions_recorded)
     } else {
         "decisions not recorded".to_string()

@@ -8,6 +8,9 @@
 //! - **Contacts**: offers shown per member, day and channel, for the daily cap.
 //! - **Inventory**: accepted units per offer and flight (or airport and day).
 //!
+//! Every method that depends on time takes it as an argument: the apply
+//! path passes the log's time, request paths the wall clock.
+//!
 //! Two-phase changes keep snapshots exact. A live accept first *reserves*
 //! (a pending status on the offer, a reserved inventory unit) so concurrent
 //! accepts cannot oversell; only when its log record is durable is it
@@ -18,12 +21,11 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use chrono::Utc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Channel, Day};
-use crate::expiring::ExpiringMap;
+use crate::state::expiring::ExpiringMap;
 
 pub use offer_engine_core::records::{
     inventory_key, ms, DecisionRecord, InventoryKey, IssuedOffer,
@@ -150,13 +152,13 @@ pub type Suppressions = DashMap<Box<str>, Vec<(Arc<str>, i64)>, ahash::RandomSta
 #[derive(Clone)]
 pub struct Ledger {
     /// Decisions by id, until their offers expire.
-    pub decisions: Arc<DecisionMemory>,
+    decisions: Arc<DecisionMemory>,
     /// Member → (offer id, suppressed until ms).
-    pub suppressions: Arc<Suppressions>,
+    suppressions: Arc<Suppressions>,
     /// Member → offers shown today per channel.
-    pub contacts: Arc<DashMap<Box<str>, ContactDay, ahash::RandomState>>,
+    contacts: Arc<DashMap<Box<str>, ContactDay, ahash::RandomState>>,
     /// (offer id, key) → units.
-    pub inventory: Arc<DashMap<(Arc<str>, InventoryKey), Units, ahash::RandomState>>,
+    inventory: Arc<DashMap<(Arc<str>, InventoryKey), Units, ahash::RandomState>>,
 }
 
 /// Why a reservation failed.
@@ -173,20 +175,76 @@ impl Ledger {
     pub fn new(max_decisions: u64) -> Ledger {
         Ledger {
             decisions: Arc::new(DecisionMemory::new(max_decisions as usize)),
-            suppressions: Arc::new(crate::store::growing_map(Default::default())),
-            contacts: Arc::new(crate::store::growing_map(Default::default())),
-            inventory: Default::default(),
+            suppressions: Arc::new(super::members::growing_map(super::members::fixed_hasher())),
+            contacts: Arc::new(super::members::growing_map(super::members::fixed_hasher())),
+            inventory: Arc::new(DashMap::with_hasher(super::members::fixed_hasher())),
         }
     }
 
-    /// Remembers a decision (replaces none that exists: replay is idempotent).
-    pub fn remember(&self, record: DecisionRecord) -> Arc<LiveDecision> {
-        self.decisions.insert(record, Utc::now().timestamp_millis())
+    /// Remembers a decision at `now_ms` (replaces none that exists: replay
+    /// is idempotent).
+    pub fn remember(&self, record: DecisionRecord, now_ms: i64) -> Arc<LiveDecision> {
+        self.decisions.insert(record, now_ms)
     }
 
-    /// A remembered decision.
-    pub fn decision(&self, id: &str) -> Option<Arc<LiveDecision>> {
-        self.decisions.get(id, Utc::now().timestamp_millis())
+    /// A decision remembered and not yet forgotten at `now_ms`.
+    pub fn decision(&self, id: &str, now_ms: i64) -> Option<Arc<LiveDecision>> {
+        self.decisions.get(id, now_ms)
+    }
+
+    /// Decisions remembered.
+    pub fn decision_count(&self) -> usize {
+        self.decisions.len()
+    }
+
+    /// Forgets decisions whose offers (plus a minute) expired before `now_ms`.
+    pub fn evict_expired(&self, now_ms: i64) {
+        self.decisions.evict_expired(now_ms)
+    }
+
+    /// The offers `member` declined that are still suppressed at `now_ms`.
+    pub fn active_suppressions(&self, member: &str, now_ms: i64) -> Vec<Arc<str>> {
+        self.suppressions
+            .get(member)
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, until)| *until > now_ms)
+                    .map(|(o, _)| o.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether anything is held under `member` (suppressions, contact counts
+    /// or remembered decisions).
+    pub fn holds_member(&self, member: &str) -> bool {
+        self.suppressions.contains_key(member) || self.contacts.contains_key(member) || {
+            let mut found = false;
+            self.decisions.for_each(i64::MIN, |d| {
+                found |= d.record.member_id == member;
+            });
+            found
+        }
+    }
+
+    /// Removes everything held under `member`. Inventory counts hold no
+    /// member data and stay. Erasure is rare, so walking the decision memory
+    /// is acceptable.
+    pub fn erase_member(&self, member: &str) {
+        self.suppressions.remove(member);
+        self.contacts.remove(member);
+        self.decisions
+            .remove_where(|d| d.record.member_id == member);
+    }
+
+    /// A unit of `offer_id` under `key` is durably taken by an accept whose
+    /// decision is no longer remembered.
+    pub fn commit_unit(&self, offer_id: &str, key: &InventoryKey) {
+        let mut u = self
+            .inventory
+            .entry((offer_id.into(), key.clone()))
+            .or_default();
+        u.committed += 1;
     }
 
     /// Whether `offer_id` is suppressed for `member` at `now_ms`.
@@ -204,6 +262,75 @@ impl Ledger {
         match e.iter_mut().find(|(o, _)| &**o == offer_id) {
             Some((_, u)) => *u = (*u).max(until_ms),
             None => e.push((offer_id.into(), until_ms)),
+        }
+    }
+
+    /// The committed parts, for a snapshot: decisions not outlived at
+    /// `now_ms` with their committed accept status, suppressions, contact
+    /// counts, and units taken.
+    #[allow(clippy::type_complexity)]
+    pub fn committed(
+        &self,
+        now_ms: i64,
+    ) -> (
+        Vec<(DecisionRecord, Vec<u8>)>,
+        Vec<(String, Vec<(String, i64)>)>,
+        Vec<(String, ContactDay)>,
+        Vec<(String, InventoryKey, u32)>,
+    ) {
+        let mut decisions = Vec::with_capacity(self.decisions.len());
+        self.decisions.for_each(now_ms, |d| {
+            decisions.push((d.record.clone(), d.committed_status()))
+        });
+        let suppressions = self
+            .suppressions
+            .iter()
+            .map(|e| {
+                (
+                    e.key().to_string(),
+                    e.value().iter().map(|(o, u)| (o.to_string(), *u)).collect(),
+                )
+            })
+            .collect();
+        let contacts = self
+            .contacts
+            .iter()
+            .map(|e| (e.key().to_string(), *e.value()))
+            .collect();
+        let inventory = self
+            .inventory
+            .iter()
+            .filter(|e| e.value().committed > 0)
+            .map(|e| {
+                (
+                    e.key().0.to_string(),
+                    e.key().1.clone(),
+                    e.value().committed,
+                )
+            })
+            .collect();
+        (decisions, suppressions, contacts, inventory)
+    }
+
+    /// Restores the parts [`Ledger::committed`] returned (decisions are
+    /// restored one by one with [`Ledger::remember`]).
+    pub fn restore(
+        &self,
+        suppressions: Vec<(String, Vec<(String, i64)>)>,
+        contacts: Vec<(String, ContactDay)>,
+        inventory: Vec<(String, InventoryKey, u32)>,
+        now_ms: i64,
+    ) {
+        for (m, list) in suppressions {
+            for (o, until) in list {
+                self.suppress(&m, &o, until, now_ms);
+            }
+        }
+        for (m, c) in contacts {
+            self.contacts.insert(m.into(), c);
+        }
+        for (o, key, committed) in inventory {
+            self.inventory.entry((o.into(), key)).or_default().committed = committed;
         }
     }
 
@@ -304,6 +431,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     fn record(cap: u32) -> DecisionRecord {
         DecisionRecord {
@@ -376,7 +504,7 @@ mod tests {
     #[test]
     fn reserve_commit_release() {
         let l = Ledger::new(100);
-        let d = l.remember(record(1));
+        let d = l.remember(record(1), chrono::Utc::now().timestamp_millis());
         assert_eq!(l.reserve_accept(&d, 0), Ok(()));
         assert_eq!(l.reserve_accept(&d, 0), Err(ReserveError::AlreadyAccepted));
         l.release_accept(&d, 0);
@@ -387,7 +515,7 @@ mod tests {
         assert_eq!((u.committed, u.reserved), (1, 0));
         let mut other = record(1);
         other.id = "d2".into();
-        let d2 = l.remember(other);
+        let d2 = l.remember(other, chrono::Utc::now().timestamp_millis());
         assert_eq!(l.reserve_accept(&d2, 0), Err(ReserveError::SoldOut));
         assert_eq!(d2.status[0].load(Ordering::Acquire), OPEN);
     }

@@ -21,18 +21,20 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::decision::{decide_scored, Constraints, DecisionInput, Engine};
+use super::audience::{issued_offer, Ask, Audience};
+use crate::decision::{decide_scored, DecisionInput, Engine};
 use crate::domain::{Channel, Day, FieldError, Iata, Member, Tags, Tier};
+use crate::durable::{Durable, LogError, Pending};
 use crate::experiments::Assignment;
 use crate::features::{self, DecisionContext, N_FEATURES};
-use crate::ledger::{DecisionRecord, IssuedOffer, Ledger};
+use crate::records::{DecisionRecord, IssuedOffer};
 use crate::render::OfferOut;
+use crate::state::ledger::Ledger;
 
 /// Wire form of a campaign (`POST /v1/campaigns`; the CLI flags use the same names).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
@@ -355,21 +357,6 @@ fn plan(engine: &Engine, c: &Campaign) -> Plan {
     }
 }
 
-/// Contact policy for one campaign member.
-struct CampaignConstraints {
-    suppressed: Vec<Arc<str>>,
-    remaining: usize,
-}
-
-impl Constraints for CampaignConstraints {
-    fn allowed(&self, _index: usize, offer: &crate::catalog::Offer) -> bool {
-        !self.suppressed.iter().any(|s| **s == *offer.id)
-    }
-    fn remaining_contacts(&self) -> usize {
-        self.remaining
-    }
-}
-
 /// One output line.
 #[derive(Serialize)]
 struct Line<'a> {
@@ -408,14 +395,76 @@ pub struct CampaignSummary {
     pub seconds: f64,
 }
 
-/// Where lines and records go.
+/// Where lines go (the adapter's output: a file, an HTTP stream).
 pub trait CampaignSink {
     /// Writes output bytes (whole lines).
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
-    /// Records decisions (durably, where the sink has a log). In scan order.
-    fn record(&mut self, records: Vec<DecisionRecord>) -> std::io::Result<()>;
     /// Progress: members scanned so far.
     fn progress(&mut self, _scanned: u64) {}
+}
+
+/// Where a run's decisions go, in scan order, before their lines are
+/// written.
+pub trait Recorder {
+    /// Records a block of decisions.
+    fn record(&mut self, records: Vec<DecisionRecord>) -> std::io::Result<()>;
+}
+
+/// Commits a campaign's decisions as their lines are written (a decision
+/// is remembered before its line can reach anyone), with a bounded number
+/// of log writes in flight.
+pub struct CampaignLog {
+    durable: Durable,
+    now_ms: i64,
+    in_flight: std::collections::VecDeque<Pending>,
+}
+
+/// Log writes a campaign keeps in flight before it waits for the oldest.
+const MAX_IN_FLIGHT: usize = 64;
+
+impl CampaignLog {
+    /// Records a campaign run at `now_ms` through `durable`.
+    pub fn new(durable: Durable, now_ms: i64) -> CampaignLog {
+        CampaignLog {
+            durable,
+            now_ms,
+            in_flight: Default::default(),
+        }
+    }
+
+    /// Waits until every decision recorded is durable (writes complete in
+    /// order: the last one durable means all are).
+    pub fn finish(mut self) -> Result<(), LogError> {
+        match self.in_flight.pop_back() {
+            Some(last) => wait(last).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Recorder for CampaignLog {
+    fn record(&mut self, records: Vec<DecisionRecord>) -> std::io::Result<()> {
+        self.in_flight
+            .push_back(self.durable.commit_decisions(records, self.now_ms));
+        if self.in_flight.len() > MAX_IN_FLIGHT {
+            if let Some(oldest) = self.in_flight.pop_front() {
+                wait(oldest).map_err(std::io::Error::other)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for a log write from a thread that is not running async tasks
+/// (a blocking worker of the server's runtime, or the CLI).
+fn wait(p: Pending) -> Result<u64, LogError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.block_on(p),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| LogError::Unavailable(format!("cannot start a runtime: {e}")))?
+            .block_on(p),
+    }
 }
 
 /// How a run behaves beyond the campaign itself.
@@ -557,20 +606,27 @@ fn score_block(
     // One matrix product for the whole block: members × candidate offers.
     let z = x.dot(&plan.weights_t);
     let now_ms = c.now.timestamp_millis();
-    let today = Day::of(c.now);
     let mut bytes = Vec::with_capacity(block.len() * 256);
     let mut members = Vec::with_capacity(block.len());
     for (r, (id, m)) in block.iter().enumerate() {
-        let policy = engine.variant_policy(id, c.offers);
-        let (holdout, ranking, max_offers, categories) = (
-            policy.holdout,
-            policy.ranking,
-            policy.max_offers,
-            policy.categories,
+        let audience = Audience::of(
+            engine,
+            ledger,
+            Ask {
+                member_id: id,
+                channel: c.channel,
+                itinerary: None,
+                max_offers: c.offers,
+                daily_cap: opts.daily_cap,
+                now_ms,
+            },
         );
-        let assignments = policy.assignments;
+        let policy = &audience.policy;
+        let (ranking, max_offers, categories) =
+            (policy.ranking, policy.max_offers, policy.categories);
+        let assignments = policy.assignments.clone();
         let decision_id = format!("cmp-{}-{}", c.id, id);
-        if holdout {
+        if audience.holdout() {
             members.push((
                 bytes.len(),
                 opts.record.then(|| DecisionRecord {
@@ -587,25 +643,6 @@ fn score_block(
             ));
             continue;
         }
-        let (suppressed, shown) = match ledger {
-            Some(l) => (
-                l.suppressions
-                    .get(&**id)
-                    .map(|v| {
-                        v.iter()
-                            .filter(|(_, u)| *u > now_ms)
-                            .map(|(o, _)| o.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                l.shown(id, today, c.channel) as usize,
-            ),
-            None => (Vec::new(), 0),
-        };
-        let constraints = CampaignConstraints {
-            suppressed,
-            remaining: opts.daily_cap.saturating_sub(shown),
-        };
         let cands: Vec<usize> = match categories {
             None => plan.candidates.clone(),
             Some(cats) => plan
@@ -627,7 +664,7 @@ fn score_block(
                 max_offers,
                 ranking,
             },
-            &constraints,
+            &audience,
             Some(&cands),
             |i| {
                 if variant_model {
@@ -648,18 +685,7 @@ fn score_block(
                 .iter()
                 .map(|o| {
                     let offer = &engine.catalog.offers[o.index];
-                    IssuedOffer {
-                        offer_id: offer.id.clone(),
-                        price: o.price.clone(),
-                        points_price: o.points_price,
-                        expires_ms: o.expires_at.timestamp_millis(),
-                        inventory: None,
-                        suppress_days: offer
-                            .contact
-                            .suppress_days_after_decline
-                            .unwrap_or(opts.suppress_days_default),
-                        propensity: o.slot_propensity,
-                    }
+                    issued_offer(offer, o, None, opts.suppress_days_default)
                 })
                 .collect()
         } else {
@@ -716,10 +742,11 @@ fn score_block(
 pub fn run(
     engine: &Engine,
     campaign: &Campaign,
-    store: &crate::store::MemberStore,
+    store: &crate::state::members::MemberStore,
     ledger: Option<&Ledger>,
     opts: RunOptions,
     sink: &mut dyn CampaignSink,
+    mut log: Option<&mut dyn Recorder>,
     stop: &AtomicBool,
 ) -> std::io::Result<CampaignSummary> {
     let started = std::time::Instant::now();
@@ -827,10 +854,9 @@ pub fn run(
                 }
                 summary.decisions_recorded += records.len() as u64;
                 // Record first: a decision is remembered before its line can reach anyone.
-                let result = if records.is_empty() {
-                    Ok(())
-                } else {
-                    sink.record(records)
+                let result = match (&mut log, records.is_empty()) {
+                    (Some(log), false) => log.record(records),
+                    _ => Ok(()),
                 }
                 .and_then(|()| sink.write(&r.bytes[..cut]));
                 if let Err(e) = result {
@@ -850,6 +876,46 @@ pub fn run(
     Ok(summary)
 }
 
+impl super::Service {
+    /// Runs a campaign on the live state, streaming its lines to `sink`.
+    /// Suppressions and daily caps apply; every decision is committed
+    /// (remembered at once, durable before the run is reported done).
+    pub fn run_campaign(
+        &self,
+        campaign: &Campaign,
+        format: Format,
+        sink: &mut dyn CampaignSink,
+        stop: &AtomicBool,
+    ) -> std::io::Result<CampaignSummary> {
+        let engine = self.engine.load_full();
+        let settings = self.settings();
+        let opts = RunOptions {
+            daily_cap: settings.contact.max_offers_per_day.of(campaign.channel) as usize,
+            suppress_days_default: settings.contact.suppress_days_after_decline,
+            record: true,
+            format,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            tokens: Some(self.security().tokens.clone()),
+        };
+        let mut log = CampaignLog::new(self.durable().clone(), Utc::now().timestamp_millis());
+        let state = self.state();
+        let summary = run(
+            &engine,
+            campaign,
+            state.members(),
+            Some(state.ledger()),
+            opts,
+            sink,
+            Some(&mut log as &mut dyn Recorder),
+            stop,
+        )?;
+        log.finish().map_err(std::io::Error::other)?;
+        Ok(summary)
+    }
+}
+
 /// A sink writing to any `Write`, recording nothing (a members file has no log).
 pub struct WriteSink<W: Write> {
     /// The output.
@@ -859,9 +925,6 @@ pub struct WriteSink<W: Write> {
 impl<W: Write> CampaignSink for WriteSink<W> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.out.write_all(bytes)
-    }
-    fn record(&mut self, _records: Vec<DecisionRecord>) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

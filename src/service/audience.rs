@@ -1,0 +1,127 @@
+//! What one member may be shown, decided in one place for checkout and
+//! campaigns: the member's experiment variant (holdout, ranking, catalog
+//! subset, model, exploration), offers they declined recently, the daily
+//! contact cap of the channel, and inventory left on the trip. Also the
+//! form in which an offer shown is committed ([`issued_offer`]).
+
+use std::sync::Arc;
+
+use crate::catalog::Offer;
+use crate::decision::{Constraints, Engine, RankedOffer, VariantPolicy};
+use crate::domain::{Channel, Day, Itinerary};
+use crate::records::{inventory_key, IssuedOffer};
+use crate::state::ledger::Ledger;
+
+/// One member's view of a decision: their variant's policy and the
+/// contact and inventory rules that rule offers out.
+pub struct Audience<'a> {
+    /// The member's variant policy (assignments, holdout, ranking, limits).
+    pub policy: VariantPolicy<'a>,
+    ledger: Option<&'a Ledger>,
+    /// Offers this member declined recently.
+    suppressed: Vec<Arc<str>>,
+    itinerary: Option<&'a Itinerary>,
+    /// Offers the member may still be shown today on the channel.
+    remaining: usize,
+}
+
+/// Who is asking, on which channel, when.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Member id.
+    pub member_id: &'a str,
+    /// Channel.
+    pub channel: Channel,
+    /// The trip, at checkout.
+    pub itinerary: Option<&'a Itinerary>,
+    /// The caller's limit on offers.
+    pub max_offers: usize,
+    /// Offers a member may be shown per day on the channel.
+    pub daily_cap: usize,
+    /// Now, ms since the epoch.
+    pub now_ms: i64,
+}
+
+impl<'a> Audience<'a> {
+    /// The member's audience: `ledger` (the live state) applies
+    /// suppressions, the daily cap and inventory; without one (a members
+    /// file, nothing to remember) none apply.
+    pub fn of(engine: &'a Engine, ledger: Option<&'a Ledger>, ask: Ask<'a>) -> Audience<'a> {
+        let policy = engine.variant_policy(ask.member_id, ask.max_offers);
+        let (suppressed, shown) = match ledger {
+            Some(l) if !policy.holdout => (
+                l.active_suppressions(ask.member_id, ask.now_ms),
+                l.shown(
+                    ask.member_id,
+                    Day(crate::state::day_of_ms(ask.now_ms)),
+                    ask.channel,
+                ) as usize,
+            ),
+            _ => (Vec::new(), 0),
+        };
+        let remaining = if policy.holdout {
+            0
+        } else {
+            ask.daily_cap.saturating_sub(shown)
+        };
+        Audience {
+            policy,
+            ledger,
+            suppressed,
+            itinerary: ask.itinerary,
+            remaining,
+        }
+    }
+
+    /// A holdout member: shown nothing, recorded as exposed.
+    pub fn holdout(&self) -> bool {
+        self.policy.holdout
+    }
+}
+
+impl Constraints for Audience<'_> {
+    fn allowed(&self, _index: usize, offer: &Offer) -> bool {
+        if self
+            .policy
+            .categories
+            .is_some_and(|c| !c.contains(&offer.category))
+        {
+            return false;
+        }
+        if self.suppressed.iter().any(|s| **s == *offer.id) {
+            return false;
+        }
+        match (
+            self.ledger,
+            self.itinerary.and_then(|it| inventory_key(offer, it)),
+        ) {
+            (Some(l), Some((key, cap))) => l.in_stock(&offer.id, &key, cap),
+            _ => true,
+        }
+    }
+    fn remaining_contacts(&self) -> usize {
+        self.remaining
+    }
+}
+
+/// An offer as committed with its decision: the terms quoted, the
+/// inventory an accept takes from, how long a decline suppresses it.
+pub fn issued_offer(
+    offer: &Offer,
+    o: &RankedOffer,
+    itinerary: Option<&Itinerary>,
+    suppress_default: u32,
+) -> IssuedOffer {
+    IssuedOffer {
+        offer_id: offer.id.clone(),
+        price: o.price.clone(),
+        points_price: o.points_price,
+        expires_ms: o.expires_at.timestamp_millis(),
+        inventory: itinerary.and_then(|it| inventory_key(offer, it)),
+        suppress_days: offer
+            .contact
+            .suppress_days_after_decline
+            .unwrap_or(suppress_default),
+        propensity: o.slot_propensity,
+    }
+}

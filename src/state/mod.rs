@@ -1,0 +1,496 @@
+//! The state the log makes durable, and the one deterministic `apply`.
+//!
+//! [`State`] holds the mutable maps (members, the ledger of promises, the
+//! adaptive models' learner, experiment attribution) behind intent-named
+//! methods; no field is public. Every durable change arrives as a
+//! [`LogRecord`] and goes through [`State::apply`], live (after the record is
+//! durable, on the log's writer thread) and on replay alike. Apply reads no
+//! clock and draws no random number: the time it needs is in the record, and
+//! the state's own notion of "now" is the log time ([`State::log_time_ms`]),
+//! the latest record time applied. The same records therefore give the same
+//! state on every replica and after every restart; [`State::digest`] makes
+//! that checkable.
+//!
+//! Layout: [`members`] (the member store and NDJSON reader), [`ledger`]
+//! (decisions as issued, suppressions, contact counts, inventory),
+//! [`learner`] (adaptive models and their decision memory), [`experiments`]
+//! (exposures, conversions, per-variant statistics), [`expiring`] (the
+//! bounded, time-evicted map the ledger and learner share).
+
+pub mod experiments;
+pub mod expiring;
+pub mod learner;
+pub mod ledger;
+pub mod members;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::domain::{Day, Member, TierThresholds};
+use crate::events::OutcomeKind;
+use crate::experiments::{Assignment, ExperimentSnapshot};
+pub use crate::records::{decode_bounded, LogRecord, MemberWire};
+use crate::state::ledger::{ContactDay, DecisionRecord, InventoryKey, ACCEPTED};
+use experiments::ExperimentBook;
+use learner::{LearnSettings, LearnerSnapshot, OnlineLearner};
+use ledger::Ledger;
+use members::MemberStore;
+
+/// Snapshot format version. 4 adds the log time the snapshot reflects, so a
+/// restore filters outlived decisions by log time, not by the wall clock.
+/// Format 3 snapshots are still read (their log time is the latest time they
+/// hold).
+const SNAPSHOT_FORMAT: u32 = 4;
+
+/// Everything the state holds, committed parts only.
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    format: u32,
+    members: Vec<(String, MemberWire)>,
+    decisions: Vec<(DecisionRecord, Vec<u8>)>,
+    suppressions: Vec<(String, Vec<(String, i64)>)>,
+    contacts: Vec<(String, ContactDay)>,
+    inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshot>,
+    learner: LearnerSnapshot,
+    /// Log time, ms: the latest record time applied.
+    log_time_ms: i64,
+}
+
+/// Format 3: the same without the log time.
+#[derive(Debug, Deserialize)]
+struct SnapshotV3 {
+    format: u32,
+    members: Vec<(String, MemberWire)>,
+    decisions: Vec<(DecisionRecord, Vec<u8>)>,
+    suppressions: Vec<(String, Vec<(String, i64)>)>,
+    contacts: Vec<(String, ContactDay)>,
+    inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshot>,
+    learner: LearnerSnapshot,
+}
+
+/// What the state is built with.
+#[derive(Debug, Clone, Copy)]
+pub struct StateSettings {
+    /// Most decisions remembered for attribution.
+    pub max_decisions: u64,
+    /// Tier thresholds (member changes re-tier on spend).
+    pub thresholds: TierThresholds,
+    /// The adaptive models' settings.
+    pub learning: LearnSettings,
+}
+
+/// The state the log makes durable. Cloning is shallow.
+#[derive(Clone)]
+pub struct State {
+    /// Members.
+    members: MemberStore,
+    /// Decisions, suppressions, contacts, inventory.
+    ledger: Ledger,
+    /// Tier thresholds (member changes re-tier on spend).
+    thresholds: TierThresholds,
+    /// Experiment exposures and conversions.
+    experiments: ExperimentBook,
+    /// Adaptive models, fed by decisions and accepts.
+    learner: OnlineLearner,
+    /// The latest record time applied, ms (the state's "now").
+    log_time: Arc<AtomicI64>,
+    /// Position of the last record applied (its log sequence number).
+    applied: Arc<AtomicU64>,
+    /// Held while a record is applied and while the digest is taken, so a
+    /// digest reflects exactly the records up to [`State::applied`].
+    apply_lock: Arc<Mutex<()>>,
+}
+
+/// Result of applying a record (for metrics on the live path).
+#[derive(Debug, Default, Clone)]
+pub struct Applied {
+    /// Member events whose member no longer exists.
+    pub skipped: u32,
+    /// Experiment exposures: (assignment, first exposure of the member).
+    pub exposed: Vec<(Assignment, bool)>,
+    /// Experiment conversions: (assignment, first conversion of the member, revenue).
+    pub converted: Vec<(Assignment, bool, f64)>,
+}
+
+/// The digest of the applied state and the position it reflects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct StateDigest {
+    /// Log sequence number of the last record applied.
+    pub applied: u64,
+    /// SHA-256 (hex) over the committed state, independent of the order in
+    /// which the maps were filled: equal states give equal digests.
+    pub digest: String,
+}
+
+/// A decision outlives its offers by this long, so that a late accept gets
+/// "expired" rather than "unknown".
+const DECISION_GRACE_MS: i64 = 60_000;
+
+impl State {
+    /// An empty state.
+    pub fn new(s: StateSettings) -> State {
+        State {
+            members: MemberStore::new(),
+            ledger: Ledger::new(s.max_decisions),
+            thresholds: s.thresholds,
+            experiments: ExperimentBook::default(),
+            learner: OnlineLearner::new(s.learning),
+            log_time: Arc::new(AtomicI64::new(i64::MIN)),
+            applied: Arc::new(AtomicU64::new(0)),
+            apply_lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// The members.
+    pub fn members(&self) -> &MemberStore {
+        &self.members
+    }
+
+    /// Decisions as issued, suppressions, contact counts and inventory.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The adaptive models and their memory of decisions.
+    pub fn learner(&self) -> &OnlineLearner {
+        &self.learner
+    }
+
+    /// Experiment attribution.
+    pub fn experiments(&self) -> &ExperimentBook {
+        &self.experiments
+    }
+
+    /// The tier thresholds member changes re-tier with.
+    pub fn thresholds(&self) -> TierThresholds {
+        self.thresholds
+    }
+
+    /// The latest record time applied, ms since the epoch (`i64::MIN` before any).
+    pub fn log_time_ms(&self) -> i64 {
+        self.log_time.load(Ordering::Acquire)
+    }
+
+    /// Log sequence number of the last record applied.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn advance(&self, at_ms: i64) -> i64 {
+        self.log_time.fetch_max(at_ms, Ordering::AcqRel).max(at_ms)
+    }
+
+    /// Applies a durable record at log position `lsn`. `live` says the
+    /// record was produced by this process (its accepts were reserved in
+    /// phase one and its decision is remembered already); replay passes
+    /// false. The result depends only on the state and the record.
+    pub fn apply(&self, rec: &LogRecord, lsn: u64, live: bool) -> Applied {
+        let _held = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut applied = Applied::default();
+        match rec {
+            LogRecord::Decision(d) => self.apply_decision(d, &d.features, live, &mut applied),
+            LogRecord::Decisions(list) => {
+                for d in list {
+                    self.apply_decision(d, &d.features, live, &mut applied);
+                }
+            }
+            LogRecord::Outcomes(events) => {
+                for e in events {
+                    self.advance(e.at_ms);
+                    match e.kind {
+                        OutcomeKind::Accept => {
+                            self.learner
+                                .accepted(&e.decision_id, &e.offer_id, e.at_ms, e.learn);
+                            // Committed whatever the decision's age: the
+                            // record says the unit was taken.
+                            match self.ledger.decision(&e.decision_id, i64::MIN) {
+                                Some(d) if (e.offer_pos as usize) < d.status.len() => {
+                                    self.ledger.commit_accept(&d, e.offer_pos as usize, live)
+                                }
+                                // The decision expired from memory: its inventory still counts.
+                                _ => {
+                                    if let Some((key, _)) = &e.inventory {
+                                        self.ledger.commit_unit(&e.offer_id, key);
+                                    }
+                                }
+                            }
+                            for a in &e.experiments {
+                                let c = self.experiments.convert(a, &e.member_id, e.revenue);
+                                applied
+                                    .converted
+                                    .push((a.clone(), c.new_conversion, e.revenue));
+                            }
+                        }
+                        OutcomeKind::Decline => {
+                            let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
+                            self.ledger
+                                .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
+                        }
+                        OutcomeKind::Fulfilled => {
+                            // Checked before logging; a duplicate that raced
+                            // past the check is refused here and counts once.
+                            let _ = self.learner.fulfilled(
+                                &e.decision_id,
+                                &e.offer_id,
+                                e.at_ms,
+                                e.learn,
+                            );
+                        }
+                        OutcomeKind::Impression | OutcomeKind::Click => {}
+                    }
+                }
+            }
+            LogRecord::Members(list) => {
+                for (id, w) in list {
+                    self.members.upsert(id, Member::from(w));
+                }
+            }
+            LogRecord::MemberChange {
+                member_id,
+                change,
+                at_ms,
+            } => {
+                self.advance(*at_ms);
+                let th = self.thresholds;
+                if self
+                    .members
+                    .update(member_id, |m| change.apply(m, &th))
+                    .is_none()
+                {
+                    applied.skipped += 1;
+                }
+            }
+            LogRecord::MemberErased { member_id, at_ms } => {
+                self.advance(*at_ms);
+                self.erase_member(member_id, *at_ms)
+            }
+        }
+        self.applied.fetch_max(lsn, Ordering::AcqRel);
+        applied
+    }
+
+    /// Applies one durable decision at `lsn` (what [`State::apply`] does for
+    /// `LogRecord::Decision`), borrowing the record; `features` are the ones
+    /// it was logged with (the live path keeps them out of the ledger's copy).
+    pub fn apply_decision_record(
+        &self,
+        d: &DecisionRecord,
+        features: &[f32],
+        lsn: u64,
+        live: bool,
+    ) -> Applied {
+        let _held = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut applied = Applied::default();
+        self.apply_decision(d, features, live, &mut applied);
+        self.applied.fetch_max(lsn, Ordering::AcqRel);
+        applied
+    }
+
+    /// Remembers a decision made here before its record is logged, so an
+    /// accept may follow at once; `now_ms` is the request's clock.
+    pub fn remember_decision(
+        &self,
+        record: DecisionRecord,
+        now_ms: i64,
+    ) -> Arc<crate::state::ledger::LiveDecision> {
+        self.ledger.remember(record, now_ms)
+    }
+
+    /// Removes everything held about a member: the record, suppressions,
+    /// contact counts and remembered decisions; experiment exposures are
+    /// kept anonymously (see [`ExperimentBook::erase_member`]). Inventory
+    /// counts hold no member data and stay.
+    fn erase_member(&self, member_id: &str, at_ms: i64) {
+        self.members.remove(member_id);
+        self.ledger.erase_member(member_id);
+        self.experiments.erase_member(member_id, at_ms);
+        self.learner.forget_member(member_id);
+    }
+
+    fn apply_decision(
+        &self,
+        d: &DecisionRecord,
+        features: &[f32],
+        live: bool,
+        applied: &mut Applied,
+    ) {
+        let now = self.advance(d.created_ms);
+        if !features.is_empty() {
+            let offers: Vec<&str> = d.offers.iter().map(|o| o.offer_id.as_str()).collect();
+            self.learner
+                .decided(&d.id, &d.member_id, d.created_ms, features, &offers);
+        }
+        let shown = d.offers.len().min(u16::MAX as usize) as u16;
+        self.ledger
+            .count_shown(&d.member_id, Day(day_of_ms(d.created_ms)), d.channel, shown);
+        for a in &d.experiments {
+            let c = self.experiments.expose(a, &d.member_id, d.covariate);
+            applied.exposed.push((a.clone(), c.new_member));
+        }
+        if !live && d.last_expiry_ms() + DECISION_GRACE_MS > now {
+            // The features live on in the learner's memory, not twice.
+            self.ledger.remember(d.without_features(), now);
+        }
+    }
+
+    fn to_snapshot(&self) -> Snapshot {
+        let now = self.log_time_ms();
+        let mut members = Vec::with_capacity(self.members.len());
+        self.members
+            .for_each(|id, m| members.push((id.to_string(), MemberWire::from(m))));
+        let (decisions, suppressions, contacts, inventory) = self.ledger.committed(now);
+        Snapshot {
+            format: SNAPSHOT_FORMAT,
+            members,
+            decisions,
+            suppressions,
+            contacts,
+            inventory,
+            experiments: self.experiments.to_snapshot(),
+            learner: self.learner.to_snapshot(now),
+            log_time_ms: now,
+        }
+    }
+
+    /// Serializes the committed state. Two states that applied the same
+    /// records in the same order serialize to the same bytes.
+    pub fn snapshot_bytes(&self) -> Vec<u8> {
+        bincode::serialize(&self.to_snapshot()).unwrap_or_default()
+    }
+
+    /// Restores state from a snapshot that reflects the log up to `lsn`
+    /// (into an empty state).
+    pub fn restore(&self, bytes: &[u8], lsn: u64) -> Result<(), String> {
+        let format = bytes
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        let snap: Snapshot = match format {
+            SNAPSHOT_FORMAT => {
+                decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?
+            }
+            3 => {
+                let v3: SnapshotV3 =
+                    decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+                let log_time_ms = v3
+                    .decisions
+                    .iter()
+                    .map(|(d, _)| d.created_ms)
+                    .chain(v3.learner.memory.iter().map(|(_, r)| r.created_ms))
+                    .max()
+                    .unwrap_or(i64::MIN);
+                Snapshot {
+                    format: v3.format,
+                    members: v3.members,
+                    decisions: v3.decisions,
+                    suppressions: v3.suppressions,
+                    contacts: v3.contacts,
+                    inventory: v3.inventory,
+                    experiments: v3.experiments,
+                    learner: v3.learner,
+                    log_time_ms,
+                }
+            }
+            other => return Err(format!("snapshot format {other} is not {SNAPSHOT_FORMAT}")),
+        };
+        let _held = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = self.advance(snap.log_time_ms);
+        for (id, w) in &snap.members {
+            self.members.upsert(id, Member::from(w));
+        }
+        for (rec, status) in snap.decisions {
+            if rec.last_expiry_ms() + DECISION_GRACE_MS <= now {
+                continue;
+            }
+            let d = self.ledger.remember(rec, now);
+            for (s, v) in d.status.iter().zip(status) {
+                if v == ACCEPTED {
+                    s.store(ACCEPTED, Ordering::Release);
+                }
+            }
+        }
+        self.ledger
+            .restore(snap.suppressions, snap.contacts, snap.inventory, now);
+        self.experiments.restore(snap.experiments);
+        self.learner.restore(snap.learner);
+        self.applied.fetch_max(lsn, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The digest of the committed state and the position it reflects.
+    /// Every part is hashed entry by entry and the entry hashes are summed,
+    /// so the digest does not depend on the order the maps were filled in
+    /// (a replica restored from a snapshot and one that replayed the whole
+    /// log agree). The running minimum of the always-valid p-value, which
+    /// reading a report updates, is left out.
+    pub fn digest(&self) -> StateDigest {
+        let _held = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut snap = self.to_snapshot();
+        for e in &mut snap.experiments {
+            e.sequential_min.clear();
+        }
+        let mut out = Sha256::new();
+        out.update(b"offer-engine state v1");
+        out.update(snap.log_time_ms.to_le_bytes());
+        out.update(multiset(&snap.members));
+        out.update(multiset(&snap.decisions));
+        out.update(multiset(&snap.suppressions));
+        out.update(multiset(&snap.contacts));
+        out.update(multiset(&snap.inventory));
+        for e in &mut snap.experiments {
+            let members = std::mem::take(&mut e.members);
+            out.update(bincode::serialize(&(&e.id, &e.variants, &e.decisions)).unwrap_or_default());
+            out.update(multiset(&members));
+        }
+        out.update(multiset(&snap.learner.models));
+        out.update(multiset(&snap.learner.memory));
+        StateDigest {
+            applied: self.applied(),
+            digest: crate::privacy::to_hex(&out.finalize()),
+        }
+    }
+}
+
+/// An order-independent hash of a list: the count and the wrapping sum of
+/// each entry's SHA-256 (as four 64-bit words).
+fn multiset<T: Serialize>(items: &[T]) -> Vec<u8> {
+    let mut sum = [0u64; 4];
+    let mut buf = Vec::new();
+    for item in items {
+        buf.clear();
+        let _ = bincode::serialize_into(&mut buf, item);
+        let h = Sha256::digest(&buf);
+        for (k, s) in sum.iter_mut().enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&h[k * 8..k * 8 + 8]);
+            *s = s.wrapping_add(u64::from_le_bytes(w));
+        }
+    }
+    let mut out = (items.len() as u64).to_le_bytes().to_vec();
+    for s in sum {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
+/// Day of a ms timestamp.
+pub fn day_of_ms(ms: i64) -> i32 {
+    ms.div_euclid(86_400_000) as i32
+}
