@@ -16,7 +16,7 @@ use offer_engine::durable::{Core, LogRecord};
 use offer_engine::events::{OutcomeKind, OutcomeRecord};
 use offer_engine::ledger::{InventoryKey, Ledger};
 use offer_engine::store::MemberStore;
-use offer_engine::wal::WalOptions;
+use offer_engine_wal::WalOptions;
 
 fn core() -> Core {
     Core {

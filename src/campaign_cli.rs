@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use offer_engine_wal::{Wal, WalError};
 
 use crate::campaign::{self, CampaignDto, CampaignSink, Format};
 use crate::cli::CampaignArgs;
@@ -16,7 +17,6 @@ use crate::config::Settings;
 use crate::decision::Engine;
 use crate::durable::{Core, LogRecord};
 use crate::ledger::DecisionRecord;
-use crate::wal::{Wal, WalError};
 
 /// Progress reporting: indicatif on a terminal, plain lines otherwise.
 enum Progress {

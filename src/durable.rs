@@ -3,12 +3,13 @@
 //! replay at start, so the state after a restart is exactly the state before.
 //!
 //! Records and snapshots are bincode; the log frames them with checksums
-//! ([`crate::wal`]). Decisions are logged without waiting (checkout never
+//! ([`offer_engine_wal`]). Decisions are logged without waiting (checkout never
 //! waits for a disk); everything a writer is told is accepted (202) was
 //! durable and applied first.
 
 use std::path::Path;
 
+use offer_engine_wal::{RecoveryReport, ReplayItem, Wal, WalError, WalOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Consent, Day, Iata, Member, Tags, Tier, TierThresholds};
@@ -16,7 +17,6 @@ use crate::events::{MemberChange, OutcomeKind, OutcomeRecord};
 use crate::experiments::{Assignment, ExperimentBook, ExperimentSnapshot};
 use crate::ledger::{ContactDay, DecisionRecord, InventoryKey, Ledger, ACCEPTED};
 use crate::store::MemberStore;
-use crate::wal::{RecoveryReport, ReplayItem, Wal, WalError, WalOptions};
 
 /// Compact member form for logs and snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -65,7 +65,6 @@ pub mod store;
 pub mod synth;
 pub mod telemetry;
 pub mod train;
-pub mod wal;
 
 pub mod auth;
 pub mod privacy;

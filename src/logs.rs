@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
+use offer_engine_wal::{ReplayItem, Wal, WalOptions};
 
 use crate::durable::LogRecord;
 use crate::events::OutcomeKind;
 use crate::ledger::DecisionRecord;
-use crate::wal::{ReplayItem, Wal, WalOptions};
 
 /// What the log holds for learning and evaluation.
 #[derive(Debug, Default)]

@@ -10,6 +10,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use chrono::NaiveDate;
+use offer_engine_wal::{Wal, WalOptions};
 
 use crate::catalog::Catalog;
 use crate::config::Settings;
@@ -22,7 +23,6 @@ use crate::model::ModelFile;
 use crate::state::{AppState, SharedState};
 use crate::store::MemberStore;
 use crate::synth;
-use crate::wal::{Wal, WalOptions};
 
 /// A bound, ready-to-run service.
 pub struct Application {

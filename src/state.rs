@@ -5,12 +5,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use offer_engine_wal::Wal;
 
 use crate::config::Settings;
 use crate::decision::Engine;
 use crate::durable::Core;
 use crate::metrics::Metrics;
-use crate::wal::Wal;
 
 /// Everything handlers share. Hot-swappable parts sit behind `ArcSwap` and are
 /// loaded once per request; nothing here is locked across an `.await`.

@@ -56,7 +56,7 @@ pub enum ApiError {
     },
     /// The event log cannot take writes (full disk, I/O error).
     #[error("event log unavailable: {0}")]
-    Storage(#[source] crate::wal::WalError),
+    Storage(#[source] offer_engine_wal::WalError),
     /// Route exists, method does not.
     #[error("method not allowed")]
     MethodNotAllowed,

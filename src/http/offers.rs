@@ -304,7 +304,7 @@ pub async fn post_offers(
 
 /// Remembers a decision at once (an accept may follow immediately) and logs
 /// it without waiting: checkout never waits for the disk. The record joins the
-/// log's next batch (within [`crate::wal::WalOptions::deferred_linger`], or
+/// log's next batch (within [`offer_engine_wal::WalOptions::deferred_linger`], or
 /// sooner with any waiting write, and always before a later accept); one lost
 /// in a crash inside that window can no longer be attributed (its accept gets
 /// 404), nothing else is lost.
@@ -330,7 +330,7 @@ pub fn record_decision(state: &SharedState, mut record: DecisionRecord) {
     }
 }
 
-fn decision_not_logged(metrics: &crate::metrics::Metrics, e: &crate::wal::WalError) {
+fn decision_not_logged(metrics: &crate::metrics::Metrics, e: &offer_engine_wal::WalError) {
     metrics.log_errors.with_label_values(&["decision"]).inc();
     tracing::warn!(error = %e, "decision not logged; its outcomes cannot be attributed after a restart");
 }
