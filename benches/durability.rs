@@ -18,7 +18,7 @@ use offer_engine::durable::{Durable, LocalLog, Silent};
 use offer_engine::events::{OutcomeKind, OutcomeRecord};
 use offer_engine::state::ledger::InventoryKey;
 use offer_engine::state::{LogRecord, State, StateSettings};
-use offer_engine::wal::WalOptions;
+use offer_engine_wal::WalOptions;
 
 fn core() -> State {
     State::new(StateSettings {

@@ -5,7 +5,7 @@
 //!
 //! The log sits behind the small [`EventLog`] trait, so a second log (a
 //! shared stream for replicas) can be added without touching a use case.
-//! [`LocalLog`] is the embedded write-ahead log ([`crate::wal`]).
+//! [`LocalLog`] is the embedded write-ahead log ([`offer_engine_wal`]).
 //! On start, [`open`] replays the newest snapshot and every later record
 //! through the same [`State::apply`].
 
@@ -14,7 +14,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::wal::{RecoveryReport, ReplayItem, Wal, WalError, WalOptions};
+use offer_engine_wal::{RecoveryReport, ReplayItem, Wal, WalError, WalOptions};
 
 use crate::records::DecisionRecord;
 use crate::state::{Applied, LogRecord, State};

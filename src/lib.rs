@@ -41,7 +41,6 @@ pub mod logs;
 pub mod metrics;
 pub mod startup;
 pub mod telemetry;
-pub mod wal;
 
 pub use offer_engine_core::domain::airports;
 pub use offer_engine_core::{

@@ -16,7 +16,7 @@ use anyhow::Context;
 use crate::events::OutcomeKind;
 use crate::state::ledger::DecisionRecord;
 use crate::state::LogRecord;
-use crate::wal::{ReplayItem, Wal, WalOptions};
+use offer_engine_wal::{ReplayItem, Wal, WalOptions};
 
 /// What the log holds for learning and evaluation.
 #[derive(Debug, Default)]

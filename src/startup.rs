@@ -18,7 +18,7 @@ use crate::service::{Service, ServiceParts, SharedState};
 use crate::state::members::MemberStore;
 use crate::state::{State, StateSettings};
 use crate::synth;
-use crate::wal::WalOptions;
+use offer_engine_wal::WalOptions;
 
 /// A bound, ready-to-run service.
 pub struct Application {

@@ -13,7 +13,7 @@ use offer_engine::model::ModelFile;
 use offer_engine::state::ledger::{DecisionRecord, IssuedOffer};
 use offer_engine::state::LogRecord;
 use offer_engine::synth::{self, GroundTruth};
-use offer_engine::wal::{Wal, WalOptions};
+use offer_engine_wal::{Wal, WalOptions};
 use rand::Rng;
 
 /// Writes `n` logged checkout decisions (up to 3 offers each, picked at

@@ -686,7 +686,7 @@ mod tests {
     fn engine_log_with_an_unusable_propensity_is_refused_naming_the_field() {
         use crate::state::ledger::{DecisionRecord, IssuedOffer};
         use crate::state::LogRecord;
-        use crate::wal::{Wal, WalOptions};
+        use offer_engine_wal::{Wal, WalOptions};
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(dir.path(), WalOptions::default(), |_| Ok(())).unwrap();
         let rec = LogRecord::Decision(DecisionRecord {
