@@ -2,35 +2,52 @@
 //! programmes.
 //!
 //! # Layout
-//! The decision core is pure (no I/O, no clock, no randomness):
-//! - [`domain`]: tiers, channels, cabins, airports, members, requests.
-//! - [`airports`]: the airport table (country, coordinates).
-//! - [`catalog`]: offers and the one eligibility rule.
-//! - [`features`]: member + context → feature vector; RFM/CLV segmentation.
-//! - [`model`]: propensity models aligned with the catalog for scoring.
-//! - [`decision`]: eligibility → scoring → arbitration → reasons.
+//! The workspace holds three crates and this one:
+//! - `offer-engine-core` (`crates/core`): the pure decision core, re-exported
+//!   here: [`domain`] (and [`airports`]), [`catalog`], [`features`],
+//!   [`model`], [`policy`], [`posterior`], [`decision`], [`experiments`],
+//!   [`stats`], [`ope`], [`records`], [`events`], [`tokens`], [`privacy`],
+//!   [`parse`], [`render`], [`synth`], [`train`]. No I/O, clock, runtime or
+//!   unseeded randomness: the compiler keeps it so.
+//! - `offer-engine-wal` (`crates/wal`): the embedded write-ahead log (group
+//!   commit, snapshots, recovery).
+//! - `load-tests`: the load generator and its report.
 //!
-//! Around it, thin adapters:
-//! - [`parse`]: JSON requests into domain types, errors naming the field.
-//! - [`store`]: members in a concurrent map; the NDJSON reader.
-//! - [`http`]: actix-web routes and the one API error type.
-//! - [`metrics`]: Prometheus metrics with bounded labels.
-//! - [`startup`], [`config`], [`telemetry`], [`cli`]: wiring.
-//! - [`auth`], [`tokens`], [`privacy`]: API keys and scopes, signed offer
-//!   tokens, pseudonymised member ids in logs (pure; the middleware is in
-//!   `http::auth` and `http::limits`).
+//! This crate, the server, in layers:
+//! - [`state`]: the mutable maps behind intent-named methods (members,
+//!   ledger, learner, experiment attribution) and the one deterministic
+//!   `apply` of a log record; the state digest.
+//! - [`durable`]: the one commit path: a record is appended to the log
+//!   (behind the [`durable::EventLog`] trait), then applied in log order;
+//!   replay at start.
+//! - [`service`]: the use cases, one file each (checkout, outcomes, members,
+//!   campaigns, reload) and the per-member gate checkout and campaigns share.
+//! - Adapters that only translate: [`http`] (actix-web routes, the one API
+//!   error type, auth and limits middleware, OpenAPI), [`cli`] (one file per
+//!   command), [`metrics`] (Prometheus, bounded labels; the commit path's
+//!   observer), [`logs`] (reading a stopped engine's log offline),
+//!   [`telemetry`].
+//! - Wiring: [`config`] (layered settings), [`auth`] (keys, scopes, rate
+//!   limits), [`startup`] (building and running the service).
+//! - [`learnsim`]: closed-loop learning simulation against the synthetic
+//!   world (tests and benches).
 //!
-//! And the synthetic world used by tests, simulations and training:
-//! [`synth`] (population, itineraries, hidden ground truth) and [`train`].
-//!
-//! Off-policy evaluation of candidate policies on logged feedback:
-//! [`ope`] (pure estimators) and [`evaluate_cli`] (`offer-engine evaluate`).
+//! # Direction of dependencies
+//! ```text
+//! core ◄── state ◄── durable ◄── service ◄── http, cli ◄── startup (server)
+//!   ▲                                          │
+//!   └─────────── metrics, config, auth ◄───────┘
+//! ```
+//! A module never imports from a layer to its right.
 //!
 //! # Data flow
 //! ```text
-//! POST /v1/offers ─► parse ─► decide(engine, member, itinerary) ─► JSON
-//!                               ▲            ▲
-//!            MemberStore ───────┘            └── ArcSwap<Engine> (catalog + model)
+//! checkout ─► http (parse) ─► service::checkout ─► core::decide (pure) ─► render
+//!                                 │     ▲
+//!                                 │     └── state: members, ledger, learner (read)
+//!                                 └─► commit(decision) ─► log ─► apply ─► state
+//! outcomes, member writes ─► http ─► service ─► commit(record) ─► log ─► apply
+//! campaigns ─► service::campaigns ─► the same per-member gate, in blocks ─► NDJSON/CSV
 //! ```
 
 pub mod cli;

@@ -494,3 +494,144 @@ fn multiset<T: Serialize>(items: &[T]) -> Vec<u8> {
 pub fn day_of_ms(ms: i64) -> i32 {
     ms.div_euclid(86_400_000) as i32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State::new(StateSettings {
+            max_decisions: 1000,
+            thresholds: TierThresholds::default(),
+            learning: LearnSettings::default(),
+        })
+    }
+
+    #[test]
+    fn a_hostile_snapshot_is_an_error_not_an_allocation() {
+        let state = state();
+        let mut snap = 2u32.to_le_bytes().to_vec();
+        snap.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(state.restore(&snap, 0).is_err());
+    }
+
+
+    #[test]
+    fn snapshot_round_trips_committed_state() {
+        let core = state();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        core.members()
+            .upsert("M1", crate::synth::member(1, 1, d, &core.thresholds()));
+        core.ledger().suppress("M1", "o1", i64::MAX / 2, 0);
+        let bytes = core.snapshot_bytes();
+        let other = state();
+        other.restore(&bytes, 0).unwrap();
+        assert_eq!(other.members().get("M1"), core.members().get("M1"));
+        assert!(other.ledger().suppressed("M1", "o1", 1));
+        assert!(other.restore(b"garbage", 0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod learning_tests {
+    use super::*;
+    use crate::events::OutcomeRecord;
+    use crate::records::IssuedOffer;
+
+    fn core() -> State {
+        State::new(StateSettings {
+            max_decisions: 1000,
+            thresholds: TierThresholds::default(),
+            learning: LearnSettings::default(),
+        })
+    }
+
+    fn decision(i: usize, now: i64) -> LogRecord {
+        let features: Vec<f32> = (0..crate::features::N_FEATURES)
+            .map(|j| ((i * 7 + j) % 5) as f32 / 4.0)
+            .collect();
+        LogRecord::Decision(DecisionRecord {
+            id: format!("d{i}"),
+            member_id: format!("M{i}"),
+            channel: crate::domain::Channel::Checkout,
+            created_ms: now,
+            offers: ["seat-extra-legroom", "lounge-dom"]
+                .iter()
+                .map(|o| IssuedOffer {
+                    offer_id: o.to_string(),
+                    price: None,
+                    points_price: None,
+                    expires_ms: now + 3_600_000,
+                    inventory: None,
+                    suppress_days: 30,
+                    propensity: 0.5,
+                })
+                .collect(),
+            experiments: Vec::new(),
+            covariate: 0.0,
+            features,
+        })
+    }
+
+    fn accept(i: usize, at_ms: i64) -> LogRecord {
+        LogRecord::Outcomes(vec![OutcomeRecord {
+            decision_id: format!("d{i}"),
+            offer_pos: 0,
+            offer_id: "seat-extra-legroom".into(),
+            member_id: format!("M{i}"),
+            kind: OutcomeKind::Accept,
+            revenue: 0.0,
+            at_ms,
+            client_at_ms: None,
+            inventory: None,
+            suppress_days: 30,
+            experiments: Vec::new(),
+            learn: true,
+        }])
+    }
+
+    /// What is learned live is what replay and a snapshot restore rebuild,
+    /// including an accept that arrives days after its decision.
+    #[test]
+    fn learned_state_survives_replay_and_snapshots() {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut log = Vec::new();
+        for i in 0..300 {
+            log.push(decision(i, now));
+            if i % 7 == 0 {
+                // Three days later: past the offer's expiry, inside the window.
+                log.push(accept(i, now + 3 * 86_400_000));
+            }
+        }
+        let live = core();
+        for r in &log {
+            live.apply(r, 0, true);
+        }
+        let p = live.learner().posterior("seat-extra-legroom").unwrap();
+        assert_eq!((p.examples, p.accepts), (300 + 43, 43));
+        assert_eq!(live.learner().posterior("lounge-dom").unwrap().accepts, 0);
+
+        let replayed = core();
+        for r in &log {
+            replayed.apply(&LogRecord::decode(&r.encode()).unwrap(), 0, false);
+        }
+        let snap = |c: &State| bincode::serialize(&c.learner().to_snapshot(now)).unwrap();
+        assert_eq!(snap(&replayed), snap(&live));
+
+        let restored = core();
+        restored.restore(&live.snapshot_bytes(), 0).unwrap();
+        assert_eq!(snap(&restored), snap(&live));
+        // A delayed accept after the restart is still attributed.
+        restored.apply(&accept(1, now + 86_400_000), 0, false);
+        live.apply(&accept(1, now + 86_400_000), 0, true);
+        assert_eq!(snap(&restored), snap(&live));
+        assert_eq!(
+            restored
+                .learner()
+                .posterior("seat-extra-legroom")
+                .unwrap()
+                .accepts,
+            44
+        );
+    }
+}

@@ -357,3 +357,82 @@ pub enum MemberChange {
         qualifying_amount: f64,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TierThresholds;
+
+    #[test]
+    fn borrowed_decision_encoding_is_the_owned_one() {
+        let d = DecisionRecord {
+            id: "d-1".into(),
+            member_id: "M00000001".into(),
+            channel: Channel::Checkout,
+            created_ms: 1_790_000_000_000,
+            offers: vec![IssuedOffer {
+                offer_id: "lounge-pass".into(),
+                price: None,
+                points_price: Some(4000),
+                expires_ms: 1_790_000_900_000,
+                inventory: None,
+                suppress_days: 30,
+                propensity: 0.25,
+            }],
+            experiments: vec![],
+            covariate: 1234.5,
+            features: vec![0.5; 26],
+        };
+        let bytes = LogRecord::encode_decision(&d);
+        assert_eq!(bytes, LogRecord::Decision(d.clone()).encode());
+        assert_eq!(LogRecord::decode(&bytes), Ok(LogRecord::Decision(d)));
+    }
+
+    #[test]
+    fn bounded_decoding_reads_the_bytes_bincode_serialize_wrote() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let rec = LogRecord::Members(
+            (0..20)
+                .map(|i| {
+                    let m = crate::synth::member(3, i, d, &th);
+                    (format!("M{i:08}"), MemberWire::from(&m))
+                })
+                .collect(),
+        );
+        // The bytes as every earlier release wrote them.
+        let old: Vec<u8> = bincode::serialize(&rec).unwrap();
+        assert_eq!(rec.encode(), old);
+        assert_eq!(LogRecord::decode(&old), Ok(rec.clone()));
+        let unbounded: LogRecord = bincode::deserialize(&old).unwrap();
+        assert_eq!(decode_bounded::<LogRecord>(&old).unwrap(), unbounded);
+        // Trailing bytes were always allowed; still are.
+        let mut padded = old.clone();
+        padded.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(LogRecord::decode(&padded), Ok(rec));
+    }
+
+    #[test]
+    fn a_hostile_length_prefix_is_an_error_not_an_allocation() {
+        // Variant 3 (Members), then a vector length of 2^62.
+        let mut b = 3u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        b.extend_from_slice(&[0; 16]);
+        assert!(LogRecord::decode(&b).is_err());
+        // Variant 4 (MemberChange): a member id claiming 2^40 bytes.
+        let mut b = 4u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(LogRecord::decode(&b).is_err());
+    }
+
+    #[test]
+    fn member_wire_round_trips() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        for i in 0..200 {
+            let m = crate::synth::member(5, i, d, &th);
+            assert_eq!(Member::from(&MemberWire::from(&m)), m);
+        }
+    }
+
+}
