@@ -2,7 +2,12 @@
 //! with the compiled-in catalog and model over a store of 100,000 synthetic
 //! members and a pool of 1,000 realistic itineraries.
 //!
-//! - `decision/checkout_known_member`: `store.get` + `decide` (the README's figure);
+//! - `decision/checkout_service`: the real checkout use case
+//!   (`Service::checkout`): member lookup, the member's variant policy,
+//!   suppressions, daily cap and inventory, the adaptive models, exploration,
+//!   three signed tokens, metrics and the decision committed to the log (a
+//!   data dir in a temporary directory, fsync on, as served);
+//! - `decision/checkout_known_member`: `store.get` + `decide`, the core alone;
 //! - `decision/cold_start`: `decide` for an unknown member;
 //! - `decision/features_build`: the feature vector alone;
 //! - `decision/eligibility_and_scoring`: eligibility, propensity and expected
@@ -12,6 +17,7 @@
 //! `cargo bench --bench decision -- --test` runs each once as a smoke test.
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -20,8 +26,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use offer_engine::catalog::EligibilityContext;
+use offer_engine::config::Settings;
 use offer_engine::decision::{decide, DecisionInput, Engine, Ranking, Unconstrained};
-use offer_engine::domain::{Channel, Itinerary, Member, DEFAULT_MAX_OFFERS};
+use offer_engine::domain::{Channel, Itinerary, Member, OfferRequest, DEFAULT_MAX_OFFERS};
 use offer_engine::features::{self, DecisionContext};
 use offer_engine::startup::populate_synthetic;
 use offer_engine::state::members::MemberStore;
@@ -77,6 +84,36 @@ fn world() -> World {
 fn benches(c: &mut Criterion) {
     let w = world();
     let mut g = c.benchmark_group("decision");
+
+    // The service as `serve` builds it, on its own synthetic population.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::load(None, std::iter::empty()).expect("defaults");
+    settings.durability.data_dir = dir.path().display().to_string();
+    settings.members.synthetic_count = MEMBERS;
+    settings.members.synthetic_seed = SEED;
+    let service = offer_engine::startup::build_service(&settings).expect("service");
+    let now = Utc::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let requests: Vec<OfferRequest> = w.ids[..ITINERARIES]
+        .iter()
+        .map(|id| {
+            let m = service.member(id).expect("populated");
+            OfferRequest {
+                member_id: id.clone(),
+                channel: Channel::Checkout,
+                itinerary: synth::itinerary(&mut rng, Some(&m), now),
+                max_offers: DEFAULT_MAX_OFFERS,
+            }
+        })
+        .collect();
+    let mut k = 0usize;
+    g.bench_function("checkout_service", |b| {
+        b.iter(|| {
+            k = k.wrapping_add(1);
+            let req = requests[k % ITINERARIES].clone();
+            black_box(service.checkout(req, Utc::now(), Instant::now()))
+        })
+    });
 
     let mut k = 0usize;
     g.bench_function("checkout_known_member", |b| {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -121,25 +121,7 @@ impl Scopes {
     }
 }
 
-/// A scoped key as written in the configuration (`[[security.keys]]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeySpec {
-    /// The id embedded in the key (12 hex digits).
-    pub id: String,
-    /// Scope names.
-    pub scopes: Vec<String>,
-    /// Random salt, hex.
-    pub salt: String,
-    /// `HMAC-SHA256(salt, key)`, hex.
-    pub hash: String,
-    /// Requests per second this key may make (overrides `limits.requests_per_second`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_second: Option<f64>,
-    /// Burst this key may use at once (overrides `limits.burst`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<f64>,
-}
+pub use crate::config::KeySpec;
 
 /// Why keys in the configuration were refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! an optional file, then environment variables `OFFER_ENGINE__SECTION__KEY`,
 //! then command-line flags. The result is one typed [`Settings`].
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::TierThresholds;
 
@@ -159,7 +159,7 @@ pub struct SecuritySettings {
     /// Log member ids in clear instead of keyed pseudonyms (debugging only).
     pub log_member_ids: bool,
     /// Scoped keys (salted hashes, from `offer-engine keys new`).
-    pub keys: Vec<crate::auth::KeySpec>,
+    pub keys: Vec<KeySpec>,
 }
 
 /// Hot reload of the catalog, model and experiments files.
@@ -349,4 +349,24 @@ mod tests {
         assert_eq!(s.security.master_key.0, "correct-horse-battery-staple");
         assert!(!format!("{s:?}").contains("correct-horse"));
     }
+}
+
+/// A scoped key as written in the configuration (`[[security.keys]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// The id embedded in the key (12 hex digits).
+    pub id: String,
+    /// Scope names.
+    pub scopes: Vec<String>,
+    /// Random salt, hex.
+    pub salt: String,
+    /// `HMAC-SHA256(salt, key)`, hex.
+    pub hash: String,
+    /// Requests per second this key may make (overrides `limits.requests_per_second`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    /// Burst this key may use at once (overrides `limits.burst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<f64>,
 }

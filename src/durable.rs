@@ -268,3 +268,28 @@ pub fn open(
     }
     Ok(result)
 }
+
+/// Holds the data directory's LOCK file while it lives: one process at a
+/// time may open an event log, since opening repairs a torn tail.
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] std::fs::File);
+
+impl DirLock {
+    /// Takes the lock of `dir`, or says which process holds it.
+    pub fn take(dir: &Path) -> anyhow::Result<DirLock> {
+        use anyhow::Context;
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .with_context(|| format!("opening the lock file in {}", dir.display()))?;
+        if lock_file.try_lock().is_err() {
+            anyhow::bail!(
+                "data dir {} is in use by another offer-engine process (its LOCK file is held); stop it first",
+                dir.display()
+            );
+        }
+        Ok(DirLock(lock_file))
+    }
+}

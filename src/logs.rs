@@ -34,7 +34,7 @@ pub fn read(dir: &Path) -> anyhow::Result<EngineLog> {
     if !dir.is_dir() {
         anyhow::bail!("{} is not an offer-engine data dir", dir.display());
     }
-    let _lock = crate::startup::lock_data_dir(dir)?;
+    let _lock = crate::durable::DirLock::take(dir)?;
     let mut log = EngineLog::default();
     let (wal, _) = Wal::open(dir, WalOptions::default(), |item| {
         match item {

@@ -11,7 +11,8 @@ use chrono::NaiveDate;
 
 use crate::config::Settings;
 use crate::domain::TierThresholds;
-use crate::durable::{Durable, LocalLog};
+use crate::durable::{DirLock, Durable, LocalLog};
+use crate::http::limits::Limits;
 use crate::metrics::Metrics;
 use crate::service::reload::build_engine;
 use crate::service::{Service, ServiceParts, SharedState};
@@ -25,6 +26,8 @@ pub struct Application {
     port: u16,
     server: Server,
     state: SharedState,
+    /// The concurrency cap and deadline the HTTP middleware applies.
+    limits: web::Data<Limits>,
     /// The separate `/metrics` listener, when configured: (port, server).
     metrics: Option<(u16, actix_web::dev::ServerHandle)>,
 }
@@ -128,10 +131,6 @@ pub fn load_members(settings: &Settings, store: &MemberStore) -> anyhow::Result<
     Ok(())
 }
 
-/// Holds the data directory's lock file: one process per data dir.
-#[derive(Debug)]
-pub struct DirLock(#[allow(dead_code)] std::fs::File);
-
 /// Opens the data directory: takes its lock (a second process on the same
 /// directory is refused), replays the log into a fresh [`State`]; on a new
 /// directory loads the initial members and writes the first snapshot.
@@ -153,7 +152,7 @@ pub fn open_state(
         .set_prior(engine.catalog.clone(), engine.table.clone());
     let dir = std::path::Path::new(&d.data_dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
-    let lock_file = lock_data_dir(dir)?;
+    let lock = DirLock::take(dir)?;
     let opts = WalOptions {
         fsync: d.fsync,
         ..WalOptions::default()
@@ -174,64 +173,73 @@ pub fn open_state(
             "the data dir already holds state; the members file is not read (use POST /v1/members to load more)"
         );
     }
-    Ok((durable, DirLock(lock_file)))
+    Ok((durable, lock))
+}
+
+/// Builds the service without serving it: security (refusing development
+/// mode off loopback), the state replayed from the data dir, the engine, the
+/// metrics. Benches and embedders call it; [`Application::build`] serves it.
+pub fn build_service(settings: &Settings) -> anyhow::Result<SharedState> {
+    let security = crate::auth::Security::from_settings(
+        &settings.security,
+        crate::auth::RateDefaults {
+            requests_per_second: settings.limits.requests_per_second,
+            burst: settings.limits.burst,
+        },
+    )
+    .context("security settings")?;
+    if security.development_mode() {
+        check_development_mode(settings)?;
+    } else {
+        tracing::info!(
+            keys = settings.security.keys.len(),
+            "API keys required (master key and scoped keys)"
+        );
+    }
+    let metrics = Metrics::new();
+    let (durable, lock) = open_state(settings, Arc::new(metrics.clone()))?;
+    let engine = build_engine(settings)?;
+    tracing::info!(
+        catalog = %engine.catalog.version,
+        offers = engine.catalog.offers.len(),
+        model = %engine.table.version,
+        experiments = ?engine.experiments.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        "engine loaded"
+    );
+    durable
+        .state()
+        .learner()
+        .set_prior(engine.catalog.clone(), engine.table.clone());
+    let state: SharedState = Arc::new(Service::new(ServiceParts {
+        durable,
+        engine,
+        metrics,
+        settings: settings.clone(),
+        security,
+        data_lock: lock,
+    }));
+    let m = state.metrics();
+    m.members.set(state.state().members().len() as i64);
+    m.init_error_series();
+    m.seed_experiments(state.state().experiments());
+    Ok(state)
 }
 
 impl Application {
     /// Loads state and binds the listener; does not serve yet. Must be called
     /// inside a tokio runtime (it starts the periodic snapshot task).
     pub fn build(settings: Settings) -> anyhow::Result<Application> {
-        let security = crate::auth::Security::from_settings(
-            &settings.security,
-            crate::auth::RateDefaults {
-                requests_per_second: settings.limits.requests_per_second,
-                burst: settings.limits.burst,
-            },
-        )
-        .context("security settings")?;
-        if security.development_mode() {
-            check_development_mode(&settings)?;
-        } else {
-            tracing::info!(
-                keys = settings.security.keys.len(),
-                "API keys required (master key and scoped keys)"
-            );
-        }
-        let limits = crate::http::limits::Limits::new(&settings.limits);
-        let metrics = Metrics::new();
-        let (durable, lock) = open_state(&settings, Arc::new(metrics.clone()))?;
-        let engine = build_engine(&settings)?;
-        tracing::info!(
-            catalog = %engine.catalog.version,
-            offers = engine.catalog.offers.len(),
-            model = %engine.table.version,
-            experiments = ?engine.experiments.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-            "engine loaded"
-        );
-        durable
-            .state()
-            .learner()
-            .set_prior(engine.catalog.clone(), engine.table.clone());
+        let state = build_service(&settings)?;
         let listener = TcpListener::bind(&settings.server.addr)
             .with_context(|| format!("binding {}", settings.server.addr))?;
         let port = listener.local_addr()?.port();
-        let state: SharedState = Arc::new(Service::new(ServiceParts {
-            durable,
-            engine,
-            metrics,
-            settings: settings.clone(),
-            security,
-            limits,
-            data_lock: lock,
-        }));
-        let m = state.metrics();
-        m.members.set(state.state().members().len() as i64);
-        m.init_error_series();
-        m.seed_experiments(state.state().experiments());
         let data = web::Data::new(state.clone());
+        let limits = web::Data::new(Limits::new(&settings.limits));
+        let app_limits = limits.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(app_limits.clone())
                 // The last wrapped runs first: count, then authorise, then limit.
                 .wrap(middleware::from_fn(crate::http::limits::limit))
                 .wrap(middleware::from_fn(crate::http::auth::authorize))
@@ -274,6 +282,7 @@ impl Application {
             port,
             server,
             state,
+            limits,
             metrics,
         })
     }
@@ -286,6 +295,11 @@ impl Application {
     /// The port of the separate `/metrics` listener, if configured.
     pub fn metrics_port(&self) -> Option<u16> {
         self.metrics.as_ref().map(|(p, _)| *p)
+    }
+
+    /// The HTTP limits (for tests).
+    pub fn limits(&self) -> web::Data<Limits> {
+        self.limits.clone()
     }
 
     /// Shared state (for tests and embedding).
@@ -308,24 +322,6 @@ impl Application {
         self.state.durable().close();
         result
     }
-}
-
-/// Takes the data dir's LOCK (held while the returned file is open): one
-/// process at a time may open an event log, since opening repairs a torn tail.
-pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("LOCK"))
-        .with_context(|| format!("opening the lock file in {}", dir.display()))?;
-    if lock_file.try_lock().is_err() {
-        anyhow::bail!(
-            "data dir {} is in use by another offer-engine process (its LOCK file is held); stop it first",
-            dir.display()
-        );
-    }
-    Ok(lock_file)
 }
 
 /// Writes a snapshot every `snapshot_interval_secs`.

@@ -83,7 +83,11 @@ fn outcome(d: &DecisionRecord, pos: usize, kind: OutcomeKind, at_ms: i64) -> Log
         offer_id: o.offer_id.clone(),
         member_id: d.member_id.clone(),
         kind,
-        revenue: if kind == OutcomeKind::Accept { 120.0 } else { 0.0 },
+        revenue: if kind == OutcomeKind::Accept {
+            120.0
+        } else {
+            0.0
+        },
         at_ms,
         client_at_ms: None,
         inventory: if kind == OutcomeKind::Accept {
@@ -127,13 +131,22 @@ fn history() -> Vec<LogRecord> {
         let at = BASE_MS + i as i64 * 1_200_000;
         let d = decision(i, at);
         match i % 11 {
-            0 => push(at + 60_000, outcome(&d, 1, OutcomeKind::Decline, at + 60_000)),
+            0 => push(
+                at + 60_000,
+                outcome(&d, 1, OutcomeKind::Decline, at + 60_000),
+            ),
             1 | 2 => {
-                push(at + 1_000, outcome(&d, 0, OutcomeKind::Impression, at + 1_000));
+                push(
+                    at + 1_000,
+                    outcome(&d, 0, OutcomeKind::Impression, at + 1_000),
+                );
                 push(at + 2_000, outcome(&d, 0, OutcomeKind::Click, at + 2_000));
                 push(at + 3_000, outcome(&d, 0, OutcomeKind::Accept, at + 3_000));
                 // Flown three weeks later, long after the offer expired.
-                push(at + 21 * DAY_MS, outcome(&d, 0, OutcomeKind::Fulfilled, at + 21 * DAY_MS));
+                push(
+                    at + 21 * DAY_MS,
+                    outcome(&d, 0, OutcomeKind::Fulfilled, at + 21 * DAY_MS),
+                );
             }
             3 => push(at + 5_000, outcome(&d, 2, OutcomeKind::Accept, at + 5_000)),
             _ => {}
@@ -161,7 +174,10 @@ fn history() -> Vec<LogRecord> {
             1 => Some(MemberChange::PointsEarned(500)),
             2 => Some(MemberChange::PointsRedeemed(300)),
             3 => Some(MemberChange::TierChanged(Tier::Gold)),
-            4 => Some(MemberChange::ConsentChanged(ConsentChannel::Email, i % 2 == 0)),
+            4 => Some(MemberChange::ConsentChanged(
+                ConsentChannel::Email,
+                i % 2 == 0,
+            )),
             5 => Some(MemberChange::Purchase {
                 qualifying_amount: 800.0,
             }),
@@ -210,7 +226,12 @@ fn the_same_records_give_the_same_state() {
     let b = state();
     apply_all(&b, &log, 1);
     let (sa, sb) = (a.snapshot_bytes(), b.snapshot_bytes());
-    assert!(sa == sb, "snapshots differ ({} and {} bytes)", sa.len(), sb.len());
+    assert!(
+        sa == sb,
+        "snapshots differ ({} and {} bytes)",
+        sa.len(),
+        sb.len()
+    );
     let (da, db) = (a.digest(), b.digest());
     assert_eq!(da, db);
     assert_eq!(da.applied, log.len() as u64);

@@ -19,7 +19,6 @@ use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use crate::config::LimitSettings;
-use crate::service::SharedState;
 
 /// Concurrency cap and deadline.
 #[derive(Debug)]
@@ -51,7 +50,7 @@ pub async fn limit(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let Some(state) = req.app_data::<web::Data<SharedState>>().cloned() else {
+    let Some(limits) = req.app_data::<web::Data<Limits>>().cloned() else {
         return next
             .call(req)
             .await
@@ -63,7 +62,6 @@ pub async fn limit(
             .await
             .map(ServiceResponse::map_into_left_body);
     }
-    let limits = state.limits();
     let _permit = match &limits.permits {
         None => None,
         Some(p) => match p.clone().try_acquire_owned() {

@@ -31,10 +31,9 @@ use arc_swap::{ArcSwap, Guard};
 use crate::auth::Security;
 use crate::config::Settings;
 use crate::decision::Engine;
+use crate::durable::DirLock;
 use crate::durable::Durable;
-use crate::http::limits::Limits;
 use crate::metrics::Metrics;
-use crate::startup::DirLock;
 use crate::state::State;
 
 /// Everything the use cases share. Hot-swappable parts sit behind
@@ -53,8 +52,6 @@ pub struct Service {
     ready: AtomicBool,
     /// API keys, offer-token key, log pseudonyms.
     security: Security,
-    /// Concurrency cap and request deadline.
-    limits: Limits,
     /// The data dir's lock, held for the life of the process.
     _data_lock: DirLock,
 }
@@ -74,8 +71,6 @@ pub struct ServiceParts {
     pub settings: Settings,
     /// Keys and token key.
     pub security: Security,
-    /// Limits.
-    pub limits: Limits,
     /// The data dir's lock.
     pub data_lock: DirLock,
 }
@@ -90,7 +85,6 @@ impl Service {
             settings: p.settings,
             ready: AtomicBool::new(false),
             security: p.security,
-            limits: p.limits,
             _data_lock: p.data_lock,
         }
     }
@@ -123,11 +117,6 @@ impl Service {
     /// Keys, token key, pseudonyms.
     pub fn security(&self) -> &Security {
         &self.security
-    }
-
-    /// Concurrency cap and request deadline.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// Whether start-up is complete.

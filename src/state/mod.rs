@@ -515,7 +515,6 @@ mod tests {
         assert!(state.restore(&snap, 0).is_err());
     }
 
-
     #[test]
     fn snapshot_round_trips_committed_state() {
         let core = state();

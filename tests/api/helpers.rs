@@ -10,6 +10,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub state: SharedState,
+    pub limits: actix_web::web::Data<offer_engine::http::limits::Limits>,
     /// Sent as `Authorization: Bearer` by every request helper (None in development mode).
     pub key: Option<String>,
     /// The separate `/metrics` listener's address, if configured.
@@ -80,11 +81,13 @@ pub async fn spawn_with(
     let address = format!("http://127.0.0.1:{}", app.port());
     let metrics_address = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
     let state = app.state();
+    let limits = app.limits();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: reqwest::Client::new(),
         state,
+        limits,
         key,
         metrics_address,
         data_dir,

@@ -498,7 +498,7 @@ async fn hold_a_slot(app: &TestApp) -> tokio::net::TcpStream {
 /// Waits (bounded) until the limiter shows `n` free slots.
 async fn until_available(app: &TestApp, n: usize) {
     for _ in 0..500 {
-        if app.state.limits().available() == Some(n) {
+        if app.limits.available() == Some(n) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -434,5 +434,4 @@ mod tests {
             assert_eq!(Member::from(&MemberWire::from(&m)), m);
         }
     }
-
 }
