@@ -38,6 +38,7 @@ use super::error::Problem;
         super::admin::reload,
         super::admin::snapshot,
         super::admin::keys,
+        super::admin::state,
         openapi_json,
     ),
     components(schemas(Problem)),

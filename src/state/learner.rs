@@ -390,10 +390,14 @@ impl OnlineLearner {
 
     /// Snapshot form (sorted, so equal states give equal bytes).
     pub fn to_snapshot(&self, now_ms: i64) -> LearnerSnapshot {
+        // A model without examples is its prior: a function of the catalog
+        // and model in service, not of the records, and made again on
+        // demand; only what the records taught is state.
         let mut models: Vec<(String, Posterior)> = self
             .inner
             .models
             .iter()
+            .filter(|e| e.value().read().unwrap_or_else(|e| e.into_inner()).examples > 0)
             .map(|e| {
                 (
                     e.key().to_string(),

@@ -125,6 +125,10 @@ pub struct StateDigest {
     /// SHA-256 (hex) over the committed state, independent of the order in
     /// which the maps were filled: equal states give equal digests.
     pub digest: String,
+    /// The digest of each part (first 16 hex digits), to see where two
+    /// states differ: members, decisions, suppressions, contacts,
+    /// inventory, experiments, models, memory.
+    pub parts: std::collections::BTreeMap<String, String>,
 }
 
 /// A decision outlives its offers by this long, so that a late accept gets
@@ -446,24 +450,41 @@ impl State {
         for e in &mut snap.experiments {
             e.sequential_min.clear();
         }
+        let mut experiments = Vec::new();
+        for e in &mut snap.experiments {
+            let members = std::mem::take(&mut e.members);
+            experiments.extend(
+                bincode::serialize(&(&e.id, &e.variants, &e.decisions)).unwrap_or_default(),
+            );
+            experiments.extend(multiset(&members));
+        }
+        let parts = [
+            ("members", multiset(&snap.members)),
+            ("decisions", multiset(&snap.decisions)),
+            ("suppressions", multiset(&snap.suppressions)),
+            ("contacts", multiset(&snap.contacts)),
+            ("inventory", multiset(&snap.inventory)),
+            ("experiments", experiments),
+            ("models", multiset(&snap.learner.models)),
+            ("memory", multiset(&snap.learner.memory)),
+        ];
         let mut out = Sha256::new();
         out.update(b"offer-engine state v1");
         out.update(snap.log_time_ms.to_le_bytes());
-        out.update(multiset(&snap.members));
-        out.update(multiset(&snap.decisions));
-        out.update(multiset(&snap.suppressions));
-        out.update(multiset(&snap.contacts));
-        out.update(multiset(&snap.inventory));
-        for e in &mut snap.experiments {
-            let members = std::mem::take(&mut e.members);
-            out.update(bincode::serialize(&(&e.id, &e.variants, &e.decisions)).unwrap_or_default());
-            out.update(multiset(&members));
+        for (_, p) in &parts {
+            out.update(p);
         }
-        out.update(multiset(&snap.learner.models));
-        out.update(multiset(&snap.learner.memory));
+        let parts = parts
+            .iter()
+            .map(|(name, p)| {
+                let h = crate::privacy::to_hex(&Sha256::digest(p));
+                (name.to_string(), h[..16].to_string())
+            })
+            .collect();
         StateDigest {
             applied: self.applied(),
             digest: crate::privacy::to_hex(&out.finalize()),
+            parts,
         }
     }
 }

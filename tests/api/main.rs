@@ -11,3 +11,4 @@ mod members;
 mod offers;
 mod openapi;
 mod security;
+mod state;

@@ -181,6 +181,13 @@ async fn every_route_refuses_no_key_and_the_wrong_scope_and_serves_the_right_one
         },
         Case {
             method: Method::GET,
+            path: "/v1/admin/state".into(),
+            body: None,
+            scope: Scope::Admin,
+            ok: 200,
+        },
+        Case {
+            method: Method::GET,
             path: "/metrics".into(),
             body: None,
             scope: Scope::Admin,
