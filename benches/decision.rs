@@ -81,6 +81,18 @@ fn world() -> World {
     }
 }
 
+/// A checkout decision input for the `k`th itinerary of the pool.
+fn checkout<'a>(w: &'a World, member: Option<&'a Member>, k: usize) -> DecisionInput<'a> {
+    DecisionInput {
+        member,
+        itinerary: Some(&w.itineraries[k % ITINERARIES]),
+        channel: Channel::Checkout,
+        now: w.now,
+        max_offers: DEFAULT_MAX_OFFERS,
+        ranking: Ranking::Model,
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let w = world();
     let mut g = c.benchmark_group("decision");
@@ -121,14 +133,7 @@ fn benches(c: &mut Criterion) {
             k = k.wrapping_add(1);
             let id = &w.ids[k % LOOKUPS];
             let member = w.store.get(black_box(id));
-            let input = DecisionInput {
-                member: member.as_ref(),
-                itinerary: Some(&w.itineraries[k % ITINERARIES]),
-                channel: Channel::Checkout,
-                now: w.now,
-                max_offers: DEFAULT_MAX_OFFERS,
-                ranking: Ranking::Model,
-            };
+            let input = checkout(&w, member.as_ref(), k);
             black_box(decide(&w.engine, black_box(&input), &Unconstrained))
         })
     });
@@ -137,14 +142,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("cold_start", |b| {
         b.iter(|| {
             k = k.wrapping_add(1);
-            let input = DecisionInput {
-                member: None,
-                itinerary: Some(&w.itineraries[k % ITINERARIES]),
-                channel: Channel::Checkout,
-                now: w.now,
-                max_offers: DEFAULT_MAX_OFFERS,
-                ranking: Ranking::Model,
-            };
+            let input = checkout(&w, None, k);
             black_box(decide(&w.engine, black_box(&input), &Unconstrained))
         })
     });

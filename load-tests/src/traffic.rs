@@ -65,21 +65,8 @@ pub const AIRPORTS: &[(&str, &str)] = &[
     ("YYZ", "CA"),
 ];
 
-const TIERS: &[&str] = &["base", "silver", "gold", "platinum", "diamond"];
-const TAGS: &[&str] = &[
-    "business",
-    "leisure",
-    "family",
-    "student",
-    "senior",
-    "luxury",
-    "budget",
-    "frequent_international",
-    "corporate",
-    "golfer",
-    "foodie",
-    "cobrand_holder",
-];
+// The engine's own vocabulary, so generated member writes are valid.
+use offer_engine_core::domain::{Tier, TAGS};
 
 /// The kinds of request, each with its own latency histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -467,7 +454,7 @@ impl Traffic {
         let home = AIRPORTS[rng.gen_range(0..AIRPORTS.len())].0;
         let body = format!(
             r#"{{"member_id":"{id}","tier":"{}","points":{},"qualifying_spend_12m":{:.2},"flights_12m":{},"last_flight":{last_flight},"joined":"{joined}","home_airport":"{home}","birth_month":{},"consent":{{"email":{},"sms":{},"app":{}}},"tags":[{}]}}"#,
-            TIERS[rng.gen_range(0..TIERS.len())],
+            Tier::ALL[rng.gen_range(0..Tier::ALL.len())].as_str(),
             rng.gen_range(0..200_000),
             rng.gen_range(0.0..150_000.0),
             rng.gen_range(0..60),

@@ -505,12 +505,7 @@ fn with_output<T>(
     out: &Path,
     f: impl FnOnce(&mut dyn Write) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let sink: Box<dyn Write> = if out.as_os_str() == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?)
-    };
-    let mut w = std::io::BufWriter::new(sink);
+    let mut w = super::open_output(out)?;
     let r = f(&mut w)?;
     w.flush()?;
     Ok(r)

@@ -223,15 +223,7 @@ pub fn conversion_lift(control: &ArmStats, treatment: &ArmStats, confidence: f64
     let var_t = p_t * (1.0 - p_t) / n_t;
     let abs_half = z * (var_c + var_t).sqrt();
     let (relative, rel_half) = relative_with_half_width(p_c, var_c, p_t, var_t, z)?;
-    finite_lift(Lift {
-        absolute: diff,
-        relative,
-        ci_low: relative - rel_half,
-        ci_high: relative + rel_half,
-        p_value,
-        abs_ci_low: diff - abs_half,
-        abs_ci_high: diff + abs_half,
-    })
+    lift_of(diff, abs_half, relative, rel_half, p_value)
 }
 
 /// Revenue-per-member lift of `treatment` over `control` by Welch's t-test.
@@ -495,15 +487,7 @@ fn welch_lift(c: MeanVar, t: MeanVar, confidence: f64) -> Option<Lift> {
     let p_value = finite_probability(2.0 * student.sf((diff / se).abs()))?.min(1.0);
     let abs_half = t_critical(&student, confidence)? * se;
     let (relative, rel_half) = relative_with_half_width(c.mean, se2_c, t.mean, se2_t, z)?;
-    finite_lift(Lift {
-        absolute: diff,
-        relative,
-        ci_low: relative - rel_half,
-        ci_high: relative + rel_half,
-        p_value,
-        abs_ci_low: diff - abs_half,
-        abs_ci_high: diff + abs_half,
-    })
+    lift_of(diff, abs_half, relative, rel_half, p_value)
 }
 
 /// Relative lift `T/C − 1` and the half-width of its delta-method interval,
@@ -572,6 +556,20 @@ fn two_sided_normal_p(z: f64) -> Option<f64> {
 
 fn finite_probability(p: f64) -> Option<f64> {
     p.is_finite().then_some(p.clamp(0.0, 1.0))
+}
+
+/// A lift from the difference and the relative lift with their interval
+/// half-widths; None unless every figure is finite.
+fn lift_of(diff: f64, abs_half: f64, relative: f64, rel_half: f64, p_value: f64) -> Option<Lift> {
+    finite_lift(Lift {
+        absolute: diff,
+        relative,
+        ci_low: relative - rel_half,
+        ci_high: relative + rel_half,
+        p_value,
+        abs_ci_low: diff - abs_half,
+        abs_ci_high: diff + abs_half,
+    })
 }
 
 fn finite_lift(lift: Lift) -> Option<Lift> {
