@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     // purges lazily, on later allocations of the same thread, so what the
     // member loader and the first snapshot freed stayed resident: 1.78 GiB
     // at 10 million members instead of under 1 GiB. Immediate purging kept
-    // the throughput gain (alternating rounds, 2026-11-30). An explicit
+    // the throughput gain (alternating rounds, docs/performance.md). An explicit
     // MIMALLOC_PURGE_DELAY in the environment wins.
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: called first thing in main, before any other thread exists

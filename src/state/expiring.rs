@@ -7,10 +7,10 @@
 //! past the ring's share of the capacity, the oldest entry. Lookups with a
 //! clock treat an outlived entry as absent even before it is evicted.
 //!
-//! This replaced moka caches in both places. Their admission and bookkeeping
-//! (frequency sketch, access-order deques, write channel, housekeeping) cost
-//! about 7% of a checkout decision's CPU for the ledger (perf, 2026-11-23)
-//! and about 5% for the learner (perf `--call-graph dwarf`, 2026-11-30), for
+//! Not a cache: a cache's admission and bookkeeping (frequency sketch,
+//! access-order deques, write channel, housekeeping) cost about 7% of a
+//! checkout decision's CPU for the ledger and about 5% for the learner
+//! (perf profiles in docs/performance.md), for
 //! policies (frequency admission, access order) this data does not need: an
 //! entry is written once, read at most a few times, and the oldest is the one
 //! least likely to be asked for again.

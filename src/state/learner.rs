@@ -147,15 +147,14 @@ impl OnlineLearner {
                     catalog: 0,
                     slots: Vec::new(),
                 }),
-                // Not a moka cache: its default TinyLFU admits a new key
-                // into a full cache only if it is more popular than the
-                // victim, and a decision id is new by definition, so once
-                // `max_remembered` decisions were held every new decision
-                // was dropped (moka-rs/moka#147;
-                // `a_full_memory_keeps_the_newest_decisions`); its LRU policy
-                // fixed that, but a profile still charged about 5% of
-                // checkout CPU to its inserts (mostly memory traffic) for
-                // bookkeeping this insert-once data does not need.
+                // Not a cache: moka's default TinyLFU admits a new key into
+                // a full cache only if it is more popular than the victim,
+                // and a decision id is new by definition, so once
+                // `max_remembered` decisions are held every new decision
+                // would be dropped (moka-rs/moka#147;
+                // `a_full_memory_keeps_the_newest_decisions`). The memory is
+                // FIFO by log time: an entry is written once, and the oldest
+                // is the one least likely to be asked for again.
                 memory: ExpiringMap::new(settings.max_remembered as usize),
                 clock: AtomicI64::new(i64::MIN),
             }),

@@ -42,8 +42,8 @@ const SHARDS: usize = 16;
 /// rehashes all its entries at once, holding its write lock, when it grows:
 /// with dashmap's default (4 per CPU, so 8 here) a shard of a 10-million-member
 /// map holds over a million entries and its resize stalled every request
-/// touching it for tens of milliseconds (the p99 of checkout at a fixed rate,
-/// 2026-11-30). With 1,024 shards a resize moves about 10,000 entries
+/// touching it for tens of milliseconds (the p99 of checkout at a fixed rate).
+/// With 1,024 shards a resize moves about 10,000 entries
 /// (well under a millisecond); the cost is about 100 KB of empty shards per map.
 pub const GROWING_SHARDS: usize = 1024;
 

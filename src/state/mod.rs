@@ -529,6 +529,37 @@ mod tests {
     }
 
     #[test]
+    fn a_format_3_snapshot_is_still_read() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let m = crate::synth::member(1, 1, d, &th);
+        // Format 3 as earlier releases wrote it: the same fields, no log time.
+        let v3 = bincode::serialize(&(
+            3u32,
+            vec![("M1".to_string(), MemberWire::from(&m))],
+            Vec::<(DecisionRecord, Vec<u8>)>::new(),
+            vec![("M1".to_string(), vec![("o1".to_string(), i64::MAX / 2)])],
+            Vec::<(String, ContactDay)>::new(),
+            Vec::<(String, InventoryKey, u32)>::new(),
+            Vec::<ExperimentSnapshot>::new(),
+            LearnerSnapshot {
+                models: Vec::new(),
+                memory: Vec::new(),
+            },
+        ))
+        .unwrap();
+        let restored = state();
+        restored.restore(&v3, 7).unwrap();
+        assert_eq!(restored.members().get("M1"), Some(m));
+        assert!(restored.ledger().suppressed("M1", "o1", 1));
+        assert_eq!(restored.applied(), 7);
+        // Written back in the current format.
+        let again = state();
+        again.restore(&restored.snapshot_bytes(), 7).unwrap();
+        assert_eq!(again.digest(), restored.digest());
+    }
+
+    #[test]
     fn a_hostile_snapshot_is_an_error_not_an_allocation() {
         let state = state();
         let mut snap = 2u32.to_le_bytes().to_vec();

@@ -2,7 +2,7 @@
 //! and the report marketers read.
 //!
 //! # Assignment (language-independent; test vectors in
-//! `tests/fixtures/assignment_vectors.json`)
+//! `tests/fixtures/assignment/vectors.json`)
 //! ```text
 //! h(s)     = fmix64(fnv1a64(UTF-8 bytes of s))
 //! in experiment  iff  h(salt + ":" + member_id) mod 10000 < round(traffic * 10000)

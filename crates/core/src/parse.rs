@@ -56,7 +56,7 @@ pub fn json_field_error(e: serde_path_to_error::Error<serde_json::Error>) -> Fie
 /// Valid bodies (nearly all) are parsed once by plain serde_json; only a
 /// body that fails is parsed again with `serde_path_to_error` to name the
 /// field, so the common path does not pay for path tracking (about 2% of a
-/// checkout's CPU, perf 2026-11-30). Both parse the same bytes with the same
+/// checkout's CPU in a profile). Both parse the same bytes with the same
 /// deserializer, so they agree on what fails.
 pub fn from_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FieldError> {
     if let Ok(v) = serde_json::from_slice(body) {
