@@ -29,7 +29,7 @@ use offer_engine::catalog::EligibilityContext;
 use offer_engine::config::Settings;
 use offer_engine::decision::{decide, DecisionInput, Engine, Ranking, Unconstrained};
 use offer_engine::domain::{Channel, Itinerary, Member, OfferRequest, DEFAULT_MAX_OFFERS};
-use offer_engine::features::{self, DecisionContext};
+use offer_engine::features;
 use offer_engine::startup::populate_synthetic;
 use offer_engine::state::members::MemberStore;
 use offer_engine::synth;
@@ -151,14 +151,10 @@ fn benches(c: &mut Criterion) {
     g.bench_function("features_build", |b| {
         b.iter(|| {
             k = k.wrapping_add(1);
-            let ctx = DecisionContext {
-                itinerary: Some(&w.itineraries[k % ITINERARIES]),
-                channel: Channel::Checkout,
-                now: w.now,
-            };
-            black_box(features::build(
+            black_box(features::for_checkout(
                 Some(black_box(&w.members[k % LOOKUPS])),
-                &ctx,
+                &w.itineraries[k % ITINERARIES],
+                w.now,
                 &w.engine.thresholds,
             ))
         })
@@ -169,12 +165,7 @@ fn benches(c: &mut Criterion) {
         .map(|k| {
             let m = &w.members[k];
             let it = &w.itineraries[k];
-            let ctx = DecisionContext {
-                itinerary: Some(it),
-                channel: Channel::Checkout,
-                now: w.now,
-            };
-            let x = features::build(Some(m), &ctx, &w.engine.thresholds);
+            let x = features::for_checkout(Some(m), it, w.now, &w.engine.thresholds);
             let gap = features::spend_to_next_tier(m, &w.engine.thresholds);
             (x, gap)
         })

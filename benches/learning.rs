@@ -17,7 +17,7 @@ use offer_engine::decision::{
     decide_explored, DecisionInput, Engine, Explore, Ranking, Unconstrained,
 };
 use offer_engine::domain::{Channel, TierThresholds};
-use offer_engine::features::{self, DecisionContext, FeatureVector, N_FEATURES};
+use offer_engine::features::{self, FeatureVector, N_FEATURES};
 use offer_engine::state::learner::{Exploration, OnlineLearner, Posterior};
 use offer_engine::synth;
 
@@ -71,15 +71,7 @@ fn benches(c: &mut Criterion) {
     let m = synth::member(42, 3, as_of, &th);
     let mut rng = synth::stream_rng(9, 9);
     let it = synth::itinerary(&mut rng, Some(&m), now);
-    let x = features::build(
-        Some(&m),
-        &DecisionContext {
-            itinerary: Some(&it),
-            channel: Channel::Checkout,
-            now,
-        },
-        &th,
-    );
+    let x = features::for_checkout(Some(&m), &it, now, &th);
     let learner = OnlineLearner::default();
     learner.set_prior(engine.catalog.clone(), engine.table.clone());
     let catalog: std::sync::Arc<Catalog> = engine.catalog.clone();

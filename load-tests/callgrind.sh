@@ -20,7 +20,7 @@ PORT=${PORT:-18495}
 RATE=150
 mkdir -p "$WORK" "$OUT"
 cargo build --release --locked -q -p offer-engine-load
-LOAD=$(pwd)/target/release/offer-engine-load
+LOAD=${CARGO_TARGET_DIR:-$(pwd)/target}/release/offer-engine-load
 MEMBERS=$WORK/members-100000-seed42.ndjson
 [ -s "$MEMBERS" ] || "$BIN" gen-members --count 100000 --seed 42 --as-of 2026-11-30 --out "$MEMBERS" >/dev/null
 DATA=$(mktemp -d "$WORK/cg-data.XXXXXX")

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::catalog::{Catalog, EligibilityContext};
 use crate::decision::{decide_explored, decide_scored, DecisionInput, Engine, Explore, Ranking};
 use crate::domain::{Channel, Itinerary, Member, TierThresholds};
-use crate::features::{self, DecisionContext, FeatureVector};
+use crate::features::{self, FeatureVector};
 use crate::model::ModelFile;
 use crate::state::learner::{Exploration, LearnSettings, OnlineLearner};
 use crate::synth::{self, GroundTruth};
@@ -150,15 +150,7 @@ impl Simulation {
     }
 
     fn features(&self, m: &Member, it: &Itinerary) -> FeatureVector {
-        features::build(
-            Some(m),
-            &DecisionContext {
-                itinerary: Some(it),
-                channel: Channel::Checkout,
-                now: self.now,
-            },
-            &self.th,
-        )
+        features::for_checkout(Some(m), it, self.now, &self.th)
     }
 
     fn make_holdout(&self) -> Vec<Example> {

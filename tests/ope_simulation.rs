@@ -26,7 +26,7 @@ use offer_engine::catalog::EligibilityContext;
 use offer_engine::cli::evaluate::{round_terms, LoggedRound, ModelPolicy, RewardUnit, Target};
 use offer_engine::decision::Engine;
 use offer_engine::domain::{Channel, TierThresholds};
-use offer_engine::features::{self, DecisionContext};
+use offer_engine::features;
 use offer_engine::model::ModelFile;
 use offer_engine::ope::{evaluate, EvaluateOptions, RoundTerms};
 use offer_engine::synth::{self, GroundTruth};
@@ -71,15 +71,7 @@ fn world() -> (Vec<Context>, f64) {
         let it = synth::itinerary(&mut rng, Some(&m), now);
         let gap = features::spend_to_next_tier(&m, &th);
         let ectx = EligibilityContext::new(Some(&m), Some(&it), Channel::Checkout, now, gap);
-        let x = features::build(
-            Some(&m),
-            &DecisionContext {
-                itinerary: Some(&it),
-                channel: Channel::Checkout,
-                now,
-            },
-            &th,
-        );
+        let x = features::for_checkout(Some(&m), &it, now, &th);
         let eligible: Vec<usize> = (0..engine.catalog.offers.len())
             .filter(|&k| engine.catalog.offers[k].eligible(&ectx).is_ok())
             .collect();

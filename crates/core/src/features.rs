@@ -205,6 +205,22 @@ pub fn build(
     x
 }
 
+/// The feature vector of a checkout: `member` (None: cold start) booking
+/// `itinerary` at `now`.
+pub fn for_checkout(
+    member: Option<&Member>,
+    itinerary: &Itinerary,
+    now: DateTime<Utc>,
+    th: &TierThresholds,
+) -> FeatureVector {
+    let ctx = DecisionContext {
+        itinerary: Some(itinerary),
+        channel: Channel::Checkout,
+        now,
+    };
+    build(member, &ctx, th)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
