@@ -75,7 +75,7 @@ pub async fn post_offers(
         decision_id: c.decision_id,
         member_id: &c.member_id,
         cold_start: c.decision.cold_start,
-        model_version: &c.model_version,
+        model_version: &c.model.version,
         experiments: c.experiments,
         offers,
         fallback: c.fallback.is_some(),

@@ -653,7 +653,7 @@ fn score_block(
                 .collect(),
         };
         let zrow = z.row(r);
-        let variant_model = !std::ptr::eq(policy.table, &*engine.table);
+        let variant_model = !std::sync::Arc::ptr_eq(policy.table, &engine.table);
         let d = decide_scored(
             engine,
             &DecisionInput {

@@ -17,6 +17,7 @@ use super::Service;
 use crate::decision::{self, Decision, DecisionInput, Engine};
 use crate::domain::OfferRequest;
 use crate::experiments::Assignment;
+use crate::model::ScoringTable;
 use crate::records::DecisionRecord;
 
 /// The answer to a checkout: the decision and what it needs to be rendered.
@@ -27,8 +28,8 @@ pub struct Checkout {
     pub decision_id: String,
     /// The member asked about.
     pub member_id: String,
-    /// Version of the model that scored.
-    pub model_version: String,
+    /// The model that scored (its version is answered).
+    pub model: Arc<ScoringTable>,
     /// The member's experiment assignments.
     pub experiments: Vec<Assignment>,
     /// The ranked offers (catalog indexes, prices, reasons).
@@ -55,7 +56,7 @@ impl Service {
         let member = state.members().get(&request.member_id);
         let now_ms = now.timestamp_millis();
         let settings = self.settings();
-        let audience = Audience::of(
+        let mut audience = Audience::of(
             &engine,
             Some(state.ledger()),
             Ask {
@@ -68,6 +69,7 @@ impl Service {
             },
         );
         let policy = &audience.policy;
+        let table = policy.table.clone();
         let mut input = DecisionInput {
             member: member.as_ref(),
             itinerary: Some(&request.itinerary),
@@ -76,8 +78,6 @@ impl Service {
             max_offers: policy.max_offers,
             ranking: policy.ranking,
         };
-        // The variant's model (or the engine's) scores.
-        let table = policy.table;
         let x = crate::features::build(
             member.as_ref(),
             &crate::features::DecisionContext {
@@ -170,7 +170,7 @@ impl Service {
             );
             issued.push(i);
         }
-        let assignments = audience.policy.assignments.clone();
+        let assignments = std::mem::take(&mut audience.policy.assignments);
         if !issued.is_empty() || !assignments.is_empty() {
             self.durable().commit_decision(
                 DecisionRecord {
@@ -187,13 +187,12 @@ impl Service {
             );
         }
         tracing::debug!(%decision_id, offers = decision.offers.len(), cold_start = decision.cold_start, "decided");
-        let model_version = table.version.clone();
         drop(audience);
         Checkout {
             engine,
             decision_id,
             member_id: request.member_id,
-            model_version,
+            model: table,
             experiments: assignments,
             decision,
             tokens,

@@ -97,7 +97,7 @@ pub struct VariantPolicy<'a> {
     /// Catalog subset, if a variant restricts it.
     pub categories: Option<&'a [Category]>,
     /// The model to score with (a variant's, or the engine's).
-    pub table: &'a ScoringTable,
+    pub table: &'a Arc<ScoringTable>,
     /// Whether the variant scores with a model file of its own (then the
     /// adaptive models, which learn around the engine's model, stay out).
     pub own_model: bool,
@@ -216,7 +216,7 @@ pub struct Decision {
 pub fn decide(
     engine: &Engine,
     input: &DecisionInput<'_>,
-    constraints: &dyn Constraints,
+    constraints: &(impl Constraints + ?Sized),
 ) -> Decision {
     let ctx = DecisionContext {
         itinerary: input.itinerary,
@@ -237,14 +237,14 @@ pub fn decide(
 pub fn decide_scored(
     engine: &Engine,
     input: &DecisionInput<'_>,
-    constraints: &dyn Constraints,
+    constraints: &(impl Constraints + ?Sized),
     candidates: Option<&[usize]>,
     score: impl Fn(usize) -> f32,
 ) -> Decision {
     decide_explored(engine, input, constraints, candidates, score, None)
 }
 
-/// How a decision explores (see [`crate::online`]).
+/// How a decision explores (see [`crate::policy`]).
 pub struct Explore<'a> {
     /// The policy.
     pub policy: crate::policy::Exploration,
@@ -253,7 +253,7 @@ pub struct Explore<'a> {
     /// Monte Carlo draws for Thompson propensities.
     pub draws: usize,
     /// Posterior mean and standard deviation of catalog offer `i`'s
-    /// log-odds (Thompson draws p = e^z from them; see [`crate::online`]).
+    /// log-odds (Thompson draws p = e^z from them; see [`crate::posterior`]).
     pub moments: &'a dyn Fn(usize) -> (f64, f64),
 }
 
@@ -263,7 +263,7 @@ pub struct Explore<'a> {
 pub fn decide_explored(
     engine: &Engine,
     input: &DecisionInput<'_>,
-    constraints: &dyn Constraints,
+    constraints: &(impl Constraints + ?Sized),
     candidates: Option<&[usize]>,
     score: impl Fn(usize) -> f32,
     explore: Option<&Explore<'_>>,
