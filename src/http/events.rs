@@ -14,6 +14,7 @@ use chrono::Utc;
 
 use super::error::ApiError;
 use crate::catalog::RewardOn;
+use crate::domain::FieldError;
 use crate::durable::LogRecord;
 use crate::events::{OutcomeBody, OutcomeKind, OutcomeRecord};
 use crate::ledger::{self, LiveDecision, ReserveError};
@@ -72,11 +73,27 @@ pub async fn post_events(
     let (events, batch) = match from_json::<OutcomeBody>(&body) {
         Ok(OutcomeBody::Many(v)) => (v, true),
         Ok(OutcomeBody::One(e)) => (vec![e], false),
-        // Untagged enums lose the field path; parse again as one event for a precise error.
+        // Untagged enums lose the field path; parse again event by event for
+        // precise errors (every event at fault in a batch).
         Err(_) => {
             let first = body.iter().find(|b| !b.is_ascii_whitespace());
             if first == Some(&b'[') {
-                from_json::<Vec<crate::events::OutcomeEventDto>>(&body)?;
+                let items = from_json::<Vec<serde_json::Value>>(&body)?;
+                let mut errs = Vec::new();
+                for (i, v) in items.iter().enumerate() {
+                    let one = serde_json::to_vec(v).unwrap_or_default();
+                    if let Err(mut e) = from_json::<crate::events::OutcomeEventDto>(&one) {
+                        e.field = if e.field == "body" {
+                            format!("[{i}]")
+                        } else {
+                            format!("[{i}].{}", e.field)
+                        };
+                        errs.push(e);
+                    }
+                }
+                if !errs.is_empty() {
+                    return Err(errs.into());
+                }
             } else {
                 from_json::<crate::events::OutcomeEventDto>(&body)?;
             }
@@ -108,6 +125,16 @@ pub async fn post_events(
         held: Vec::new(),
     };
     let mut records = Vec::with_capacity(events.len());
+    // Every 422 of the batch is reported at once; a 404, 409 or 410 stops
+    // the check there (answered with the 422s found so far, if any).
+    let mut invalid: Vec<FieldError> = Vec::new();
+    let stop = |invalid: &mut Vec<FieldError>, err: ApiError| -> ApiError {
+        if invalid.is_empty() {
+            err
+        } else {
+            std::mem::take(invalid).into()
+        }
+    };
     for (i, e) in events.into_iter().enumerate() {
         let field = |name: &str| {
             if batch {
@@ -116,112 +143,128 @@ pub async fn post_events(
                 name.to_string()
             }
         };
+        let before = invalid.len();
         let client_at_ms = match &e.at {
             None => None,
-            Some(s) => Some(ledger::ms(
-                parse_instant(s, &field("at")).map_err(ApiError::InvalidField)?,
-            )),
+            Some(s) => match parse_instant(s, &field("at")) {
+                Ok(t) => Some(ledger::ms(t)),
+                Err(fe) => {
+                    invalid.push(fe);
+                    None
+                }
+            },
         };
         if e.kind == OutcomeKind::Fulfilled {
             let learn = reward_on(&e.offer_id) == RewardOn::Fulfilment;
-            let record = fulfilment(&state, e, &field, now_ms, client_at_ms, learn)?;
+            let record = match fulfilment(&state, e, &field, now_ms, client_at_ms, learn) {
+                Ok(r) => r,
+                Err(ApiError::InvalidField(fe)) => {
+                    invalid.push(fe);
+                    continue;
+                }
+                Err(err) => return Err(stop(&mut invalid, err)),
+            };
+            if invalid.len() > before {
+                continue;
+            }
             if records.iter().any(|r: &OutcomeRecord| {
                 r.kind == OutcomeKind::Fulfilled
                     && r.decision_id == record.decision_id
                     && r.offer_id == record.offer_id
             }) {
-                return Err(ApiError::Conflict {
-                    field: field("offer_id"),
-                    detail: "fulfilled twice in this batch".into(),
-                });
+                return Err(stop(
+                    &mut invalid,
+                    ApiError::Conflict {
+                        field: field("offer_id"),
+                        detail: "fulfilled twice in this batch".into(),
+                    },
+                ));
             }
             records.push(record);
             continue;
         }
-        let d = ledger
-            .decision(&e.decision_id)
-            .ok_or_else(|| ApiError::UnknownResource {
-                field: field("decision_id"),
-                detail: "no such decision (unknown, or its offers expired long ago)".into(),
-            })?;
-        let pos = d
+        let Some(d) = ledger.decision(&e.decision_id) else {
+            return Err(stop(
+                &mut invalid,
+                ApiError::UnknownResource {
+                    field: field("decision_id"),
+                    detail: "no such decision (unknown, or its offers expired long ago)".into(),
+                },
+            ));
+        };
+        let Some(pos) = d
             .record
             .offers
             .iter()
             .position(|o| o.offer_id == e.offer_id)
-            .ok_or_else(|| {
-                ApiError::InvalidField(crate::domain::FieldError::new(
-                    field("offer_id"),
-                    "this offer was not in that decision",
-                ))
-            })?;
+        else {
+            invalid.push(FieldError::new(
+                field("offer_id"),
+                "this offer was not in that decision",
+            ));
+            continue;
+        };
         let issued = &d.record.offers[pos];
         // The signed terms must be exactly those issued: no changed price or
         // expiry, no offer moved to another member or decision.
         match &e.token {
-            Some(t) => verify_token(&state, t, &d, pos, &field("token"))?,
-            None if e.kind == OutcomeKind::Accept => {
-                return Err(ApiError::InvalidField(crate::domain::FieldError::new(
-                    field("token"),
-                    "an accept must carry the offer's token from the decision",
-                )))
-            }
+            Some(t) => match verify_token(&state, t, &d, pos, &field("token")) {
+                Ok(()) => {}
+                Err(ApiError::InvalidField(fe)) => invalid.push(fe),
+                Err(err) => return Err(stop(&mut invalid, err)),
+            },
+            None if e.kind == OutcomeKind::Accept => invalid.push(FieldError::new(
+                field("token"),
+                "an accept must carry the offer's token from the decision",
+            )),
             None => {}
         }
         if now_ms > issued.expires_ms {
-            return Err(ApiError::Expired {
-                field: field("offer_id"),
-                detail: format!(
-                    "the offer expired at {}",
-                    super::offers::rfc3339(
-                        chrono::DateTime::from_timestamp_millis(issued.expires_ms).unwrap_or(now)
-                    )
-                ),
-            });
+            return Err(stop(
+                &mut invalid,
+                ApiError::Expired {
+                    field: field("offer_id"),
+                    detail: format!(
+                        "the offer expired at {}",
+                        super::offers::rfc3339(
+                            chrono::DateTime::from_timestamp_millis(issued.expires_ms)
+                                .unwrap_or(now)
+                        )
+                    ),
+                },
+            ));
         }
         let mut revenue = 0.0;
         if e.kind == OutcomeKind::Accept {
             let quoted = issued.price.as_ref();
-            if let Some(r) = &e.revenue {
-                let ok = match quoted {
-                    Some(q) => (r.amount - q.amount).abs() < 0.005 && r.currency == q.currency,
-                    None => r.amount == 0.0,
-                };
-                if !ok {
-                    return Err(ApiError::InvalidField(crate::domain::FieldError::new(
-                        field("revenue.amount"),
-                        match quoted {
-                            Some(q) => {
-                                format!("must equal the quoted price {} {}", q.amount, q.currency)
-                            }
-                            None => {
-                                "this offer was quoted in points only; revenue must be 0".into()
-                            }
-                        },
-                    )));
-                }
-            }
+            check_revenue(quoted, e.revenue.as_ref(), &field, &mut invalid);
             revenue = quoted.map(|q| q.amount).unwrap_or(0.0);
-            match ledger.reserve_accept(&d, pos) {
-                Ok(()) => reservations.held.push((d.clone(), pos)),
-                Err(ReserveError::AlreadyAccepted) => {
-                    return Err(ApiError::Conflict {
-                        field: field("offer_id"),
-                        detail: "already accepted in this decision".into(),
-                    })
-                }
-                Err(ReserveError::SoldOut) => {
-                    return Err(ApiError::Conflict {
-                        field: field("offer_id"),
-                        detail: "sold out".into(),
-                    })
+            // Nothing is reserved for a batch that will be refused.
+            if invalid.is_empty() {
+                match ledger.reserve_accept(&d, pos) {
+                    Ok(()) => reservations.held.push((d.clone(), pos)),
+                    Err(ReserveError::AlreadyAccepted) => {
+                        return Err(ApiError::Conflict {
+                            field: field("offer_id"),
+                            detail: "already accepted in this decision".into(),
+                        })
+                    }
+                    Err(ReserveError::SoldOut) => {
+                        return Err(ApiError::Conflict {
+                            field: field("offer_id"),
+                            detail: "sold out".into(),
+                        })
+                    }
                 }
             }
         } else if e.revenue.is_some() {
-            return Err(ApiError::InvalidField(crate::domain::FieldError::new(
+            invalid.push(FieldError::new(
                 field("revenue"),
                 "only an accept carries revenue",
-            )));
+            ));
+        }
+        if invalid.len() > before {
+            continue;
         }
         records.push(OutcomeRecord {
             decision_id: e.decision_id,
@@ -238,6 +281,9 @@ pub async fn post_events(
             learn: e.kind == OutcomeKind::Accept
                 && reward_on(&d.record.offers[pos].offer_id) == RewardOn::Accept,
         });
+    }
+    if !invalid.is_empty() {
+        return Err(invalid.into());
     }
     let n = records.len();
     let rec = LogRecord::Outcomes(records);
@@ -283,6 +329,46 @@ pub async fn post_events(
         ApiError::Storage(e)
     })?;
     Ok(HttpResponse::Accepted().json(EventsAccepted { accepted: n, lsn }))
+}
+
+/// The revenue rule of an accept. An offer with a cash price needs
+/// `revenue` equal to it, in its currency (`revenue` missing: 422 naming
+/// `revenue`; another currency: `revenue.currency`; another amount:
+/// `revenue.amount`). A points-only offer takes no revenue, or 0.
+fn check_revenue(
+    quoted: Option<&crate::domain::Money>,
+    given: Option<&crate::domain::Money>,
+    field: &dyn Fn(&str) -> String,
+    invalid: &mut Vec<FieldError>,
+) {
+    match (quoted, given) {
+        (Some(q), None) => invalid.push(FieldError::new(
+            field("revenue"),
+            format!(
+                "is required on an accept of a priced offer: the quoted price {} {}",
+                q.amount, q.currency
+            ),
+        )),
+        (Some(q), Some(r)) => {
+            if r.currency != q.currency {
+                invalid.push(FieldError::new(
+                    field("revenue.currency"),
+                    format!("must be {}, the quoted price's currency", q.currency),
+                ));
+            }
+            if !((r.amount - q.amount).abs() < 0.005) {
+                invalid.push(FieldError::new(
+                    field("revenue.amount"),
+                    format!("must equal the quoted price {} {}", q.amount, q.currency),
+                ));
+            }
+        }
+        (None, Some(r)) if r.amount != 0.0 => invalid.push(FieldError::new(
+            field("revenue.amount"),
+            "this offer was quoted in points only; revenue must be 0 or absent",
+        )),
+        (None, _) => {}
+    }
 }
 
 /// Checks a `fulfilled` event and makes its record. The decision must be
@@ -377,4 +463,41 @@ fn verify_token(
         .map_err(|err| {
             ApiError::InvalidField(crate::domain::FieldError::new(field, err.to_string()))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Money;
+
+    fn cny(amount: f64) -> Money {
+        Money {
+            amount,
+            currency: "CNY".into(),
+        }
+    }
+
+    fn fields(quoted: Option<&Money>, given: Option<&Money>) -> Vec<String> {
+        let mut v = Vec::new();
+        check_revenue(quoted, given, &|n: &str| n.to_string(), &mut v);
+        v.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn the_revenue_rule_of_an_accept() {
+        let q = cny(240.0);
+        assert!(fields(Some(&q), Some(&cny(240.0))).is_empty());
+        assert!(fields(Some(&q), Some(&cny(240.004))).is_empty());
+        assert_eq!(fields(Some(&q), None), ["revenue"]);
+        assert_eq!(fields(Some(&q), Some(&cny(1.0))), ["revenue.amount"]);
+        let usd = Money {
+            amount: 240.0,
+            currency: "USD".into(),
+        };
+        assert_eq!(fields(Some(&q), Some(&usd)), ["revenue.currency"]);
+        // A points-only offer: no revenue, or 0.
+        assert!(fields(None, None).is_empty());
+        assert!(fields(None, Some(&cny(0.0))).is_empty());
+        assert_eq!(fields(None, Some(&cny(5.0))), ["revenue.amount"]);
+    }
 }

@@ -13,7 +13,7 @@ use crate::domain::{Category, Day, Itinerary};
 use crate::durable::LogRecord;
 use crate::experiments::Assignment;
 use crate::ledger::{self, DecisionRecord, IssuedOffer, Ledger};
-use crate::parse::{from_json, OfferRequestDto};
+use crate::parse::parse_offer_request;
 use crate::render::OfferOut;
 use crate::state::SharedState;
 
@@ -82,7 +82,7 @@ impl Constraints for LedgerConstraints<'_> {
         (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a field is invalid (named in `field`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "fields are invalid: the first named in `field`, every one in `errors`", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
 )]
 #[tracing::instrument(name = "post_offers", skip_all)]
@@ -94,7 +94,7 @@ pub async fn post_offers(
     let arrived = std::time::Instant::now();
     let body = super::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let now = Utc::now();
-    let request = from_json::<OfferRequestDto>(&body)?.into_domain(now)?;
+    let request = parse_offer_request(&body, now)?;
     let started = std::time::Instant::now();
     let engine = state.engine.load();
     let core = &state.core;

@@ -40,7 +40,7 @@ use super::error::Problem;
         super::admin::keys,
         openapi_json,
     ),
-    components(schemas(Problem)),
+    components(schemas(Problem, super::error::ProblemField)),
     modifiers(&CommonResponses),
 )]
 pub struct ApiDoc;
