@@ -385,8 +385,45 @@ struct BlockResult {
     /// Output bytes and, per member, the end offset of its line in `bytes`
     /// (equal to the start for members not written) and its record.
     bytes: Vec<u8>,
-    members: Vec<(usize, Option<DecisionRecord>, bool)>,
+    members: Vec<(usize, Option<DecisionRecord>, Option<LeftOutReason>)>,
     scanned: u64,
+}
+
+/// Why a member of the segment got no line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeftOutReason {
+    Holdout,
+    DailyCap,
+    Suppressed,
+    NoEligibleOffer,
+}
+
+/// Members that match the filter but got no line, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LeftOut {
+    /// Filter matched, but no marketing consent for the channel: not in the
+    /// segment at all (not counted in `members_matched`).
+    pub no_consent: u64,
+    /// In an experiment's holdout: recorded as exposed, not written.
+    pub holdout: u64,
+    /// The channel's daily cap of offers shown (`contact.max_offers_per_day`)
+    /// was already used up today.
+    pub daily_cap: u64,
+    /// Every offer they could get was declined recently and is suppressed
+    /// (`contact.suppress_days_after_decline`).
+    pub suppressed: u64,
+    /// No offer in the catalog is eligible for them on the campaign date.
+    pub no_eligible_offer: u64,
+}
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} without consent for the channel, {} in the holdout, {} at the daily cap, {} with every offer suppressed after a decline, {} with no eligible offer",
+            self.no_consent, self.holdout, self.daily_cap, self.suppressed, self.no_eligible_offer
+        )
+    }
 }
 
 /// Totals of a run.
@@ -400,8 +437,9 @@ pub struct CampaignSummary {
     pub members_matched: u64,
     /// Members written (with at least one offer).
     pub members_written: u64,
-    /// Holdout members recorded as exposed and not written.
-    pub holdout: u64,
+    /// Members matching the filter that got no line, by reason (holdout
+    /// members are recorded as exposed and not written).
+    pub left_out: LeftOut,
     /// Decisions recorded.
     pub decisions_recorded: u64,
     /// Seconds spent.
@@ -583,7 +621,7 @@ fn score_block(
                     covariate: m.qualifying_spend_12m,
                     features: Vec::new(),
                 }),
-                true,
+                Some(LeftOutReason::Holdout),
             ));
             continue;
         }
@@ -617,30 +655,46 @@ fn score_block(
         };
         let zrow = z.row(r);
         let variant_model = !std::ptr::eq(policy.table, &*engine.table);
-        let d = decide_scored(
-            engine,
-            &DecisionInput {
-                member: Some(m),
-                itinerary: None,
-                channel: c.channel,
-                now: c.now,
-                max_offers,
-                ranking,
-            },
-            &constraints,
-            Some(&cands),
-            |i| {
-                if variant_model {
-                    // A variant with a model of its own scores with it.
-                    policy.table.propensity(i, &feats[r])
-                } else {
-                    let k = plan.slot[i];
-                    crate::model::sigmoid(zrow[k] + plan.bias[k])
-                }
-            },
-        );
+        let input = DecisionInput {
+            member: Some(m),
+            itinerary: None,
+            channel: c.channel,
+            now: c.now,
+            max_offers,
+            ranking,
+        };
+        let score = |i: usize| {
+            if variant_model {
+                // A variant with a model of its own scores with it.
+                policy.table.propensity(i, &feats[r])
+            } else {
+                let k = plan.slot[i];
+                crate::model::sigmoid(zrow[k] + plan.bias[k])
+            }
+        };
+        let d = decide_scored(engine, &input, &constraints, Some(&cands), &score);
+        let left_out = if !d.offers.is_empty() {
+            None
+        } else if constraints.remaining == 0 {
+            Some(LeftOutReason::DailyCap)
+        } else if constraints.suppressed.is_empty() {
+            Some(LeftOutReason::NoEligibleOffer)
+        } else {
+            // Rare (a member with offers declined recently and nothing
+            // else to show): scored again without the suppressions to say which.
+            let unsuppressed = CampaignConstraints {
+                suppressed: Vec::new(),
+                remaining: constraints.remaining,
+            };
+            let again = decide_scored(engine, &input, &unsuppressed, Some(&cands), &score);
+            Some(if again.offers.is_empty() {
+                LeftOutReason::NoEligibleOffer
+            } else {
+                LeftOutReason::Suppressed
+            })
+        };
         if d.offers.is_empty() && assignments.is_empty() {
-            members.push((bytes.len(), None, false));
+            members.push((bytes.len(), None, left_out));
             continue;
         }
         let issued: Vec<IssuedOffer> = if opts.record {
@@ -698,7 +752,7 @@ fn score_block(
                 // are scored a block at a time and accepted via other paths).
                 features: Vec::new(),
             }),
-            false,
+            left_out,
         ));
     }
     BlockResult {
@@ -736,6 +790,7 @@ pub fn run(
     }
     let scanned = AtomicU64::new(0);
     let matched = AtomicU64::new(0);
+    let no_consent = AtomicU64::new(0);
     // Bounded queues: at most a few blocks in flight, whatever the segment size.
     let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Vec<(Box<str>, Member)>, u64)>(threads * 2);
     let work_rx = std::sync::Mutex::new(work_rx);
@@ -752,23 +807,28 @@ pub fn run(
                     return;
                 }
                 let n = scanned.fetch_add(1, Ordering::Relaxed) + 1;
-                // Consent is absolute and checked first: a member without it is
-                // not in the segment at all (not even as a holdout exposure, which
-                // would unbalance the experiment's arms).
+                // Consent is absolute: a member without it is not in the
+                // segment at all (not even as a holdout exposure, which would
+                // unbalance the experiment's arms); only counted.
+                if !campaign.filter.matches(m, today, &th) {
+                    return;
+                }
                 let consented = campaign
                     .channel
                     .required_consent()
                     .is_none_or(|ch| m.consent.granted(ch));
-                if consented && campaign.filter.matches(m, today, &th) {
-                    matched.fetch_add(1, Ordering::Relaxed);
-                    block.push((Box::<str>::from(id), *m));
-                    if block.len() == BLOCK {
-                        let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK));
-                        if work_tx.send((seq, full, n)).is_err() {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                        seq += 1;
+                if !consented {
+                    no_consent.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                matched.fetch_add(1, Ordering::Relaxed);
+                block.push((Box::<str>::from(id), *m));
+                if block.len() == BLOCK {
+                    let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK));
+                    if work_tx.send((seq, full, n)).is_err() {
+                        stop.store(true, Ordering::Relaxed);
                     }
+                    seq += 1;
                 }
             });
             let _ = work_tx.send((seq, block, scanned.load(Ordering::Relaxed)));
@@ -806,7 +866,7 @@ pub fn run(
                 let mut start = 0usize;
                 let mut cut = r.bytes.len();
                 let mut records = Vec::with_capacity(r.members.len());
-                for (end, rec, holdout) in r.members {
+                for (end, rec, left_out) in r.members {
                     let written = end > start;
                     if written && campaign.limit.is_some_and(|l| summary.members_written >= l) {
                         cut = start;
@@ -817,8 +877,13 @@ pub fn run(
                     if written {
                         summary.members_written += 1;
                     }
-                    if holdout {
-                        summary.holdout += 1;
+                    let l = &mut summary.left_out;
+                    match left_out {
+                        Some(LeftOutReason::Holdout) => l.holdout += 1,
+                        Some(LeftOutReason::DailyCap) => l.daily_cap += 1,
+                        Some(LeftOutReason::Suppressed) => l.suppressed += 1,
+                        Some(LeftOutReason::NoEligibleOffer) => l.no_eligible_offer += 1,
+                        None => {}
                     }
                     if let Some(rec) = rec {
                         records.push(rec);
@@ -846,6 +911,7 @@ pub fn run(
     }
     summary.members_scanned = scanned.load(Ordering::Relaxed);
     summary.members_matched = matched.load(Ordering::Relaxed);
+    summary.left_out.no_consent = no_consent.load(Ordering::Relaxed);
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }

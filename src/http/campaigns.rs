@@ -141,7 +141,11 @@ pub async fn post_campaigns(
                 scanned = s.members_scanned,
                 matched = s.members_matched,
                 written = s.members_written,
-                holdout = s.holdout,
+                no_consent = s.left_out.no_consent,
+                holdout = s.left_out.holdout,
+                daily_cap = s.left_out.daily_cap,
+                suppressed = s.left_out.suppressed,
+                no_eligible_offer = s.left_out.no_eligible_offer,
                 seconds = s.seconds,
                 "campaign done"
             ),
