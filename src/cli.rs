@@ -125,36 +125,58 @@ pub struct CampaignArgs {
     pub threads: Option<usize>,
 }
 
-/// `serve` flags.
+/// `serve` flags. Settings come from the built-in defaults
+/// (`config/default.toml`), then `--config FILE`, then environment variables,
+/// then these flags; a flag's environment variable (shown as `[env: ...]`)
+/// sets the same setting as the flag.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Without a master key the service runs in development mode: nothing is protected and \
+it listens on loopback only (127.0.0.1, ::1, localhost); a non-loopback --addr (e.g. \
+0.0.0.0:8080) is refused at start unless a master key is set (OFFER_ENGINE_MASTER_KEY). \
+Any setting can be given as OFFER_ENGINE__SECTION__KEY (e.g. OFFER_ENGINE__SERVER__WORKERS=4).
+
+The data dir is locked while the service runs: `campaign --data-dir` and `train --data-dir` \
+need it stopped (or work on a copy of the directory).
+
+Documentation: README.md (sections Security, Configuration, Durability) in the repository.")]
 pub struct ServeArgs {
     /// Configuration file (TOML) layered over the built-in defaults.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Listen address (default 127.0.0.1:8080).
-    #[arg(long)]
+    /// Listen address [default: 127.0.0.1:8080]. Anything but a loopback
+    /// address needs a master key (OFFER_ENGINE_MASTER_KEY).
+    #[arg(long, value_name = "HOST:PORT", env = "OFFER_ENGINE__SERVER__ADDR")]
     pub addr: Option<String>,
-    /// Members NDJSON file (default: the embedded synthetic population).
-    #[arg(long)]
+    /// Members NDJSON file, read on the first start on an empty data dir only
+    /// [default: the embedded synthetic population].
+    #[arg(long, value_name = "FILE", env = "OFFER_ENGINE__MEMBERS__FILE")]
     pub members: Option<PathBuf>,
-    /// Catalog TOML (default: the compiled-in catalog).
-    #[arg(long)]
+    /// Catalog TOML [default: the compiled-in catalog, config/catalog.toml].
+    #[arg(long, value_name = "FILE", env = "OFFER_ENGINE__CATALOG__FILE")]
     pub catalog: Option<PathBuf>,
-    /// Model JSON (default: the compiled-in model).
-    #[arg(long)]
+    /// Model JSON [default: the compiled-in model, models/propensity-lr-v1.json].
+    #[arg(long, value_name = "FILE", env = "OFFER_ENGINE__MODEL__FILE")]
     pub model: Option<PathBuf>,
-    /// Experiments TOML (default: the compiled-in experiments).
-    #[arg(long)]
+    /// Experiments TOML [default: the compiled-in experiments, config/experiments.toml].
+    #[arg(long, value_name = "FILE", env = "OFFER_ENGINE__EXPERIMENTS__FILE")]
     pub experiments: Option<PathBuf>,
-    /// Data directory for the event log and snapshots (default ./data).
-    #[arg(long)]
+    /// Data directory for the event log and snapshots, locked while the
+    /// service runs [default: ./data].
+    #[arg(long, value_name = "DIR", env = "OFFER_ENGINE__DURABILITY__DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Size of the embedded synthetic population.
-    #[arg(long)]
+    /// Size of the embedded synthetic population [default: 100000].
+    #[arg(long, value_name = "N", env = "OFFER_ENGINE__MEMBERS__SYNTHETIC_COUNT")]
     pub synthetic_members: Option<u64>,
-    /// Master key (holds every scope). Prefer the environment variable
-    /// OFFER_ENGINE_MASTER_KEY: a flag shows in the process list.
-    #[arg(long)]
+    /// Master key (holds every scope, at least 16 characters; none =
+    /// development mode). Prefer the environment variable: a flag shows in
+    /// the process list.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "OFFER_ENGINE_MASTER_KEY",
+        hide_env_values = true
+    )]
     pub master_key: Option<String>,
 }
 

@@ -239,6 +239,45 @@ pub fn open_state(settings: &Settings) -> anyhow::Result<(Core, Wal, DirLock)> {
     Ok((core, wal, DirLock(lock_file)))
 }
 
+/// One start-up line naming what will decide: the catalog, model and
+/// experiments versions and where each came from.
+fn log_loaded(settings: &Settings, engine: &Engine) {
+    let source = |file: &str| {
+        if file.is_empty() {
+            "compiled-in default".to_string()
+        } else {
+            file.to_string()
+        }
+    };
+    let experiments = if engine.experiments.is_empty() {
+        "none".to_string()
+    } else {
+        engine
+            .experiments
+            .iter()
+            .map(|e| {
+                let variants: Vec<String> = e
+                    .variants
+                    .iter()
+                    .map(|v| format!("{} {}", v.name, v.weight))
+                    .collect();
+                format!("{} (salt {}: {})", e.id, e.salt, variants.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    tracing::info!(
+        catalog_version = %engine.catalog.version,
+        offers = engine.catalog.offers.len(),
+        catalog = %source(&settings.catalog.file),
+        model_version = %engine.table.version,
+        model = %source(&settings.model.file),
+        experiments = %experiments,
+        experiments_file = %source(&settings.experiments.file),
+        "loaded catalog, model and experiments"
+    );
+}
+
 impl Application {
     /// Loads state and binds the listener; does not serve yet. Must be called
     /// inside a tokio runtime (it starts the periodic snapshot task).
@@ -270,6 +309,7 @@ impl Application {
             .with_variant_models(variant_models);
         core.learner
             .set_prior(engine.catalog.clone(), engine.table.clone());
+        log_loaded(&settings, &engine);
         let listener = TcpListener::bind(&settings.server.addr)
             .with_context(|| format!("binding {}", settings.server.addr))?;
         let port = listener.local_addr()?.port();
