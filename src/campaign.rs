@@ -672,7 +672,7 @@ fn score_block(
                 crate::model::sigmoid(zrow[k] + plan.bias[k])
             }
         };
-        let d = decide_scored(engine, &input, &constraints, Some(&cands), &score);
+        let d = decide_scored(engine, &input, &constraints, Some(&cands), score);
         let left_out = if !d.offers.is_empty() {
             None
         } else if constraints.remaining == 0 {
@@ -686,7 +686,7 @@ fn score_block(
                 suppressed: Vec::new(),
                 remaining: constraints.remaining,
             };
-            let again = decide_scored(engine, &input, &unsuppressed, Some(&cands), &score);
+            let again = decide_scored(engine, &input, &unsuppressed, Some(&cands), score);
             Some(if again.offers.is_empty() {
                 LeftOutReason::NoEligibleOffer
             } else {

@@ -356,7 +356,8 @@ fn check_revenue(
                     format!("must be {}, the quoted price's currency", q.currency),
                 ));
             }
-            if !((r.amount - q.amount).abs() < 0.005) {
+            // Amounts from JSON are finite, so this is the complement of "equal".
+            if (r.amount - q.amount).abs() >= 0.005 {
                 invalid.push(FieldError::new(
                     field("revenue.amount"),
                     format!("must equal the quoted price {} {}", q.amount, q.currency),
