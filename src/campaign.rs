@@ -177,65 +177,84 @@ pub struct Campaign {
 }
 
 impl CampaignDto {
-    /// Checks every field before anything is scored; errors name the field.
+    /// Checks every field before anything is scored; the first field at
+    /// fault ([`CampaignDto::into_campaign_all`] gives all of them).
     pub fn into_campaign(self, now: DateTime<Utc>) -> Result<Campaign, FieldError> {
+        self.into_campaign_all(now)
+            .map_err(|mut v| v.swap_remove(0))
+    }
+
+    /// Checks every field before anything is scored, reporting every field
+    /// at fault (never an empty list).
+    pub fn into_campaign_all(self, now: DateTime<Utc>) -> Result<Campaign, Vec<FieldError>> {
+        let mut errs = Vec::new();
         let channel = match self.channel.as_str() {
-            "email" => Channel::Email,
-            "sms" => Channel::Sms,
-            "app" => Channel::App,
+            "email" => Some(Channel::Email),
+            "sms" => Some(Channel::Sms),
+            "app" => Some(Channel::App),
             other => {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     "channel",
                     format!("{other:?} is not a campaign channel; one of email, sms, app"),
-                ))
+                ));
+                None
             }
         };
         let tiers = match &self.tiers {
             None => None,
-            Some(v) if v.is_empty() => return Err(FieldError::new("tiers", "must not be empty")),
+            Some(v) if v.is_empty() => {
+                errs.push(FieldError::new("tiers", "must not be empty"));
+                None
+            }
             Some(v) => Some(
                 v.iter()
                     .enumerate()
-                    .map(|(i, t)| {
-                        Tier::parse(t).ok_or_else(|| {
-                            FieldError::new(
-                                format!("tiers[{i}]"),
-                                format!("unknown tier {t:?}; one of base, silver, gold, platinum, diamond"),
-                            )
-                        })
+                    .filter_map(|(i, t)| {
+                        Tier::parse(t)
+                            .ok_or_else(|| {
+                                errs.push(FieldError::new(
+                                    format!("tiers[{i}]"),
+                                    format!("unknown tier {t:?}; one of base, silver, gold, platinum, diamond"),
+                                ))
+                            })
+                            .ok()
                     })
-                    .collect::<Result<Vec<_>, _>>()?,
+                    .collect::<Vec<_>>(),
             ),
         };
         let home_airports = match &self.home_airports {
             None => None,
             Some(v) if v.is_empty() => {
-                return Err(FieldError::new("home_airports", "must not be empty"))
+                errs.push(FieldError::new("home_airports", "must not be empty"));
+                None
             }
             Some(v) => Some(
                 v.iter()
                     .enumerate()
-                    .map(|(i, a)| {
+                    .filter_map(|(i, a)| {
                         Iata::parse(a)
-                            .map_err(|m| FieldError::new(format!("home_airports[{i}]"), m))
+                            .map_err(|m| {
+                                errs.push(FieldError::new(format!("home_airports[{i}]"), m))
+                            })
+                            .ok()
                     })
-                    .collect::<Result<Vec<_>, _>>()?,
+                    .collect::<Vec<_>>(),
             ),
         };
         if let (Some(a), Some(b)) = (self.min_days_since_flight, self.max_days_since_flight) {
             if a > b {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     "min_days_since_flight",
                     "is greater than max_days_since_flight: the range is empty",
                 ));
             }
         }
         if self.birth_month.is_some_and(|m| !(1..=12).contains(&m)) {
-            return Err(FieldError::new("birth_month", "must be from 1 to 12"));
+            errs.push(FieldError::new("birth_month", "must be from 1 to 12"));
         }
         if let (Some(a), Some(b)) = (self.min_points, self.max_points) {
             if a > b {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     "min_points",
                     "is greater than max_points: the range is empty",
                 ));
@@ -245,30 +264,46 @@ impl CampaignDto {
             .max_distance_to_next_tier
             .is_some_and(|d| !d.is_finite() || d < 0.0)
         {
-            return Err(FieldError::new(
+            errs.push(FieldError::new(
                 "max_distance_to_next_tier",
                 "must be a non-negative number",
             ));
         }
         let tags = match &self.tags {
             None => Tags::default(),
-            Some(v) => Tags::parse(v)?,
+            Some(v) => Tags::parse(v).unwrap_or_else(|e| {
+                errs.push(e);
+                Tags::default()
+            }),
         };
         let offers = self.offers.unwrap_or(3);
         if !(1..=crate::domain::MAX_OFFERS).contains(&offers) {
-            return Err(FieldError::new("offers", "must be from 1 to 10"));
+            errs.push(FieldError::new("offers", "must be from 1 to 10"));
         }
         let today = now.date_naive();
         let date = match &self.date {
             None => today,
-            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                .map_err(|_| FieldError::new("date", "must be YYYY-MM-DD"))?,
+            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap_or_else(|_| {
+                errs.push(FieldError::new("date", "must be YYYY-MM-DD"));
+                today
+            }),
         };
         if date < today {
-            return Err(FieldError::new("date", "is in the past"));
+            errs.push(FieldError::new("date", "is in the past"));
         }
         if self.limit == Some(0) {
-            return Err(FieldError::new("limit", "must be at least 1"));
+            errs.push(FieldError::new("limit", "must be at least 1"));
+        }
+        if let Some(id) = &self.campaign_id {
+            if let Err(e) = crate::domain::validate_member_id(id, "campaign_id") {
+                errs.push(e);
+            }
+        }
+        let Some(channel) = channel else {
+            return Err(errs);
+        };
+        if !errs.is_empty() {
+            return Err(errs);
         }
         let filter = SegmentFilter {
             tiers,
@@ -282,10 +317,7 @@ impl CampaignDto {
             tags,
         };
         let id = match &self.campaign_id {
-            Some(id) => {
-                crate::domain::validate_member_id(id, "campaign_id")?;
-                id.clone()
-            }
+            Some(id) => id.clone(),
             None => format!(
                 "{:016x}",
                 crate::experiments::assignment_hash(&format!(
@@ -1039,5 +1071,27 @@ mod tests {
         let mut out = Vec::new();
         csv_field(&mut out, "a, \"b\"");
         assert_eq!(out, b",\"a, \"\"b\"\"\"");
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let dto = CampaignDto {
+            channel: "fax".into(),
+            tiers: Some(vec!["gold".into(), "tin".into()]),
+            birth_month: Some(13),
+            offers: Some(11),
+            date: Some("2020-01-01".into()),
+            ..Default::default()
+        };
+        let fields: Vec<String> = dto
+            .into_campaign_all(now())
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["channel", "tiers[1]", "birth_month", "offers", "date"]
+        );
     }
 }

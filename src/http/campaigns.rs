@@ -94,7 +94,7 @@ pub async fn post_campaigns(
 ) -> Result<HttpResponse, ApiError> {
     let body = super::read_json_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let dto: CampaignDto = from_json(&body)?;
-    let campaign = dto.into_campaign(chrono::Utc::now())?;
+    let campaign = dto.into_campaign_all(chrono::Utc::now())?;
     let (tx, mut rx) = mpsc::channel::<web::Bytes>(4);
     let stop = Arc::new(AtomicBool::new(false));
     let state = state.get_ref().clone();

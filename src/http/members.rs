@@ -98,7 +98,7 @@ pub async fn put_member(
             "must equal the id in the path",
         )));
     }
-    let m = rec.to_member()?;
+    let m = rec.to_member_all()?;
     let existed = state.core.members.get(&id).is_some();
     write(
         &state,
