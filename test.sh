@@ -28,7 +28,15 @@ apt_install() {
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
     apt_updated=1
   fi
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+  # Quiet unless it fails (dpkg prints every file otherwise).
+  local log
+  log=$(mktemp)
+  if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
 }
 pip_install() {
   if ! python3 -m pip --version >/dev/null 2>&1; then
