@@ -146,27 +146,62 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Listen address [default: 127.0.0.1:8080]. Anything but a loopback
     /// address needs a master key (OFFER_ENGINE_MASTER_KEY).
-    #[arg(long, value_name = "HOST:PORT", env = "OFFER_ENGINE__SERVER__ADDR")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "OFFER_ENGINE__SERVER__ADDR",
+        hide_env_values = true
+    )]
     pub addr: Option<String>,
     /// Members NDJSON file, read on the first start on an empty data dir only
     /// [default: the embedded synthetic population].
-    #[arg(long, value_name = "FILE", env = "OFFER_ENGINE__MEMBERS__FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "OFFER_ENGINE__MEMBERS__FILE",
+        hide_env_values = true
+    )]
     pub members: Option<PathBuf>,
     /// Catalog TOML [default: the compiled-in catalog, config/catalog.toml].
-    #[arg(long, value_name = "FILE", env = "OFFER_ENGINE__CATALOG__FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "OFFER_ENGINE__CATALOG__FILE",
+        hide_env_values = true
+    )]
     pub catalog: Option<PathBuf>,
     /// Model JSON [default: the compiled-in model, models/propensity-lr-v1.json].
-    #[arg(long, value_name = "FILE", env = "OFFER_ENGINE__MODEL__FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "OFFER_ENGINE__MODEL__FILE",
+        hide_env_values = true
+    )]
     pub model: Option<PathBuf>,
     /// Experiments TOML [default: the compiled-in experiments, config/experiments.toml].
-    #[arg(long, value_name = "FILE", env = "OFFER_ENGINE__EXPERIMENTS__FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "OFFER_ENGINE__EXPERIMENTS__FILE",
+        hide_env_values = true
+    )]
     pub experiments: Option<PathBuf>,
     /// Data directory for the event log and snapshots, locked while the
     /// service runs [default: ./data].
-    #[arg(long, value_name = "DIR", env = "OFFER_ENGINE__DURABILITY__DATA_DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "OFFER_ENGINE__DURABILITY__DATA_DIR",
+        hide_env_values = true
+    )]
     pub data_dir: Option<PathBuf>,
     /// Size of the embedded synthetic population [default: 100000].
-    #[arg(long, value_name = "N", env = "OFFER_ENGINE__MEMBERS__SYNTHETIC_COUNT")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "OFFER_ENGINE__MEMBERS__SYNTHETIC_COUNT",
+        hide_env_values = true
+    )]
     pub synthetic_members: Option<u64>,
     /// Master key (holds every scope, at least 16 characters; none =
     /// development mode). Prefer the environment variable: a flag shows in
