@@ -10,6 +10,7 @@ use anyhow::Context;
 use chrono::NaiveDate;
 
 use crate::config::Settings;
+use crate::decision::Engine;
 use crate::domain::TierThresholds;
 use crate::durable::{DirLock, Durable, LocalLog};
 use crate::http::limits::Limits;
@@ -199,13 +200,7 @@ pub fn build_service(settings: &Settings) -> anyhow::Result<SharedState> {
     let metrics = Metrics::new();
     let (durable, lock) = open_state(settings, Arc::new(metrics.clone()))?;
     let engine = build_engine(settings)?;
-    tracing::info!(
-        catalog = %engine.catalog.version,
-        offers = engine.catalog.offers.len(),
-        model = %engine.table.version,
-        experiments = ?engine.experiments.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-        "engine loaded"
-    );
+    log_loaded(settings, &engine);
     durable
         .state()
         .learner()
@@ -223,6 +218,45 @@ pub fn build_service(settings: &Settings) -> anyhow::Result<SharedState> {
     m.init_error_series();
     m.seed_experiments(state.state().experiments());
     Ok(state)
+}
+
+/// One start-up line naming what will decide: the catalog, model and
+/// experiments versions and where each came from.
+fn log_loaded(settings: &Settings, engine: &Engine) {
+    let source = |file: &str| {
+        if file.is_empty() {
+            "compiled-in default".to_string()
+        } else {
+            file.to_string()
+        }
+    };
+    let experiments = if engine.experiments.is_empty() {
+        "none".to_string()
+    } else {
+        engine
+            .experiments
+            .iter()
+            .map(|e| {
+                let variants: Vec<String> = e
+                    .variants
+                    .iter()
+                    .map(|v| format!("{} {}", v.name, v.weight))
+                    .collect();
+                format!("{} (salt {}: {})", e.id, e.salt, variants.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    tracing::info!(
+        catalog_version = %engine.catalog.version,
+        offers = engine.catalog.offers.len(),
+        catalog = %source(&settings.catalog.file),
+        model_version = %engine.table.version,
+        model = %source(&settings.model.file),
+        experiments = %experiments,
+        experiments_file = %source(&settings.experiments.file),
+        "loaded catalog, model and experiments"
+    );
 }
 
 impl Application {

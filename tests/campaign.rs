@@ -297,3 +297,96 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// Runs `dto` with a ledger and a daily cap, returning the summary.
+fn summary(
+    engine: &Engine,
+    store: &MemberStore,
+    dto: CampaignDto,
+    ledger: &offer_engine::state::ledger::Ledger,
+    daily_cap: usize,
+) -> campaign::CampaignSummary {
+    let c = dto.into_campaign(now()).unwrap();
+    let opts = campaign::RunOptions {
+        daily_cap,
+        suppress_days_default: 30,
+        record: true,
+        format: Format::Ndjson,
+        threads: 2,
+        tokens: None,
+    };
+    campaign::run(
+        engine,
+        &c,
+        store,
+        Some(ledger),
+        opts,
+        &mut Capture::default(),
+        None,
+        &AtomicBool::new(false),
+    )
+    .unwrap()
+}
+
+/// The summary says why members matching the filter got no line: no
+/// consent, holdout, the daily cap, every offer suppressed, nothing eligible;
+/// the reasons and the lines written account for every member.
+#[test]
+fn the_summary_counts_members_left_out_by_reason() {
+    let s = store(3_000);
+    let e = engine();
+    let dto = || CampaignDto {
+        channel: "email".into(),
+        ..Default::default()
+    };
+    let mut matching = 0u64;
+    let mut without_consent = 0u64;
+    s.for_each(|_, m| {
+        matching += 1;
+        if !m.consent.granted(ConsentChannel::Email) {
+            without_consent += 1;
+        }
+    });
+    let ledger = offer_engine::state::ledger::Ledger::new(1_000_000);
+    let open = summary(&e, &s, dto(), &ledger, usize::MAX);
+    let l = &open.left_out;
+    assert_eq!(l.no_consent, without_consent);
+    assert_eq!(open.members_matched, matching - without_consent);
+    assert!(l.holdout > 100, "{open:?}");
+    assert_eq!(l.daily_cap, 0);
+    assert_eq!(l.suppressed, 0);
+    assert_eq!(
+        open.members_written + l.holdout + l.no_eligible_offer,
+        open.members_matched,
+        "{open:?}"
+    );
+    // The daily cap used up: nobody outside the holdout gets a line.
+    let capped = summary(&e, &s, dto(), &ledger, 0);
+    assert_eq!(capped.members_written, 0);
+    assert_eq!(capped.left_out.holdout, l.holdout);
+    assert_eq!(
+        capped.left_out.daily_cap,
+        open.members_matched - l.holdout,
+        "{capped:?}"
+    );
+    // Every offer suppressed for the members who got a line.
+    let until = now().timestamp_millis() + 86_400_000;
+    let all: Vec<std::sync::Arc<str>> = e
+        .catalog
+        .offers
+        .iter()
+        .map(|o| std::sync::Arc::<str>::from(&*o.id))
+        .collect();
+    s.for_each(|id, _| {
+        for o in &all {
+            ledger.suppress(id, o, until, 0);
+        }
+    });
+    let suppressed = summary(&e, &s, dto(), &ledger, usize::MAX);
+    assert_eq!(suppressed.members_written, 0);
+    assert_eq!(suppressed.left_out.suppressed, open.members_written);
+    assert_eq!(
+        suppressed.left_out.no_eligible_offer, l.no_eligible_offer,
+        "{suppressed:?}"
+    );
+}

@@ -29,7 +29,7 @@ use offer_engine::domain::{
     Benefit, Cabin, Channel, Consent, ConsentChannel, Day, Itinerary, Member, Money, Tags, Tier,
     TAGS,
 };
-use offer_engine::parse::{from_json, OfferRequestDto};
+use offer_engine::parse::{from_json, parse_offer_request, OfferRequestDto};
 
 /// Cases for the main eligibility property.
 const MAIN_CASES: u32 = 10_000;
@@ -770,6 +770,21 @@ fn edit(bytes: &mut Vec<u8>, e: &ByteEdit) {
 /// Parses `body` as a request; an error must name a field, and a request
 /// that parses is then checked into domain types, under the same rule.
 fn check_parse(body: &[u8]) -> Result<(), TestCaseError> {
+    // The handler's parse reports every field at fault, each named; its
+    // first is the one the typed parse names, and it accepts what that accepts.
+    let all = parse_offer_request(body, utc(2026, 11, 23));
+    if let Err(errs) = &all {
+        prop_assert!(!errs.is_empty());
+        for e in errs {
+            prop_assert!(!e.field.is_empty(), "error names no field: {e:?}");
+        }
+    }
+    let typed = from_json::<OfferRequestDto>(body).and_then(|d| d.into_domain(utc(2026, 11, 23)));
+    match (&all, &typed) {
+        (Ok(_), Ok(_)) => {}
+        (Err(errs), Err(first)) => prop_assert_eq!(&errs[0], first),
+        _ => prop_assert!(false, "the two parses disagree: {all:?} / {typed:?}"),
+    }
     match from_json::<OfferRequestDto>(body) {
         Err(e) => prop_assert!(!e.field.is_empty(), "error names no field: {e:?}"),
         Ok(dto) => {

@@ -14,9 +14,8 @@
 //! `promtool check config` on the example and on the generated config.
 //!
 //! Needs `prometheus` and `promtool` on PATH (Debian: `apt-get install
-//! prometheus`; `.ci/run` installs it). Without them the test prints a loud
-//! skip notice and passes, unless the environment variable `CI` is set (to
-//! anything but ``, `0` or `false`): then it fails.
+//! prometheus`; `./test.sh` installs it). Without them the test fails, naming
+//! the tool and the install line: it never passes without running.
 //!
 //! Choices the files rely on (documented in dashboards/README.md):
 //! - Dashboard expressions use Grafana's `$__rate_interval` and `$__range`;
@@ -54,13 +53,6 @@ const VALID_ONLY_ALERTS: &[&str] = &[];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn in_ci() -> bool {
-    match std::env::var("CI") {
-        Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"),
-        Err(_) => false,
-    }
 }
 
 /// `Some(version line)` when `tool --version` runs.
@@ -608,20 +600,19 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alert_expressions_return_data_in_a_real_prometheus() {
     let started = Instant::now();
-    let (Some(prom_version), Some(_)) = (tool_version("prometheus"), tool_version("promtool"))
-    else {
-        let msg = "`prometheus` and/or `promtool` not found on PATH: cannot check the \
-                   dashboard and alert rules against a real Prometheus. Install them \
-                   (Debian/Ubuntu: `apt-get install prometheus`; .ci/run does this).";
-        if in_ci() {
-            panic!("CI is set and {msg}");
-        }
-        eprintln!(
-            "\n{}\n!! SKIPPED tests/prometheus.rs: {msg}\n{}\n",
-            "!".repeat(78),
-            "!".repeat(78)
+    // No skipping: a test that passes without running is a defect. `./test.sh`
+    // installs what is missing.
+    let missing: Vec<&str> = ["prometheus", "promtool"]
+        .into_iter()
+        .filter(|t| tool_version(t).is_none())
+        .collect();
+    let Some(prom_version) = tool_version("prometheus").filter(|_| missing.is_empty()) else {
+        panic!(
+            "tests/prometheus.rs needs {} on PATH and cannot run without: install with \
+             `apt-get install prometheus` (Debian/Ubuntu; it brings promtool), or run the \
+             tests through ./test.sh, which installs it",
+            missing.join(" and ")
         );
-        return;
     };
     eprintln!("using {prom_version}");
     let root = repo();

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use offer_engine::service::campaigns::CampaignDto;
 use offer_engine::domain::{Day, MemberRecord};
 use offer_engine::events::{MemberEventDto, OutcomeBody};
-use offer_engine::parse::{from_json, OfferRequestDto};
+use offer_engine::parse::{from_json, parse_offer_request, OfferRequestDto};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, body)) = data.split_first() else {
@@ -19,6 +19,10 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             if let Ok(dto) = from_json::<OfferRequestDto>(body) {
                 let _ = dto.into_domain(now);
+            }
+            // The handler's path: every field error at once.
+            if let Err(errs) = parse_offer_request(body, now) {
+                assert!(!errs.is_empty());
             }
         }
         1 => {

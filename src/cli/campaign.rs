@@ -263,12 +263,12 @@ pub fn run(a: CampaignArgs) -> anyhow::Result<()> {
         "decisions not recorded".to_string()
     };
     eprintln!(
-        "campaign {}: {} members scanned, {} in the segment, {} written, {} in the holdout (left out), {recorded}, {:.2} s ({:.0} members/s)",
+        "campaign {}: {} members scanned, {} in the segment, {} written; left out: {}; {recorded}, {:.2} s ({:.0} members/s)",
         summary.campaign_id,
         summary.members_scanned,
         summary.members_matched,
         summary.members_written,
-        summary.holdout,
+        summary.left_out,
         summary.seconds,
         summary.members_scanned as f64 / summary.seconds.max(1e-9)
     );

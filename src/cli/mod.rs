@@ -69,16 +69,31 @@ pub enum KeysCommand {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct EngineFiles {
     /// Configuration file (TOML) layered over the built-in defaults.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Catalog TOML (default: the compiled-in catalog).
-    #[arg(long)]
+    /// Catalog TOML [default: the compiled-in catalog, config/catalog.toml].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "OFFER_ENGINE__CATALOG__FILE",
+        hide_env_values = true
+    )]
     pub catalog: Option<PathBuf>,
-    /// Model JSON (default: the compiled-in model).
-    #[arg(long)]
+    /// Model JSON [default: the compiled-in model, models/propensity-lr-v1.json].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "OFFER_ENGINE__MODEL__FILE",
+        hide_env_values = true
+    )]
     pub model: Option<PathBuf>,
-    /// Experiments TOML (default: the compiled-in experiments).
-    #[arg(long)]
+    /// Experiments TOML [default: the compiled-in experiments, config/experiments.toml].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "OFFER_ENGINE__EXPERIMENTS__FILE",
+        hide_env_values = true
+    )]
     pub experiments: Option<PathBuf>,
 }
 

@@ -70,7 +70,7 @@ pub async fn post_campaigns(
     let max = state.settings().server.max_body_bytes;
     let body = super::read_json_body(&req, payload, max).await?;
     let dto: CampaignDto = from_json(&body)?;
-    let campaign = dto.into_campaign(chrono::Utc::now())?;
+    let campaign = dto.into_campaign_all(chrono::Utc::now())?;
     let (tx, mut rx) = mpsc::channel::<web::Bytes>(4);
     let stop = Arc::new(AtomicBool::new(false));
     let state = state.get_ref().clone();
@@ -91,7 +91,11 @@ pub async fn post_campaigns(
                 scanned = s.members_scanned,
                 matched = s.members_matched,
                 written = s.members_written,
-                holdout = s.holdout,
+                no_consent = s.left_out.no_consent,
+                holdout = s.left_out.holdout,
+                daily_cap = s.left_out.daily_cap,
+                suppressed = s.left_out.suppressed,
+                no_eligible_offer = s.left_out.no_eligible_offer,
                 seconds = s.seconds,
                 "campaign done"
             ),

@@ -18,6 +18,10 @@ pub enum ApiError {
     /// A field is missing, mistyped or out of range.
     #[error("invalid field {0}")]
     InvalidField(FieldError),
+    /// Several fields are at fault, all reported at once (the first is
+    /// `field`/`detail`, all are in `errors`). Never empty.
+    #[error("invalid fields {0:?}")]
+    InvalidFields(Vec<FieldError>),
     /// The body is larger than the limit.
     #[error("body larger than {limit} bytes")]
     PayloadTooLarge {
@@ -111,13 +115,40 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong in this instance.
     pub detail: String,
-    /// The field at fault, when there is one.
+    /// The field at fault, when there is one (the first, when there are several).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Every field at fault in the request (RFC 9457 extension member), on
+    /// 422 invalid-field answers; the first is the one in `field`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<ProblemField>>,
+}
+
+/// One field at fault, in a problem's `errors`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProblemField {
+    /// Dotted path of the field (`itinerary.passengers`, `[2].revenue`).
+    pub field: String,
+    /// What is wrong with it.
+    pub detail: String,
+}
+
+impl ProblemField {
+    fn of(e: &FieldError) -> ProblemField {
+        ProblemField {
+            field: e.field.clone(),
+            detail: e.message.clone(),
+        }
+    }
 }
 
 impl ApiError {
     fn problem(&self) -> Problem {
+        let errors = match self {
+            ApiError::InvalidField(e) => Some(vec![ProblemField::of(e)]),
+            ApiError::InvalidFields(v) => Some(v.iter().map(ProblemField::of).collect()),
+            _ => None,
+        };
         let (kind, title, detail, field) = match self {
             ApiError::MalformedJson(e) => (
                 "/problems/malformed-json",
@@ -131,6 +162,30 @@ impl ApiError {
                 format!("{}: {}", e.field, e.message),
                 Some(e.field.clone()),
             ),
+            ApiError::InvalidFields(v) => {
+                let first = v
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| FieldError::new("body", "is invalid"));
+                let more = v.len().saturating_sub(1);
+                let detail = match more {
+                    0 => format!("{}: {}", first.field, first.message),
+                    1 => format!(
+                        "{}: {} (and 1 more field in errors)",
+                        first.field, first.message
+                    ),
+                    n => format!(
+                        "{}: {} (and {n} more fields in errors)",
+                        first.field, first.message
+                    ),
+                };
+                (
+                    "/problems/invalid-field",
+                    "Invalid field",
+                    detail,
+                    Some(first.field),
+                )
+            }
             ApiError::PayloadTooLarge { limit } => (
                 "/problems/payload-too-large",
                 "Payload too large",
@@ -140,7 +195,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => (
                 "/problems/unsupported-media-type",
                 "Unsupported media type",
-                "send Content-Type: application/json".to_string(),
+                "send the body as JSON with Content-Type: application/json".to_string(),
                 None,
             ),
             ApiError::NotFound => (
@@ -237,6 +292,19 @@ impl ApiError {
             status: self.status_code().as_u16(),
             detail,
             field,
+            errors,
+        }
+    }
+}
+
+impl From<Vec<FieldError>> for ApiError {
+    /// One error is [`ApiError::from`] a [`FieldError`] (malformed JSON stays
+    /// a 400); several are [`ApiError::InvalidFields`].
+    fn from(mut v: Vec<FieldError>) -> Self {
+        match v.len() {
+            0 => ApiError::InvalidField(FieldError::new("body", "is invalid")),
+            1 => ApiError::from(v.remove(0)),
+            _ => ApiError::InvalidFields(v),
         }
     }
 }
@@ -255,7 +323,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidField(_) | ApiError::InvalidFields(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -320,7 +390,7 @@ impl From<crate::service::outcomes::OutcomeError> for ApiError {
     fn from(e: crate::service::outcomes::OutcomeError) -> ApiError {
         use crate::service::outcomes::OutcomeError as E;
         match e {
-            E::Invalid(f) => ApiError::InvalidField(f),
+            E::Invalid(v) => ApiError::from(v),
             E::UnknownDecision { field, detail } => ApiError::UnknownResource { field, detail },
             E::Conflict { field, detail } => ApiError::Conflict { field, detail },
             E::Expired { field, detail } => ApiError::Expired { field, detail },

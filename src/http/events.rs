@@ -11,8 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 
 use super::error::ApiError;
-use crate::events::{OutcomeBody, OutcomeEventDto};
-use crate::parse::from_json;
+use crate::events::parse_outcome_body;
 use crate::service::SharedState;
 
 pub use crate::service::outcomes::EventsAccepted;
@@ -42,23 +41,7 @@ pub async fn post_events(
 ) -> Result<HttpResponse, ApiError> {
     let max = state.settings().server.max_bulk_bytes;
     let body = super::read_json_body(&req, payload, max).await?;
-    let (events, batch) = match from_json::<OutcomeBody>(&body) {
-        Ok(OutcomeBody::Many(v)) => (v, true),
-        Ok(OutcomeBody::One(e)) => (vec![e], false),
-        // Untagged enums lose the field path; parse again for a precise error.
-        Err(_) => {
-            if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-                from_json::<Vec<OutcomeEventDto>>(&body)?;
-            } else {
-                from_json::<OutcomeEventDto>(&body)?;
-            }
-            return Err(crate::domain::FieldError::new(
-                "body",
-                "must be an event object or an array of them",
-            )
-            .into());
-        }
-    };
+    let (events, batch) = parse_outcome_body(&body)?;
     let accepted = state.record_outcomes(events, batch, Utc::now()).await?;
     Ok(HttpResponse::Accepted().json(accepted))
 }

@@ -67,7 +67,7 @@ pub async fn put_member(
     if rec.member_id != id {
         return Err(FieldError::new("member_id", "must equal the id in the path").into());
     }
-    let m = rec.to_member()?;
+    let m = rec.to_member_all()?;
     let written = state.put_member(&id, &m).await?;
     let out = MemberRecord::from_member(&id, &m);
     Ok(if written.existed {

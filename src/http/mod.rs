@@ -132,23 +132,28 @@ impl actix_web::Responder for ApiError {
     }
 }
 
-/// Reads a JSON body up to `limit` bytes. A content type, when given, must be JSON.
+/// Reads a JSON body up to `limit` bytes. The content type must be JSON
+/// (`application/json` or `*/*+json`, parameters allowed): a missing or other
+/// one is 415, before the body is read.
 pub async fn read_json_body(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
 ) -> Result<web::Bytes, ApiError> {
-    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if !(essence == "application/json" || essence.ends_with("+json")) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
+    let essence = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|ct| ct.to_str().ok())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if !(essence == "application/json" || essence.ends_with("+json")) {
+        return Err(ApiError::UnsupportedMediaType);
     }
     read_body(payload, limit, req).await
 }

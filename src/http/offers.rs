@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use crate::experiments::Assignment;
-use crate::parse::{from_json, OfferRequestDto};
+use crate::parse::parse_offer_request;
 use crate::render::OfferOut;
 use crate::service::SharedState;
 
@@ -43,7 +43,7 @@ pub use crate::render::rfc3339;
         (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a field is invalid (named in `field`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "fields are invalid: the first named in `field`, every one in `errors`", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
 )]
 #[tracing::instrument(name = "post_offers", skip_all)]
@@ -56,7 +56,7 @@ pub async fn post_offers(
     let max = state.settings().server.max_body_bytes;
     let body = super::read_json_body(&req, payload, max).await?;
     let now = Utc::now();
-    let request = from_json::<OfferRequestDto>(&body)?.into_domain(now)?;
+    let request = parse_offer_request(&body, now)?;
     let c = state.checkout(request, now, arrived);
     let offers: Vec<OfferOut<'_>> = c
         .decision

@@ -41,7 +41,7 @@ use super::error::Problem;
         super::admin::state,
         openapi_json,
     ),
-    components(schemas(Problem)),
+    components(schemas(Problem, super::error::ProblemField)),
     modifiers(&CommonResponses),
 )]
 pub struct ApiDoc;

@@ -77,6 +77,23 @@ impl<'a> Audience<'a> {
     pub fn holdout(&self) -> bool {
         self.policy.holdout
     }
+
+    /// Whether the member declined offers that are still suppressed.
+    pub fn suppresses_any(&self) -> bool {
+        !self.suppressed.is_empty()
+    }
+
+    /// The same audience with no offer suppressed (to say whether
+    /// suppressions alone left a member without offers).
+    pub fn ignoring_suppressions(&self) -> Audience<'a> {
+        Audience {
+            policy: self.policy.clone(),
+            ledger: self.ledger,
+            suppressed: Vec::new(),
+            itinerary: self.itinerary,
+            remaining: self.remaining,
+        }
+    }
 }
 
 impl Constraints for Audience<'_> {

@@ -27,7 +27,7 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 use super::audience::{issued_offer, Ask, Audience};
-use crate::decision::{decide_scored, DecisionInput, Engine};
+use crate::decision::{decide_scored, Constraints, DecisionInput, Engine};
 use crate::domain::{Channel, Day, FieldError, Iata, Member, Tags, Tier};
 use crate::durable::{Durable, LogError, Pending};
 use crate::experiments::Assignment;
@@ -179,65 +179,84 @@ pub struct Campaign {
 }
 
 impl CampaignDto {
-    /// Checks every field before anything is scored; errors name the field.
+    /// Checks every field before anything is scored; the first field at
+    /// fault ([`CampaignDto::into_campaign_all`] gives all of them).
     pub fn into_campaign(self, now: DateTime<Utc>) -> Result<Campaign, FieldError> {
+        self.into_campaign_all(now)
+            .map_err(|mut v| v.swap_remove(0))
+    }
+
+    /// Checks every field before anything is scored, reporting every field
+    /// at fault (never an empty list).
+    pub fn into_campaign_all(self, now: DateTime<Utc>) -> Result<Campaign, Vec<FieldError>> {
+        let mut errs = Vec::new();
         let channel = match self.channel.as_str() {
-            "email" => Channel::Email,
-            "sms" => Channel::Sms,
-            "app" => Channel::App,
+            "email" => Some(Channel::Email),
+            "sms" => Some(Channel::Sms),
+            "app" => Some(Channel::App),
             other => {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     "channel",
                     format!("{other:?} is not a campaign channel; one of email, sms, app"),
-                ))
+                ));
+                None
             }
         };
         let tiers = match &self.tiers {
             None => None,
-            Some(v) if v.is_empty() => return Err(FieldError::new("tiers", "must not be empty")),
+            Some(v) if v.is_empty() => {
+                errs.push(FieldError::new("tiers", "must not be empty"));
+                None
+            }
             Some(v) => Some(
                 v.iter()
                     .enumerate()
-                    .map(|(i, t)| {
-                        Tier::parse(t).ok_or_else(|| {
-                            FieldError::new(
-                                format!("tiers[{i}]"),
-                                format!("unknown tier {t:?}; one of base, silver, gold, platinum, diamond"),
-                            )
-                        })
+                    .filter_map(|(i, t)| {
+                        Tier::parse(t)
+                            .ok_or_else(|| {
+                                errs.push(FieldError::new(
+                                    format!("tiers[{i}]"),
+                                    format!("unknown tier {t:?}; one of base, silver, gold, platinum, diamond"),
+                                ))
+                            })
+                            .ok()
                     })
-                    .collect::<Result<Vec<_>, _>>()?,
+                    .collect::<Vec<_>>(),
             ),
         };
         let home_airports = match &self.home_airports {
             None => None,
             Some(v) if v.is_empty() => {
-                return Err(FieldError::new("home_airports", "must not be empty"))
+                errs.push(FieldError::new("home_airports", "must not be empty"));
+                None
             }
             Some(v) => Some(
                 v.iter()
                     .enumerate()
-                    .map(|(i, a)| {
+                    .filter_map(|(i, a)| {
                         Iata::parse(a)
-                            .map_err(|m| FieldError::new(format!("home_airports[{i}]"), m))
+                            .map_err(|m| {
+                                errs.push(FieldError::new(format!("home_airports[{i}]"), m))
+                            })
+                            .ok()
                     })
-                    .collect::<Result<Vec<_>, _>>()?,
+                    .collect::<Vec<_>>(),
             ),
         };
         if let (Some(a), Some(b)) = (self.min_days_since_flight, self.max_days_since_flight) {
             if a > b {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     "min_days_since_flight",
                     "is greater than max_days_since_flight: the range is empty",
                 ));
             }
         }
         if self.birth_month.is_some_and(|m| !(1..=12).contains(&m)) {
-            return Err(FieldError::new("birth_month", "must be from 1 to 12"));
+            errs.push(FieldError::new("birth_month", "must be from 1 to 12"));
         }
         if let (Some(a), Some(b)) = (self.min_points, self.max_points) {
             if a > b {
-                return Err(FieldError::new(
+                errs.push(FieldError::new(
                     "min_points",
                     "is greater than max_points: the range is empty",
                 ));
@@ -247,30 +266,46 @@ impl CampaignDto {
             .max_distance_to_next_tier
             .is_some_and(|d| !d.is_finite() || d < 0.0)
         {
-            return Err(FieldError::new(
+            errs.push(FieldError::new(
                 "max_distance_to_next_tier",
                 "must be a non-negative number",
             ));
         }
         let tags = match &self.tags {
             None => Tags::default(),
-            Some(v) => Tags::parse(v)?,
+            Some(v) => Tags::parse(v).unwrap_or_else(|e| {
+                errs.push(e);
+                Tags::default()
+            }),
         };
         let offers = self.offers.unwrap_or(3);
         if !(1..=crate::domain::MAX_OFFERS).contains(&offers) {
-            return Err(FieldError::new("offers", "must be from 1 to 10"));
+            errs.push(FieldError::new("offers", "must be from 1 to 10"));
         }
         let today = now.date_naive();
         let date = match &self.date {
             None => today,
-            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                .map_err(|_| FieldError::new("date", "must be YYYY-MM-DD"))?,
+            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap_or_else(|_| {
+                errs.push(FieldError::new("date", "must be YYYY-MM-DD"));
+                today
+            }),
         };
         if date < today {
-            return Err(FieldError::new("date", "is in the past"));
+            errs.push(FieldError::new("date", "is in the past"));
         }
         if self.limit == Some(0) {
-            return Err(FieldError::new("limit", "must be at least 1"));
+            errs.push(FieldError::new("limit", "must be at least 1"));
+        }
+        if let Some(id) = &self.campaign_id {
+            if let Err(e) = crate::domain::validate_member_id(id, "campaign_id") {
+                errs.push(e);
+            }
+        }
+        let Some(channel) = channel else {
+            return Err(errs);
+        };
+        if !errs.is_empty() {
+            return Err(errs);
         }
         let filter = SegmentFilter {
             tiers,
@@ -284,10 +319,7 @@ impl CampaignDto {
             tags,
         };
         let id = match &self.campaign_id {
-            Some(id) => {
-                crate::domain::validate_member_id(id, "campaign_id")?;
-                id.clone()
-            }
+            Some(id) => id.clone(),
             None => format!(
                 "{:016x}",
                 crate::experiments::assignment_hash(&format!(
@@ -372,8 +404,45 @@ struct BlockResult {
     /// Output bytes and, per member, the end offset of its line in `bytes`
     /// (equal to the start for members not written) and its record.
     bytes: Vec<u8>,
-    members: Vec<(usize, Option<DecisionRecord>, bool)>,
+    members: Vec<(usize, Option<DecisionRecord>, Option<LeftOutReason>)>,
     scanned: u64,
+}
+
+/// Why a member of the segment got no line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeftOutReason {
+    Holdout,
+    DailyCap,
+    Suppressed,
+    NoEligibleOffer,
+}
+
+/// Members that match the filter but got no line, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LeftOut {
+    /// Filter matched, but no marketing consent for the channel: not in the
+    /// segment at all (not counted in `members_matched`).
+    pub no_consent: u64,
+    /// In an experiment's holdout: recorded as exposed, not written.
+    pub holdout: u64,
+    /// The channel's daily cap of offers shown (`contact.max_offers_per_day`)
+    /// was already used up today.
+    pub daily_cap: u64,
+    /// Every offer they could get was declined recently and is suppressed
+    /// (`contact.suppress_days_after_decline`).
+    pub suppressed: u64,
+    /// No offer in the catalog is eligible for them on the campaign date.
+    pub no_eligible_offer: u64,
+}
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} without consent for the channel, {} in the holdout, {} at the daily cap, {} with every offer suppressed after a decline, {} with no eligible offer",
+            self.no_consent, self.holdout, self.daily_cap, self.suppressed, self.no_eligible_offer
+        )
+    }
 }
 
 /// Totals of a run.
@@ -387,8 +456,9 @@ pub struct CampaignSummary {
     pub members_matched: u64,
     /// Members written (with at least one offer).
     pub members_written: u64,
-    /// Holdout members recorded as exposed and not written.
-    pub holdout: u64,
+    /// Members matching the filter that got no line, by reason (holdout
+    /// members are recorded as exposed and not written).
+    pub left_out: LeftOut,
     /// Decisions recorded.
     pub decisions_recorded: u64,
     /// Seconds spent.
@@ -639,7 +709,7 @@ fn score_block(
                     covariate: m.qualifying_spend_12m,
                     features: Vec::new(),
                 }),
-                true,
+                Some(LeftOutReason::Holdout),
             ));
             continue;
         }
@@ -654,30 +724,43 @@ fn score_block(
         };
         let zrow = z.row(r);
         let variant_model = !std::sync::Arc::ptr_eq(policy.table, &engine.table);
-        let d = decide_scored(
-            engine,
-            &DecisionInput {
-                member: Some(m),
-                itinerary: None,
-                channel: c.channel,
-                now: c.now,
-                max_offers,
-                ranking,
-            },
-            &audience,
-            Some(&cands),
-            |i| {
-                if variant_model {
-                    // A variant with a model of its own scores with it.
-                    policy.table.propensity(i, &feats[r])
-                } else {
-                    let k = plan.slot[i];
-                    crate::model::sigmoid(zrow[k] + plan.bias[k])
-                }
-            },
-        );
+        let input = DecisionInput {
+            member: Some(m),
+            itinerary: None,
+            channel: c.channel,
+            now: c.now,
+            max_offers,
+            ranking,
+        };
+        let score = |i: usize| {
+            if variant_model {
+                // A variant with a model of its own scores with it.
+                policy.table.propensity(i, &feats[r])
+            } else {
+                let k = plan.slot[i];
+                crate::model::sigmoid(zrow[k] + plan.bias[k])
+            }
+        };
+        let d = decide_scored(engine, &input, &audience, Some(&cands), score);
+        let left_out = if !d.offers.is_empty() {
+            None
+        } else if audience.remaining_contacts() == 0 {
+            Some(LeftOutReason::DailyCap)
+        } else if !audience.suppresses_any() {
+            Some(LeftOutReason::NoEligibleOffer)
+        } else {
+            // Rare (a member with offers declined recently and nothing
+            // else to show): scored again without the suppressions to say which.
+            let unsuppressed = audience.ignoring_suppressions();
+            let again = decide_scored(engine, &input, &unsuppressed, Some(&cands), score);
+            Some(if again.offers.is_empty() {
+                LeftOutReason::NoEligibleOffer
+            } else {
+                LeftOutReason::Suppressed
+            })
+        };
         if d.offers.is_empty() && assignments.is_empty() {
-            members.push((bytes.len(), None, false));
+            members.push((bytes.len(), None, left_out));
             continue;
         }
         let issued: Vec<IssuedOffer> = if opts.record {
@@ -724,7 +807,7 @@ fn score_block(
                 // are scored a block at a time and accepted via other paths).
                 features: Vec::new(),
             }),
-            false,
+            left_out,
         ));
     }
     BlockResult {
@@ -763,6 +846,7 @@ pub fn run(
     }
     let scanned = AtomicU64::new(0);
     let matched = AtomicU64::new(0);
+    let no_consent = AtomicU64::new(0);
     // Bounded queues: at most a few blocks in flight, whatever the segment size.
     let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Vec<(Box<str>, Member)>, u64)>(threads * 2);
     let work_rx = std::sync::Mutex::new(work_rx);
@@ -779,23 +863,28 @@ pub fn run(
                     return;
                 }
                 let n = scanned.fetch_add(1, Ordering::Relaxed) + 1;
-                // Consent is absolute and checked first: a member without it is
-                // not in the segment at all (not even as a holdout exposure, which
-                // would unbalance the experiment's arms).
+                // Consent is absolute: a member without it is not in the
+                // segment at all (not even as a holdout exposure, which would
+                // unbalance the experiment's arms); only counted.
+                if !campaign.filter.matches(m, today, &th) {
+                    return;
+                }
                 let consented = campaign
                     .channel
                     .required_consent()
                     .is_none_or(|ch| m.consent.granted(ch));
-                if consented && campaign.filter.matches(m, today, &th) {
-                    matched.fetch_add(1, Ordering::Relaxed);
-                    block.push((Box::<str>::from(id), *m));
-                    if block.len() == BLOCK {
-                        let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK));
-                        if work_tx.send((seq, full, n)).is_err() {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                        seq += 1;
+                if !consented {
+                    no_consent.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                matched.fetch_add(1, Ordering::Relaxed);
+                block.push((Box::<str>::from(id), *m));
+                if block.len() == BLOCK {
+                    let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK));
+                    if work_tx.send((seq, full, n)).is_err() {
+                        stop.store(true, Ordering::Relaxed);
                     }
+                    seq += 1;
                 }
             });
             let _ = work_tx.send((seq, block, scanned.load(Ordering::Relaxed)));
@@ -833,7 +922,7 @@ pub fn run(
                 let mut start = 0usize;
                 let mut cut = r.bytes.len();
                 let mut records = Vec::with_capacity(r.members.len());
-                for (end, rec, holdout) in r.members {
+                for (end, rec, left_out) in r.members {
                     let written = end > start;
                     if written && campaign.limit.is_some_and(|l| summary.members_written >= l) {
                         cut = start;
@@ -844,8 +933,13 @@ pub fn run(
                     if written {
                         summary.members_written += 1;
                     }
-                    if holdout {
-                        summary.holdout += 1;
+                    let l = &mut summary.left_out;
+                    match left_out {
+                        Some(LeftOutReason::Holdout) => l.holdout += 1,
+                        Some(LeftOutReason::DailyCap) => l.daily_cap += 1,
+                        Some(LeftOutReason::Suppressed) => l.suppressed += 1,
+                        Some(LeftOutReason::NoEligibleOffer) => l.no_eligible_offer += 1,
+                        None => {}
                     }
                     if let Some(rec) = rec {
                         records.push(rec);
@@ -872,6 +966,7 @@ pub fn run(
     }
     summary.members_scanned = scanned.load(Ordering::Relaxed);
     summary.members_matched = matched.load(Ordering::Relaxed);
+    summary.left_out.no_consent = no_consent.load(Ordering::Relaxed);
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -1036,5 +1131,27 @@ mod tests {
         let mut out = Vec::new();
         csv_field(&mut out, "a, \"b\"");
         assert_eq!(out, b",\"a, \"\"b\"\"\"");
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let dto = CampaignDto {
+            channel: "fax".into(),
+            tiers: Some(vec!["gold".into(), "tin".into()]),
+            birth_month: Some(13),
+            offers: Some(11),
+            date: Some("2020-01-01".into()),
+            ..Default::default()
+        };
+        let fields: Vec<String> = dto
+            .into_campaign_all(now())
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["channel", "tiers[1]", "birth_month", "offers", "date"]
+        );
     }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::Service;
 use crate::catalog::RewardOn;
-use crate::domain::FieldError;
+use crate::domain::{FieldError, Money};
 use crate::durable::LogError;
 use crate::events::{OutcomeEventDto, OutcomeKind, OutcomeRecord};
 use crate::parse::parse_instant;
@@ -24,9 +24,10 @@ use crate::state::LogRecord;
 /// Why a batch of outcomes was refused. Nothing of it was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum OutcomeError {
-    /// A field is missing, malformed or inconsistent with the decision.
-    #[error(transparent)]
-    Invalid(#[from] FieldError),
+    /// Fields are missing, malformed or inconsistent with the decision:
+    /// every one found in the batch (never empty).
+    #[error("invalid fields {0:?}")]
+    Invalid(Vec<FieldError>),
     /// The decision is unknown (or forgotten).
     #[error("{field}: {detail}")]
     UnknownDecision {
@@ -79,6 +80,12 @@ impl Drop for Reservations {
     }
 }
 
+impl From<FieldError> for OutcomeError {
+    fn from(e: FieldError) -> OutcomeError {
+        OutcomeError::Invalid(vec![e])
+    }
+}
+
 impl Service {
     /// Records a batch of outcome events received at `now`. `batch` says
     /// whether they came as an array (field paths then name the event:
@@ -110,6 +117,16 @@ impl Service {
             held: Vec::new(),
         };
         let mut records = Vec::with_capacity(events.len());
+        // Every 422 of the batch is reported at once; a 404, 409 or 410
+        // stops the check there (answered with the 422s found so far, if any).
+        let mut invalid: Vec<FieldError> = Vec::new();
+        let stop = |invalid: &mut Vec<FieldError>, err: OutcomeError| -> OutcomeError {
+            if invalid.is_empty() {
+                err
+            } else {
+                OutcomeError::Invalid(std::mem::take(invalid))
+            }
+        };
         for (i, e) in events.into_iter().enumerate() {
             let field = |name: &str| {
                 if batch {
@@ -118,56 +135,80 @@ impl Service {
                     name.to_string()
                 }
             };
+            let before = invalid.len();
             let client_at_ms = match &e.at {
                 None => None,
-                Some(s) => Some(parse_instant(s, &field("at"))?.timestamp_millis()),
+                Some(s) => match parse_instant(s, &field("at")) {
+                    Ok(t) => Some(t.timestamp_millis()),
+                    Err(fe) => {
+                        invalid.push(fe);
+                        None
+                    }
+                },
             };
             if e.kind == OutcomeKind::Fulfilled {
                 let learn = reward_on(&e.offer_id) == RewardOn::Fulfilment;
-                let record = self.fulfilment(e, &field, now_ms, client_at_ms, learn)?;
+                let record = match self.fulfilment(e, &field, now_ms, client_at_ms, learn) {
+                    Ok(r) => r,
+                    Err(OutcomeError::Invalid(v)) => {
+                        invalid.extend(v);
+                        continue;
+                    }
+                    Err(err) => return Err(stop(&mut invalid, err)),
+                };
+                if invalid.len() > before {
+                    continue;
+                }
                 if records.iter().any(|r: &OutcomeRecord| {
                     r.kind == OutcomeKind::Fulfilled
                         && r.decision_id == record.decision_id
                         && r.offer_id == record.offer_id
                 }) {
-                    return Err(OutcomeError::Conflict {
+                    let twice = OutcomeError::Conflict {
                         field: field("offer_id"),
                         detail: "fulfilled twice in this batch".into(),
-                    });
+                    };
+                    return Err(stop(&mut invalid, twice));
                 }
                 records.push(record);
                 continue;
             }
-            let d = ledger.decision(&e.decision_id, now_ms).ok_or_else(|| {
-                OutcomeError::UnknownDecision {
+            let Some(d) = ledger.decision(&e.decision_id, now_ms) else {
+                let unknown = OutcomeError::UnknownDecision {
                     field: field("decision_id"),
                     detail: "no such decision (unknown, or its offers expired long ago)".into(),
-                }
-            })?;
-            let pos = d
+                };
+                return Err(stop(&mut invalid, unknown));
+            };
+            let Some(pos) = d
                 .record
                 .offers
                 .iter()
                 .position(|o| o.offer_id == e.offer_id)
-                .ok_or_else(|| {
-                    FieldError::new(field("offer_id"), "this offer was not in that decision")
-                })?;
+            else {
+                invalid.push(FieldError::new(
+                    field("offer_id"),
+                    "this offer was not in that decision",
+                ));
+                continue;
+            };
             let issued = &d.record.offers[pos];
             // The signed terms must be exactly those issued: no changed price or
             // expiry, no offer moved to another member or decision.
             match &e.token {
-                Some(t) => self.verify_token(t, &d, pos, &field("token"))?,
-                None if e.kind == OutcomeKind::Accept => {
-                    return Err(FieldError::new(
-                        field("token"),
-                        "an accept must carry the offer's token from the decision",
-                    )
-                    .into())
+                Some(t) => {
+                    if let Err(fe) = self.verify_token(t, &d, pos, &field("token")) {
+                        invalid.push(fe);
+                    }
                 }
+                None if e.kind == OutcomeKind::Accept => invalid.push(FieldError::new(
+                    field("token"),
+                    "an accept must carry the offer's token from the decision",
+                )),
                 None => {}
             }
             if now_ms > issued.expires_ms {
-                return Err(OutcomeError::Expired {
+                let expired = OutcomeError::Expired {
                     field: field("offer_id"),
                     detail: format!(
                         "the offer expired at {}",
@@ -175,54 +216,40 @@ impl Service {
                             DateTime::from_timestamp_millis(issued.expires_ms).unwrap_or(now)
                         )
                     ),
-                });
+                };
+                return Err(stop(&mut invalid, expired));
             }
             let mut revenue = 0.0;
             if e.kind == OutcomeKind::Accept {
                 let quoted = issued.price.as_ref();
-                if let Some(r) = &e.revenue {
-                    let ok = match quoted {
-                        Some(q) => (r.amount - q.amount).abs() < 0.005 && r.currency == q.currency,
-                        None => r.amount == 0.0,
-                    };
-                    if !ok {
-                        return Err(FieldError::new(
-                            field("revenue.amount"),
-                            match quoted {
-                                Some(q) => {
-                                    format!(
-                                        "must equal the quoted price {} {}",
-                                        q.amount, q.currency
-                                    )
-                                }
-                                None => {
-                                    "this offer was quoted in points only; revenue must be 0".into()
-                                }
-                            },
-                        )
-                        .into());
-                    }
-                }
+                check_revenue(quoted, e.revenue.as_ref(), &field, &mut invalid);
                 revenue = quoted.map(|q| q.amount).unwrap_or(0.0);
-                match ledger.reserve_accept(&d, pos) {
-                    Ok(()) => reservations.held.push((d.clone(), pos)),
-                    Err(ReserveError::AlreadyAccepted) => {
-                        return Err(OutcomeError::Conflict {
-                            field: field("offer_id"),
-                            detail: "already accepted in this decision".into(),
-                        })
-                    }
-                    Err(ReserveError::SoldOut) => {
-                        return Err(OutcomeError::Conflict {
-                            field: field("offer_id"),
-                            detail: "sold out".into(),
-                        })
+                // Nothing is reserved for a batch that will be refused.
+                if invalid.is_empty() {
+                    match ledger.reserve_accept(&d, pos) {
+                        Ok(()) => reservations.held.push((d.clone(), pos)),
+                        Err(ReserveError::AlreadyAccepted) => {
+                            return Err(OutcomeError::Conflict {
+                                field: field("offer_id"),
+                                detail: "already accepted in this decision".into(),
+                            })
+                        }
+                        Err(ReserveError::SoldOut) => {
+                            return Err(OutcomeError::Conflict {
+                                field: field("offer_id"),
+                                detail: "sold out".into(),
+                            })
+                        }
                     }
                 }
             } else if e.revenue.is_some() {
-                return Err(
-                    FieldError::new(field("revenue"), "only an accept carries revenue").into(),
-                );
+                invalid.push(FieldError::new(
+                    field("revenue"),
+                    "only an accept carries revenue",
+                ));
+            }
+            if invalid.len() > before {
+                continue;
             }
             records.push(OutcomeRecord {
                 decision_id: e.decision_id,
@@ -239,6 +266,9 @@ impl Service {
                 learn: e.kind == OutcomeKind::Accept
                     && reward_on(&d.record.offers[pos].offer_id) == RewardOn::Accept,
             });
+        }
+        if !invalid.is_empty() {
+            return Err(OutcomeError::Invalid(invalid));
         }
         let n = records.len();
         let pending = self
@@ -338,5 +368,83 @@ impl Service {
             .tokens
             .verify(token, &issued.terms(&d.record.id, &d.record.member_id))
             .map_err(|err| FieldError::new(field, err.to_string()))
+    }
+}
+
+/// The revenue rule of an accept. An offer with a cash price needs
+/// `revenue` equal to it, in its currency (`revenue` missing: 422 naming
+/// `revenue`; another currency: `revenue.currency`; another amount:
+/// `revenue.amount`). A points-only offer takes no revenue, or 0.
+fn check_revenue(
+    quoted: Option<&Money>,
+    given: Option<&Money>,
+    field: &dyn Fn(&str) -> String,
+    invalid: &mut Vec<FieldError>,
+) {
+    match (quoted, given) {
+        (Some(q), None) => invalid.push(FieldError::new(
+            field("revenue"),
+            format!(
+                "is required on an accept of a priced offer: the quoted price {} {}",
+                q.amount, q.currency
+            ),
+        )),
+        (Some(q), Some(r)) => {
+            if r.currency != q.currency {
+                invalid.push(FieldError::new(
+                    field("revenue.currency"),
+                    format!("must be {}, the quoted price's currency", q.currency),
+                ));
+            }
+            // Amounts from JSON are finite, so this is the complement of "equal".
+            if (r.amount - q.amount).abs() >= 0.005 {
+                invalid.push(FieldError::new(
+                    field("revenue.amount"),
+                    format!("must equal the quoted price {} {}", q.amount, q.currency),
+                ));
+            }
+        }
+        (None, Some(r)) if r.amount != 0.0 => invalid.push(FieldError::new(
+            field("revenue.amount"),
+            "this offer was quoted in points only; revenue must be 0 or absent",
+        )),
+        (None, _) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Money;
+
+    fn cny(amount: f64) -> Money {
+        Money {
+            amount,
+            currency: "CNY".into(),
+        }
+    }
+
+    fn fields(quoted: Option<&Money>, given: Option<&Money>) -> Vec<String> {
+        let mut v = Vec::new();
+        check_revenue(quoted, given, &|n: &str| n.to_string(), &mut v);
+        v.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn the_revenue_rule_of_an_accept() {
+        let q = cny(240.0);
+        assert!(fields(Some(&q), Some(&cny(240.0))).is_empty());
+        assert!(fields(Some(&q), Some(&cny(240.004))).is_empty());
+        assert_eq!(fields(Some(&q), None), ["revenue"]);
+        assert_eq!(fields(Some(&q), Some(&cny(1.0))), ["revenue.amount"]);
+        let usd = Money {
+            amount: 240.0,
+            currency: "USD".into(),
+        };
+        assert_eq!(fields(Some(&q), Some(&usd)), ["revenue.currency"]);
+        // A points-only offer: no revenue, or 0.
+        assert!(fields(None, None).is_empty());
+        assert!(fields(None, Some(&cny(0.0))).is_empty());
+        assert_eq!(fields(None, Some(&cny(5.0))), ["revenue.amount"]);
     }
 }

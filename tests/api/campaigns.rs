@@ -133,3 +133,22 @@ async fn bad_filters_are_refused_before_scoring() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn every_bad_campaign_field_is_reported_at_once() {
+    let app = spawn_app().await;
+    let body = serde_json::json!({"channel": "email", "tiers": ["gold", "tin"], "birth_month": 13, "offers": 11});
+    let p = assert_problem(
+        app.post_json("/v1/campaigns", &body).await,
+        422,
+        Some("tiers[1]"),
+    )
+    .await;
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["tiers[1]", "birth_month", "offers"], "{p}");
+}

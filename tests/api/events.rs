@@ -349,3 +349,90 @@ async fn an_offer_rewarded_on_fulfilment_learns_from_the_fulfilment_after_a_rest
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     assert_eq!(learned(&app, &id), (after_accept.0 + 1, 1));
 }
+
+/// An accept of a priced offer must bring the quoted price as `revenue`, in
+/// its currency; each departure is named by its own field.
+#[tokio::test]
+async fn an_accept_needs_the_quoted_revenue_in_the_quoted_currency() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Base);
+    let (d, offers) = decide(&app, &offer_request(&member)).await;
+    let o = offers
+        .iter()
+        .find(|o| o["price"].is_object() && o["price"]["amount"].as_f64() > Some(0.0))
+        .expect("a priced offer");
+    let mut no_revenue = event(&d, o, "accept");
+    no_revenue.as_object_mut().unwrap().remove("revenue");
+    let p = assert_problem(
+        app.post_json("/v1/events", &no_revenue).await,
+        422,
+        Some("revenue"),
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("required"), "{p}");
+    let mut usd = event(&d, o, "accept");
+    usd["revenue"]["currency"] = json!("USD");
+    let p = assert_problem(
+        app.post_json("/v1/events", &usd).await,
+        422,
+        Some("revenue.currency"),
+    )
+    .await;
+    assert_eq!(p["errors"].as_array().unwrap().len(), 1, "{p}");
+    // Wrong currency and amount: both named.
+    usd["revenue"]["amount"] = json!(1);
+    let p = assert_problem(
+        app.post_json("/v1/events", &usd).await,
+        422,
+        Some("revenue.currency"),
+    )
+    .await;
+    assert_eq!(p["errors"][1]["field"], "revenue.amount", "{p}");
+    // Nothing was applied: the right accept goes through.
+    let r = app.post_json("/v1/events", &event(&d, o, "accept")).await;
+    assert_eq!(r.status(), 202);
+}
+
+/// Every 422 of a batch is reported at once, each by its event's index.
+#[tokio::test]
+async fn every_bad_event_of_a_batch_is_reported_at_once() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Silver);
+    let (d, offers) = decide(&app, &offer_request(&member)).await;
+    let mut no_token = event(&d, &offers[0], "accept");
+    no_token.as_object_mut().unwrap().remove("token");
+    let mut rev_on_click = event(&d, &offers[1], "click");
+    rev_on_click["revenue"] = json!({"amount": 1, "currency": "CNY"});
+    let batch = json!([
+        event(&d, &offers[1], "impression"),
+        no_token,
+        rev_on_click,
+        {"decision_id": d, "offer_id": "wifi-monthly-x", "type": "click"},
+    ]);
+    let p = assert_problem(
+        app.post_json("/v1/events", &batch).await,
+        422,
+        Some("[1].token"),
+    )
+    .await;
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["[1].token", "[2].revenue", "[3].offer_id"], "{p}");
+    // Mistyped events of a batch: each named by index.
+    let batch = json!([
+        {"decision_id": d, "offer_id": offers[0]["offer_id"], "type": "purchase"},
+        event(&d, &offers[1], "impression"),
+        {"decision_id": d, "type": "click"},
+    ]);
+    let p = assert_problem(
+        app.post_json("/v1/events", &batch).await,
+        422,
+        Some("[0].type"),
+    )
+    .await;
+    assert_eq!(p["errors"][1]["field"], "[2].offer_id", "{p}");
+}

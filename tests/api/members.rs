@@ -134,3 +134,22 @@ async fn bulk_ndjson_applies_good_lines_and_reports_bad_ones() {
     assert_eq!(app.get("/v1/members/B-3").await.status(), 200);
     assert_eq!(app.get("/v1/members/B-2").await.status(), 404);
 }
+
+#[tokio::test]
+async fn every_bad_field_of_a_member_is_reported_at_once() {
+    let app = spawn_app().await;
+    let mut bad = record("NEW-2");
+    bad["tier"] = json!("mythic");
+    bad["birth_month"] = json!(13);
+    bad["home_airport"] = json!("ZZZ");
+    let p = assert_problem(put(&app, "NEW-2", &bad).await, 422, Some("tier")).await;
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["tier", "home_airport", "birth_month"], "{p}");
+    // Nothing was written.
+    assert_eq!(app.get("/v1/members/NEW-2").await.status(), 404);
+}

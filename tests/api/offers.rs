@@ -366,3 +366,148 @@ async fn a_body_in_several_chunks_is_read_whole_and_still_limited() {
     let (status, body) = post_offers_in_chunks(&app, &big, 4).await;
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
 }
+
+#[tokio::test]
+async fn a_json_route_without_a_json_content_type_is_415() {
+    let app = spawn_app().await;
+    let body = serde_json::to_vec(&offer_request("M00000001")).unwrap();
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/offers"),
+        (reqwest::Method::POST, "/v1/events"),
+        (reqwest::Method::POST, "/v1/member-events"),
+        (reqwest::Method::POST, "/v1/campaigns"),
+        (reqwest::Method::PUT, "/v1/members/M00000001"),
+    ] {
+        // No Content-Type at all: not read as JSON.
+        let resp = app
+            .request(method.clone(), path)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_problem(resp, 415, None).await;
+        for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+            let resp = app
+                .request(method.clone(), path)
+                .header("content-type", ct)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_problem(resp, 415, None).await;
+        }
+    }
+    // JSON with parameters, and a +json type, are JSON.
+    for ct in [
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+    ] {
+        let resp = app.post_raw("/v1/offers", body.clone(), ct).await;
+        assert_eq!(resp.status(), 200, "{ct}");
+    }
+}
+
+#[tokio::test]
+async fn a_fare_in_a_currency_the_engine_does_not_price_in_is_refused() {
+    let app = spawn_app().await;
+    for currency in ["USD", "XXX", "EUR"] {
+        let mut body = offer_request("M00000001");
+        body["itinerary"]["fare"]["currency"] = json!(currency);
+        let problem = assert_problem(
+            app.post_offers(&body).await,
+            422,
+            Some("itinerary.fare.currency"),
+        )
+        .await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains("CNY"),
+            "{problem}"
+        );
+    }
+    let mut body = offer_request("M00000001");
+    body["itinerary"]["fare"]["currency"] = json!("yuan");
+    assert_problem(
+        app.post_offers(&body).await,
+        422,
+        Some("itinerary.fare.currency"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_bad_field_of_a_request_is_reported_at_once() {
+    let app = spawn_app().await;
+    // Semantic errors only: all found by the checks.
+    let mut body = offer_request("M00000001");
+    body["itinerary"]["origin"] = json!("XXX");
+    body["itinerary"]["fare"]["currency"] = json!("USD");
+    body["itinerary"]["passengers"] = json!(50);
+    body["max_offers"] = json!(11);
+    let problem = assert_problem(app.post_offers(&body).await, 422, Some("itinerary.origin")).await;
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "itinerary.origin",
+            "itinerary.fare.currency",
+            "itinerary.passengers",
+            "max_offers"
+        ],
+        "{problem}"
+    );
+    for e in problem["errors"].as_array().unwrap() {
+        assert!(e["detail"].as_str().unwrap().len() > 5, "{e}");
+    }
+    // A missing field, a mistyped one and an unknown one with a bad value:
+    // the first is what a typed parse names, the rest follow.
+    let mut body = offer_request("M00000001");
+    body["itinerary"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cabin")
+        .unwrap();
+    body["channel"] = json!("fax");
+    body["itinerary"]["passengers"] = json!(0);
+    body["surprise"] = json!(true);
+    let problem = assert_problem(app.post_offers(&body).await, 422, None).await;
+    let mut fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(problem["field"], fields[0], "{problem}");
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "channel",
+            "itinerary.cabin",
+            "itinerary.passengers",
+            "surprise"
+        ],
+        "{problem}"
+    );
+    // One bad field: `errors` holds just it.
+    let mut body = offer_request("M00000001");
+    body["itinerary"]["passengers"] = json!(50);
+    let problem = assert_problem(
+        app.post_offers(&body).await,
+        422,
+        Some("itinerary.passengers"),
+    )
+    .await;
+    assert_eq!(
+        problem["errors"],
+        json!([{"field": "itinerary.passengers", "detail": "must be from 1 to 9"}])
+    );
+    assert_eq!(
+        problem["detail"],
+        "itinerary.passengers: must be from 1 to 9"
+    );
+}

@@ -127,4 +127,28 @@ async fn every_operation_documents_its_problems_and_v1_needs_a_bearer_key() {
     assert_eq!(offers, "#/components/schemas/OfferRequestDto");
     let dto = &doc["components"]["schemas"]["OfferRequestDto"];
     assert_eq!(dto["additionalProperties"], false, "{dto}");
+    // Every field an offer carries is documented, `propensity` included.
+    let offer = &doc["components"]["schemas"]["OfferOut"];
+    for k in [
+        "offer_id",
+        "category",
+        "title",
+        "price",
+        "points_price",
+        "score",
+        "expected_value",
+        "reasons",
+        "expires_at",
+        "token",
+        "propensity",
+    ] {
+        assert!(
+            offer["properties"][k].is_object(),
+            "OfferOut lacks {k}: {offer}"
+        );
+    }
+    // Problems document the `errors` extension member.
+    let problem = &doc["components"]["schemas"]["Problem"];
+    assert!(problem["properties"]["errors"].is_object(), "{problem}");
+    assert!(doc["components"]["schemas"]["ProblemField"].is_object());
 }

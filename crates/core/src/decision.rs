@@ -441,7 +441,7 @@ fn member_reasons(input: &DecisionInput<'_>, spend_gap: Option<f64>) -> MemberRe
         (Some(next), Some(gap)) if gap <= 20_000.0 => lines.push(format!(
             "{} member, {} CNY qualifying spend from {}",
             m.tier,
-            thousands(gap.ceil() as u64),
+            thousands(features::whole_cny_gap(m.qualifying_spend_12m as f64, gap)),
             next
         )),
         _ => lines.push(format!("{} member", m.tier)),

@@ -40,6 +40,43 @@ pub enum OutcomeBody {
     One(OutcomeEventDto),
 }
 
+/// Parses `POST /v1/events`: one event or an array of them; says whether it
+/// was an array (field paths then name the event: `[2].revenue`). Every
+/// event at fault in a batch is reported, not only the first.
+pub fn parse_outcome_body(body: &[u8]) -> Result<(Vec<OutcomeEventDto>, bool), Vec<FieldError>> {
+    use crate::parse::from_json;
+    match from_json::<OutcomeBody>(body) {
+        Ok(OutcomeBody::Many(v)) => return Ok((v, true)),
+        Ok(OutcomeBody::One(e)) => return Ok((vec![e], false)),
+        Err(_) => {}
+    }
+    // Untagged enums lose the field path: parse again, event by event.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let items = from_json::<Vec<serde_json::Value>>(body).map_err(|e| vec![e])?;
+        let mut errs = Vec::new();
+        for (i, v) in items.iter().enumerate() {
+            let one = serde_json::to_vec(v).unwrap_or_default();
+            if let Err(mut e) = from_json::<OutcomeEventDto>(&one) {
+                e.field = if e.field == "body" {
+                    format!("[{i}]")
+                } else {
+                    format!("[{i}].{}", e.field)
+                };
+                errs.push(e);
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+    } else {
+        from_json::<OutcomeEventDto>(body).map_err(|e| vec![e])?;
+    }
+    Err(vec![FieldError::new(
+        "body",
+        "must be an event object or an array of them",
+    )])
+}
+
 /// Wire form of a member event.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

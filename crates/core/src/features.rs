@@ -129,6 +129,19 @@ pub fn spend_to_next_tier(m: &Member, th: &TierThresholds) -> Option<f64> {
         .map(|next| (th.of(next) - m.qualifying_spend_12m as f64).max(0.0))
 }
 
+/// The gap to the next tier in whole CNY, as a member reads it: the
+/// threshold less the spend rounded to whole CNY, so that the figures shown
+/// add up (2,666 of 10,000 is 7,334 from the next tier, not the 7,335 that
+/// rounding the fractional gap up would say); at least 1 while the tier is
+/// not reached, 0 once it is.
+pub fn whole_cny_gap(spend: f64, gap: f64) -> u64 {
+    if gap <= 0.0 {
+        return 0;
+    }
+    let threshold = (spend + gap).round();
+    (threshold - spend.round()).max(1.0) as u64
+}
+
 /// Context of a decision beyond the member.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionContext<'a> {
@@ -250,6 +263,18 @@ mod tests {
         assert_eq!(poor.value, ValueSegment::LowValue);
         assert!(rich.clv > poor.clv);
         assert!(rich.business);
+    }
+
+    #[test]
+    fn whole_cny_gap_adds_up() {
+        // 2,665.6 reads as 2,666; 2,666 + 7,334 = 10,000.
+        assert_eq!(whole_cny_gap(2_665.6, 10_000.0 - 2_665.6), 7_334);
+        assert_eq!(whole_cny_gap(2_666.0, 7_334.0), 7_334);
+        // 2,665.4 reads as 2,665; 2,665 + 7,335 = 10,000.
+        assert_eq!(whole_cny_gap(2_665.4, 10_000.0 - 2_665.4), 7_335);
+        // Not reached yet is never "0 from".
+        assert_eq!(whole_cny_gap(9_999.7, 0.3), 1);
+        assert_eq!(whole_cny_gap(10_000.0, 0.0), 0);
     }
 
     #[test]

@@ -114,67 +114,319 @@ pub fn parse_instant(s: &str, field: &str) -> Result<DateTime<Utc>, FieldError> 
         })
 }
 
-impl OfferRequestDto {
-    /// Checks the request into domain types. `now` rejects departures in the past.
-    pub fn into_domain(self, now: DateTime<Utc>) -> Result<OfferRequest, FieldError> {
-        crate::domain::validate_member_id(&self.member_id, "member_id")?;
-        let it = self.itinerary;
-        let origin = Iata::parse(&it.origin).map_err(|m| FieldError::new("itinerary.origin", m))?;
-        let destination = Iata::parse(&it.destination)
-            .map_err(|m| FieldError::new("itinerary.destination", m))?;
-        if origin == destination {
-            return Err(FieldError::new(
+/// The currency the engine prices in. A fare in any other currency is
+/// refused (422 naming `itinerary.fare.currency`): the features, expected
+/// values and prices are all CNY, and there is no conversion table.
+pub const PRICING_CURRENCY: &str = "CNY";
+
+/// The fields of a checkout request as far as they parsed; `None` where a
+/// field is missing or mistyped (already reported).
+#[derive(Debug, Default)]
+struct PartialRequest {
+    member_id: Option<String>,
+    channel: Option<Channel>,
+    origin: Option<String>,
+    destination: Option<String>,
+    departure: Option<String>,
+    cabin: Option<Cabin>,
+    fare_amount: Option<f64>,
+    fare_currency: Option<String>,
+    passengers: Option<i64>,
+    max_offers: Option<Option<i64>>,
+}
+
+/// Checks every field that parsed, pushing one error per field at fault
+/// (in the order of the request's documentation); the request when none is.
+fn check_request(
+    p: PartialRequest,
+    now: DateTime<Utc>,
+    errs: &mut Vec<FieldError>,
+) -> Option<OfferRequest> {
+    let before = errs.len();
+    if let Some(id) = &p.member_id {
+        if let Err(e) = crate::domain::validate_member_id(id, "member_id") {
+            errs.push(e);
+        }
+    }
+    let origin = p.origin.as_deref().and_then(|o| {
+        Iata::parse(o)
+            .map_err(|m| errs.push(FieldError::new("itinerary.origin", m)))
+            .ok()
+    });
+    let destination = p.destination.as_deref().and_then(|d| {
+        Iata::parse(d)
+            .map_err(|m| errs.push(FieldError::new("itinerary.destination", m)))
+            .ok()
+    });
+    if let (Some(o), Some(d)) = (origin, destination) {
+        if o == d {
+            errs.push(FieldError::new(
                 "itinerary.destination",
                 "must differ from origin",
             ));
         }
-        let departure = parse_instant(&it.departure, "itinerary.departure")?;
-        if departure < now - chrono::Duration::hours(1) {
-            return Err(FieldError::new("itinerary.departure", "is in the past"));
+    }
+    let departure = p.departure.as_deref().and_then(|s| {
+        let d = parse_instant(s, "itinerary.departure")
+            .map_err(|e| errs.push(e))
+            .ok()?;
+        if d < now - chrono::Duration::hours(1) {
+            errs.push(FieldError::new("itinerary.departure", "is in the past"));
+            return None;
         }
-        if departure > now + chrono::Duration::days(400) {
-            return Err(FieldError::new(
+        if d > now + chrono::Duration::days(400) {
+            errs.push(FieldError::new(
                 "itinerary.departure",
                 "is more than 400 days ahead",
             ));
+            return None;
         }
-        if it.fare.amount.is_finite() && it.fare.amount < 0.0 {
-            return Err(FieldError::new(
+        Some(d)
+    });
+    if let Some(a) = p.fare_amount {
+        if !a.is_finite() || a < 0.0 {
+            errs.push(FieldError::new(
                 "itinerary.fare.amount",
                 "must not be negative",
             ));
         }
-        it.fare.validate("itinerary.fare")?;
-        if it.passengers < 1 || it.passengers > MAX_PASSENGERS as i64 {
-            return Err(FieldError::new(
+    }
+    if let Some(c) = &p.fare_currency {
+        let b = c.as_bytes();
+        if b.len() != 3 || !b.iter().all(|x| x.is_ascii_uppercase()) {
+            errs.push(FieldError::new(
+                "itinerary.fare.currency",
+                "must be an ISO 4217 code such as \"CNY\"",
+            ));
+        } else if c != PRICING_CURRENCY {
+            errs.push(FieldError::new(
+                "itinerary.fare.currency",
+                format!("must be {PRICING_CURRENCY}: the engine prices in {PRICING_CURRENCY} only"),
+            ));
+        }
+    }
+    if let Some(n) = p.passengers {
+        if n < 1 || n > MAX_PASSENGERS as i64 {
+            errs.push(FieldError::new(
                 "itinerary.passengers",
                 format!("must be from 1 to {MAX_PASSENGERS}"),
             ));
         }
-        let max_offers = match self.max_offers {
-            None => DEFAULT_MAX_OFFERS,
-            Some(n) if (1..=MAX_OFFERS as i64).contains(&n) => n as usize,
-            Some(_) => {
-                return Err(FieldError::new(
-                    "max_offers",
-                    format!("must be from 1 to {MAX_OFFERS}"),
-                ))
-            }
-        };
-        Ok(OfferRequest {
-            member_id: self.member_id,
-            channel: self.channel,
-            itinerary: Itinerary {
-                origin,
-                destination,
-                departure,
-                cabin: it.cabin,
-                fare: it.fare,
-                passengers: it.passengers as u8,
-            },
-            max_offers,
-        })
     }
+    let max_offers = match p.max_offers {
+        None => None,
+        Some(None) => Some(DEFAULT_MAX_OFFERS),
+        Some(Some(n)) if (1..=MAX_OFFERS as i64).contains(&n) => Some(n as usize),
+        Some(Some(_)) => {
+            errs.push(FieldError::new(
+                "max_offers",
+                format!("must be from 1 to {MAX_OFFERS}"),
+            ));
+            None
+        }
+    };
+    if errs.len() > before {
+        return None;
+    }
+    Some(OfferRequest {
+        member_id: p.member_id?,
+        channel: p.channel?,
+        itinerary: Itinerary {
+            origin: origin?,
+            destination: destination?,
+            departure: departure?,
+            cabin: p.cabin?,
+            fare: Money {
+                amount: p.fare_amount?,
+                currency: p.fare_currency?,
+            },
+            passengers: p.passengers? as u8,
+        },
+        max_offers: max_offers?,
+    })
+}
+
+impl OfferRequestDto {
+    /// Checks the request into domain types. `now` rejects departures in the
+    /// past. The first field at fault; [`OfferRequestDto::into_domain_all`]
+    /// gives all of them.
+    pub fn into_domain(self, now: DateTime<Utc>) -> Result<OfferRequest, FieldError> {
+        self.into_domain_all(now).map_err(|mut v| v.swap_remove(0))
+    }
+
+    /// Checks the request into domain types, reporting every field at fault
+    /// (never an empty list).
+    pub fn into_domain_all(self, now: DateTime<Utc>) -> Result<OfferRequest, Vec<FieldError>> {
+        let it = self.itinerary;
+        let p = PartialRequest {
+            member_id: Some(self.member_id),
+            channel: Some(self.channel),
+            origin: Some(it.origin),
+            destination: Some(it.destination),
+            departure: Some(it.departure),
+            cabin: Some(it.cabin),
+            fare_amount: Some(it.fare.amount),
+            fare_currency: Some(it.fare.currency),
+            passengers: Some(it.passengers),
+            max_offers: Some(self.max_offers),
+        };
+        let mut errs = Vec::new();
+        match check_request(p, now, &mut errs) {
+            Some(r) if errs.is_empty() => Ok(r),
+            _ if errs.is_empty() => Err(vec![FieldError::new("body", "is invalid")]),
+            _ => Err(errs),
+        }
+    }
+}
+
+/// Field names of the request objects, for unknown-field errors.
+const REQUEST_FIELDS: [&str; 4] = ["member_id", "channel", "itinerary", "max_offers"];
+const ITINERARY_FIELDS: [&str; 6] = [
+    "origin",
+    "destination",
+    "departure",
+    "cabin",
+    "fare",
+    "passengers",
+];
+const FARE_FIELDS: [&str; 2] = ["amount", "currency"];
+
+/// One field of a JSON object as `T`: `None` (and an error) when it is
+/// missing or mistyped.
+fn field_of<T: serde::de::DeserializeOwned>(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    path: &str,
+    name: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<T> {
+    let full = if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    };
+    match obj.get(name) {
+        None => {
+            errs.push(FieldError::new(full, "is required"));
+            None
+        }
+        Some(v) => T::deserialize(v)
+            .map_err(|e| errs.push(FieldError::new(full, json_error_text(&e))))
+            .ok(),
+    }
+}
+
+/// An object-valued field: `None` (and an error) when missing or not an object.
+fn object_of<'v>(
+    obj: &'v serde_json::Map<String, serde_json::Value>,
+    path: &str,
+    name: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<&'v serde_json::Map<String, serde_json::Value>> {
+    let full = if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    };
+    match obj.get(name) {
+        None => {
+            errs.push(FieldError::new(full, "is required"));
+            None
+        }
+        Some(serde_json::Value::Object(m)) => Some(m),
+        Some(_) => {
+            errs.push(FieldError::new(full, "must be an object"));
+            None
+        }
+    }
+}
+
+fn unknown_fields(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    path: &str,
+    known: &[&str],
+    errs: &mut Vec<FieldError>,
+) {
+    for k in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+        let full = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        errs.push(FieldError::new(
+            full,
+            format!("is not a field here (expected one of {})", known.join(", ")),
+        ));
+    }
+}
+
+/// Every field at fault in a checkout request body that is JSON but not a
+/// valid request: field by field, so a front end learns them all at once.
+fn all_request_errors(v: &serde_json::Value, now: DateTime<Utc>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let Some(obj) = v.as_object() else {
+        return errs;
+    };
+    let mut p = PartialRequest {
+        member_id: field_of(obj, "", "member_id", &mut errs),
+        channel: field_of(obj, "", "channel", &mut errs),
+        ..Default::default()
+    };
+    if let Some(it) = object_of(obj, "", "itinerary", &mut errs) {
+        let path = "itinerary";
+        p.origin = field_of(it, path, "origin", &mut errs);
+        p.destination = field_of(it, path, "destination", &mut errs);
+        p.departure = field_of(it, path, "departure", &mut errs);
+        p.cabin = field_of(it, path, "cabin", &mut errs);
+        if let Some(fare) = object_of(it, path, "fare", &mut errs) {
+            p.fare_amount = field_of(fare, "itinerary.fare", "amount", &mut errs);
+            p.fare_currency = field_of(fare, "itinerary.fare", "currency", &mut errs);
+            unknown_fields(fare, "itinerary.fare", &FARE_FIELDS, &mut errs);
+        }
+        p.passengers = field_of(it, path, "passengers", &mut errs);
+        unknown_fields(it, path, &ITINERARY_FIELDS, &mut errs);
+    }
+    p.max_offers = match obj.get("max_offers") {
+        None => Some(None),
+        Some(v) => Option::<i64>::deserialize(v)
+            .map_err(|e| errs.push(FieldError::new("max_offers", json_error_text(&e))))
+            .ok(),
+    };
+    unknown_fields(obj, "", &REQUEST_FIELDS, &mut errs);
+    check_request(p, now, &mut errs);
+    errs
+}
+
+/// Parses and checks a `POST /v1/offers` body, reporting every field at
+/// fault (never an empty list). The first error is the one a plain typed
+/// parse names (`from_json`), so `field` is stable; a body that is not JSON
+/// at all is one "malformed JSON" error on `body`.
+pub fn parse_offer_request(
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<OfferRequest, Vec<FieldError>> {
+    let first = match from_json::<OfferRequestDto>(body) {
+        Ok(dto) => return dto.into_domain_all(now),
+        Err(e) => e,
+    };
+    if first.message.starts_with("malformed JSON") {
+        return Err(vec![first]);
+    }
+    let mut errs = vec![first];
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        for e in all_request_errors(&v, now) {
+            // The typed parse names an unknown field by its parent; the
+            // field-by-field pass names it by its own path: keep one.
+            let same_unknown = e.message.starts_with("is not a field here")
+                && errs[0].message.contains(&format!(
+                    "unknown field `{}`",
+                    e.field.rsplit('.').next().unwrap_or("")
+                ));
+            if !same_unknown && !errs.iter().any(|x| x.field == e.field) {
+                errs.push(e);
+            }
+        }
+    }
+    Err(errs)
 }
 
 #[cfg(test)]

@@ -700,10 +700,29 @@ pub fn validate_member_id(id: &str, field: &str) -> Result<(), FieldError> {
 }
 
 impl MemberRecord {
-    /// Parses the record into the compact form (parse, don't validate).
+    /// Parses the record into the compact form (parse, don't validate): the
+    /// first field at fault ([`MemberRecord::to_member_all`] gives all).
     pub fn to_member(&self) -> Result<Member, FieldError> {
-        validate_member_id(&self.member_id, "member_id")?;
-        let tier = Tier::parse(&self.tier).ok_or_else(|| {
+        self.to_member_all().map_err(|mut v| v.swap_remove(0))
+    }
+
+    /// Parses the record into the compact form, reporting every field at
+    /// fault (never an empty list).
+    pub fn to_member_all(&self) -> Result<Member, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        macro_rules! ok {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        errs.push(e);
+                        None
+                    }
+                }
+            };
+        }
+        let id = ok!(validate_member_id(&self.member_id, "member_id"));
+        let tier = ok!(Tier::parse(&self.tier).ok_or_else(|| {
             FieldError::new(
                 "tier",
                 format!(
@@ -711,50 +730,56 @@ impl MemberRecord {
                     self.tier
                 ),
             )
-        })?;
-        let points = u32::try_from(self.points)
-            .map_err(|_| FieldError::new("points", "must be an integer from 0 to 4294967295"))?;
-        if !self.qualifying_spend_12m.is_finite()
-            || self.qualifying_spend_12m < 0.0
-            || self.qualifying_spend_12m > 1e9
-        {
-            return Err(FieldError::new(
-                "qualifying_spend_12m",
-                "must be a number from 0 to 1e9",
-            ));
-        }
-        let flights_12m = u16::try_from(self.flights_12m)
+        }));
+        let points = ok!(u32::try_from(self.points)
+            .map_err(|_| FieldError::new("points", "must be an integer from 0 to 4294967295")));
+        let spend_ok = self.qualifying_spend_12m.is_finite()
+            && self.qualifying_spend_12m >= 0.0
+            && self.qualifying_spend_12m <= 1e9;
+        let spend = ok!(spend_ok.then_some(()).ok_or_else(|| {
+            FieldError::new("qualifying_spend_12m", "must be a number from 0 to 1e9")
+        }));
+        let flights_12m = ok!(u16::try_from(self.flights_12m)
             .ok()
             .filter(|f| *f <= 2000)
-            .ok_or_else(|| FieldError::new("flights_12m", "must be an integer from 0 to 2000"))?;
+            .ok_or_else(|| FieldError::new("flights_12m", "must be an integer from 0 to 2000")));
         let last_flight = match &self.last_flight {
-            None => None,
-            Some(s) => Some(
-                Day::parse(s)
-                    .ok_or_else(|| FieldError::new("last_flight", "must be YYYY-MM-DD or null"))?,
-            ),
+            None => Some(None),
+            Some(s) => ok!(Day::parse(s)
+                .map(Some)
+                .ok_or_else(|| FieldError::new("last_flight", "must be YYYY-MM-DD or null"))),
         };
-        let joined = Day::parse(&self.joined)
-            .ok_or_else(|| FieldError::new("joined", "must be YYYY-MM-DD"))?;
+        let joined =
+            ok!(Day::parse(&self.joined)
+                .ok_or_else(|| FieldError::new("joined", "must be YYYY-MM-DD")));
         let home_airport =
-            Iata::parse(&self.home_airport).map_err(|m| FieldError::new("home_airport", m))?;
-        let birth_month = u8::try_from(self.birth_month)
+            ok!(Iata::parse(&self.home_airport).map_err(|m| FieldError::new("home_airport", m)));
+        let birth_month = ok!(u8::try_from(self.birth_month)
             .ok()
             .filter(|m| (1..=12).contains(m))
-            .ok_or_else(|| FieldError::new("birth_month", "must be an integer from 1 to 12"))?;
-        let tags = Tags::parse(&self.tags)?;
-        Ok(Member {
-            qualifying_spend_12m: self.qualifying_spend_12m as f32,
-            points,
-            last_flight,
-            joined,
-            flights_12m,
-            tags,
-            home_airport,
-            tier,
-            birth_month,
-            consent: Consent::new(self.consent.email, self.consent.sms, self.consent.app),
-        })
+            .ok_or_else(|| FieldError::new("birth_month", "must be an integer from 1 to 12")));
+        let tags = ok!(Tags::parse(&self.tags));
+        let member = (|| {
+            id?;
+            spend?;
+            Some(Member {
+                qualifying_spend_12m: self.qualifying_spend_12m as f32,
+                points: points?,
+                last_flight: last_flight?,
+                joined: joined?,
+                flights_12m: flights_12m?,
+                tags: tags?,
+                home_airport: home_airport?,
+                tier: tier?,
+                birth_month: birth_month?,
+                consent: Consent::new(self.consent.email, self.consent.sms, self.consent.app),
+            })
+        })();
+        match member {
+            Some(m) if errs.is_empty() => Ok(m),
+            _ if errs.is_empty() => Err(vec![FieldError::new("body", "is invalid")]),
+            _ => Err(errs),
+        }
     }
 
     /// The NDJSON form of a compact member.
