@@ -198,6 +198,8 @@ impl Durable {
             Box::new(move |result| match result {
                 Ok(lsn) => {
                     let applied = state.apply_decision_record(&live.record, &features, lsn, true);
+                    // The record was borrowed for the apply; what the
+                    // observer needs of a decision is in `applied`.
                     observer.applied("decision", &LogRecord::Decisions(Vec::new()), &applied);
                 }
                 Err(e) => observer.not_logged("decision", &e),

@@ -201,6 +201,7 @@ pub fn build_service(settings: &Settings) -> anyhow::Result<SharedState> {
     let (durable, lock) = open_state(settings, Arc::new(metrics.clone()))?;
     let engine = build_engine(settings)?;
     log_loaded(settings, &engine);
+    metrics.align_offers(&engine.catalog);
     durable
         .state()
         .learner()

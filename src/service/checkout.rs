@@ -163,7 +163,7 @@ impl Service {
         let mut tokens = Vec::with_capacity(decision.offers.len());
         for o in &decision.offers {
             let offer = &engine.catalog.offers[o.index];
-            m.offer_served(offer);
+            m.offer_served(&engine.catalog, o.index);
             let i = issued_offer(offer, o, Some(&request.itinerary), suppress_default);
             tokens.push(
                 self.security()

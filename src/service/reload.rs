@@ -99,6 +99,7 @@ impl Service {
         self.state()
             .learner()
             .set_prior(engine.catalog.clone(), engine.table.clone());
+        self.metrics().align_offers(&engine.catalog);
         self.engine.store(Arc::new(engine));
         tracing::info!(%out, "catalog, model and experiments reloaded");
         out
