@@ -178,6 +178,31 @@ pub struct Campaign {
     pub limit: Option<u64>,
 }
 
+/// Parses every item of an optional list filter, reporting each bad item by
+/// its index (`tiers[2]`) and an empty list as an error; None when absent.
+fn each_of<T, E: Into<String>>(
+    field: &str,
+    list: &Option<Vec<String>>,
+    errs: &mut Vec<FieldError>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Option<Vec<T>> {
+    let v = list.as_ref()?;
+    if v.is_empty() {
+        errs.push(FieldError::new(field, "must not be empty"));
+        return None;
+    }
+    Some(
+        v.iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                parse(item)
+                    .map_err(|m| errs.push(FieldError::new(format!("{field}[{i}]"), m)))
+                    .ok()
+            })
+            .collect(),
+    )
+}
+
 impl CampaignDto {
     /// Checks every field before anything is scored; the first field at
     /// fault ([`CampaignDto::into_campaign_all`] gives all of them).
@@ -202,47 +227,12 @@ impl CampaignDto {
                 None
             }
         };
-        let tiers = match &self.tiers {
-            None => None,
-            Some(v) if v.is_empty() => {
-                errs.push(FieldError::new("tiers", "must not be empty"));
-                None
-            }
-            Some(v) => Some(
-                v.iter()
-                    .enumerate()
-                    .filter_map(|(i, t)| {
-                        Tier::parse(t)
-                            .ok_or_else(|| {
-                                errs.push(FieldError::new(
-                                    format!("tiers[{i}]"),
-                                    format!("unknown tier {t:?}; one of base, silver, gold, platinum, diamond"),
-                                ))
-                            })
-                            .ok()
-                    })
-                    .collect::<Vec<_>>(),
-            ),
-        };
-        let home_airports = match &self.home_airports {
-            None => None,
-            Some(v) if v.is_empty() => {
-                errs.push(FieldError::new("home_airports", "must not be empty"));
-                None
-            }
-            Some(v) => Some(
-                v.iter()
-                    .enumerate()
-                    .filter_map(|(i, a)| {
-                        Iata::parse(a)
-                            .map_err(|m| {
-                                errs.push(FieldError::new(format!("home_airports[{i}]"), m))
-                            })
-                            .ok()
-                    })
-                    .collect::<Vec<_>>(),
-            ),
-        };
+        let tiers = each_of("tiers", &self.tiers, &mut errs, |t| {
+            Tier::parse(t).ok_or_else(|| {
+                format!("unknown tier {t:?}; one of base, silver, gold, platinum, diamond")
+            })
+        });
+        let home_airports = each_of("home_airports", &self.home_airports, &mut errs, Iata::parse);
         if let (Some(a), Some(b)) = (self.min_days_since_flight, self.max_days_since_flight) {
             if a > b {
                 errs.push(FieldError::new(
