@@ -1,6 +1,6 @@
 //! Experiment attribution state: per experiment, every exposed member's
-//! variant, covariate, conversion and revenue, and per-variant running
-//! statistics, updated as decisions and outcomes are applied (and on
+//! variant, covariate, conversion, revenue, decisions and segments at first
+//! exposure, and per-variant running statistics, updated as decisions and outcomes are applied (and on
 //! replay), so the report after a restart is the report before it. The
 //! specs, assignment and report maths are in the core
 //! ([`offer_engine_core::experiments`]).
@@ -96,23 +96,37 @@ impl ExperimentBook {
         Some(v.len() - 1)
     }
 
-    /// Records a decision for a member in an experiment (exposure).
-    pub fn expose(&self, a: &Assignment, member: &str, covariate: f32) -> Change {
+    /// Records a decision for a member in an experiment (exposure). At the
+    /// member's first exposure `segment` gives their segments (called only
+    /// then; it must be deterministic, e.g. read from the state as it is
+    /// when the record is applied).
+    pub fn expose(
+        &self,
+        a: &Assignment,
+        member: &str,
+        covariate: f32,
+        segment: impl FnOnce() -> Option<SegmentKeys>,
+    ) -> Change {
         let st = self.state(&a.experiment);
         let Some(v) = Self::slot(&st, &a.variant) else {
             return Change::default();
         };
         st.decisions[v].fetch_add(1, Ordering::Relaxed);
         let mut change = Change::default();
-        st.members.entry(member.into()).or_insert_with(|| {
-            change.new_member = true;
-            Exposure {
-                variant: v as u8,
-                covariate,
-                converted: false,
-                revenue: 0.0,
-            }
-        });
+        st.members
+            .entry(member.into())
+            .and_modify(|e| e.decisions = e.decisions.saturating_add(1))
+            .or_insert_with(|| {
+                change.new_member = true;
+                Exposure {
+                    variant: v as u8,
+                    covariate,
+                    converted: false,
+                    revenue: 0.0,
+                    decisions: 1,
+                    segment: segment(),
+                }
+            });
         if change.new_member {
             let mut arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
             arms[v].add_member(false, 0.0, covariate as f64);
@@ -198,6 +212,39 @@ impl ExperimentBook {
             }
         }
         report
+    }
+
+    /// The report of `spec` per segment (`by`), p-values corrected across
+    /// segments with `correction`. Scans the experiment's exposures: O(exposed
+    /// members) per call. Reads nothing it changes (no running minimum per
+    /// segment is kept).
+    pub fn segmented_report(
+        &self,
+        spec: &ExperimentSpec,
+        by: SegmentBy,
+        correction: crate::stats::Correction,
+    ) -> SegmentedReport {
+        let st = self.state(&spec.id);
+        let names = st
+            .variants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // The state's slot (order first seen) → the spec's variant index.
+        let to_spec: Vec<Option<usize>> = names
+            .iter()
+            .map(|n| spec.variants.iter().position(|v| &v.name == n))
+            .collect();
+        let members: Vec<(Option<usize>, Exposure)> = st
+            .members
+            .iter()
+            .map(|m| {
+                let e = *m.value();
+                (to_spec.get(e.variant as usize).copied().flatten(), e)
+            })
+            .collect();
+        let groups = segment_arms(by, spec.variants.len(), members);
+        segmented_report(spec, by, correction, &groups)
     }
 
     /// Snapshot form: per experiment, variant names, per-variant decisions
@@ -354,7 +401,7 @@ mod tests {
         };
         for i in 0..100u32 {
             let v = if i % 2 == 0 { "control" } else { "treatment" };
-            book.expose(&a(v), &format!("m{i}"), i as f32);
+            book.expose(&a(v), &format!("m{i}"), i as f32, || None);
             if i % 3 == 0 {
                 book.convert(&a(v), &format!("m{i}"), 10.0 + i as f64);
                 book.convert(&a(v), &format!("m{i}"), 5.0);
