@@ -13,7 +13,7 @@ use crate::stats::Correction;
     get,
     path = "/v1/experiments",
     tag = "experiments",
-    responses((status = 200, description = "`{\"experiments\": [...]}`: each with id, traffic, control and variants", body = serde_json::Value)),
+    responses((status = 200, description = "`{\"experiments\": [...]}`: each with id, traffic, mde, segment_min_members, control and variants", body = serde_json::Value)),
 )]
 pub async fn list(state: web::Data<SharedState>) -> HttpResponse {
     let engine = state.engine();
@@ -24,6 +24,8 @@ pub async fn list(state: web::Data<SharedState>) -> HttpResponse {
             serde_json::json!({
                 "id": e.id,
                 "traffic": e.traffic,
+                "mde": e.mde,
+                "segment_min_members": e.segment_min_members,
                 "control": e.variants[e.control()].name,
                 "variants": e.variants.iter().map(|v| serde_json::json!({
                     "name": v.name,
