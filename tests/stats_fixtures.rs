@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use offer_engine::stats::{
     bh_adjusted, chance_to_beat_control, conversion_lift, cuped_revenue_lift, cuped_theta,
-    holm_adjusted, msprt_update, revenue_lift, sequential_p_value, srm_p_value,
-    two_proportion_sample_size, ArmStats, Lift,
+    holm_adjusted, msprt_update, proportion_difference, revenue_lift, sequential_p_value,
+    srm_p_value, two_proportion_sample_size, ArmStats, Lift,
 };
 use serde::Deserialize;
 
@@ -355,5 +355,32 @@ fn sample_size_fixtures_match_statsmodels() {
             c.n_per_arm,
         );
     }
+    check.finish();
+}
+
+/// The guardrails' difference of proportions is the conversion lift's
+/// absolute difference and Wald interval (statsmodels
+/// `confint_proportions_2indep(method="wald")` in the lift fixtures).
+#[test]
+fn proportion_difference_matches_the_wald_fixtures() {
+    let mut check = Checker::default();
+    for case in lift_cases() {
+        let Some(want) = &case.expected.conversion_lift else {
+            continue;
+        };
+        let (c, t) = (&case.control, &case.treatment);
+        let (d, lo, hi) = proportion_difference(
+            c.conversions,
+            c.members,
+            t.conversions,
+            t.members,
+            case.confidence,
+        )
+        .expect("defined where the lift is");
+        check.close(&format!("{}: difference", case.name), d, want.absolute);
+        check.close(&format!("{}: low", case.name), lo, want.abs_ci_low);
+        check.close(&format!("{}: high", case.name), hi, want.abs_ci_high);
+    }
+    assert!(check.checked >= 45);
     check.finish();
 }

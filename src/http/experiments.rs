@@ -13,7 +13,7 @@ use crate::stats::Correction;
     get,
     path = "/v1/experiments",
     tag = "experiments",
-    responses((status = 200, description = "`{\"experiments\": [...]}`: each with id, traffic, mde, segment_min_members, control and variants", body = serde_json::Value)),
+    responses((status = 200, description = "`{\"experiments\": [...]}`: each with id, traffic, mde, segment_min_members, guardrails, control and variants", body = serde_json::Value)),
 )]
 pub async fn list(state: web::Data<SharedState>) -> HttpResponse {
     let engine = state.engine();
@@ -26,6 +26,7 @@ pub async fn list(state: web::Data<SharedState>) -> HttpResponse {
                 "traffic": e.traffic,
                 "mde": e.mde,
                 "segment_min_members": e.segment_min_members,
+                "guardrails": e.guardrails,
                 "control": e.variants[e.control()].name,
                 "variants": e.variants.iter().map(|v| serde_json::json!({
                     "name": v.name,
@@ -54,7 +55,7 @@ pub async fn list(state: web::Data<SharedState>) -> HttpResponse {
         ("correction" = Option<String>, Query, description = "with `by`: `holm` (default; family-wise error) or `bh` (Benjamini-Hochberg; false discovery rate), across segments per variant and metric"),
     ),
     responses(
-        (status = 200, description = "per-variant exposure, conversion, revenue, tests, verdict and sample size still needed (per segment with `by`)", body = serde_json::Value),
+        (status = 200, description = "per-variant exposure, conversion, revenue, tests, verdict and sample size still needed, and `guardrails: [{variant, metric, margin, harm, harm_ci_low, harm_ci_high, status: ok|warning|failing}]` (per segment with `by`, without guardrails)", body = serde_json::Value),
         (status = 404, description = "no such experiment", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`by` or `correction` is not one of the values listed", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),

@@ -21,6 +21,8 @@ struct ExperimentState {
     arms: Mutex<Vec<ArmStats>>,
     /// Decisions made per variant.
     decisions: Vec<AtomicU64>,
+    /// Members who declined at least once, per variant.
+    decliners: Vec<AtomicU64>,
     /// Running minimum of the always-valid p-value per variant (f64 bits).
     sequential_min: Vec<AtomicU64>,
 }
@@ -33,6 +35,7 @@ impl ExperimentState {
             members: super::members::growing_map(super::members::fixed_hasher()),
             arms: Mutex::new(vec![ArmStats::default(); n]),
             decisions: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            decliners: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sequential_min: (0..n).map(|_| AtomicU64::new(1f64.to_bits())).collect(),
         }
     }
@@ -125,6 +128,7 @@ impl ExperimentBook {
                     revenue: 0.0,
                     decisions: 1,
                     segment: segment(),
+                    declined: false,
                 }
             });
         if change.new_member {
@@ -152,6 +156,27 @@ impl ExperimentBook {
             }
         }
         n
+    }
+
+    /// Records a decline by a member in an experiment (for the decline-rate
+    /// guardrail); returns whether it was the member's first.
+    pub fn decline(&self, a: &Assignment, member: &str) -> bool {
+        let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {
+            return false;
+        };
+        let Some(mut e) = st.members.get_mut(member) else {
+            return false;
+        };
+        if e.declined {
+            return false;
+        }
+        e.declined = true;
+        let v = e.variant as usize;
+        drop(e);
+        if let Some(d) = st.decliners.get(v) {
+            d.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Records an accept attributed to a member in an experiment.
@@ -194,6 +219,7 @@ impl ExperimentBook {
         let mut arms = vec![ArmStats::default(); n];
         let mut exposures = vec![0u64; n];
         let mut prev = vec![1.0f64; n];
+        let mut decliners = vec![0u64; n];
         {
             let st_arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
             for (i, name) in names.iter().enumerate() {
@@ -201,10 +227,11 @@ impl ExperimentBook {
                     arms[i] = st_arms[j].clone();
                     exposures[i] = st.decisions[j].load(Ordering::Relaxed);
                     prev[i] = f64::from_bits(st.sequential_min[j].load(Ordering::Relaxed));
+                    decliners[i] = st.decliners[j].load(Ordering::Relaxed);
                 }
             }
         }
-        let report = report_from_arms(spec, &arms, &exposures, &prev);
+        let report = report_from_arms(spec, &arms, &exposures, &prev, &decliners);
         for (i, v) in report.variants.iter().enumerate() {
             if let (Some(p), Some(j)) = (v.sequential_p_value, Self::variant_index(&st, &names[i]))
             {
@@ -300,6 +327,11 @@ impl ExperimentBook {
                 for (m, e) in s.members {
                     if let Some(arm) = arms.get_mut(e.variant as usize) {
                         arm.add_member(e.converted, e.revenue, e.covariate as f64);
+                    }
+                    if e.declined {
+                        if let Some(d) = st.decliners.get(e.variant as usize) {
+                            d.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     st.members.insert(m.into(), e);
                 }
@@ -406,6 +438,10 @@ mod tests {
                 book.convert(&a(v), &format!("m{i}"), 10.0 + i as f64);
                 book.convert(&a(v), &format!("m{i}"), 5.0);
             }
+            if i % 4 == 1 {
+                assert!(book.decline(&a(v), &format!("m{i}")));
+                assert!(!book.decline(&a(v), &format!("m{i}")), "counted once");
+            }
         }
         let st = book.experiments.get("x").unwrap().clone();
         let incremental = st.arms.lock().unwrap().clone();
@@ -413,6 +449,14 @@ mod tests {
         restored.restore(book.to_snapshot());
         let st2 = restored.experiments.get("x").unwrap().clone();
         let recomputed = st2.arms.lock().unwrap().clone();
+        let declines = |st: &ExperimentState| -> Vec<u64> {
+            st.decliners
+                .iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .collect()
+        };
+        assert_eq!(declines(&st), declines(&st2));
+        assert_eq!(declines(&st)[1], 25);
         for (x, y) in incremental.iter().zip(&recomputed) {
             assert_eq!(x.members, y.members);
             assert_eq!(x.conversions, y.conversions);

@@ -252,6 +252,9 @@ impl State {
                             let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
                             self.ledger
                                 .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
+                            for a in &e.experiments {
+                                self.experiments.decline(a, &e.member_id);
+                            }
                         }
                         OutcomeKind::Fulfilled => {
                             // Checked before logging; a duplicate that raced

@@ -270,6 +270,8 @@ async fn the_report_by_segment_corrects_across_segments() {
     std::fs::write(
         &exp_path,
         "[[experiment]]\nid = \"seg\"\nsalt = \"s1\"\ntraffic = 1.0\nsegment_min_members = 8\n\
+         [[experiment.guardrail]]\nmetric = \"conversion_rate\"\nmargin = 0.05\n\
+         [[experiment.guardrail]]\nmetric = \"decline_rate\"\nmargin = 0.05\n\
          [[experiment.variant]]\nname = \"control\"\ncontrol = true\nweight = 1\n\
          [[experiment.variant]]\nname = \"model\"\nweight = 1\nranking = \"model\"\n",
     )
@@ -277,7 +279,10 @@ async fn the_report_by_segment_corrects_across_segments() {
     let mut settings = test_settings();
     settings.experiments.file = exp_path.display().to_string();
     let app = spawn_with(settings, std::sync::Arc::new(tempfile::tempdir().unwrap())).await;
+    let spec: ExperimentSpec = app.state.engine().experiments[0].clone();
     let mut tier_of = std::collections::HashMap::new();
+    // Per variant: members, members who declined.
+    let mut declined = std::collections::HashMap::<String, (f64, f64)>::new();
     for i in 1..=240 {
         let id = format!("M{i:08}");
         let tier = app
@@ -293,6 +298,8 @@ async fn the_report_by_segment_corrects_across_segments() {
             .json()
             .await
             .unwrap();
+        let variant = spec.variants[spec.assign(&id).unwrap()].name.clone();
+        declined.entry(variant.clone()).or_default().0 += 1.0;
         if i % 2 == 0 {
             if let Some(o) = body["offers"].as_array().unwrap().first() {
                 let mut e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "accept"});
@@ -301,6 +308,12 @@ async fn the_report_by_segment_corrects_across_segments() {
                 }
                 e["token"] = o["token"].clone();
                 assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+            }
+        } else if i % 3 == 0 {
+            if let Some(o) = body["offers"].as_array().unwrap().last() {
+                let e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "decline"});
+                assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+                declined.entry(variant).or_default().1 += 1.0;
             }
         }
     }
@@ -311,6 +324,23 @@ async fn the_report_by_segment_corrects_across_segments() {
         .json()
         .await
         .unwrap();
+    // Guardrails: one per metric for the one variant that shows offers.
+    let guardrails = whole["guardrails"].as_array().unwrap();
+    assert_eq!(guardrails.len(), 2, "{whole}");
+    let rate = |v: &str| declined[v].1 / declined[v].0;
+    let decline = guardrails
+        .iter()
+        .find(|g| g["metric"] == "decline_rate")
+        .unwrap();
+    assert_eq!(decline["variant"], "model");
+    let harm = decline["harm"].as_f64().unwrap();
+    assert!(
+        (harm - (rate("model") - rate("control"))).abs() < 1e-12,
+        "{decline}"
+    );
+    for g in guardrails {
+        assert!(["ok", "warning", "failing"].contains(&g["status"].as_str().unwrap()));
+    }
     for correction in ["holm", "bh"] {
         let r: Value = app
             .get(&format!(

@@ -137,9 +137,70 @@ pub struct ExperimentSpec {
     /// before the segmented report compares them.
     #[serde(default = "default_segment_min_members")]
     pub segment_min_members: u64,
+    /// Guardrail metrics: what a variant must not make worse beyond a margin.
+    #[serde(default, rename = "guardrail")]
+    pub guardrails: Vec<GuardrailSpec>,
     /// Variants, in assignment order.
     #[serde(rename = "variant")]
     pub variants: Vec<VariantSpec>,
+}
+
+/// A metric a guardrail watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardrailMetric {
+    /// Share of members who converted; must not drop.
+    ConversionRate,
+    /// Accepted revenue per member; must not drop.
+    RevenuePerMember,
+    /// Share of members who declined at least one offer; must not rise.
+    DeclineRate,
+}
+
+/// One guardrail: `metric` must not get worse than the control's by more
+/// than `margin` (absolute, in the metric's units: 0.01 is one percentage
+/// point of a rate, 5.0 is 5 currency units per member).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailSpec {
+    /// The metric.
+    pub metric: GuardrailMetric,
+    /// Largest tolerated harm, absolute.
+    pub margin: f64,
+}
+
+/// What a guardrail says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardrailStatus {
+    /// The 95% interval of the harm lies below the margin.
+    Ok,
+    /// Neither ok nor failing: a harm beyond the margin is not ruled out yet
+    /// (or a significant harm within the margin).
+    Warning,
+    /// The harm is significant (its 95% interval excludes 0) and its
+    /// estimate exceeds the margin.
+    Failing,
+}
+
+/// A guardrail of one variant in the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuardrailReport {
+    /// Variant.
+    pub variant: String,
+    /// Metric.
+    pub metric: GuardrailMetric,
+    /// Margin.
+    pub margin: f64,
+    /// Harm: how much worse than the control (positive is worse), null
+    /// without data.
+    pub harm: Option<f64>,
+    /// Lower end of the 95% interval of the harm.
+    pub harm_ci_low: Option<f64>,
+    /// Upper end of the 95% interval of the harm.
+    pub harm_ci_high: Option<f64>,
+    /// Status.
+    pub status: GuardrailStatus,
 }
 
 fn default_tau2() -> f64 {
@@ -211,6 +272,15 @@ pub fn parse_experiments(text: &str) -> Result<Vec<ExperimentSpec>, FieldError> 
                 "must be a relative change above -1 and not 0",
             ));
         }
+        if e.guardrails
+            .iter()
+            .any(|g| !(g.margin.is_finite() && g.margin >= 0.0))
+        {
+            return Err(FieldError::new(
+                at("guardrail.margin"),
+                "must be a number of at least 0",
+            ));
+        }
         for v in &e.variants {
             v.exploration
                 .validate()
@@ -271,6 +341,8 @@ pub struct Exposure {
     /// The member's segments at first exposure (None: unknown, the member
     /// was not in the member store then, or the exposure predates format 5).
     pub segment: Option<SegmentKeys>,
+    /// Declined at least once (false in exposures before format 5).
+    pub declined: bool,
 }
 
 /// Format-4 form of [`Exposure`] (before decisions and segments were kept).
@@ -295,6 +367,7 @@ impl From<ExposureV4> for Exposure {
             revenue: e.revenue,
             decisions: 0,
             segment: None,
+            declined: false,
         }
     }
 }
@@ -483,14 +556,21 @@ pub struct Report {
     pub srm_p_value: Option<f64>,
     /// Variants in configured order.
     pub variants: Vec<VariantReport>,
+    /// Each guardrail of each variant that shows offers (holdouts are left
+    /// out: they give up conversions by design).
+    pub guardrails: Vec<GuardrailReport>,
 }
 
 /// Builds the report of an experiment from its arms. Pure.
+///
+/// `decliners` are the members per variant who declined at least once (for
+/// the `decline_rate` guardrail).
 pub fn report_from_arms(
     spec: &ExperimentSpec,
     arms: &[ArmStats],
     exposures: &[u64],
     sequential_prev: &[f64],
+    decliners: &[u64],
 ) -> Report {
     let c = spec.control();
     let observed: Vec<u64> = arms.iter().map(|a| a.members).collect();
@@ -505,7 +585,61 @@ pub fn report_from_arms(
         control: spec.variants[c].name.clone(),
         srm_p_value: stats::srm_p_value(&observed, &weights),
         variants,
+        guardrails: guardrails(spec, arms, decliners),
     }
+}
+
+/// The guardrails of every variant that shows offers against the control.
+fn guardrails(spec: &ExperimentSpec, arms: &[ArmStats], decliners: &[u64]) -> Vec<GuardrailReport> {
+    let c = spec.control();
+    let mut out = Vec::new();
+    for (i, v) in spec.variants.iter().enumerate() {
+        if i == c || v.holdout {
+            continue;
+        }
+        let (control, arm) = (&arms[c], &arms[i]);
+        for g in &spec.guardrails {
+            // (variant − control, its 95% interval) on the metric's scale.
+            let diff = match g.metric {
+                GuardrailMetric::ConversionRate => stats::proportion_difference(
+                    control.conversions,
+                    control.members,
+                    arm.conversions,
+                    arm.members,
+                    0.95,
+                ),
+                GuardrailMetric::DeclineRate => stats::proportion_difference(
+                    decliners.get(c).copied().unwrap_or(0),
+                    control.members,
+                    decliners.get(i).copied().unwrap_or(0),
+                    arm.members,
+                    0.95,
+                ),
+                GuardrailMetric::RevenuePerMember => stats::revenue_lift(control, arm, 0.95)
+                    .map(|l| (l.absolute, l.abs_ci_low, l.abs_ci_high)),
+            };
+            // Harm is positive when the variant is worse.
+            let harm = diff.map(|(d, lo, hi)| match g.metric {
+                GuardrailMetric::DeclineRate => (d, lo, hi),
+                _ => (-d, -hi, -lo),
+            });
+            let status = match harm {
+                Some((_, _, hi)) if hi < g.margin => GuardrailStatus::Ok,
+                Some((h, lo, _)) if lo > 0.0 && h > g.margin => GuardrailStatus::Failing,
+                _ => GuardrailStatus::Warning,
+            };
+            out.push(GuardrailReport {
+                variant: v.name.clone(),
+                metric: g.metric,
+                margin: g.margin,
+                harm: harm.map(|h| h.0),
+                harm_ci_low: harm.map(|h| h.1),
+                harm_ci_high: harm.map(|h| h.2),
+                status,
+            });
+        }
+    }
+    out
 }
 
 /// The variant rows of a report (verdicts left empty). A comparison is made
@@ -824,7 +958,13 @@ mod tests {
     #[test]
     fn verdicts_say_what_the_figures_allow() {
         let s = spec(100);
-        let r = report_from_arms(&s, &[arm(20_000, 2_000), arm(20_000, 2_400)], &[0, 0], &[]);
+        let r = report_from_arms(
+            &s,
+            &[arm(20_000, 2_000), arm(20_000, 2_400)],
+            &[0, 0],
+            &[],
+            &[],
+        );
         assert_eq!(r.variants[0].verdict, None);
         let v = r.variants[1].verdict.as_deref().unwrap();
         assert!(
@@ -837,19 +977,25 @@ mod tests {
             r.variants[1].sample_size_needed,
             Some(n.ceil() as u64 - 20_000)
         );
-        let r = report_from_arms(&s, &[arm(20_000, 2_400), arm(20_000, 2_000)], &[0, 0], &[]);
+        let r = report_from_arms(
+            &s,
+            &[arm(20_000, 2_400), arm(20_000, 2_000)],
+            &[0, 0],
+            &[],
+            &[],
+        );
         let v = r.variants[1].verdict.as_deref().unwrap();
         assert!(
             v.starts_with("control is better than model on conversion: -2.0 points"),
             "{v}"
         );
-        let r = report_from_arms(&s, &[arm(1_000, 100), arm(1_000, 104)], &[0, 0], &[]);
+        let r = report_from_arms(&s, &[arm(1_000, 100), arm(1_000, 104)], &[0, 0], &[], &[]);
         let v = r.variants[1].verdict.as_deref().unwrap();
         assert!(
             v.starts_with("no detectable difference yet on conversion: +0.4 points"),
             "{v}"
         );
-        let r = report_from_arms(&s, &[arm(0, 0), arm(10, 1)], &[0, 0], &[]);
+        let r = report_from_arms(&s, &[arm(0, 0), arm(10, 1)], &[0, 0], &[], &[]);
         let v = r.variants[1].verdict.as_deref().unwrap();
         assert_eq!(v, "not enough data to compare model with control yet");
         assert_eq!(r.variants[1].sample_size_needed, None);
@@ -877,6 +1023,7 @@ mod tests {
                     revenue: 0.0,
                     decisions: 2,
                     segment: Some(keys(tier)),
+                    declined: false,
                 },
             ));
         }
@@ -906,6 +1053,57 @@ mod tests {
             Some(SegmentBy::ValueSegment)
         );
         assert_eq!(SegmentBy::parse("postcode"), None);
+    }
+
+    #[test]
+    fn guardrails_say_ok_warning_or_failing() {
+        let mut s = spec(100);
+        s.guardrails = vec![
+            GuardrailSpec {
+                metric: GuardrailMetric::ConversionRate,
+                margin: 0.01,
+            },
+            GuardrailSpec {
+                metric: GuardrailMetric::DeclineRate,
+                margin: 0.01,
+            },
+        ];
+        let status = |c: ArmStats, t: ArmStats, declines: [u64; 2]| {
+            report_from_arms(&s, &[c, t], &[0, 0], &[], &declines)
+                .guardrails
+                .iter()
+                .map(|g| g.status)
+                .collect::<Vec<_>>()
+        };
+        use GuardrailStatus::*;
+        // Equal and large: both harms are shown to be within the margin.
+        assert_eq!(
+            status(arm(50_000, 5_000), arm(50_000, 5_000), [2_500, 2_500]),
+            vec![Ok, Ok]
+        );
+        // Small: nothing is ruled out yet.
+        assert_eq!(
+            status(arm(200, 20), arm(200, 20), [10, 10]),
+            vec![Warning, Warning]
+        );
+        // Conversion clearly down 3 points, declines clearly up 3 points.
+        assert_eq!(
+            status(arm(50_000, 5_000), arm(50_000, 3_500), [2_500, 4_000]),
+            vec![Failing, Failing]
+        );
+        let r = report_from_arms(
+            &s,
+            &[arm(50_000, 5_000), arm(50_000, 3_500)],
+            &[0, 0],
+            &[],
+            &[0, 0],
+        );
+        let g = &r.guardrails[0];
+        assert_eq!(
+            (g.variant.as_str(), g.metric),
+            ("model", GuardrailMetric::ConversionRate)
+        );
+        assert!((g.harm.unwrap() - 0.03).abs() < 1e-12);
     }
 
     #[test]

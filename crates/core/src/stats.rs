@@ -446,6 +446,28 @@ pub fn msprt_update(prev_p: f64, p: f64) -> f64 {
     prev_p.min(p)
 }
 
+/// Difference of two proportions `x_t/n_t − x_c/n_c` with its unpooled
+/// Wald interval at `confidence` (the interval of [`conversion_lift`],
+/// which unlike that lift is defined for a control rate of 0): `(diff, low,
+/// high)`. None if either `n` is 0, a count exceeds its `n`, or
+/// `confidence` is not in `(0, 1)`.
+pub fn proportion_difference(
+    x_c: u64,
+    n_c: u64,
+    x_t: u64,
+    n_t: u64,
+    confidence: f64,
+) -> Option<(f64, f64, f64)> {
+    let z = z_critical(confidence)?;
+    if n_c == 0 || n_t == 0 || x_c > n_c || x_t > n_t {
+        return None;
+    }
+    let (p_c, p_t) = (x_c as f64 / n_c as f64, x_t as f64 / n_t as f64);
+    let half = z * (p_c * (1.0 - p_c) / n_c as f64 + p_t * (1.0 - p_t) / n_t as f64).sqrt();
+    let diff = p_t - p_c;
+    Some((diff, diff - half, diff + half))
+}
+
 /// A correction of p-values for multiple comparisons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
