@@ -63,6 +63,9 @@ pub struct Metrics {
     pub experiment_conversion_p_value: GaugeVec,
     /// Absolute conversion lift against the control, refreshed at each scrape.
     pub experiment_conversion_lift: GaugeVec,
+    /// Guardrail status per variant and metric (0 ok, 1 warning, 2
+    /// failing), refreshed at each scrape.
+    pub experiment_guardrail_status: GaugeVec,
 }
 
 impl Metrics {
@@ -187,6 +190,14 @@ impl Metrics {
             &ev,
         )
         .expect("static metric");
+        let experiment_guardrail_status = GaugeVec::new(
+            Opts::new(
+                "experiment_guardrail_status",
+                "Guardrail status against the control: 0 ok, 1 warning, 2 failing",
+            ),
+            &["experiment", "variant", "metric"],
+        )
+        .expect("static metric");
         let log_errors = IntCounterVec::new(
             Opts::new(
                 "log_errors_total",
@@ -223,6 +234,7 @@ impl Metrics {
             Box::new(experiment_srm_p_value.clone()),
             Box::new(experiment_conversion_p_value.clone()),
             Box::new(experiment_conversion_lift.clone()),
+            Box::new(experiment_guardrail_status.clone()),
         ] {
             registry.register(c).expect("each metric registered once");
         }
@@ -247,6 +259,7 @@ impl Metrics {
             experiment_srm_p_value,
             experiment_conversion_p_value,
             experiment_conversion_lift,
+            experiment_guardrail_status,
         }
     }
 
@@ -334,6 +347,22 @@ impl Metrics {
                         .with_label_values(&labels)
                         .set(l.absolute);
                 }
+            }
+            for g in &r.guardrails {
+                use crate::experiments::{GuardrailMetric, GuardrailStatus};
+                let metric = match g.metric {
+                    GuardrailMetric::ConversionRate => "conversion_rate",
+                    GuardrailMetric::RevenuePerMember => "revenue_per_member",
+                    GuardrailMetric::DeclineRate => "decline_rate",
+                };
+                let status = match g.status {
+                    GuardrailStatus::Ok => 0.0,
+                    GuardrailStatus::Warning => 1.0,
+                    GuardrailStatus::Failing => 2.0,
+                };
+                self.experiment_guardrail_status
+                    .with_label_values(&[r.experiment.as_str(), g.variant.as_str(), metric])
+                    .set(status);
             }
         }
     }

@@ -341,6 +341,20 @@ async fn the_report_by_segment_corrects_across_segments() {
     for g in guardrails {
         assert!(["ok", "warning", "failing"].contains(&g["status"].as_str().unwrap()));
     }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("offer_engine_experiment_guardrail_status{")
+                && l.contains("experiment=\"seg\"")
+                && l.contains("metric=\"decline_rate\"")
+        })
+        .expect("guardrail gauge exported");
+    let status = ["ok", "warning", "failing"]
+        .iter()
+        .position(|s| *s == decline["status"])
+        .unwrap();
+    assert!(line.ends_with(&format!(" {status}")), "{line}");
     for correction in ["holm", "bh"] {
         let r: Value = app
             .get(&format!(
