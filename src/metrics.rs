@@ -349,12 +349,8 @@ impl Metrics {
                 }
             }
             for g in &r.guardrails {
-                use crate::experiments::{GuardrailMetric, GuardrailStatus};
-                let metric = match g.metric {
-                    GuardrailMetric::ConversionRate => "conversion_rate",
-                    GuardrailMetric::RevenuePerMember => "revenue_per_member",
-                    GuardrailMetric::DeclineRate => "decline_rate",
-                };
+                use crate::experiments::GuardrailStatus;
+                let metric = g.metric.as_str();
                 let status = match g.status {
                     GuardrailStatus::Ok => 0.0,
                     GuardrailStatus::Warning => 1.0,

@@ -157,6 +157,28 @@ pub enum GuardrailMetric {
     DeclineRate,
 }
 
+impl GuardrailMetric {
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardrailMetric::ConversionRate => "conversion_rate",
+            GuardrailMetric::RevenuePerMember => "revenue_per_member",
+            GuardrailMetric::DeclineRate => "decline_rate",
+        }
+    }
+}
+
+impl GuardrailStatus {
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardrailStatus::Ok => "ok",
+            GuardrailStatus::Warning => "warning",
+            GuardrailStatus::Failing => "failing",
+        }
+    }
+}
+
 /// One guardrail: `metric` must not get worse than the control's by more
 /// than `margin` (absolute, in the metric's units: 0.01 is one percentage
 /// point of a rate, 5.0 is 5 currency units per member).
@@ -580,12 +602,31 @@ pub fn report_from_arms(
         let p = v.sequential_p_value;
         v.verdict = verdict(spec, v, p, "always-valid p");
     }
+    let guardrails = guardrails(spec, arms, decliners);
+    for v in variants.iter_mut() {
+        let mine: Vec<&GuardrailReport> = guardrails
+            .iter()
+            .filter(|g| g.variant == v.variant)
+            .collect();
+        if let (Some(text), false) = (v.verdict.as_mut(), mine.is_empty()) {
+            let bad: Vec<String> = mine
+                .iter()
+                .filter(|g| g.status != GuardrailStatus::Ok)
+                .map(|g| format!("{} {}", g.metric.as_str(), g.status.as_str()))
+                .collect();
+            if bad.is_empty() {
+                text.push_str("; guardrails ok");
+            } else {
+                text.push_str(&format!("; guardrails: {}", bad.join(", ")));
+            }
+        }
+    }
     Report {
         experiment: spec.id.clone(),
         control: spec.variants[c].name.clone(),
         srm_p_value: stats::srm_p_value(&observed, &weights),
         variants,
-        guardrails: guardrails(spec, arms, decliners),
+        guardrails,
     }
 }
 
