@@ -139,14 +139,19 @@ impl ExperimentBook {
     }
 
     /// Erasure: the member's exposures stay in the statistics (removing
-    /// them would bias every report) but no longer under their id; each is
+    /// them would bias every report) but no longer under their id nor with
+    /// their segments; each is
     /// re-keyed under a placeholder made of the erasure's time and a
     /// counter, which says nothing about the member and is the same on every
     /// replica. Returns how many.
     pub fn erase_member(&self, member: &str, at_ms: i64) -> usize {
         let mut n = 0;
         for st in self.experiments.iter() {
-            if let Some((_, e)) = st.members.remove(member) {
+            if let Some((_, mut e)) = st.members.remove(member) {
+                // The segments (tier, home airport, channel...) could single
+                // the member out among few: they go, the member counts in
+                // segment "unknown" from now on.
+                e.segment = None;
                 let anon = (0u32..)
                     .map(|k| format!("erased-{at_ms}-{k}"))
                     .find(|k| !st.members.contains_key(k.as_str()))
@@ -457,11 +462,42 @@ mod tests {
         };
         assert_eq!(declines(&st), declines(&st2));
         assert_eq!(declines(&st)[1], 25);
+
         for (x, y) in incremental.iter().zip(&recomputed) {
             assert_eq!(x.members, y.members);
             assert_eq!(x.conversions, y.conversions);
             assert!((x.revenue_sum_sq - y.revenue_sum_sq).abs() < 1e-6);
             assert!((x.covariate_revenue_sum - y.covariate_revenue_sum).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn erasure_keeps_the_figures_and_drops_the_segments() {
+        use crate::domain::{Channel, Tier};
+        use crate::features::ValueSegment;
+        let book = ExperimentBook::default();
+        let a = Assignment {
+            experiment: "x".into(),
+            variant: "control".into(),
+        };
+        let keys = SegmentKeys {
+            tier: Tier::Diamond,
+            value: ValueSegment::HighValue,
+            business: true,
+            home_airport: *b"LXA",
+            channel: Channel::Kiosk,
+        };
+        book.expose(&a, "M1", 5.0, || Some(keys));
+        book.convert(&a, "M1", 30.0);
+        assert_eq!(book.erase_member("M1", 7), 1);
+        let st = book.experiments.get("x").unwrap().clone();
+        let (id, e) = st
+            .members
+            .iter()
+            .map(|m| (m.key().to_string(), *m.value()))
+            .next()
+            .unwrap();
+        assert_eq!(id, "erased-7-0");
+        assert!(e.converted && e.revenue == 30.0 && e.segment.is_none());
     }
 }
