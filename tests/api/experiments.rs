@@ -176,6 +176,12 @@ async fn the_report_survives_a_restart() {
         .json()
         .await
         .unwrap();
+    let before_by_tier: Value = app
+        .get(&format!("/v1/experiments/{}/report?by=tier", spec.id))
+        .await
+        .json()
+        .await
+        .unwrap();
     // The data dir is locked by the running server: a second one is refused.
     let mut same = settings_with_default_experiments();
     same.durability.data_dir = dir.path().display().to_string();
@@ -199,6 +205,41 @@ async fn the_report_survives_a_restart() {
             .unwrap()
             .0;
     let after = serde_json::to_value(durable.state().experiments().report(&spec)).unwrap();
+    // Segments were recorded at first exposure and come back from the log.
+    let after_by_tier = serde_json::to_value(durable.state().experiments().segmented_report(
+        &spec,
+        offer_engine::experiments::SegmentBy::Tier,
+        offer_engine::stats::Correction::Holm,
+    ))
+    .unwrap();
+    // Counts exactly (sums of revenue may differ in the last bit with the
+    // order the exposures are scanned in).
+    // Per segment: its name and each variant's (members, exposures, conversions).
+    type Counts = Vec<(String, Vec<(u64, u64, u64)>)>;
+    let counts = |r: &Value| -> Counts {
+        r["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let rows = s["variants"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| {
+                        (
+                            v["members"].as_u64().unwrap(),
+                            v["exposures"].as_u64().unwrap(),
+                            v["conversions"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect();
+                (s["segment"].as_str().unwrap().to_string(), rows)
+            })
+            .collect()
+    };
+    assert_eq!(counts(&before_by_tier), counts(&after_by_tier));
+    assert!(!counts(&before_by_tier).is_empty());
     for (b, a) in before["variants"]
         .as_array()
         .unwrap()
