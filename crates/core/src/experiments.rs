@@ -49,6 +49,13 @@
 //! (mSPRT) p-value, since reports are read continuously; in a segment row on
 //! the corrected fixed-horizon p-value. Both quote the fixed-horizon 95%
 //! interval of the difference.
+//!
+//! # Guardrails
+//! An experiment may name metrics ([`GuardrailSpec`]) a variant must not make
+//! worse than the control beyond a margin. The harm (positive is worse) and
+//! its fixed-horizon 95% interval give the status: `ok` when the interval
+//! lies below the margin, `failing` when it lies above 0 and the estimate
+//! beyond the margin, `warning` otherwise. Holdouts are not checked.
 
 use serde::{Deserialize, Serialize};
 
