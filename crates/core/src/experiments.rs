@@ -1154,6 +1154,15 @@ mod tests {
         assert!((g.harm.unwrap() - 0.03).abs() < 1e-12);
     }
 
+    /// One exposure per member and experiment is held in memory (beside a
+    /// boxed id of 16 bytes plus its text): segments, decisions and the
+    /// decline flag take it from 16 bytes to 32, and no further unnoticed.
+    #[test]
+    fn an_exposure_stays_small() {
+        assert_eq!(std::mem::size_of::<ExposureV4>(), 16);
+        assert_eq!(std::mem::size_of::<Exposure>(), 32);
+    }
+
     #[test]
     fn a_zero_mde_is_refused() {
         let text = "[[experiment]]\nid = \"x\"\nsalt = \"s\"\ntraffic = 1.0\nmde = 0.0\n\
