@@ -64,6 +64,9 @@ pub struct Metrics {
     pub experiment_conversion_p_value: GaugeVec,
     /// Absolute conversion lift against the control, refreshed at each scrape.
     pub experiment_conversion_lift: GaugeVec,
+    /// Guardrail status per variant and metric (0 ok, 1 warning, 2
+    /// failing), refreshed at each scrape.
+    pub experiment_guardrail_status: GaugeVec,
     /// The checkout's series resolved once: a label lookup hashes its
     /// values and takes a lock, about 2,900 instructions a checkout when
     /// done per offer served (callgrind).
@@ -210,6 +213,14 @@ impl Metrics {
             &ev,
         )
         .expect("static metric");
+        let experiment_guardrail_status = GaugeVec::new(
+            Opts::new(
+                "experiment_guardrail_status",
+                "Guardrail status against the control: 0 ok, 1 warning, 2 failing",
+            ),
+            &["experiment", "variant", "metric"],
+        )
+        .expect("static metric");
         let log_errors = IntCounterVec::new(
             Opts::new(
                 "log_errors_total",
@@ -246,6 +257,7 @@ impl Metrics {
             Box::new(experiment_srm_p_value.clone()),
             Box::new(experiment_conversion_p_value.clone()),
             Box::new(experiment_conversion_lift.clone()),
+            Box::new(experiment_guardrail_status.clone()),
         ] {
             registry.register(c).expect("each metric registered once");
         }
@@ -290,6 +302,7 @@ impl Metrics {
             experiment_srm_p_value,
             experiment_conversion_p_value,
             experiment_conversion_lift,
+            experiment_guardrail_status,
         }
     }
 
@@ -377,6 +390,18 @@ impl Metrics {
                         .with_label_values(&labels)
                         .set(l.absolute);
                 }
+            }
+            for g in &r.guardrails {
+                use crate::experiments::GuardrailStatus;
+                let metric = g.metric.as_str();
+                let status = match g.status {
+                    GuardrailStatus::Ok => 0.0,
+                    GuardrailStatus::Warning => 1.0,
+                    GuardrailStatus::Failing => 2.0,
+                };
+                self.experiment_guardrail_status
+                    .with_label_values(&[r.experiment.as_str(), g.variant.as_str(), metric])
+                    .set(status);
             }
         }
     }

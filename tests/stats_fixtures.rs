@@ -3,7 +3,10 @@
 //! Fixtures live in `tests/fixtures/stats/` and are produced by
 //! `tests/fixtures/stats/generate.py` (pinned versions in its header). Each
 //! `lift_*.json` holds two arm summaries and the expected figures; `srm.json`
-//! holds sample-ratio-mismatch cases. `null` means the Rust function must
+//! holds sample-ratio-mismatch cases; `corrections.json` Holm and
+//! Benjamini–Hochberg adjusted p-values (statsmodels `multipletests`);
+//! `sample_size.json` members per arm for a minimum detectable effect
+//! (statsmodels `NormalIndPower`). `null` means the Rust function must
 //! return `None`.
 //!
 //! Tolerance: every figure must agree to a **relative** error of 1e-6
@@ -18,8 +21,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use offer_engine::stats::{
-    chance_to_beat_control, conversion_lift, cuped_revenue_lift, cuped_theta, msprt_update,
-    revenue_lift, sequential_p_value, srm_p_value, ArmStats, Lift,
+    bh_adjusted, chance_to_beat_control, conversion_lift, cuped_revenue_lift, cuped_theta,
+    holm_adjusted, msprt_update, proportion_difference, revenue_lift, sequential_p_value,
+    srm_p_value, two_proportion_sample_size, ArmStats, Lift,
 };
 use serde::Deserialize;
 
@@ -279,4 +283,104 @@ fn msprt_running_minimum() {
         })
         .collect();
     assert_eq!(folded, vec![0.8, 0.3, 0.3, 0.04, 0.04]);
+}
+
+#[derive(Debug, Deserialize)]
+struct CorrectionsFile {
+    cases: Vec<CorrectionCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CorrectionCase {
+    name: String,
+    p_values: Vec<f64>,
+    holm: Vec<f64>,
+    bh: Vec<f64>,
+}
+
+/// Holm and Benjamini–Hochberg against statsmodels `multipletests`.
+#[test]
+fn correction_fixtures_match_statsmodels() {
+    let file: CorrectionsFile =
+        serde_json::from_str(&read(&fixture_dir().join("corrections.json")))
+            .expect("corrections.json parses");
+    assert!(file.cases.len() >= 8);
+    let mut check = Checker::default();
+    for case in &file.cases {
+        let holm = holm_adjusted(&case.p_values);
+        let bh = bh_adjusted(&case.p_values);
+        assert_eq!(holm.len(), case.holm.len(), "{}", case.name);
+        assert_eq!(bh.len(), case.bh.len(), "{}", case.name);
+        for (i, (g, w)) in holm.iter().zip(&case.holm).enumerate() {
+            check.close(&format!("{} holm[{i}]", case.name), *g, *w);
+        }
+        for (i, (g, w)) in bh.iter().zip(&case.bh).enumerate() {
+            check.close(&format!("{} bh[{i}]", case.name), *g, *w);
+        }
+    }
+    check.finish();
+}
+
+#[derive(Debug, Deserialize)]
+struct SampleSizeFile {
+    cases: Vec<SampleSizeCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SampleSizeCase {
+    p_control: f64,
+    relative_mde: f64,
+    alpha: f64,
+    power: f64,
+    n_per_arm: f64,
+}
+
+/// Members per arm for a minimum detectable effect against statsmodels
+/// `NormalIndPower().solve_power`.
+#[test]
+fn sample_size_fixtures_match_statsmodels() {
+    let file: SampleSizeFile = serde_json::from_str(&read(&fixture_dir().join("sample_size.json")))
+        .expect("sample_size.json parses");
+    assert!(file.cases.len() >= 8);
+    let mut check = Checker::default();
+    for c in &file.cases {
+        let got = two_proportion_sample_size(c.p_control, c.relative_mde, c.alpha, c.power)
+            .unwrap_or(f64::NAN);
+        check.close(
+            &format!(
+                "sample size p0 {} mde {} alpha {} power {}",
+                c.p_control, c.relative_mde, c.alpha, c.power
+            ),
+            got,
+            c.n_per_arm,
+        );
+    }
+    check.finish();
+}
+
+/// The guardrails' difference of proportions is the conversion lift's
+/// absolute difference and Wald interval (statsmodels
+/// `confint_proportions_2indep(method="wald")` in the lift fixtures).
+#[test]
+fn proportion_difference_matches_the_wald_fixtures() {
+    let mut check = Checker::default();
+    for case in lift_cases() {
+        let Some(want) = &case.expected.conversion_lift else {
+            continue;
+        };
+        let (c, t) = (&case.control, &case.treatment);
+        let (d, lo, hi) = proportion_difference(
+            c.conversions,
+            c.members,
+            t.conversions,
+            t.members,
+            case.confidence,
+        )
+        .expect("defined where the lift is");
+        check.close(&format!("{}: difference", case.name), d, want.absolute);
+        check.close(&format!("{}: low", case.name), lo, want.abs_ci_low);
+        check.close(&format!("{}: high", case.name), hi, want.abs_ci_high);
+    }
+    assert!(check.checked >= 45);
+    check.finish();
 }

@@ -1,6 +1,6 @@
 //! Experiment attribution state: per experiment, every exposed member's
-//! variant, covariate, conversion and revenue, and per-variant running
-//! statistics, updated as decisions and outcomes are applied (and on
+//! variant, covariate, conversion, revenue, decisions and segments at first
+//! exposure, and per-variant running statistics, updated as decisions and outcomes are applied (and on
 //! replay), so the report after a restart is the report before it. The
 //! specs, assignment and report maths are in the core
 //! ([`offer_engine_core::experiments`]).
@@ -21,6 +21,8 @@ struct ExperimentState {
     arms: Mutex<Vec<ArmStats>>,
     /// Decisions made per variant.
     decisions: Vec<AtomicU64>,
+    /// Members who declined at least once, per variant.
+    decliners: Vec<AtomicU64>,
     /// Running minimum of the always-valid p-value per variant (f64 bits).
     sequential_min: Vec<AtomicU64>,
 }
@@ -33,6 +35,7 @@ impl ExperimentState {
             members: super::members::growing_map(super::members::fixed_hasher()),
             arms: Mutex::new(vec![ArmStats::default(); n]),
             decisions: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            decliners: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sequential_min: (0..n).map(|_| AtomicU64::new(1f64.to_bits())).collect(),
         }
     }
@@ -96,23 +99,38 @@ impl ExperimentBook {
         Some(v.len() - 1)
     }
 
-    /// Records a decision for a member in an experiment (exposure).
-    pub fn expose(&self, a: &Assignment, member: &str, covariate: f32) -> Change {
+    /// Records a decision for a member in an experiment (exposure). At the
+    /// member's first exposure `segment` gives their segments (called only
+    /// then; it must be deterministic, e.g. read from the state as it is
+    /// when the record is applied).
+    pub fn expose(
+        &self,
+        a: &Assignment,
+        member: &str,
+        covariate: f32,
+        segment: impl FnOnce() -> Option<SegmentKeys>,
+    ) -> Change {
         let st = self.state(&a.experiment);
         let Some(v) = Self::slot(&st, &a.variant) else {
             return Change::default();
         };
         st.decisions[v].fetch_add(1, Ordering::Relaxed);
         let mut change = Change::default();
-        st.members.entry(member.into()).or_insert_with(|| {
-            change.new_member = true;
-            Exposure {
-                variant: v as u8,
-                covariate,
-                converted: false,
-                revenue: 0.0,
-            }
-        });
+        st.members
+            .entry(member.into())
+            .and_modify(|e| e.decisions = e.decisions.saturating_add(1))
+            .or_insert_with(|| {
+                change.new_member = true;
+                Exposure {
+                    variant: v as u8,
+                    covariate,
+                    converted: false,
+                    revenue: 0.0,
+                    decisions: 1,
+                    segment: segment(),
+                    declined: false,
+                }
+            });
         if change.new_member {
             let mut arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
             arms[v].add_member(false, 0.0, covariate as f64);
@@ -121,14 +139,19 @@ impl ExperimentBook {
     }
 
     /// Erasure: the member's exposures stay in the statistics (removing
-    /// them would bias every report) but no longer under their id; each is
+    /// them would bias every report) but no longer under their id nor with
+    /// their segments; each is
     /// re-keyed under a placeholder made of the erasure's time and a
     /// counter, which says nothing about the member and is the same on every
     /// replica. Returns how many.
     pub fn erase_member(&self, member: &str, at_ms: i64) -> usize {
         let mut n = 0;
         for st in self.experiments.iter() {
-            if let Some((_, e)) = st.members.remove(member) {
+            if let Some((_, mut e)) = st.members.remove(member) {
+                // The segments (tier, home airport, channel...) could single
+                // the member out among few: they go, the member counts in
+                // segment "unknown" from now on.
+                e.segment = None;
                 let anon = (0u32..)
                     .map(|k| format!("erased-{at_ms}-{k}"))
                     .find(|k| !st.members.contains_key(k.as_str()))
@@ -138,6 +161,27 @@ impl ExperimentBook {
             }
         }
         n
+    }
+
+    /// Records a decline by a member in an experiment (for the decline-rate
+    /// guardrail); returns whether it was the member's first.
+    pub fn decline(&self, a: &Assignment, member: &str) -> bool {
+        let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {
+            return false;
+        };
+        let Some(mut e) = st.members.get_mut(member) else {
+            return false;
+        };
+        if e.declined {
+            return false;
+        }
+        e.declined = true;
+        let v = e.variant as usize;
+        drop(e);
+        if let Some(d) = st.decliners.get(v) {
+            d.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Records an accept attributed to a member in an experiment.
@@ -180,6 +224,7 @@ impl ExperimentBook {
         let mut arms = vec![ArmStats::default(); n];
         let mut exposures = vec![0u64; n];
         let mut prev = vec![1.0f64; n];
+        let mut decliners = vec![0u64; n];
         {
             let st_arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
             for (i, name) in names.iter().enumerate() {
@@ -187,10 +232,11 @@ impl ExperimentBook {
                     arms[i] = st_arms[j].clone();
                     exposures[i] = st.decisions[j].load(Ordering::Relaxed);
                     prev[i] = f64::from_bits(st.sequential_min[j].load(Ordering::Relaxed));
+                    decliners[i] = st.decliners[j].load(Ordering::Relaxed);
                 }
             }
         }
-        let report = report_from_arms(spec, &arms, &exposures, &prev);
+        let report = report_from_arms(spec, &arms, &exposures, &prev, &decliners);
         for (i, v) in report.variants.iter().enumerate() {
             if let (Some(p), Some(j)) = (v.sequential_p_value, Self::variant_index(&st, &names[i]))
             {
@@ -198,6 +244,39 @@ impl ExperimentBook {
             }
         }
         report
+    }
+
+    /// The report of `spec` per segment (`by`), p-values corrected across
+    /// segments with `correction`. Scans the experiment's exposures: O(exposed
+    /// members) per call. Reads nothing it changes (no running minimum per
+    /// segment is kept).
+    pub fn segmented_report(
+        &self,
+        spec: &ExperimentSpec,
+        by: SegmentBy,
+        correction: crate::stats::Correction,
+    ) -> SegmentedReport {
+        let st = self.state(&spec.id);
+        let names = st
+            .variants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // The state's slot (order first seen) → the spec's variant index.
+        let to_spec: Vec<Option<usize>> = names
+            .iter()
+            .map(|n| spec.variants.iter().position(|v| &v.name == n))
+            .collect();
+        let members: Vec<(Option<usize>, Exposure)> = st
+            .members
+            .iter()
+            .map(|m| {
+                let e = *m.value();
+                (to_spec.get(e.variant as usize).copied().flatten(), e)
+            })
+            .collect();
+        let groups = segment_arms(by, spec.variants.len(), members);
+        segmented_report(spec, by, correction, &groups)
     }
 
     /// Snapshot form: per experiment, variant names, per-variant decisions
@@ -253,6 +332,11 @@ impl ExperimentBook {
                 for (m, e) in s.members {
                     if let Some(arm) = arms.get_mut(e.variant as usize) {
                         arm.add_member(e.converted, e.revenue, e.covariate as f64);
+                    }
+                    if e.declined {
+                        if let Some(d) = st.decliners.get(e.variant as usize) {
+                            d.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     st.members.insert(m.into(), e);
                 }
@@ -354,10 +438,14 @@ mod tests {
         };
         for i in 0..100u32 {
             let v = if i % 2 == 0 { "control" } else { "treatment" };
-            book.expose(&a(v), &format!("m{i}"), i as f32);
+            book.expose(&a(v), &format!("m{i}"), i as f32, || None);
             if i % 3 == 0 {
                 book.convert(&a(v), &format!("m{i}"), 10.0 + i as f64);
                 book.convert(&a(v), &format!("m{i}"), 5.0);
+            }
+            if i % 4 == 1 {
+                assert!(book.decline(&a(v), &format!("m{i}")));
+                assert!(!book.decline(&a(v), &format!("m{i}")), "counted once");
             }
         }
         let st = book.experiments.get("x").unwrap().clone();
@@ -366,11 +454,50 @@ mod tests {
         restored.restore(book.to_snapshot());
         let st2 = restored.experiments.get("x").unwrap().clone();
         let recomputed = st2.arms.lock().unwrap().clone();
+        let declines = |st: &ExperimentState| -> Vec<u64> {
+            st.decliners
+                .iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .collect()
+        };
+        assert_eq!(declines(&st), declines(&st2));
+        assert_eq!(declines(&st)[1], 25);
+
         for (x, y) in incremental.iter().zip(&recomputed) {
             assert_eq!(x.members, y.members);
             assert_eq!(x.conversions, y.conversions);
             assert!((x.revenue_sum_sq - y.revenue_sum_sq).abs() < 1e-6);
             assert!((x.covariate_revenue_sum - y.covariate_revenue_sum).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn erasure_keeps_the_figures_and_drops_the_segments() {
+        use crate::domain::{Channel, Tier};
+        use crate::features::ValueSegment;
+        let book = ExperimentBook::default();
+        let a = Assignment {
+            experiment: "x".into(),
+            variant: "control".into(),
+        };
+        let keys = SegmentKeys {
+            tier: Tier::Diamond,
+            value: ValueSegment::HighValue,
+            business: true,
+            home_airport: *b"LXA",
+            channel: Channel::Kiosk,
+        };
+        book.expose(&a, "M1", 5.0, || Some(keys));
+        book.convert(&a, "M1", 30.0);
+        assert_eq!(book.erase_member("M1", 7), 1);
+        let st = book.experiments.get("x").unwrap().clone();
+        let (id, e) = st
+            .members
+            .iter()
+            .map(|m| (m.key().to_string(), *m.value()))
+            .next()
+            .unwrap();
+        assert_eq!(id, "erased-7-0");
+        assert!(e.converted && e.revenue == 30.0 && e.segment.is_none());
     }
 }

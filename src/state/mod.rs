@@ -31,7 +31,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::domain::{Day, Member, TierThresholds};
 use crate::events::OutcomeKind;
-use crate::experiments::{Assignment, ExperimentSnapshot};
+use crate::experiments::{Assignment, ExperimentSnapshot, ExperimentSnapshotV4, SegmentKeys};
 pub use crate::records::{decode_bounded, LogRecord, MemberWire};
 use crate::state::ledger::{ContactDay, DecisionRecord, InventoryKey, ACCEPTED};
 use experiments::ExperimentBook;
@@ -41,9 +41,10 @@ use members::MemberStore;
 
 /// Snapshot format version. 4 adds the log time the snapshot reflects, so a
 /// restore filters outlived decisions by log time, not by the wall clock.
-/// Format 3 snapshots are still read (their log time is the latest time they
-/// hold).
-const SNAPSHOT_FORMAT: u32 = 4;
+/// 5 adds to each experiment exposure the member's decisions and segments at
+/// first exposure. Formats 3 and 4 are still read (their log time, for 3, is
+/// the latest time they hold; their exposures have unknown segments).
+const SNAPSHOT_FORMAT: u32 = 5;
 
 /// Everything the state holds, committed parts only.
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,7 +61,21 @@ struct Snapshot {
     log_time_ms: i64,
 }
 
-/// Format 3: the same without the log time.
+/// Format 4: exposures without decisions and segments.
+#[derive(Debug, Deserialize)]
+struct SnapshotV4 {
+    format: u32,
+    members: Vec<(String, MemberWire)>,
+    decisions: Vec<(DecisionRecord, Vec<u8>)>,
+    suppressions: Vec<(String, Vec<(String, i64)>)>,
+    contacts: Vec<(String, ContactDay)>,
+    inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshotV4>,
+    learner: LearnerSnapshot,
+    log_time_ms: i64,
+}
+
+/// Format 3: as format 4 without the log time.
 #[derive(Debug, Deserialize)]
 struct SnapshotV3 {
     format: u32,
@@ -69,7 +84,7 @@ struct SnapshotV3 {
     suppressions: Vec<(String, Vec<(String, i64)>)>,
     contacts: Vec<(String, ContactDay)>,
     inventory: Vec<(String, InventoryKey, u32)>,
-    experiments: Vec<ExperimentSnapshot>,
+    experiments: Vec<ExperimentSnapshotV4>,
     learner: LearnerSnapshot,
 }
 
@@ -237,6 +252,9 @@ impl State {
                             let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
                             self.ledger
                                 .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
+                            for a in &e.experiments {
+                                self.experiments.decline(a, &e.member_id);
+                            }
                         }
                         OutcomeKind::Fulfilled => {
                             // Checked before logging; a duplicate that raced
@@ -339,7 +357,15 @@ impl State {
         self.ledger
             .count_shown(&d.member_id, Day(day_of_ms(d.created_ms)), d.channel, shown);
         for a in &d.experiments {
-            let c = self.experiments.expose(a, &d.member_id, d.covariate);
+            // Segments at first exposure, from the member as the log has
+            // them when this record is applied: deterministic on replay.
+            let segment = || {
+                let m = self.members.get(&d.member_id)?;
+                Some(SegmentKeys::of(&m, d.channel, Day(day_of_ms(d.created_ms))))
+            };
+            let c = self
+                .experiments
+                .expose(a, &d.member_id, d.covariate, segment);
             applied.exposed.push((a.clone(), c.new_member));
         }
         if !live && d.last_expiry_ms() + DECISION_GRACE_MS > now {
@@ -384,6 +410,21 @@ impl State {
             SNAPSHOT_FORMAT => {
                 decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?
             }
+            4 => {
+                let v4: SnapshotV4 =
+                    decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+                Snapshot {
+                    format: v4.format,
+                    members: v4.members,
+                    decisions: v4.decisions,
+                    suppressions: v4.suppressions,
+                    contacts: v4.contacts,
+                    inventory: v4.inventory,
+                    experiments: v4.experiments.into_iter().map(Into::into).collect(),
+                    learner: v4.learner,
+                    log_time_ms: v4.log_time_ms,
+                }
+            }
             3 => {
                 let v3: SnapshotV3 =
                     decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
@@ -401,7 +442,7 @@ impl State {
                     suppressions: v3.suppressions,
                     contacts: v3.contacts,
                     inventory: v3.inventory,
-                    experiments: v3.experiments,
+                    experiments: v3.experiments.into_iter().map(Into::into).collect(),
                     learner: v3.learner,
                     log_time_ms,
                 }
@@ -541,7 +582,7 @@ mod tests {
             vec![("M1".to_string(), vec![("o1".to_string(), i64::MAX / 2)])],
             Vec::<(String, ContactDay)>::new(),
             Vec::<(String, InventoryKey, u32)>::new(),
-            Vec::<ExperimentSnapshot>::new(),
+            Vec::<ExperimentSnapshotV4>::new(),
             LearnerSnapshot {
                 models: Vec::new(),
                 memory: Vec::new(),
@@ -557,6 +598,116 @@ mod tests {
         let again = state();
         again.restore(&restored.snapshot_bytes(), 7).unwrap();
         assert_eq!(again.digest(), restored.digest());
+    }
+
+    #[test]
+    fn a_format_4_snapshot_is_still_read_with_unknown_segments() {
+        use crate::experiments::{parse_experiments, ExposureV4, SegmentBy, DEFAULT_EXPERIMENTS};
+        let exposure = |variant: u8, converted: bool| ExposureV4 {
+            variant,
+            covariate: 10.0,
+            converted,
+            revenue: if converted { 50.0 } else { 0.0 },
+        };
+        let v4 = bincode::serialize(&(
+            4u32,
+            Vec::<(String, MemberWire)>::new(),
+            Vec::<(DecisionRecord, Vec<u8>)>::new(),
+            Vec::<(String, Vec<(String, i64)>)>::new(),
+            Vec::<(String, ContactDay)>::new(),
+            Vec::<(String, InventoryKey, u32)>::new(),
+            vec![ExperimentSnapshotV4 {
+                id: "nbo-model-vs-priority".into(),
+                variants: vec!["control".into(), "model".into()],
+                decisions: vec![3, 2],
+                sequential_min: vec![1.0, 1.0],
+                members: vec![
+                    ("M1".into(), exposure(0, true)),
+                    ("M2".into(), exposure(0, false)),
+                    ("M3".into(), exposure(1, true)),
+                ],
+            }],
+            LearnerSnapshot {
+                models: Vec::new(),
+                memory: Vec::new(),
+            },
+            1_000i64,
+        ))
+        .unwrap();
+        let restored = state();
+        restored.restore(&v4, 3).unwrap();
+        assert_eq!(restored.log_time_ms(), 1_000);
+        let spec = &parse_experiments(DEFAULT_EXPERIMENTS).unwrap()[0];
+        let report = restored.experiments().report(spec);
+        assert_eq!(report.variants[0].members, 2);
+        assert_eq!(report.variants[0].exposures, 3);
+        assert_eq!(report.variants[1].conversions, 1);
+        let by_tier = restored.experiments().segmented_report(
+            spec,
+            SegmentBy::Tier,
+            crate::stats::Correction::Holm,
+        );
+        assert_eq!(by_tier.segments.len(), 1);
+        assert_eq!(by_tier.segments[0].segment, "unknown");
+        assert_eq!(by_tier.segments[0].variants[0].members, 2);
+        // Written back in format 5 and read again to the same state.
+        let again = state();
+        again.restore(&restored.snapshot_bytes(), 3).unwrap();
+        assert_eq!(again.digest(), restored.digest());
+    }
+
+    /// The segment is the member's at first exposure: a tier change after
+    /// it (which the treatment may have caused) does not move the member.
+    #[test]
+    fn segments_are_taken_at_first_exposure() {
+        use crate::domain::{Channel, Tier};
+        use crate::experiments::{parse_experiments, SegmentBy, DEFAULT_EXPERIMENTS};
+        let spec = &parse_experiments(DEFAULT_EXPERIMENTS).unwrap()[0];
+        let core = state();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let mut m = crate::synth::member(1, 1, d, &core.thresholds());
+        m.tier = Tier::Silver;
+        core.apply(
+            &LogRecord::Members(vec![("M1".into(), MemberWire::from(&m))]),
+            1,
+            false,
+        );
+        let decision = |id: &str, channel: Channel, at: i64| {
+            LogRecord::Decision(DecisionRecord {
+                id: id.into(),
+                member_id: "M1".into(),
+                channel,
+                created_ms: at,
+                offers: Vec::new(),
+                experiments: vec![Assignment {
+                    experiment: spec.id.clone(),
+                    variant: "model".into(),
+                }],
+                covariate: 0.0,
+                features: Vec::new(),
+            })
+        };
+        core.apply(&decision("d1", Channel::App, 1_000), 2, false);
+        m.tier = Tier::Gold;
+        core.apply(
+            &LogRecord::Members(vec![("M1".into(), MemberWire::from(&m))]),
+            3,
+            false,
+        );
+        core.apply(&decision("d2", Channel::Email, 2_000), 4, false);
+        let book = core.experiments();
+        let tiers = book.segmented_report(spec, SegmentBy::Tier, crate::stats::Correction::Holm);
+        let names: Vec<&str> = tiers.segments.iter().map(|s| s.segment.as_str()).collect();
+        assert_eq!(names, vec!["silver"]);
+        let model = &tiers.segments[0].variants[1];
+        assert_eq!((model.members, model.exposures), (1, 2));
+        let channels =
+            book.segmented_report(spec, SegmentBy::Channel, crate::stats::Correction::Bh);
+        assert_eq!(channels.segments[0].segment, "app");
+        // A replay of the same records gives the same segments.
+        let replayed = state();
+        replayed.restore(&core.snapshot_bytes(), 4).unwrap();
+        assert_eq!(replayed.digest(), core.digest());
     }
 
     #[test]

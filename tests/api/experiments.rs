@@ -128,6 +128,10 @@ async fn report_counts_members_exposures_and_conversions() {
             }
             assert!(v["sequential_p_value"].is_number());
             assert!(v["revenue_lift"].is_object() && v["cuped_revenue_lift"].is_object());
+            let verdict = v["verdict"].as_str().unwrap();
+            assert!(verdict.contains("always-valid p"), "{verdict}");
+            assert!(v["sample_size_needed"].as_u64().unwrap() > 0, "{v}");
+            assert!(l.get("p_value_corrected").is_none(), "{v}");
         }
     }
     // Holdout members converted nothing: they were shown nothing.
@@ -172,6 +176,12 @@ async fn the_report_survives_a_restart() {
         .json()
         .await
         .unwrap();
+    let before_by_tier: Value = app
+        .get(&format!("/v1/experiments/{}/report?by=tier", spec.id))
+        .await
+        .json()
+        .await
+        .unwrap();
     // The data dir is locked by the running server: a second one is refused.
     let mut same = settings_with_default_experiments();
     same.durability.data_dir = dir.path().display().to_string();
@@ -195,6 +205,41 @@ async fn the_report_survives_a_restart() {
             .unwrap()
             .0;
     let after = serde_json::to_value(durable.state().experiments().report(&spec)).unwrap();
+    // Segments were recorded at first exposure and come back from the log.
+    let after_by_tier = serde_json::to_value(durable.state().experiments().segmented_report(
+        &spec,
+        offer_engine::experiments::SegmentBy::Tier,
+        offer_engine::stats::Correction::Holm,
+    ))
+    .unwrap();
+    // Counts exactly (sums of revenue may differ in the last bit with the
+    // order the exposures are scanned in).
+    // Per segment: its name and each variant's (members, exposures, conversions).
+    type Counts = Vec<(String, Vec<(u64, u64, u64)>)>;
+    let counts = |r: &Value| -> Counts {
+        r["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let rows = s["variants"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| {
+                        (
+                            v["members"].as_u64().unwrap(),
+                            v["exposures"].as_u64().unwrap(),
+                            v["conversions"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect();
+                (s["segment"].as_str().unwrap().to_string(), rows)
+            })
+            .collect()
+    };
+    assert_eq!(counts(&before_by_tier), counts(&after_by_tier));
+    assert!(!counts(&before_by_tier).is_empty());
     for (b, a) in before["variants"]
         .as_array()
         .unwrap()
@@ -255,4 +300,201 @@ async fn a_variant_can_score_with_its_own_model() {
         seen.insert(variant);
     }
     assert_eq!(seen.len(), 2);
+}
+
+/// `?by=` splits every figure by the member's segment at first exposure,
+/// with p-values corrected across segments beside the uncorrected ones.
+#[tokio::test]
+async fn the_report_by_segment_corrects_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp_path = dir.path().join("experiments.toml");
+    std::fs::write(
+        &exp_path,
+        "[[experiment]]\nid = \"seg\"\nsalt = \"s1\"\ntraffic = 1.0\nsegment_min_members = 8\n\
+         [[experiment.guardrail]]\nmetric = \"conversion_rate\"\nmargin = 0.05\n\
+         [[experiment.guardrail]]\nmetric = \"decline_rate\"\nmargin = 0.05\n\
+         [[experiment.variant]]\nname = \"control\"\ncontrol = true\nweight = 1\n\
+         [[experiment.variant]]\nname = \"model\"\nweight = 1\nranking = \"model\"\n",
+    )
+    .unwrap();
+    let mut settings = test_settings();
+    settings.experiments.file = exp_path.display().to_string();
+    let app = spawn_with(settings, std::sync::Arc::new(tempfile::tempdir().unwrap())).await;
+    let spec: ExperimentSpec = app.state.engine().experiments[0].clone();
+    let mut tier_of = std::collections::HashMap::new();
+    // Per variant: members, members who declined.
+    let mut declined = std::collections::HashMap::<String, (f64, f64)>::new();
+    for i in 1..=240 {
+        let id = format!("M{i:08}");
+        let tier = app
+            .state
+            .state()
+            .members()
+            .get(&id)
+            .map(|m| m.tier.as_str());
+        tier_of.insert(id.clone(), tier.unwrap_or("unknown"));
+        let body: Value = app
+            .post_offers(&offer_request(&id))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let variant = spec.variants[spec.assign(&id).unwrap()].name.clone();
+        declined.entry(variant.clone()).or_default().0 += 1.0;
+        if i % 2 == 0 {
+            if let Some(o) = body["offers"].as_array().unwrap().first() {
+                let mut e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "accept"});
+                if o["price"].is_object() {
+                    e["revenue"] = o["price"].clone();
+                }
+                e["token"] = o["token"].clone();
+                assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+            }
+        } else if i % 3 == 0 {
+            if let Some(o) = body["offers"].as_array().unwrap().last() {
+                let e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "decline"});
+                assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+                declined.entry(variant).or_default().1 += 1.0;
+            }
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let whole: Value = app
+        .get("/v1/experiments/seg/report")
+        .await
+        .json()
+        .await
+        .unwrap();
+    // Guardrails: one per metric for the one variant that shows offers.
+    let guardrails = whole["guardrails"].as_array().unwrap();
+    assert_eq!(guardrails.len(), 2, "{whole}");
+    let rate = |v: &str| declined[v].1 / declined[v].0;
+    let decline = guardrails
+        .iter()
+        .find(|g| g["metric"] == "decline_rate")
+        .unwrap();
+    assert_eq!(decline["variant"], "model");
+    let harm = decline["harm"].as_f64().unwrap();
+    assert!(
+        (harm - (rate("model") - rate("control"))).abs() < 1e-12,
+        "{decline}"
+    );
+    for g in guardrails {
+        assert!(["ok", "warning", "failing"].contains(&g["status"].as_str().unwrap()));
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("offer_engine_experiment_guardrail_status{")
+                && l.contains("experiment=\"seg\"")
+                && l.contains("metric=\"decline_rate\"")
+        })
+        .expect("guardrail gauge exported");
+    let status = ["ok", "warning", "failing"]
+        .iter()
+        .position(|s| *s == decline["status"])
+        .unwrap();
+    assert!(line.ends_with(&format!(" {status}")), "{line}");
+    for correction in ["holm", "bh"] {
+        let r: Value = app
+            .get(&format!(
+                "/v1/experiments/seg/report?by=tier&correction={correction}"
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["experiment"], "seg");
+        assert_eq!(r["by"], "tier");
+        assert_eq!(r["correction"], correction);
+        assert_eq!(r["min_members"], 8);
+        let segments = r["segments"].as_array().unwrap();
+        // Members add up to the whole report's, segment by segment to the tiers.
+        for (k, whole_row) in whole["variants"].as_array().unwrap().iter().enumerate() {
+            let sum: u64 = segments
+                .iter()
+                .map(|s| s["variants"][k]["members"].as_u64().unwrap())
+                .sum();
+            assert_eq!(sum, whole_row["members"].as_u64().unwrap());
+        }
+        let mut tiers: Vec<&str> = tier_of.values().copied().collect();
+        tiers.sort();
+        tiers.dedup();
+        let names: Vec<&str> = segments
+            .iter()
+            .map(|s| s["segment"].as_str().unwrap())
+            .collect();
+        for n in &names {
+            assert!(tiers.contains(n), "{n} not in {tiers:?}");
+        }
+        let mut family = Vec::new();
+        for s in segments {
+            let model = &s["variants"][1];
+            let control = &s["variants"][0];
+            let small =
+                model["members"].as_u64().unwrap() < 8 || control["members"].as_u64().unwrap() < 8;
+            if small {
+                assert!(model["conversion_lift"].is_null(), "{s}");
+                assert!(
+                    model["verdict"].as_str().unwrap().contains("too few"),
+                    "{s}"
+                );
+            } else if let Some(l) = model["conversion_lift"].as_object() {
+                let (p, q) = (
+                    l["p_value"].as_f64().unwrap(),
+                    l["p_value_corrected"].as_f64().unwrap(),
+                );
+                assert!(q >= p - 1e-15 && q <= 1.0, "{s}");
+                family.push((p, q));
+                let verdict = model["verdict"].as_str().unwrap();
+                assert!(
+                    verdict.contains(&format!("{correction}-corrected p")),
+                    "{verdict}"
+                );
+            }
+        }
+        assert!(!family.is_empty(), "no segment was large enough: {r}");
+        let p: Vec<f64> = family.iter().map(|f| f.0).collect();
+        let want = if correction == "holm" {
+            offer_engine::stats::holm_adjusted(&p)
+        } else {
+            offer_engine::stats::bh_adjusted(&p)
+        };
+        for ((_, q), w) in family.iter().zip(want) {
+            assert!((q - w).abs() < 1e-12);
+        }
+    }
+    for by in ["value_segment", "traveller", "home_airport", "channel"] {
+        let r: Value = app
+            .get(&format!("/v1/experiments/seg/report?by={by}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["correction"], "holm");
+        assert!(!r["segments"].as_array().unwrap().is_empty(), "{by}: {r}");
+    }
+    let r: Value = app
+        .get("/v1/experiments/seg/report?by=traveller")
+        .await
+        .json()
+        .await
+        .unwrap();
+    for s in r["segments"].as_array().unwrap() {
+        assert!(["business", "leisure"].contains(&s["segment"].as_str().unwrap()));
+    }
+    assert_problem(
+        app.get("/v1/experiments/seg/report?by=postcode").await,
+        422,
+        Some("by"),
+    )
+    .await;
+    assert_problem(
+        app.get("/v1/experiments/seg/report?by=tier&correction=bonferroni")
+            .await,
+        422,
+        Some("correction"),
+    )
+    .await;
 }

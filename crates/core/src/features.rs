@@ -65,7 +65,7 @@ pub struct Segmentation {
 }
 
 /// Marketers' value segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ValueSegment {
     /// CLV of 100,000 CNY or more.
     HighValue,

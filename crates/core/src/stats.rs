@@ -446,6 +446,168 @@ pub fn msprt_update(prev_p: f64, p: f64) -> f64 {
     prev_p.min(p)
 }
 
+/// Difference of two proportions `x_t/n_t − x_c/n_c` with its unpooled
+/// Wald interval at `confidence` (the interval of [`conversion_lift`],
+/// which unlike that lift is defined for a control rate of 0): `(diff, low,
+/// high)`. None if either `n` is 0, a count exceeds its `n`, or
+/// `confidence` is not in `(0, 1)`.
+pub fn proportion_difference(
+    x_c: u64,
+    n_c: u64,
+    x_t: u64,
+    n_t: u64,
+    confidence: f64,
+) -> Option<(f64, f64, f64)> {
+    let z = z_critical(confidence)?;
+    if n_c == 0 || n_t == 0 || x_c > n_c || x_t > n_t {
+        return None;
+    }
+    let (p_c, p_t) = (x_c as f64 / n_c as f64, x_t as f64 / n_t as f64);
+    let half = z * (p_c * (1.0 - p_c) / n_c as f64 + p_t * (1.0 - p_t) / n_t as f64).sqrt();
+    let diff = p_t - p_c;
+    Some((diff, diff - half, diff + half))
+}
+
+/// A correction of p-values for multiple comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Correction {
+    /// Holm's step-down procedure: controls the family-wise error rate (the
+    /// chance of even one false positive in the family) under any
+    /// dependence; uniformly more powerful than Bonferroni.
+    #[default]
+    Holm,
+    /// Benjamini–Hochberg step-up: controls the false discovery rate (the
+    /// expected share of false positives among the findings) for
+    /// independent or positively dependent tests.
+    Bh,
+}
+
+impl Correction {
+    /// The name used on the wire (`holm`, `bh`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Correction::Holm => "holm",
+            Correction::Bh => "bh",
+        }
+    }
+
+    /// Parses `holm` or `bh`.
+    pub fn parse(s: &str) -> Option<Correction> {
+        match s {
+            "holm" => Some(Correction::Holm),
+            "bh" => Some(Correction::Bh),
+            _ => None,
+        }
+    }
+
+    /// The adjusted p-values of `p` (same order).
+    pub fn adjust(self, p: &[f64]) -> Vec<f64> {
+        match self {
+            Correction::Holm => holm_adjusted(p),
+            Correction::Bh => bh_adjusted(p),
+        }
+    }
+}
+
+/// Indices of `p` in ascending order of p-value (stable; NaN last).
+fn ascending(p: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    order
+}
+
+/// Holm-adjusted p-values (statsmodels `multipletests(p, method="holm")`):
+/// with the `m` p-values sorted ascending, `p̃_(k) = max_{j ≤ k} min(1,
+/// (m − j + 1)·p_(j))`. Returned in the input order; rejecting where
+/// `p̃ ≤ α` is Holm's procedure at level `α`.
+pub fn holm_adjusted(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut out = vec![0.0; m];
+    let mut running = 0.0f64;
+    for (j, &i) in ascending(p).iter().enumerate() {
+        let raw = ((m - j) as f64 * p[i]).min(1.0);
+        running = running.max(raw);
+        out[i] = running;
+    }
+    out
+}
+
+/// Benjamini–Hochberg-adjusted p-values (statsmodels `multipletests(p,
+/// method="fdr_bh")`): with the p-values sorted ascending, `p̃_(k) =
+/// min_{j ≥ k} min(1, m·p_(j)/j)`. Returned in the input order; rejecting
+/// where `p̃ ≤ q` keeps the false discovery rate at `q`.
+pub fn bh_adjusted(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut out = vec![0.0; m];
+    let mut running = 1.0f64;
+    for (j, &i) in ascending(p).iter().enumerate().rev() {
+        let raw = (m as f64 * p[i] / (j + 1) as f64).min(1.0);
+        running = running.min(raw);
+        out[i] = running;
+    }
+    out
+}
+
+/// Members per arm (equal arms) a two-sided test at level `alpha` needs to
+/// detect a conversion rate moving from `p_control` to
+/// `p_control·(1 + relative_mde)` with probability `power`.
+///
+/// The effect size is Cohen's `h = 2·asin(√p₁) − 2·asin(√p₀)` and the
+/// power `Φ(|h|√(n/2) − z) + Φ(−|h|√(n/2) − z)` with `z = Φ⁻¹(1 − α/2)`,
+/// solved for `n` (statsmodels `NormalIndPower().solve_power(
+/// proportion_effectsize(p₁, p₀), alpha=alpha, power=power, ratio=1)`).
+/// Not rounded: round up for a count of members.
+///
+/// Returns `None` when `p_control` is not in `(0, 1)`, the treated rate
+/// leaves `(0, 1]`, the effect is zero, or `alpha`/`power` are not in
+/// `(0, 1)` with `power > alpha/2`.
+pub fn two_proportion_sample_size(
+    p_control: f64,
+    relative_mde: f64,
+    alpha: f64,
+    power: f64,
+) -> Option<f64> {
+    let p1 = p_control * (1.0 + relative_mde);
+    if !(p_control > 0.0 && p_control < 1.0 && p1 > 0.0 && p1 <= 1.0)
+        || !(alpha > 0.0 && alpha < 1.0 && power > alpha / 2.0 && power < 1.0)
+    {
+        return None;
+    }
+    let h = (2.0 * p1.sqrt().asin() - 2.0 * p_control.sqrt().asin()).abs();
+    if !(h > 0.0 && h.is_finite()) {
+        return None;
+    }
+    let normal = Normal::new(0.0, 1.0).ok()?;
+    let z = normal.inverse_cdf(1.0 - alpha / 2.0);
+    let power_at = |n: f64| {
+        let d = h * (n / 2.0).sqrt();
+        normal.sf(z - d) + normal.cdf(-z - d)
+    };
+    // Power rises with n: bracket, then bisect to machine precision.
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while power_at(hi) < power {
+        lo = hi;
+        hi *= 2.0;
+        if hi > 1e15 {
+            return None;
+        }
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if power_at(mid) < power {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo <= 1e-12 * hi {
+            break;
+        }
+    }
+    let n = 0.5 * (lo + hi);
+    n.is_finite().then_some(n)
+}
+
 // ---------------------------------------------------------------------------
 // Internals
 // ---------------------------------------------------------------------------
@@ -757,6 +919,38 @@ mod tests {
         assert_eq!(sequential_p_value(&some, &some, f64::INFINITY), 1.0);
         assert_eq!(msprt_update(0.2, 0.3), 0.2);
         assert_eq!(msprt_update(0.2, 0.1), 0.1);
+    }
+
+    #[test]
+    fn corrections_by_hand() {
+        let p = [0.01, 0.04, 0.03, 0.005];
+        // Holm: sorted 0.005, 0.01, 0.03, 0.04 -> 0.02, 0.03, 0.06, 0.06
+        let holm = holm_adjusted(&p);
+        let want = [0.03, 0.06, 0.06, 0.02];
+        for (g, w) in holm.iter().zip(want) {
+            assert!((g - w).abs() < 1e-15, "{holm:?}");
+        }
+        // BH: 0.005*4/1=0.02, 0.01*4/2=0.02, 0.03*4/3=0.04, 0.04*4/4=0.04
+        let bh = bh_adjusted(&p);
+        let want = [0.02, 0.04, 0.04, 0.02];
+        for (g, w) in bh.iter().zip(want) {
+            assert!((g - w).abs() < 1e-15, "{bh:?}");
+        }
+        assert!(holm_adjusted(&[]).is_empty() && bh_adjusted(&[]).is_empty());
+        assert_eq!(holm_adjusted(&[0.7, 0.9]), vec![1.0, 1.0]);
+        assert_eq!(Correction::parse("bh"), Some(Correction::Bh));
+        assert_eq!(Correction::parse("bonferroni"), None);
+    }
+
+    #[test]
+    fn sample_size_is_monotone_and_rejects_nonsense() {
+        let n5 = two_proportion_sample_size(0.1, 0.05, 0.05, 0.8).unwrap();
+        let n10 = two_proportion_sample_size(0.1, 0.10, 0.05, 0.8).unwrap();
+        assert!(n5 > n10 && n10 > 1000.0, "{n5} {n10}");
+        assert!(two_proportion_sample_size(0.0, 0.05, 0.05, 0.8).is_none());
+        assert!(two_proportion_sample_size(0.1, 0.0, 0.05, 0.8).is_none());
+        assert!(two_proportion_sample_size(0.9, 0.5, 0.05, 0.8).is_none());
+        assert!(two_proportion_sample_size(0.1, 0.05, 0.05, 1.0).is_none());
     }
 
     #[test]
