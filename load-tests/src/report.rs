@@ -75,7 +75,7 @@ fn thousands(x: f64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -187,7 +187,7 @@ pub fn summarize(dir: &Path, command: &str) -> anyhow::Result<()> {
             f(&step["steal_util"], 2),
         ));
     }
-    md.push_str("\n");
+    md.push('\n');
     md.push_str("## Mixed traffic at the same fixed rate (per route)\n\n| members | route | requests | p50 | p99 | p99.9 | max | errors | expected 409/410 |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &runs {
         let Some(step) = r["steps"]

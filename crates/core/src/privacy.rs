@@ -50,25 +50,6 @@ impl Pseudonyms {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pseudonyms_are_stable_keyed_and_hide_the_id() {
-        let p = Pseudonyms::keyed([7; 32]);
-        let a = p.of("M00000042");
-        assert_eq!(a, p.of("M00000042"));
-        assert!(
-            a.starts_with("m-") && a.len() == 18 && !a.contains("42"),
-            "{a}"
-        );
-        assert_ne!(a, p.of("M00000043"));
-        assert_ne!(a, Pseudonyms::keyed([8; 32]).of("M00000042"));
-        assert_eq!(Pseudonyms::clear().of("M00000042"), "M00000042");
-    }
-}
-
 /// Lower-case hex.
 pub fn to_hex(b: &[u8]) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
@@ -95,4 +76,23 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .chunks(2)
         .map(|p| Some(d(p[0])? << 4 | d(p[1])?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudonyms_are_stable_keyed_and_hide_the_id() {
+        let p = Pseudonyms::keyed([7; 32]);
+        let a = p.of("M00000042");
+        assert_eq!(a, p.of("M00000042"));
+        assert!(
+            a.starts_with("m-") && a.len() == 18 && !a.contains("42"),
+            "{a}"
+        );
+        assert_ne!(a, p.of("M00000043"));
+        assert_ne!(a, Pseudonyms::keyed([8; 32]).of("M00000042"));
+        assert_eq!(Pseudonyms::clear().of("M00000042"), "M00000042");
+    }
 }
