@@ -1,5 +1,6 @@
 use serde_json::{json, Value};
 
+use crate::helpers::error_fields;
 use crate::helpers::*;
 
 async fn campaign(app: &TestApp, body: &Value) -> (u16, String) {
@@ -144,11 +145,6 @@ async fn every_bad_campaign_field_is_reported_at_once() {
         Some("tiers[1]"),
     )
     .await;
-    let fields: Vec<&str> = p["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&p);
     assert_eq!(fields, ["tiers[1]", "birth_month", "offers"], "{p}");
 }

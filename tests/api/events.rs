@@ -1,6 +1,7 @@
 use offer_engine::domain::Tier;
 use serde_json::{json, Value};
 
+use crate::helpers::error_fields;
 use crate::helpers::*;
 
 /// Makes a decision and returns (decision_id, offers).
@@ -415,12 +416,7 @@ async fn every_bad_event_of_a_batch_is_reported_at_once() {
         Some("[1].token"),
     )
     .await;
-    let fields: Vec<&str> = p["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&p);
     assert_eq!(fields, ["[1].token", "[2].revenue", "[3].offer_id"], "{p}");
     // Mistyped events of a batch: each named by index.
     let batch = json!([

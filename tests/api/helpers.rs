@@ -209,3 +209,14 @@ pub async fn assert_problem(resp: reqwest::Response, status: u16, field: Option<
     }
     body
 }
+
+/// The `field` of every error in a problem's `errors`, in order.
+#[allow(dead_code)]
+pub fn error_fields(p: &Value) -> Vec<&str> {
+    p["errors"]
+        .as_array()
+        .expect("a problem with errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("each error names its field"))
+        .collect()
+}

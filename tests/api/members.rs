@@ -1,5 +1,6 @@
 use serde_json::{json, Value};
 
+use crate::helpers::error_fields;
 use crate::helpers::*;
 
 fn record(id: &str) -> Value {
@@ -143,12 +144,7 @@ async fn every_bad_field_of_a_member_is_reported_at_once() {
     bad["birth_month"] = json!(13);
     bad["home_airport"] = json!("ZZZ");
     let p = assert_problem(put(&app, "NEW-2", &bad).await, 422, Some("tier")).await;
-    let fields: Vec<&str> = p["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&p);
     assert_eq!(fields, ["tier", "home_airport", "birth_month"], "{p}");
     // Nothing was written.
     assert_eq!(app.get("/v1/members/NEW-2").await.status(), 404);

@@ -444,12 +444,7 @@ async fn every_bad_field_of_a_request_is_reported_at_once() {
     body["itinerary"]["passengers"] = json!(50);
     body["max_offers"] = json!(11);
     let problem = assert_problem(app.post_offers(&body).await, 422, Some("itinerary.origin")).await;
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&problem);
     assert_eq!(
         fields,
         [
@@ -475,12 +470,7 @@ async fn every_bad_field_of_a_request_is_reported_at_once() {
     body["itinerary"]["passengers"] = json!(0);
     body["surprise"] = json!(true);
     let problem = assert_problem(app.post_offers(&body).await, 422, None).await;
-    let mut fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let mut fields = error_fields(&problem);
     assert_eq!(problem["field"], fields[0], "{problem}");
     fields.sort_unstable();
     assert_eq!(
