@@ -51,7 +51,9 @@ pub fn read(dir: &Path) -> anyhow::Result<EngineLog> {
                     LogRecord::MemberErased { member_id, .. } => {
                         log.decisions.retain(|d| d.member_id != member_id)
                     }
-                    LogRecord::Members(_) | LogRecord::MemberChange { .. } => {}
+                    LogRecord::Members(_)
+                    | LogRecord::MembersV2(_)
+                    | LogRecord::MemberChange { .. } => {}
                 }
             }
         }

@@ -496,6 +496,7 @@ impl crate::durable::Observer for Metrics {
                 }
             }
             LogRecord::Members(_)
+            | LogRecord::MembersV2(_)
             | LogRecord::MemberChange { .. }
             | LogRecord::MemberErased { .. } => {
                 self.member_updates.with_label_values(&[what]).inc();

@@ -70,7 +70,10 @@ impl MemberSpec {
             points: self.points,
             last_flight: self.last_flight_days_ago.map(|d| Day(today.0 - d)),
             joined: Day(today.0 - joined_ago),
-            flights_12m: self.flights_12m,
+            history: offer_engine::domain::MonthlyHistory::spread(
+                self.spend as f64,
+                self.flights_12m,
+            ),
             tags: Tags::from_bits(self.tag_mask),
             home_airport: AIRPORTS[self.home].code,
             tier: self.tier,
@@ -498,7 +501,9 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
             r.expires_at,
             c.now
         );
-        prop_assert!(r.expires_at <= c.now + Duration::minutes(o.validity_minutes as i64));
+        prop_assert!(
+            r.expires_at <= c.now + Duration::minutes(o.validity.minutes(c.channel) as i64)
+        );
         if let Some(it) = &trip {
             prop_assert!(
                 r.expires_at <= it.departure,

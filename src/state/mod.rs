@@ -32,7 +32,7 @@ use sha2::{Digest as _, Sha256};
 use crate::domain::{Day, Member, TierThresholds};
 use crate::events::OutcomeKind;
 use crate::experiments::{Assignment, ExperimentSnapshot, ExperimentSnapshotV4, SegmentKeys};
-pub use crate::records::{decode_bounded, LogRecord, MemberWire};
+pub use crate::records::{decode_bounded, LogRecord, MemberWire, MemberWireV2};
 use crate::state::ledger::{ContactDay, DecisionRecord, InventoryKey, ACCEPTED};
 use experiments::ExperimentBook;
 use learner::{LearnSettings, LearnerSnapshot, OnlineLearner};
@@ -42,15 +42,18 @@ use members::MemberStore;
 /// Snapshot format version. 4 adds the log time the snapshot reflects, so a
 /// restore filters outlived decisions by log time, not by the wall clock.
 /// 5 adds to each experiment exposure the member's decisions and segments at
-/// first exposure. Formats 3 and 4 are still read (their log time, for 3, is
-/// the latest time they hold; their exposures have unknown segments).
-const SNAPSHOT_FORMAT: u32 = 5;
+/// first exposure. 6 keeps each member's monthly history (the rolling 12
+/// months). Formats 3, 4 and 5 are still read (their log time, for 3, is
+/// the latest time they hold; their exposures have unknown segments; their
+/// members' 12-month totals become undated spreads, see
+/// [`crate::domain::MonthlyHistory`]).
+const SNAPSHOT_FORMAT: u32 = 6;
 
 /// Everything the state holds, committed parts only.
 #[derive(Debug, Serialize, Deserialize)]
 struct Snapshot {
     format: u32,
-    members: Vec<(String, MemberWire)>,
+    members: Vec<(String, MemberWireV2)>,
     decisions: Vec<(DecisionRecord, Vec<u8>)>,
     suppressions: Vec<(String, Vec<(String, i64)>)>,
     contacts: Vec<(String, ContactDay)>,
@@ -59,6 +62,27 @@ struct Snapshot {
     learner: LearnerSnapshot,
     /// Log time, ms: the latest record time applied.
     log_time_ms: i64,
+}
+
+/// Format 5: members without their monthly history.
+#[derive(Debug, Deserialize)]
+struct SnapshotV5 {
+    format: u32,
+    members: Vec<(String, MemberWire)>,
+    decisions: Vec<(DecisionRecord, Vec<u8>)>,
+    suppressions: Vec<(String, Vec<(String, i64)>)>,
+    contacts: Vec<(String, ContactDay)>,
+    inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshot>,
+    learner: LearnerSnapshot,
+    log_time_ms: i64,
+}
+
+/// Members of a snapshot before format 6, in the current form.
+fn members_v1(list: Vec<(String, MemberWire)>) -> Vec<(String, MemberWireV2)> {
+    list.into_iter()
+        .map(|(id, w)| (id, MemberWireV2::from(&Member::from(&w))))
+        .collect()
 }
 
 /// Format 4: exposures without decisions and segments.
@@ -200,8 +224,31 @@ impl State {
         self.applied.load(Ordering::Acquire)
     }
 
+    /// Moves the log time on to `at_ms` (never back). When it enters a new
+    /// calendar month every member's rolling window moves on and the
+    /// downgrade rule is judged ([`crate::events::start_month`]): once per
+    /// month start, at the first record of the month, on every replica alike.
+    /// (At 10 million members this holds the apply lock for the one pass
+    /// over the store, once a month.)
     fn advance(&self, at_ms: i64) -> i64 {
-        self.log_time.fetch_max(at_ms, Ordering::AcqRel).max(at_ms)
+        let prev = self.log_time.fetch_max(at_ms, Ordering::AcqRel);
+        let now = prev.max(at_ms);
+        if prev != i64::MIN {
+            let month = |ms: i64| crate::domain::month_of(Day(day_of_ms(ms)));
+            let (from, to) = (month(prev), month(now));
+            if to > from {
+                // Month starts further back than the window changes nothing
+                // more than the last 36 do.
+                let first = (from + 1).max(to.saturating_sub(35));
+                let th = self.thresholds;
+                self.members.update_all(|m| {
+                    for k in first..=to {
+                        crate::events::start_month(m, k, &th);
+                    }
+                });
+            }
+        }
+        now
     }
 
     /// Applies a durable record at log position `lsn`. `live` says the
@@ -275,6 +322,11 @@ impl State {
                     self.members.upsert(id, Member::from(w));
                 }
             }
+            LogRecord::MembersV2(list) => {
+                for (id, w) in list {
+                    self.members.upsert(id, Member::from(w));
+                }
+            }
             LogRecord::MemberChange {
                 member_id,
                 change,
@@ -282,9 +334,10 @@ impl State {
             } => {
                 self.advance(*at_ms);
                 let th = self.thresholds;
+                let on = Day(day_of_ms(*at_ms));
                 if self
                     .members
-                    .update(member_id, |m| change.apply(m, &th))
+                    .update(member_id, |m| change.apply(m, &th, on))
                     .is_none()
                 {
                     applied.skipped += 1;
@@ -378,7 +431,7 @@ impl State {
         let now = self.log_time_ms();
         let mut members = Vec::with_capacity(self.members.len());
         self.members
-            .for_each(|id, m| members.push((id.to_string(), MemberWire::from(m))));
+            .for_each(|id, m| members.push((id.to_string(), MemberWireV2::from(m))));
         let (decisions, suppressions, contacts, inventory) = self.ledger.committed(now);
         Snapshot {
             format: SNAPSHOT_FORMAT,
@@ -410,12 +463,27 @@ impl State {
             SNAPSHOT_FORMAT => {
                 decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?
             }
+            5 => {
+                let v5: SnapshotV5 =
+                    decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+                Snapshot {
+                    format: v5.format,
+                    members: members_v1(v5.members),
+                    decisions: v5.decisions,
+                    suppressions: v5.suppressions,
+                    contacts: v5.contacts,
+                    inventory: v5.inventory,
+                    experiments: v5.experiments,
+                    learner: v5.learner,
+                    log_time_ms: v5.log_time_ms,
+                }
+            }
             4 => {
                 let v4: SnapshotV4 =
                     decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
                 Snapshot {
                     format: v4.format,
-                    members: v4.members,
+                    members: members_v1(v4.members),
                     decisions: v4.decisions,
                     suppressions: v4.suppressions,
                     contacts: v4.contacts,
@@ -437,7 +505,7 @@ impl State {
                     .unwrap_or(i64::MIN);
                 Snapshot {
                     format: v3.format,
-                    members: v3.members,
+                    members: members_v1(v3.members),
                     decisions: v3.decisions,
                     suppressions: v3.suppressions,
                     contacts: v3.contacts,

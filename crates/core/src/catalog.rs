@@ -159,8 +159,8 @@ struct OfferSpec {
     lever: f64,
     valid_from: toml::value::Datetime,
     valid_to: toml::value::Datetime,
-    #[serde(default = "default_validity")]
-    validity_minutes: u32,
+    #[serde(default)]
+    validity_minutes: Option<ValiditySpec>,
     channels: Vec<Channel>,
     #[serde(default)]
     provides: Vec<Benefit>,
@@ -179,8 +179,84 @@ struct OfferSpec {
 fn one() -> f64 {
     1.0
 }
-fn default_validity() -> u32 {
-    30
+
+/// An offer's `validity_minutes`: one number (how long the offer stays
+/// acceptable when shown at checkout or a kiosk, the in-session channels
+/// whose hold the number always described) or a table by channel
+/// (`{ email = 1440, checkout = 20 }`). Channels it leaves out take the
+/// catalog's `[validity_minutes]`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+enum ValiditySpec {
+    InSession(u32),
+    ByChannel(ValidityTable),
+}
+
+/// Minutes by channel, each optional (TOML `[validity_minutes]` table).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidityTable {
+    #[serde(default)]
+    checkout: Option<u32>,
+    #[serde(default)]
+    app: Option<u32>,
+    #[serde(default)]
+    email: Option<u32>,
+    #[serde(default)]
+    kiosk: Option<u32>,
+    #[serde(default)]
+    sms: Option<u32>,
+}
+
+impl ValidityTable {
+    fn get(&self, ch: Channel) -> Option<u32> {
+        match ch {
+            Channel::Checkout => self.checkout,
+            Channel::App => self.app,
+            Channel::Email => self.email,
+            Channel::Kiosk => self.kiosk,
+            Channel::Sms => self.sms,
+        }
+    }
+}
+
+/// Longest validity a catalog may set, minutes (60 days).
+pub const MAX_VALIDITY_MINUTES: u32 = 60 * 24 * 60;
+
+/// How long a shown offer stays acceptable, minutes, per channel (indexed by
+/// [`Channel::index`]). It is counted from the decision (for a campaign, from
+/// its send time) and never runs past the offer's window or the departure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity(pub [u32; 5]);
+
+impl Validity {
+    /// The catalog-wide defaults when a catalog sets none: 30 minutes at
+    /// checkout and kiosk (the member is buying now), 3 days in the app and
+    /// by sms, 7 days by email (read when the member opens it).
+    pub const DEFAULT: Validity = Validity([30, 3 * 1440, 7 * 1440, 30, 3 * 1440]);
+
+    /// Minutes on a channel.
+    pub fn minutes(&self, ch: Channel) -> u32 {
+        self.0[ch.index()]
+    }
+
+    /// The defaults with a table's entries put over them; `field` names the
+    /// table in errors.
+    fn over(self, t: &ValidityTable, field: &str) -> Result<Validity, FieldError> {
+        let mut v = self;
+        for ch in Channel::ALL {
+            if let Some(m) = t.get(ch) {
+                if m == 0 || m > MAX_VALIDITY_MINUTES {
+                    return Err(FieldError::new(
+                        format!("{field}.{}", ch.as_str()),
+                        "must be from 1 to 86400 minutes (60 days)",
+                    ));
+                }
+                v.0[ch.index()] = m;
+            }
+        }
+        Ok(v)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +265,9 @@ struct CatalogFile {
     version: String,
     #[serde(default)]
     points_cost_cny: f64,
+    /// Catalog-wide validity by channel, minutes.
+    #[serde(default)]
+    validity_minutes: ValidityTable,
     #[serde(rename = "offer")]
     offers: Vec<OfferSpec>,
 }
@@ -219,8 +298,9 @@ pub struct Offer {
     pub valid_from: Day,
     /// Last day the offer may be shown.
     pub valid_to: Day,
-    /// How long a shown offer stays acceptable.
-    pub validity_minutes: u32,
+    /// How long a shown offer stays acceptable, per channel: the catalog's
+    /// `[validity_minutes]` with the offer's own setting over it.
+    pub validity: Validity,
     /// Channels it may be shown on.
     pub channels: Vec<Channel>,
     /// Tier benefits it sells; never sold to a tier that includes them.
@@ -492,6 +572,9 @@ impl Catalog {
     pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
         let file: CatalogFile =
             toml::from_str(text).map_err(|e| CatalogError::Parse(e.to_string()))?;
+        let validity = Validity::DEFAULT
+            .over(&file.validity_minutes, "validity_minutes")
+            .map_err(|e| CatalogError::Parse(e.to_string()))?;
         let mut seen = HashSet::new();
         let mut offers = Vec::with_capacity(file.offers.len());
         for (i, spec) in file.offers.into_iter().enumerate() {
@@ -563,12 +646,27 @@ impl Catalog {
             if valid_to < valid_from {
                 return Err(invalid(FieldError::new("valid_to", "is before valid_from")));
             }
-            if spec.validity_minutes == 0 || spec.validity_minutes > 60 * 24 * 60 {
-                return Err(invalid(FieldError::new(
-                    "validity_minutes",
-                    "must be from 1 to 86400 (60 days)",
-                )));
-            }
+            let offer_validity = match spec.validity_minutes {
+                None => validity,
+                Some(ValiditySpec::InSession(m)) => validity
+                    .over(
+                        &ValidityTable {
+                            checkout: Some(m),
+                            kiosk: Some(m),
+                            ..Default::default()
+                        },
+                        "validity_minutes",
+                    )
+                    .map_err(|_| {
+                        invalid(FieldError::new(
+                            "validity_minutes",
+                            "must be from 1 to 86400 (60 days)",
+                        ))
+                    })?,
+                Some(ValiditySpec::ByChannel(t)) => {
+                    validity.over(&t, "validity_minutes").map_err(invalid)?
+                }
+            };
             if spec.channels.is_empty() {
                 return Err(invalid(FieldError::new(
                     "channels",
@@ -610,7 +708,7 @@ impl Catalog {
                 lever: spec.lever,
                 valid_from: Day::from_date(valid_from),
                 valid_to: Day::from_date(valid_to),
-                validity_minutes: spec.validity_minutes,
+                validity: offer_validity,
                 channels: spec.channels,
                 provides: spec.provides,
                 priority: spec.priority,
@@ -686,6 +784,56 @@ mod tests {
                 "no offer of category {cat:?}"
             );
         }
+    }
+
+    #[test]
+    fn validity_is_set_per_channel_with_per_offer_overrides() {
+        let c = Catalog::default_catalog();
+        // An offer without a setting of its own takes the catalog's table.
+        let head = &DEFAULT_CATALOG[..DEFAULT_CATALOG.find("\n[[offer]]").unwrap()];
+        let one = |offer: &str| {
+            Catalog::from_toml(&format!(
+                "{head}\n[[offer]]\nid = \"x\"\ncategory = \"wifi\"\ntitle = \"Wi-Fi\"\n\
+                 price = {{ amount = 30.0, currency = \"CNY\" }}\nmargin = 20.0\n\
+                 valid_from = 2025-01-01\nvalid_to = 2030-12-31\n\
+                 channels = [\"checkout\", \"app\", \"email\"]\n{offer}"
+            ))
+        };
+        let plain = one("").unwrap();
+        assert_eq!(
+            plain.offers[0].validity,
+            Validity([30, 4320, 10080, 30, 4320])
+        );
+        // One number: the in-session channels (checkout, kiosk) only.
+        let n = one("validity_minutes = 90\n").unwrap();
+        assert_eq!(n.offers[0].validity, Validity([90, 4320, 10080, 90, 4320]));
+        // A table: the channels it names.
+        let t = one("validity_minutes = { email = 1440, checkout = 20 }\n").unwrap();
+        assert_eq!(t.offers[0].validity, Validity([20, 4320, 1440, 30, 4320]));
+        // Out of range or unknown channels are refused, naming the field.
+        let e = one("validity_minutes = { email = 0 }\n").unwrap_err();
+        assert!(e.to_string().contains("validity_minutes"), "{e}");
+        assert!(one("validity_minutes = 0\n").is_err());
+        assert!(one("validity_minutes = { fax = 10 }\n").is_err());
+        let e = Catalog::from_toml(&DEFAULT_CATALOG.replace("email = 10080\n", "email = 90000\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("validity_minutes.email"), "{e}");
+        // Without a catalog table the built-in defaults hold.
+        let start = DEFAULT_CATALOG.find("[validity_minutes]").unwrap();
+        let end = start + DEFAULT_CATALOG[start..].find("\n\n").unwrap();
+        let bare = format!("{}{}", &DEFAULT_CATALOG[..start], &DEFAULT_CATALOG[end..]);
+        let bare = Catalog::from_toml(&bare).unwrap();
+        for o in &bare.offers {
+            for ch in [Channel::App, Channel::Email, Channel::Sms] {
+                assert_eq!(o.validity.minutes(ch), Validity::DEFAULT.minutes(ch));
+            }
+        }
+        // The default catalog's table is the built-in default, written out.
+        assert_eq!(Validity::DEFAULT, plain.offers[0].validity);
+        assert!(c
+            .offers
+            .iter()
+            .all(|o| o.validity.minutes(Channel::Email) == 10080));
     }
 
     #[test]

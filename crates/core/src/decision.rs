@@ -396,11 +396,24 @@ fn category_index(c: Category) -> u32 {
     Category::ALL.iter().position(|x| *x == c).unwrap_or(0) as u32
 }
 
-/// Expiry: the offer's validity from now, but never after departure nor
-/// after the last day of the offer's window.
+/// Expiry: the offer's validity on the decision's channel from now, but
+/// never after departure nor after the last day of the offer's window.
 fn expiry(offer: &Offer, input: &DecisionInput<'_>) -> DateTime<Utc> {
-    let mut t = input.now + Duration::minutes(offer.validity_minutes as i64);
-    if let Some(it) = input.itinerary {
+    expiry_from(offer, input.channel, input.now, input.itinerary)
+}
+
+/// When an offer shown on `channel` from `start` stops being acceptable:
+/// `start` plus the offer's validity on that channel (the catalog's
+/// `validity_minutes`), never after the departure of `itinerary` nor after
+/// the last day of the offer's window. Campaigns count from their send time.
+pub fn expiry_from(
+    offer: &Offer,
+    channel: Channel,
+    start: DateTime<Utc>,
+    itinerary: Option<&crate::domain::Itinerary>,
+) -> DateTime<Utc> {
+    let mut t = start + Duration::minutes(offer.validity.minutes(channel) as i64);
+    if let Some(it) = itinerary {
         t = t.min(it.departure);
     }
     let window_end = Day(offer.valid_to.0 + 1)

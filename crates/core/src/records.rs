@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ConsentChannel;
-use crate::domain::{Channel, Consent, Day, Iata, Member, Money, Tags, Tier};
+use crate::domain::{Channel, Consent, Day, Iata, Member, Money, MonthlyHistory, Tags, Tier};
 
 /// Where an accepted unit of inventory is counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -169,7 +169,7 @@ impl From<&Member> for MemberWire {
             points: m.points,
             last_flight: m.last_flight.map(|d| d.0),
             joined: m.joined.0,
-            flights: m.flights_12m,
+            flights: m.flights_12m(),
             tags: m.tags.bits(),
             home: [h[0], h[1], h[2]],
             tier: m.tier,
@@ -179,6 +179,8 @@ impl From<&Member> for MemberWire {
     }
 }
 
+/// A record of the first form (12-month totals only) is an undated spread
+/// of its totals (see [`MonthlyHistory`]).
 impl From<&MemberWire> for Member {
     fn from(w: &MemberWire) -> Self {
         Member {
@@ -186,13 +188,48 @@ impl From<&MemberWire> for Member {
             points: w.points,
             last_flight: w.last_flight.map(Day),
             joined: Day(w.joined),
-            flights_12m: w.flights,
+            history: MonthlyHistory::spread(w.spend as f64, w.flights),
             tags: Tags::from_bits(w.tags),
             home_airport: Iata::from_bytes(w.home),
             tier: w.tier,
             birth_month: w.birth_month,
             consent: Consent::from_bits(w.consent),
         }
+    }
+}
+
+/// Compact member form with the monthly history (logs and snapshots from
+/// snapshot format 6): the first form, then the history's raw parts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MemberWireV2 {
+    base: MemberWire,
+    spend: [u16; 12],
+    flights: [u8; 12],
+    month: u16,
+    exp: u8,
+    short: u8,
+}
+
+impl From<&Member> for MemberWireV2 {
+    fn from(m: &Member) -> Self {
+        let (spend, flights, month, exp, short) = m.history.to_raw();
+        MemberWireV2 {
+            base: MemberWire::from(m),
+            spend,
+            flights,
+            month,
+            exp,
+            short,
+        }
+    }
+}
+
+impl From<&MemberWireV2> for Member {
+    fn from(w: &MemberWireV2) -> Self {
+        let mut m = Member::from(&w.base);
+        m.history = MonthlyHistory::from_raw(w.spend, w.flights, w.month, w.exp, w.short);
+        m.refresh_totals();
+        m
     }
 }
 
@@ -225,6 +262,9 @@ pub enum LogRecord {
         /// Server time, ms.
         at_ms: i64,
     },
+    /// Members created or replaced, with their monthly history (what
+    /// `Members` records, still read, became).
+    MembersV2(Vec<(String, MemberWireV2)>),
 }
 
 impl LogRecord {
@@ -430,8 +470,28 @@ mod tests {
         let th = TierThresholds::default();
         let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
         for i in 0..200 {
-            let m = crate::synth::member(5, i, d, &th);
+            let mut m = crate::synth::member(5, i, d, &th);
+            // Undated (totals only): both forms keep it exactly.
             assert_eq!(Member::from(&MemberWire::from(&m)), m);
+            assert_eq!(Member::from(&MemberWireV2::from(&m)), m);
+            // Dated, with months aged and a grace count: the second form keeps it.
+            m.history.date(680);
+            m.history.add(675, 1234.5, 2);
+            m.history.roll_to(683);
+            m.history.set_months_short(2);
+            m.refresh_totals();
+            assert_eq!(Member::from(&MemberWireV2::from(&m)), m);
         }
+    }
+
+    #[test]
+    fn members_v2_is_a_new_variant_after_the_old_ones() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let m = crate::synth::member(5, 1, d, &th);
+        let rec = LogRecord::MembersV2(vec![("M1".into(), MemberWireV2::from(&m))]);
+        let b = rec.encode();
+        assert_eq!(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 6);
+        assert_eq!(LogRecord::decode(&b), Ok(rec));
     }
 }

@@ -114,10 +114,10 @@ pub fn member(seed: u64, i: u64, as_of: NaiveDate, th: &TierThresholds) -> Membe
     }
     Member {
         qualifying_spend_12m: spend as f32,
+        history: crate::domain::MonthlyHistory::spread(spend as f32 as f64, flights_12m),
         points,
         last_flight,
         joined,
-        flights_12m,
         tags,
         home_airport: home,
         tier,

@@ -138,7 +138,23 @@ impl Benefits {
     }
 }
 
-/// Qualifying-spend thresholds (CNY over 12 months) for each tier.
+/// When a member whose rolling 12-month qualifying spend no longer earns
+/// their tier moves down (upgrades are immediate, on the event that earns them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DowngradeRule {
+    /// At the start of the membership anniversary month (the month of
+    /// `joined`), to the tier the 12 full months before earn. The default:
+    /// a member keeps a tier for the rest of the membership year.
+    #[default]
+    Anniversary,
+    /// After `grace_months` month starts in a row at which the 12 full months
+    /// before earn a lower tier; at the next, to the tier they earn.
+    Grace,
+}
+
+/// Qualifying-spend thresholds (CNY over the rolling 12 months) for each
+/// tier, and the programme's downgrade rule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TierThresholds {
     /// Spend needed for silver.
@@ -149,6 +165,17 @@ pub struct TierThresholds {
     pub platinum: f64,
     /// Spend needed for diamond.
     pub diamond: f64,
+    /// When a tier the spend no longer earns is taken away.
+    #[serde(default)]
+    pub downgrade: DowngradeRule,
+    /// Month starts a member keeps a tier the spend no longer earns, under
+    /// the `grace` rule (0 to 24).
+    #[serde(default = "default_grace_months")]
+    pub grace_months: u8,
+}
+
+fn default_grace_months() -> u8 {
+    3
 }
 
 impl Default for TierThresholds {
@@ -158,6 +185,8 @@ impl Default for TierThresholds {
             gold: 50_000.0,
             platinum: 80_000.0,
             diamond: 100_000.0,
+            downgrade: DowngradeRule::Anniversary,
+            grace_months: default_grace_months(),
         }
     }
 }
@@ -190,6 +219,12 @@ impl TierThresholds {
             return Err(FieldError::new(
                 "tiers",
                 "thresholds must be positive and strictly increasing",
+            ));
+        }
+        if self.grace_months > 24 {
+            return Err(FieldError::new(
+                "tiers.grace_months",
+                "must be from 0 to 24",
             ));
         }
         Ok(())
@@ -628,11 +663,264 @@ impl fmt::Display for Day {
     }
 }
 
-/// Compact in-memory member record (28 bytes). The member id is the key of
-/// the store and is not repeated here.
+/// A calendar month as months since January 1970 (1970-01 is 0).
+pub type Month = u16;
+
+/// The month a day falls in; days outside the years 1970 to 7000 clamp to the ends.
+pub fn month_of(d: Day) -> Month {
+    use chrono::Datelike;
+    // 719,163 days from 0001-01-01 to 1970-01-01.
+    let date =
+        d.0.checked_add(719_163)
+            .and_then(NaiveDate::from_num_days_from_ce_opt);
+    match date {
+        Some(x) if x.year() >= 1970 => {
+            ((x.year() as i64 - 1970) * 12 + x.month0() as i64).min(u16::MAX as i64) as Month
+        }
+        Some(_) => 0,
+        None if d.0 < 0 => 0,
+        None => u16::MAX,
+    }
+}
+
+/// `YYYY-MM` of a month.
+pub fn month_name(m: Month) -> String {
+    format!("{:04}-{:02}", 1970 + m as u32 / 12, m as u32 % 12 + 1)
+}
+
+/// Parses `YYYY-MM` (1970 or later).
+pub fn parse_month(s: &str) -> Option<Month> {
+    let (y, m) = s.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let y: u32 = y.parse().ok()?;
+    let m: u32 = m.parse().ok()?;
+    if !(1970..=7000).contains(&y) || !(1..=12).contains(&m) {
+        return None;
+    }
+    Some(((y - 1970) * 12 + m - 1) as Month)
+}
+
+/// Qualifying spend and flights by calendar month over the rolling 12
+/// months: the current month and the 11 before it (40 bytes).
+///
+/// Spend is kept per month as a 16-bit count of a unit shared by the
+/// member's months, a power of two from 1/16 CNY up: the smallest unit in
+/// which the largest month fits (1/8 CNY while every month is under 8,192
+/// CNY, 1 CNY under 65,536 CNY). Flights are kept per month up to 255.
+///
+/// A record that arrives with 12-month totals only (older log records and
+/// snapshots, member files without `monthly`) is *undated*: its totals are
+/// spread evenly over 12 months (remainders to the newest) whose calendar
+/// months are fixed the first time the log time moves the member on: at a
+/// month start, the 12 months before it; at a member event, the 12 months
+/// ending with the event's month. Until then the totals are exactly as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct MonthlyHistory {
+    /// Spend in units by age: `[0]` is `month`, `[i]` is `month - i`.
+    spend: [u16; 12],
+    /// Flights by age.
+    flights: [u8; 12],
+    /// The newest month held; 0 while undated.
+    month: Month,
+    /// The unit of `spend` is `2^(exp - 4)` CNY.
+    exp: u8,
+    /// Month starts in a row at which the spend earned less than the tier
+    /// (the `grace` downgrade rule counts them).
+    short: u8,
+}
+
+/// Largest unit exponent: 2^11 = 2,048 CNY, so a month holds up to about 134 million CNY.
+const MAX_EXP: u8 = 15;
+
+impl MonthlyHistory {
+    fn unit(exp: u8) -> f64 {
+        f64::powi(2.0, exp as i32 - 4)
+    }
+
+    /// An undated history holding `spend` CNY and `flights` flights spread
+    /// evenly over 12 months.
+    pub fn spread(spend: f64, flights: u16) -> MonthlyHistory {
+        let spend = if spend.is_finite() {
+            spend.max(0.0)
+        } else {
+            0.0
+        };
+        let mut exp = 0;
+        let mut total = (spend / Self::unit(exp)).round();
+        while total > 65_535.0 * 12.0 && exp < MAX_EXP {
+            exp += 1;
+            total = (spend / Self::unit(exp)).round();
+        }
+        let total = total.min(65_535.0 * 12.0) as u32;
+        let mut h = MonthlyHistory {
+            exp,
+            ..Default::default()
+        };
+        for i in 0..12 {
+            h.spend[i] = (total / 12 + u32::from((i as u32) < total % 12)) as u16;
+            let f = flights as u32;
+            h.flights[i] = (f / 12 + u32::from((i as u32) < f % 12)).min(255) as u8;
+        }
+        h
+    }
+
+    /// A history from `(month, spend CNY, flights)` entries, dated at the
+    /// newest month; entries older than 11 months before it are left out,
+    /// two entries for one month add up.
+    pub fn from_months(entries: &[(Month, f64, u8)]) -> MonthlyHistory {
+        let newest = entries.iter().map(|e| e.0).max().unwrap_or(0).max(1);
+        let mut h = MonthlyHistory {
+            month: newest,
+            ..Default::default()
+        };
+        for (m, spend, flights) in entries {
+            h.add(*m, *spend, *flights);
+        }
+        h
+    }
+
+    /// Whether its months are fixed.
+    pub fn is_dated(&self) -> bool {
+        self.month != 0
+    }
+
+    /// The newest month held, None while undated.
+    pub fn month(&self) -> Option<Month> {
+        self.is_dated().then_some(self.month)
+    }
+
+    /// Spend over the 12 months, CNY.
+    pub fn spend(&self) -> f64 {
+        let units: u64 = self.spend.iter().map(|v| *v as u64).sum();
+        units as f64 * Self::unit(self.exp)
+    }
+
+    /// Flights over the 12 months.
+    pub fn flights(&self) -> u16 {
+        self.flights.iter().map(|v| *v as u16).sum()
+    }
+
+    /// The months with spend or flights, newest first: (month, CNY, flights);
+    /// empty while undated.
+    pub fn months(&self) -> Vec<(Month, f64, u8)> {
+        if !self.is_dated() {
+            return Vec::new();
+        }
+        (0..12usize)
+            .filter(|i| self.spend[*i] > 0 || self.flights[*i] > 0)
+            .filter(|i| (*i as u16) <= self.month)
+            .map(|i| {
+                (
+                    self.month - i as u16,
+                    self.spend[i] as f64 * Self::unit(self.exp),
+                    self.flights[i],
+                )
+            })
+            .collect()
+    }
+
+    /// Fixes an undated history's newest month at `month`; a dated one is unchanged.
+    pub fn date(&mut self, month: Month) {
+        if !self.is_dated() {
+            self.month = month.max(1);
+        }
+    }
+
+    /// Moves a dated history on to `month`: months older than 11 before it
+    /// age out. An earlier month or an undated history is left as it is.
+    pub fn roll_to(&mut self, month: Month) {
+        if !self.is_dated() || month <= self.month {
+            return;
+        }
+        let by = (month - self.month) as usize;
+        if by >= 12 {
+            self.spend = [0; 12];
+            self.flights = [0; 12];
+        } else {
+            self.spend.copy_within(0..12 - by, by);
+            self.flights.copy_within(0..12 - by, by);
+            self.spend[..by].fill(0);
+            self.flights[..by].fill(0);
+        }
+        self.month = month;
+        // Back to the finest unit the remaining months allow (exact: doubling).
+        while self.exp > 0 && self.spend.iter().all(|v| *v <= 32_767) {
+            self.exp -= 1;
+            for v in &mut self.spend {
+                *v *= 2;
+            }
+        }
+    }
+
+    /// Adds spend and flights in `month` to a dated history; a month older
+    /// than its window is left out (false), a newer one moves it on first.
+    pub fn add(&mut self, month: Month, spend: f64, flights: u8) -> bool {
+        self.roll_to(month);
+        if !self.is_dated() || month + 11 < self.month || month > self.month {
+            return false;
+        }
+        let i = (self.month - month) as usize;
+        self.flights[i] = self.flights[i].saturating_add(flights);
+        let spend = if spend.is_finite() {
+            spend.max(0.0)
+        } else {
+            0.0
+        };
+        loop {
+            let units = (spend / Self::unit(self.exp)).round();
+            let sum = self.spend[i] as f64 + units;
+            if sum <= 65_535.0 {
+                self.spend[i] = sum as u16;
+                return true;
+            }
+            if self.exp == MAX_EXP {
+                self.spend[i] = u16::MAX;
+                return true;
+            }
+            // A coarser unit for every month of the member.
+            self.exp += 1;
+            for v in &mut self.spend {
+                *v = v.div_ceil(2);
+            }
+        }
+    }
+
+    /// Month starts in a row the spend earned less than the tier.
+    pub fn months_short(&self) -> u8 {
+        self.short
+    }
+
+    /// Sets the count of month starts short of the tier.
+    pub fn set_months_short(&mut self, n: u8) {
+        self.short = n;
+    }
+
+    /// The raw parts, for the log and snapshots: (spend units, flights,
+    /// newest month, unit exponent, months short).
+    pub fn to_raw(&self) -> ([u16; 12], [u8; 12], Month, u8, u8) {
+        (self.spend, self.flights, self.month, self.exp, self.short)
+    }
+
+    /// From raw parts; an exponent out of range is clamped.
+    pub fn from_raw(spend: [u16; 12], flights: [u8; 12], month: Month, exp: u8, short: u8) -> Self {
+        MonthlyHistory {
+            spend,
+            flights,
+            month,
+            exp: exp.min(MAX_EXP),
+            short,
+        }
+    }
+}
+
+/// Compact in-memory member record (68 bytes, a test checks it). The
+/// member id is the key of the store and is not repeated here.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Member {
-    /// Qualifying spend over 12 months, CNY.
+    /// Qualifying spend over the rolling 12 months, CNY: the sum of
+    /// `history` (exactly as given while the history is undated).
     pub qualifying_spend_12m: f32,
     /// Points balance.
     pub points: u32,
@@ -640,8 +928,8 @@ pub struct Member {
     pub last_flight: Option<Day>,
     /// Day the member joined.
     pub joined: Day,
-    /// Flights over 12 months.
-    pub flights_12m: u16,
+    /// Qualifying spend and flights by month over the rolling 12 months.
+    pub history: MonthlyHistory,
     /// Tags bitset.
     pub tags: Tags,
     /// Home airport.
@@ -652,6 +940,41 @@ pub struct Member {
     pub birth_month: u8,
     /// Marketing consent flags.
     pub consent: Consent,
+}
+
+impl Member {
+    /// Flights over the rolling 12 months.
+    pub fn flights_12m(&self) -> u16 {
+        self.history.flights()
+    }
+
+    /// Sets the 12-month totals as one undated spread (the form of a record
+    /// without monthly history).
+    pub fn set_totals(&mut self, spend: f64, flights: u16) {
+        self.history = MonthlyHistory::spread(spend, flights);
+        self.qualifying_spend_12m = spend as f32;
+    }
+
+    /// Recomputes the spend total from a dated history.
+    pub fn refresh_totals(&mut self) {
+        if self.history.is_dated() {
+            self.qualifying_spend_12m = self.history.spend() as f32;
+        }
+    }
+}
+
+/// One month of a member's history in the NDJSON form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MonthRecord {
+    /// Calendar month, `YYYY-MM`.
+    pub month: String,
+    /// Qualifying spend in the month, CNY.
+    #[serde(default)]
+    pub qualifying_spend: f64,
+    /// Flights in the month (0 to 255).
+    #[serde(default)]
+    pub flights: i64,
 }
 
 /// The member NDJSON schema (one object a line); also the body of
@@ -680,6 +1003,12 @@ pub struct MemberRecord {
     pub consent: ConsentDto,
     /// Tags from the known vocabulary.
     pub tags: Vec<String>,
+    /// Optional: qualifying spend and flights by month, at most 12 months
+    /// ending with the newest given; the 12-month totals must then equal
+    /// their sums (spend to 1 CNY). Without it the totals are spread evenly
+    /// over 12 months (see [`MonthlyHistory`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<Vec<MonthRecord>>,
 }
 
 /// Largest accepted member id, in bytes.
@@ -759,15 +1088,22 @@ impl MemberRecord {
             .filter(|m| (1..=12).contains(m))
             .ok_or_else(|| FieldError::new("birth_month", "must be an integer from 1 to 12")));
         let tags = ok!(Tags::parse(&self.tags));
+        let history = match (&self.monthly, spend, flights_12m) {
+            (None, Some(()), Some(f)) => Some(MonthlyHistory::spread(self.qualifying_spend_12m, f)),
+            (Some(months), Some(()), Some(f)) => ok!(self.monthly_history(months, f)),
+            _ => None,
+        };
         let member = (|| {
             id?;
-            spend?;
             Some(Member {
-                qualifying_spend_12m: self.qualifying_spend_12m as f32,
+                qualifying_spend_12m: match history? {
+                    h if h.is_dated() => h.spend() as f32,
+                    _ => self.qualifying_spend_12m as f32,
+                },
                 points: points?,
                 last_flight: last_flight?,
                 joined: joined?,
-                flights_12m: flights_12m?,
+                history: history?,
                 tags: tags?,
                 home_airport: home_airport?,
                 tier: tier?,
@@ -782,14 +1118,86 @@ impl MemberRecord {
         }
     }
 
-    /// The NDJSON form of a compact member.
+    /// Checks `monthly` against the totals and builds the dated history.
+    fn monthly_history(
+        &self,
+        months: &[MonthRecord],
+        flights: u16,
+    ) -> Result<MonthlyHistory, FieldError> {
+        let mut entries = Vec::with_capacity(months.len());
+        for (i, e) in months.iter().enumerate() {
+            let month = parse_month(&e.month).ok_or_else(|| {
+                FieldError::new(
+                    format!("monthly[{i}].month"),
+                    "must be YYYY-MM, 1970 or later",
+                )
+            })?;
+            if entries.iter().any(|(m, _, _)| *m == month) {
+                return Err(FieldError::new(
+                    format!("monthly[{i}].month"),
+                    "is given twice",
+                ));
+            }
+            if !(e.qualifying_spend.is_finite() && (0.0..=1e8).contains(&e.qualifying_spend)) {
+                return Err(FieldError::new(
+                    format!("monthly[{i}].qualifying_spend"),
+                    "must be a number from 0 to 1e8",
+                ));
+            }
+            let f = u8::try_from(e.flights).map_err(|_| {
+                FieldError::new(
+                    format!("monthly[{i}].flights"),
+                    "must be an integer from 0 to 255",
+                )
+            })?;
+            entries.push((month, e.qualifying_spend, f));
+        }
+        if let Some(newest) = entries.iter().map(|e| e.0).max() {
+            if let Some(i) = entries.iter().position(|e| e.0 + 11 < newest) {
+                return Err(FieldError::new(
+                    format!("monthly[{i}].month"),
+                    "is more than 11 months before the newest month given",
+                ));
+            }
+        }
+        let h = MonthlyHistory::from_months(&entries);
+        if (h.spend() - self.qualifying_spend_12m).abs() > 1.0 {
+            return Err(FieldError::new(
+                "qualifying_spend_12m",
+                format!("is not the sum of monthly spend ({})", round2(h.spend())),
+            ));
+        }
+        if h.flights() != flights {
+            return Err(FieldError::new(
+                "flights_12m",
+                format!("is not the sum of monthly flights ({})", h.flights()),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// The NDJSON form of a compact member (with `monthly` once its history is dated).
     pub fn from_member(id: &str, m: &Member) -> MemberRecord {
+        let monthly = m.history.is_dated().then(|| {
+            let mut v: Vec<MonthRecord> = m
+                .history
+                .months()
+                .into_iter()
+                .map(|(month, spend, flights)| MonthRecord {
+                    month: month_name(month),
+                    qualifying_spend: spend,
+                    flights: flights as i64,
+                })
+                .collect();
+            v.reverse();
+            v
+        });
         MemberRecord {
             member_id: id.to_string(),
             tier: m.tier.as_str().to_string(),
             points: m.points as i64,
             qualifying_spend_12m: round2(m.qualifying_spend_12m as f64),
-            flights_12m: m.flights_12m as i64,
+            flights_12m: m.flights_12m() as i64,
             last_flight: m.last_flight.map(|d| d.to_string()),
             joined: m.joined.to_string(),
             home_airport: m.home_airport.as_str().to_string(),
@@ -800,6 +1208,7 @@ impl MemberRecord {
                 app: m.consent.granted(ConsentChannel::App),
             },
             tags: m.tags.names(),
+            monthly,
         }
     }
 }
