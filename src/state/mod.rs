@@ -669,6 +669,59 @@ mod tests {
     }
 
     #[test]
+    fn a_format_5_snapshot_is_still_read_with_undated_members() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let m = crate::synth::member(1, 1, d, &th);
+        let at = 1_795_000_000_000i64;
+        let v5 = bincode::serialize(&(
+            5u32,
+            vec![("M1".to_string(), MemberWire::from(&m))],
+            Vec::<(DecisionRecord, Vec<u8>)>::new(),
+            Vec::<(String, Vec<(String, i64)>)>::new(),
+            Vec::<(String, ContactDay)>::new(),
+            Vec::<(String, InventoryKey, u32)>::new(),
+            Vec::<ExperimentSnapshot>::new(),
+            LearnerSnapshot {
+                models: Vec::new(),
+                memory: Vec::new(),
+            },
+            at,
+        ))
+        .unwrap();
+        let restored = state();
+        restored.restore(&v5, 4).unwrap();
+        let got = restored.members().get("M1").unwrap();
+        assert_eq!(got, m);
+        assert!(!got.history.is_dated());
+        assert_eq!(restored.log_time_ms(), at);
+        // Written back in format 6 and read again: the same state.
+        let bytes = restored.snapshot_bytes();
+        assert_eq!(
+            u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            6
+        );
+        let again = state();
+        again.restore(&bytes, 4).unwrap();
+        assert_eq!(again.digest(), restored.digest());
+        // The next month's first record dates the spread and ages a month out.
+        let next = at + 31 * 86_400_000;
+        again.apply(
+            &LogRecord::MemberErased {
+                member_id: "nobody".into(),
+                at_ms: next,
+            },
+            5,
+            false,
+        );
+        let rolled = again.members().get("M1").unwrap();
+        assert!(rolled.history.is_dated());
+        assert!(
+            rolled.qualifying_spend_12m < m.qualifying_spend_12m || m.qualifying_spend_12m < 1.0
+        );
+    }
+
+    #[test]
     fn a_format_4_snapshot_is_still_read_with_unknown_segments() {
         use crate::experiments::{parse_experiments, ExposureV4, SegmentBy, DEFAULT_EXPERIMENTS};
         let exposure = |variant: u8, converted: bool| ExposureV4 {

@@ -797,6 +797,11 @@ impl MonthlyHistory {
         units as f64 * Self::unit(self.exp)
     }
 
+    /// The unit spend is kept in, CNY.
+    pub fn unit_cny(&self) -> f64 {
+        Self::unit(self.exp)
+    }
+
     /// Flights over the 12 months.
     pub fn flights(&self) -> u16 {
         self.flights.iter().map(|v| *v as u16).sum()
@@ -1005,7 +1010,8 @@ pub struct MemberRecord {
     pub tags: Vec<String>,
     /// Optional: qualifying spend and flights by month, at most 12 months
     /// ending with the newest given; the 12-month totals must then equal
-    /// their sums (spend to 1 CNY). Without it the totals are spread evenly
+    /// their sums (spend to 1 CNY, or to the unit months are kept in, see
+    /// [`MonthlyHistory`]). Without it the totals are spread evenly
     /// over 12 months (see [`MonthlyHistory`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly: Option<Vec<MonthRecord>>,
@@ -1161,7 +1167,11 @@ impl MemberRecord {
             }
         }
         let h = MonthlyHistory::from_months(&entries);
-        if (h.spend() - self.qualifying_spend_12m).abs() > 1.0 {
+        // Months are kept to the history's unit (1 CNY under 65,536 CNY a
+        // month): the total may differ from the months' sum by a unit and a
+        // half a month, or by 1 CNY.
+        let tolerance = (h.unit_cny() * 1.5 * entries.len() as f64).max(1.0);
+        if (h.spend() - self.qualifying_spend_12m).abs() > tolerance {
             return Err(FieldError::new(
                 "qualifying_spend_12m",
                 format!("is not the sum of monthly spend ({})", round2(h.spend())),
@@ -1271,4 +1281,154 @@ pub struct OfferRequest {
     pub itinerary: Itinerary,
     /// Most offers to return, 1 to 10.
     pub max_offers: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"member_id":"M1","tier":"gold","points":1200,"qualifying_spend_12m":52000.5,"flights_12m":12,"last_flight":"2026-10-01","joined":"2019-04-02","home_airport":"PEK","birth_month":7,"consent":{"email":true,"sms":false,"app":true},"tags":["business"]}"#;
+
+    fn record(monthly: &str) -> MemberRecord {
+        let line = LINE.replace(r#""tags""#, &format!(r#""monthly":{monthly},"tags""#));
+        crate::parse::from_json(line.as_bytes()).unwrap()
+    }
+
+    /// The memory target (150 bytes a member at 10 million) rests on this
+    /// size: the store's slots hold a 4-byte key beside it.
+    #[test]
+    fn the_member_record_is_68_bytes() {
+        assert_eq!(std::mem::size_of::<MonthlyHistory>(), 40);
+        assert_eq!(std::mem::size_of::<Member>(), 68);
+    }
+
+    #[test]
+    fn months_are_named_and_parsed() {
+        let m = parse_month("2026-11").unwrap();
+        assert_eq!(month_name(m), "2026-11");
+        assert_eq!(month_of(Day::parse("2026-11-30").unwrap()), m);
+        assert_eq!(month_of(Day::parse("2026-12-01").unwrap()), m + 1);
+        assert_eq!(parse_month("1970-01"), Some(0));
+        for bad in ["2026-13", "1969-12", "2026-1", "26-11", "2026/11", ""] {
+            assert_eq!(parse_month(bad), None, "{bad}");
+        }
+        assert_eq!(month_of(Day(i32::MIN)), 0);
+        assert_eq!(month_of(Day(i32::MAX)), u16::MAX);
+    }
+
+    #[test]
+    fn a_spread_keeps_the_totals_and_ages_out_a_twelfth_a_month() {
+        let mut h = MonthlyHistory::spread(52_000.5, 13);
+        assert!(!h.is_dated());
+        assert_eq!((h.spend(), h.flights()), (52_000.5, 13));
+        // Rolling an undated history does nothing until it is dated.
+        h.roll_to(700);
+        assert_eq!(h.spend(), 52_000.5);
+        h.date(680);
+        h.roll_to(681);
+        // The oldest month (a twelfth, the remainder going to the newest) aged out.
+        assert!(
+            (h.spend() - 52_000.5 * 11.0 / 12.0).abs() < 0.2,
+            "{}",
+            h.spend()
+        );
+        assert_eq!(h.flights(), 12);
+        h.roll_to(693);
+        assert_eq!((h.spend(), h.flights()), (0.0, 0));
+    }
+
+    #[test]
+    fn months_keep_their_spend_and_a_large_month_coarsens_the_unit() {
+        let mut h = MonthlyHistory::from_months(&[(600, 1_000.25, 1), (605, 2_500.5, 2)]);
+        assert_eq!(h.month(), Some(605));
+        assert_eq!(h.spend(), 3_500.75);
+        // Outside the window: left out.
+        assert!(!h.add(593, 99.0, 1));
+        assert_eq!(h.spend(), 3_500.75);
+        // A month of 300,000 CNY needs a unit of 8 CNY: the others round to it.
+        assert!(h.add(605, 300_000.0, 1));
+        // Each month is then within a unit and a half of what was added.
+        assert!((h.spend() - 303_500.75).abs() <= 24.0, "{}", h.spend());
+        assert_eq!(h.unit_cny(), 8.0);
+        assert_eq!(h.flights(), 4);
+        // Once it ages out the finer unit comes back for what is left.
+        h.roll_to(617);
+        assert_eq!(h.months(), vec![]);
+        h.add(617, 10.5, 0);
+        assert_eq!(h.spend(), 10.5);
+        // Saturating, never wrapping.
+        for _ in 0..30 {
+            h.add(617, 1e7, 255);
+        }
+        assert!(h.spend() > 1e8 && h.flights() == 255, "{}", h.spend());
+    }
+
+    #[test]
+    fn member_lines_take_an_optional_monthly_history() {
+        // Today's totals-only form.
+        let m = crate::parse::from_json::<MemberRecord>(LINE.as_bytes())
+            .unwrap()
+            .to_member()
+            .unwrap();
+        assert_eq!((m.qualifying_spend_12m, m.flights_12m()), (52_000.5, 12));
+        assert!(!m.history.is_dated());
+        assert_eq!(MemberRecord::from_member("M1", &m).monthly, None);
+        // With months: dated at the newest, the totals their sums.
+        let r = record(
+            r#"[{"month":"2026-10","qualifying_spend":50000.5,"flights":10},{"month":"2025-11","qualifying_spend":2000,"flights":2}]"#,
+        );
+        let m = r.to_member().unwrap();
+        assert_eq!(m.history.month(), parse_month("2026-10"));
+        // A month of 50,000 CNY is kept to the CNY (the half rounds up).
+        assert_eq!((m.qualifying_spend_12m, m.flights_12m()), (52_001.0, 12));
+        let r = record(
+            r#"[{"month":"2025-11","qualifying_spend":2000.5,"flights":2},{"month":"2026-10","qualifying_spend":50000,"flights":10}]"#,
+        );
+        let m = r.to_member().unwrap();
+        let back = MemberRecord::from_member("M1", &m);
+        let months = back.monthly.as_ref().unwrap();
+        // Oldest first; 2,000.5 kept to the month's unit of 1 CNY.
+        assert_eq!(months[0].month, "2025-11");
+        assert_eq!(months[0].qualifying_spend, 2001.0);
+        assert_eq!(months[1], r.monthly.as_ref().unwrap()[1]);
+        assert_eq!(back.to_member().unwrap(), m);
+        // Each fault names its field.
+        for (monthly, field) in [
+            (
+                r#"[{"month":"2026-10","qualifying_spend":50000.5,"flights":12}]"#,
+                "qualifying_spend_12m",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52002.5,"flights":12}]"#,
+                "qualifying_spend_12m",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52000.5,"flights":11}]"#,
+                "flights_12m",
+            ),
+            (
+                r#"[{"month":"2026-13","qualifying_spend":52000.5,"flights":12}]"#,
+                "monthly[0].month",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":-1,"flights":12}]"#,
+                "monthly[0].qualifying_spend",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52000.5,"flights":300}]"#,
+                "monthly[0].flights",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52000.5,"flights":12},{"month":"2026-10"}]"#,
+                "monthly[1].month",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52000.5,"flights":12},{"month":"2025-10"}]"#,
+                "monthly[1].month",
+            ),
+        ] {
+            let e = record(monthly).to_member().unwrap_err();
+            assert_eq!(e.field, field, "{monthly}: {e}");
+        }
+    }
 }
