@@ -2,7 +2,8 @@
 //! the same state, whenever and wherever they are applied. Thousands of
 //! records of every kind (checkout and campaign decisions, impressions,
 //! clicks, accepts, declines, fulfilments weeks later, member writes and
-//! events, erasures) are applied to two fresh states at different wall-clock
+//! events, members with monthly histories that age out at month starts,
+//! erasures) are applied to two fresh states at different wall-clock
 //! times; their snapshots must be byte-identical and their digests equal. A
 //! third state restored from a snapshot taken half-way, then fed the rest,
 //! must reach the same digest (the digest does not depend on the order the
@@ -164,6 +165,25 @@ fn history() -> Vec<LogRecord> {
                 })
                 .collect();
             push(at, LogRecord::Decisions(block));
+        }
+        if i % 500 == 250 {
+            // A member replaced with a dated monthly history (the current record form).
+            let k = i % MEMBERS;
+            let mut m = offer_engine::synth::member(7, k, as_of, &th);
+            let month =
+                offer_engine::domain::month_of(offer_engine::domain::Day((at / DAY_MS) as i32));
+            m.history = offer_engine::domain::MonthlyHistory::from_months(&[
+                (month, 3_000.0, 2),
+                (month - 3, 45_000.0, 5),
+            ]);
+            m.refresh_totals();
+            push(
+                at,
+                LogRecord::MembersV2(vec![(
+                    member_id(k),
+                    offer_engine::state::MemberWireV2::from(&m),
+                )]),
+            );
         }
         let change = match i % 13 {
             0 => Some(MemberChange::FlightFlown {
