@@ -233,7 +233,9 @@ impl State {
     fn advance(&self, at_ms: i64) -> i64 {
         let prev = self.log_time.fetch_max(at_ms, Ordering::AcqRel);
         let now = prev.max(at_ms);
-        if prev != i64::MIN {
+        // A month starts only on a new day (the cheap test first: this runs
+        // for every record).
+        if prev != i64::MIN && day_of_ms(prev) != day_of_ms(now) {
             let month = |ms: i64| crate::domain::month_of(Day(day_of_ms(ms)));
             let (from, to) = (month(prev), month(now));
             if to > from {
@@ -771,7 +773,7 @@ mod tests {
         assert_eq!(by_tier.segments.len(), 1);
         assert_eq!(by_tier.segments[0].segment, "unknown");
         assert_eq!(by_tier.segments[0].variants[0].members, 2);
-        // Written back in format 5 and read again to the same state.
+        // Written back in the current format and read again to the same state.
         let again = state();
         again.restore(&restored.snapshot_bytes(), 3).unwrap();
         assert_eq!(again.digest(), restored.digest());

@@ -863,7 +863,7 @@ impl MonthlyHistory {
     /// than its window is left out (false), a newer one moves it on first.
     pub fn add(&mut self, month: Month, spend: f64, flights: u8) -> bool {
         self.roll_to(month);
-        if !self.is_dated() || month + 11 < self.month || month > self.month {
+        if !self.is_dated() || u32::from(month) + 11 < u32::from(self.month) || month > self.month {
             return false;
         }
         let i = (self.month - month) as usize;
@@ -1361,6 +1361,14 @@ mod tests {
             h.add(617, 1e7, 255);
         }
         assert!(h.spend() > 1e8 && h.flights() == 255, "{}", h.spend());
+        // Months at the ends of the range neither wrap nor panic.
+        let mut h = MonthlyHistory::from_months(&[(u16::MAX, 1.0, 1)]);
+        assert!(h.add(u16::MAX - 3, 1.0, 1) && !h.add(1, 1.0, 1));
+        h.roll_to(u16::MAX);
+        assert_eq!(h.flights(), 2);
+        let mut m = MonthlyHistory::spread(f64::NAN, u16::MAX);
+        m.date(0);
+        assert_eq!((m.spend(), m.month()), (0.0, Some(1)));
     }
 
     #[test]
