@@ -242,3 +242,45 @@ fn a_record_with_totals_only_is_spread_and_ages_out() {
     let got = state.members().get(&rec.member_id).unwrap();
     assert_eq!((got.tier, got.flights_12m()), (Tier::Base, 0));
 }
+
+mod props {
+    use offer_engine::domain::{Month, MonthlyHistory};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a brute-force window: spend by month added in any order
+        /// (months moving on by 0 to 14 at a time, some older than the
+        /// window) gives the window's flights exactly and its spend to a
+        /// unit and a half a month.
+        #[test]
+        fn the_window_is_the_sum_of_its_months(
+            steps in proptest::collection::vec((0u16..15, 0u16..14, 0.0f64..200_000.0, 0u8..5), 1..60)
+        ) {
+            let start: Month = 680;
+            let mut h = MonthlyHistory::from_months(&[(start, 0.0, 0)]);
+            let mut now = start;
+            let mut all: Vec<(Month, f64, u8)> = Vec::new();
+            let mut unit: f64 = 0.0;
+            for (forward, back, spend, flights) in steps {
+                now += forward;
+                let month = now.saturating_sub(back);
+                h.roll_to(now);
+                let kept = h.add(month, spend, flights);
+                // Each month is off by at most a unit and a half of the
+                // coarsest unit it was kept in.
+                unit = unit.max(h.unit_cny());
+                prop_assert_eq!(kept, month + 11 >= now);
+                if kept {
+                    all.push((month, spend, flights));
+                }
+                let window: Vec<_> = all.iter().filter(|e| e.0 + 11 >= now).collect();
+                let spend: f64 = window.iter().map(|e| e.1).sum();
+                let flights: u16 = window.iter().map(|e| e.2 as u16).sum();
+                prop_assert_eq!(h.month(), Some(now));
+                prop_assert_eq!(h.flights(), flights);
+                let tolerance = 1.5 * unit * 12.0 + 1e-6;
+                prop_assert!((h.spend() - spend).abs() <= tolerance, "{} {}", h.spend(), spend);
+            }
+        }
+    }
+}

@@ -535,4 +535,48 @@ mod tests {
         assert_eq!(thousands(1200), "1,200");
         assert_eq!(thousands(1234567), "1,234,567");
     }
+
+    #[test]
+    fn expiry_is_the_channel_validity_capped_by_departure_and_window() {
+        use chrono::TimeZone;
+        let catalog = Catalog::default_catalog();
+        let offer = &catalog.offers[0];
+        let start = Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap();
+        for ch in Channel::ALL {
+            let want = start + Duration::minutes(offer.validity.minutes(ch) as i64);
+            assert_eq!(expiry_from(offer, ch, start, None), want, "{ch:?}");
+        }
+        assert_eq!(
+            expiry_from(offer, Channel::Email, start, None),
+            start + Duration::days(7)
+        );
+        // A departure sooner than the validity ends it.
+        let it = Itinerary {
+            origin: crate::domain::Iata::parse("PEK").unwrap(),
+            destination: crate::domain::Iata::parse("SHA").unwrap(),
+            departure: start + Duration::hours(5),
+            cabin: crate::domain::Cabin::Economy,
+            fare: Money {
+                amount: 1000.0,
+                currency: "CNY".into(),
+            },
+            passengers: 1,
+        };
+        assert_eq!(
+            expiry_from(offer, Channel::App, start, Some(&it)),
+            it.departure
+        );
+        // So does the end of the offer's last day.
+        let late = Day(offer.valid_to.0)
+            .to_date()
+            .and_hms_opt(20, 0, 0)
+            .unwrap()
+            .and_utc();
+        let end = Day(offer.valid_to.0 + 1)
+            .to_date()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert_eq!(expiry_from(offer, Channel::Email, late, None), end);
+    }
 }
