@@ -81,7 +81,12 @@ pub async fn metrics(state: web::Data<SharedState>) -> HttpResponse {
     let reports: Vec<_> = engine
         .experiments
         .iter()
-        .map(|e| state.state().experiments().report(e))
+        .map(|e| {
+            state
+                .state()
+                .experiments()
+                .report(e, state.state().log_time_ms())
+        })
         .collect();
     state.metrics().observe_reports(&reports);
     HttpResponse::Ok()

@@ -31,7 +31,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::domain::{Day, Member, TierThresholds};
 use crate::events::OutcomeKind;
-use crate::experiments::{Assignment, ExperimentSnapshot, ExperimentSnapshotV4, SegmentKeys};
+use crate::experiments::{
+    Assignment, ExperimentSnapshot, ExperimentSnapshotV4, ExperimentSnapshotV5, SegmentKeys,
+};
+use crate::records::MemberChange;
 pub use crate::records::{decode_bounded, LogRecord, MemberWire};
 use crate::state::ledger::{ContactDay, DecisionRecord, InventoryKey, ACCEPTED};
 use experiments::ExperimentBook;
@@ -42,9 +45,13 @@ use members::MemberStore;
 /// Snapshot format version. 4 adds the log time the snapshot reflects, so a
 /// restore filters outlived decisions by log time, not by the wall clock.
 /// 5 adds to each experiment exposure the member's decisions and segments at
-/// first exposure. Formats 3 and 4 are still read (their log time, for 3, is
-/// the latest time they hold; their exposures have unknown segments).
-const SNAPSHOT_FORMAT: u32 = 5;
+/// first exposure. 6 adds to each exposure its first-exposure time and
+/// loyalty outcomes, and to each experiment its daily history (the time
+/// series). Formats 3, 4 and 5 are still read (their log time, for 3, is the
+/// latest time they hold; their exposures have unknown segments before 5,
+/// unknown first-exposure times and so no loyalty outcomes before 6, and
+/// their time series starts empty).
+const SNAPSHOT_FORMAT: u32 = 6;
 
 /// Everything the state holds, committed parts only.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +65,20 @@ struct Snapshot {
     experiments: Vec<ExperimentSnapshot>,
     learner: LearnerSnapshot,
     /// Log time, ms: the latest record time applied.
+    log_time_ms: i64,
+}
+
+/// Format 5: exposures without loyalty outcomes, experiments without days.
+#[derive(Debug, Deserialize)]
+struct SnapshotV5 {
+    format: u32,
+    members: Vec<(String, MemberWire)>,
+    decisions: Vec<(DecisionRecord, Vec<u8>)>,
+    suppressions: Vec<(String, Vec<(String, i64)>)>,
+    contacts: Vec<(String, ContactDay)>,
+    inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshotV5>,
+    learner: LearnerSnapshot,
     log_time_ms: i64,
 }
 
@@ -241,11 +262,21 @@ impl State {
                                     }
                                 }
                             }
+                            // The conversion's value: what the report's revenue
+                            // and the time series' value add up.
+                            let conversion_value = e.revenue;
                             for a in &e.experiments {
-                                let c = self.experiments.convert(a, &e.member_id, e.revenue);
-                                applied
-                                    .converted
-                                    .push((a.clone(), c.new_conversion, e.revenue));
+                                let c = self.experiments.convert(
+                                    a,
+                                    &e.member_id,
+                                    conversion_value,
+                                    self.log_time_ms(),
+                                );
+                                applied.converted.push((
+                                    a.clone(),
+                                    c.new_conversion,
+                                    conversion_value,
+                                ));
                             }
                         }
                         OutcomeKind::Decline => {
@@ -280,14 +311,28 @@ impl State {
                 change,
                 at_ms,
             } => {
-                self.advance(*at_ms);
+                let now = self.advance(*at_ms);
                 let th = self.thresholds;
-                if self
-                    .members
-                    .update(member_id, |m| change.apply(m, &th))
-                    .is_none()
-                {
-                    applied.skipped += 1;
+                let mut before = None;
+                let after = self.members.update(member_id, |m| {
+                    before = Some(m.tier);
+                    change.apply(m, &th)
+                });
+                match (before, after) {
+                    (Some(before), Some(after)) => {
+                        // Loyalty outcomes, by the log time the event is
+                        // applied at (never the clock, nor the event's own day).
+                        let (flight, spend) = match *change {
+                            MemberChange::FlightFlown { spend, .. } => (true, spend),
+                            MemberChange::Purchase { qualifying_amount } => {
+                                (false, qualifying_amount)
+                            }
+                            _ => (false, 0.0),
+                        };
+                        self.experiments
+                            .member_event(member_id, now, flight, spend, before, after.tier);
+                    }
+                    _ => applied.skipped += 1,
                 }
             }
             LogRecord::MemberErased { member_id, at_ms } => {
@@ -359,13 +404,14 @@ impl State {
         for a in &d.experiments {
             // Segments at first exposure, from the member as the log has
             // them when this record is applied: deterministic on replay.
-            let segment = || {
+            let first = || {
                 let m = self.members.get(&d.member_id)?;
-                Some(SegmentKeys::of(&m, d.channel, Day(day_of_ms(d.created_ms))))
+                let keys = SegmentKeys::of(&m, d.channel, Day(day_of_ms(d.created_ms)));
+                Some((keys, m.flights_12m))
             };
             let c = self
                 .experiments
-                .expose(a, &d.member_id, d.covariate, segment);
+                .expose(a, &d.member_id, d.covariate, now, first);
             applied.exposed.push((a.clone(), c.new_member));
         }
         if !live && d.last_expiry_ms() + DECISION_GRACE_MS > now {
@@ -409,6 +455,21 @@ impl State {
         let snap: Snapshot = match format {
             SNAPSHOT_FORMAT => {
                 decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?
+            }
+            5 => {
+                let v5: SnapshotV5 =
+                    decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+                Snapshot {
+                    format: v5.format,
+                    members: v5.members,
+                    decisions: v5.decisions,
+                    suppressions: v5.suppressions,
+                    contacts: v5.contacts,
+                    inventory: v5.inventory,
+                    experiments: v5.experiments.into_iter().map(Into::into).collect(),
+                    learner: v5.learner,
+                    log_time_ms: v5.log_time_ms,
+                }
             }
             4 => {
                 let v4: SnapshotV4 =
@@ -495,7 +556,8 @@ impl State {
         for e in &mut snap.experiments {
             let members = std::mem::take(&mut e.members);
             experiments.extend(
-                bincode::serialize(&(&e.id, &e.variants, &e.decisions)).unwrap_or_default(),
+                bincode::serialize(&(&e.id, &e.variants, &e.decisions, &e.days))
+                    .unwrap_or_default(),
             );
             experiments.extend(multiset(&members));
         }
@@ -638,7 +700,7 @@ mod tests {
         restored.restore(&v4, 3).unwrap();
         assert_eq!(restored.log_time_ms(), 1_000);
         let spec = &parse_experiments(DEFAULT_EXPERIMENTS).unwrap()[0];
-        let report = restored.experiments().report(spec);
+        let report = restored.experiments().report(spec, restored.log_time_ms());
         assert_eq!(report.variants[0].members, 2);
         assert_eq!(report.variants[0].exposures, 3);
         assert_eq!(report.variants[1].conversions, 1);
@@ -646,6 +708,7 @@ mod tests {
             spec,
             SegmentBy::Tier,
             crate::stats::Correction::Holm,
+            restored.log_time_ms(),
         );
         assert_eq!(by_tier.segments.len(), 1);
         assert_eq!(by_tier.segments[0].segment, "unknown");
@@ -696,13 +759,22 @@ mod tests {
         );
         core.apply(&decision("d2", Channel::Email, 2_000), 4, false);
         let book = core.experiments();
-        let tiers = book.segmented_report(spec, SegmentBy::Tier, crate::stats::Correction::Holm);
+        let tiers = book.segmented_report(
+            spec,
+            SegmentBy::Tier,
+            crate::stats::Correction::Holm,
+            core.log_time_ms(),
+        );
         let names: Vec<&str> = tiers.segments.iter().map(|s| s.segment.as_str()).collect();
         assert_eq!(names, vec!["silver"]);
         let model = &tiers.segments[0].variants[1];
         assert_eq!((model.members, model.exposures), (1, 2));
-        let channels =
-            book.segmented_report(spec, SegmentBy::Channel, crate::stats::Correction::Bh);
+        let channels = book.segmented_report(
+            spec,
+            SegmentBy::Channel,
+            crate::stats::Correction::Bh,
+            core.log_time_ms(),
+        );
         assert_eq!(channels.segments[0].segment, "app");
         // A replay of the same records gives the same segments.
         let replayed = state();

@@ -204,12 +204,19 @@ async fn the_report_survives_a_restart() {
         offer_engine::startup::open_state(&s, std::sync::Arc::new(offer_engine::durable::Silent))
             .unwrap()
             .0;
-    let after = serde_json::to_value(durable.state().experiments().report(&spec)).unwrap();
+    let after = serde_json::to_value(
+        durable
+            .state()
+            .experiments()
+            .report(&spec, durable.state().log_time_ms()),
+    )
+    .unwrap();
     // Segments were recorded at first exposure and come back from the log.
     let after_by_tier = serde_json::to_value(durable.state().experiments().segmented_report(
         &spec,
         offer_engine::experiments::SegmentBy::Tier,
         offer_engine::stats::Correction::Holm,
+        durable.state().log_time_ms(),
     ))
     .unwrap();
     // Counts exactly (sums of revenue may differ in the last bit with the
