@@ -782,6 +782,190 @@ mod tests {
         assert_eq!(replayed.digest(), core.digest());
     }
 
+    /// Loyalty outcomes count member events inside the window after first
+    /// exposure, by log time; the time series follows the log days; both
+    /// come back from a snapshot as they were.
+    #[test]
+    fn loyalty_outcomes_and_the_time_series_come_from_applied_records() {
+        use crate::domain::{Channel, Tier};
+        use crate::events::OutcomeRecord;
+        use crate::experiments::{parse_experiments, DAY_MS};
+        let spec = parse_experiments(
+            "[[experiment]]\nid = \"x\"\nsalt = \"s\"\ntraffic = 1.0\nloyalty_window_days = 30\n\
+             [[experiment.variant]]\nname = \"control\"\ncontrol = true\nweight = 1\n\
+             [[experiment.variant]]\nname = \"model\"\nweight = 1\n",
+        )
+        .unwrap()
+        .remove(0);
+        let core = state();
+        core.experiments()
+            .set_loyalty_windows(std::slice::from_ref(&spec));
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 8, 1).unwrap();
+        let mut m = crate::synth::member(1, 1, d, &core.thresholds());
+        m.tier = Tier::Silver;
+        m.flights_12m = 4;
+        let t0 = Day::from_date(d).0 as i64 * DAY_MS + 3_600_000;
+        let mut log = vec![LogRecord::Members(
+            ["M1", "M2", "M3"]
+                .iter()
+                .map(|id| (id.to_string(), MemberWire::from(&m)))
+                .collect(),
+        )];
+        let decision = |id: &str, member: &str, variant: &str, at: i64| {
+            LogRecord::Decision(DecisionRecord {
+                id: id.into(),
+                member_id: member.into(),
+                channel: Channel::App,
+                created_ms: at,
+                offers: Vec::new(),
+                experiments: vec![Assignment {
+                    experiment: "x".into(),
+                    variant: variant.into(),
+                }],
+                covariate: 100.0,
+                features: Vec::new(),
+            })
+        };
+        let event = |change: MemberChange, at_ms: i64| LogRecord::MemberChange {
+            member_id: "M1".into(),
+            at_ms,
+            change,
+        };
+        log.push(decision("d1", "M1", "model", t0));
+        log.push(decision("d2", "M2", "control", t0));
+        log.push(LogRecord::Outcomes(vec![OutcomeRecord {
+            decision_id: "d1".into(),
+            offer_pos: 0,
+            offer_id: "o".into(),
+            member_id: "M1".into(),
+            kind: OutcomeKind::Accept,
+            revenue: 10.0,
+            at_ms: t0 + 60_000,
+            client_at_ms: None,
+            inventory: None,
+            suppress_days: 30,
+            experiments: vec![Assignment {
+                experiment: "x".into(),
+                variant: "model".into(),
+            }],
+            learn: false,
+        }]));
+        log.push(event(
+            MemberChange::FlightFlown {
+                day: 0,
+                spend: 100.0,
+                points: 10,
+            },
+            t0 + DAY_MS,
+        ));
+        log.push(event(
+            MemberChange::TierChanged(Tier::Gold),
+            t0 + 2 * DAY_MS,
+        ));
+        log.push(decision("d3", "M3", "control", t0 + 35 * DAY_MS));
+        // Outside M1's 30-day window: not counted.
+        log.push(event(
+            MemberChange::Purchase {
+                qualifying_amount: 50.0,
+            },
+            t0 + 40 * DAY_MS,
+        ));
+        for (i, r) in log.iter().enumerate() {
+            core.apply(r, i as u64 + 1, false);
+        }
+        let report = core.experiments().report(&spec, core.log_time_ms());
+        let (control, model) = (&report.variants[0], &report.variants[1]);
+        assert_eq!((model.loyalty_members, model.lapse_members), (1, 1));
+        assert_eq!(model.flights_per_member.mean, 1.0);
+        assert_eq!(model.spend_per_member.mean, 100.0);
+        assert_eq!((model.tier_up_rate, model.lapse_rate), (1.0, 0.0));
+        // M2's window has ended without a flight; M3's has not ended.
+        assert_eq!((control.loyalty_members, control.lapse_members), (2, 1));
+        assert_eq!((control.lapse_rate, control.tier_up_rate), (1.0, 0.0));
+        let ts = core.experiments().timeseries(&spec);
+        let days: Vec<&str> = ts.days.iter().map(|d| d.day.as_str()).collect();
+        assert_eq!(days, vec!["2026-08-01", "2026-09-05"]);
+        let first = &ts.days[0].variants;
+        assert_eq!(
+            (first[1].members, first[1].conversions, first[1].value),
+            (1, 1, 10.0)
+        );
+        assert_eq!(first[0].members, 1);
+        assert_eq!(ts.days[1].variants[0].members, 2);
+        assert_eq!(ts.days[1].variants[1].value, 10.0);
+        // Restored from a snapshot, and replayed from the log, alike.
+        let restored = state();
+        restored.restore(&core.snapshot_bytes(), 9).unwrap();
+        assert_eq!(restored.experiments().timeseries(&spec), ts);
+        assert_eq!(
+            restored.experiments().report(&spec, restored.log_time_ms()),
+            core.experiments().report(&spec, core.log_time_ms())
+        );
+        assert_eq!(restored.digest().digest, core.digest().digest);
+        let replayed = state();
+        replayed
+            .experiments()
+            .set_loyalty_windows(std::slice::from_ref(&spec));
+        for (i, r) in log.iter().enumerate() {
+            replayed.apply(
+                &LogRecord::decode(&r.encode()).unwrap(),
+                i as u64 + 1,
+                false,
+            );
+        }
+        assert_eq!(replayed.experiments().timeseries(&spec), ts);
+        assert_eq!(replayed.digest().digest, core.digest().digest);
+    }
+
+    #[test]
+    fn a_format_5_snapshot_is_still_read_without_loyalty_outcomes() {
+        use crate::experiments::{parse_experiments, ExposureV5, DEFAULT_EXPERIMENTS};
+        let exposure = |variant: u8| ExposureV5 {
+            variant,
+            covariate: 10.0,
+            converted: true,
+            revenue: 20.0,
+            decisions: 2,
+            segment: None,
+            declined: false,
+        };
+        let v5 = bincode::serialize(&(
+            5u32,
+            Vec::<(String, MemberWire)>::new(),
+            Vec::<(DecisionRecord, Vec<u8>)>::new(),
+            Vec::<(String, Vec<(String, i64)>)>::new(),
+            Vec::<(String, ContactDay)>::new(),
+            Vec::<(String, InventoryKey, u32)>::new(),
+            vec![ExperimentSnapshotV5 {
+                id: "nbo-model-vs-priority".into(),
+                variants: vec!["control".into(), "model".into()],
+                decisions: vec![2, 2],
+                sequential_min: vec![1.0, 1.0],
+                members: vec![("M1".into(), exposure(0)), ("M2".into(), exposure(1))],
+            }],
+            LearnerSnapshot {
+                models: Vec::new(),
+                memory: Vec::new(),
+            },
+            5_000i64,
+        ))
+        .unwrap();
+        let restored = state();
+        restored.restore(&v5, 3).unwrap();
+        let spec = &parse_experiments(DEFAULT_EXPERIMENTS).unwrap()[0];
+        let report = restored.experiments().report(spec, i64::MAX);
+        assert_eq!(
+            (report.variants[1].members, report.variants[1].conversions),
+            (1, 1)
+        );
+        // First exposure unknown: no loyalty outcomes; no days yet.
+        assert_eq!(report.variants[1].loyalty_members, 0);
+        assert!(restored.experiments().timeseries(spec).days.is_empty());
+        let again = state();
+        again.restore(&restored.snapshot_bytes(), 3).unwrap();
+        assert_eq!(again.digest(), restored.digest());
+    }
+
     #[test]
     fn a_hostile_snapshot_is_an_error_not_an_allocation() {
         let state = state();
