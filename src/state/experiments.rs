@@ -341,6 +341,20 @@ impl ExperimentBook {
     /// minimum. The loyalty outcomes scan the experiment's exposures:
     /// O(exposed members) per call.
     pub fn report(&self, spec: &ExperimentSpec, now_ms: i64) -> Report {
+        self.report_with(spec, Some(now_ms))
+    }
+
+    /// The report of `spec` without the loyalty outcomes (their figures are
+    /// zero and their lifts null): O(variants), for `/metrics`, which is
+    /// scraped too often to scan every exposure. Updates the running
+    /// sequential minimum like [`ExperimentBook::report`].
+    pub fn report_without_loyalty(&self, spec: &ExperimentSpec) -> Report {
+        self.report_with(spec, None)
+    }
+
+    /// The report; with the loyalty outcomes as of log time `loyalty_at_ms`
+    /// when given.
+    fn report_with(&self, spec: &ExperimentSpec, loyalty_at_ms: Option<i64>) -> Report {
         let n = spec.variants.len();
         let names: Vec<String> = spec.variants.iter().map(|v| v.name.clone()).collect();
         let st = self.state(&spec.id);
@@ -360,12 +374,15 @@ impl ExperimentBook {
                 }
             }
         }
-        let loyalty = LoyaltyArm::per_variant(
-            n,
-            now_ms,
-            spec.loyalty_window_days,
-            self.spec_members(&st, spec),
-        );
+        let loyalty = match loyalty_at_ms {
+            Some(now_ms) => LoyaltyArm::per_variant(
+                n,
+                now_ms,
+                spec.loyalty_window_days,
+                self.spec_members(&st, spec),
+            ),
+            None => Vec::new(),
+        };
         let report = report_from_arms(spec, &arms, &exposures, &prev, &decliners, &loyalty);
         for (i, v) in report.variants.iter().enumerate() {
             if let (Some(p), Some(j)) = (v.sequential_p_value, Self::variant_index(&st, &names[i]))
