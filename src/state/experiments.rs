@@ -673,6 +673,59 @@ mod tests {
         }
     }
 
+    /// The daily history keeps one entry per log day with activity, the
+    /// last mirroring the running statistics, and at most
+    /// [`MAX_TIMESERIES_DAYS`] of them; a variant first seen later joins the
+    /// rows from its first day.
+    #[test]
+    fn the_daily_history_is_bounded_and_follows_log_days() {
+        let spec = parse_experiments(
+            "[[experiment]]\nid = \"x\"\nsalt = \"s\"\ntraffic = 1.0\n\
+             [[experiment.variant]]\nname = \"control\"\ncontrol = true\nweight = 1\n\
+             [[experiment.variant]]\nname = \"model\"\nweight = 1\n",
+        )
+        .unwrap()
+        .remove(0);
+        let book = ExperimentBook::default();
+        let a = |v: &str| Assignment {
+            experiment: "x".into(),
+            variant: v.into(),
+        };
+        let day = 86_400_000i64;
+        let days = MAX_TIMESERIES_DAYS as i64 + 5;
+        for d in 0..days {
+            book.expose(&a("control"), &format!("c{d}"), 0.0, d * day, || None);
+            if d >= 3 {
+                // Two events on one day: still one entry.
+                book.expose(&a("model"), &format!("m{d}"), 0.0, d * day + 10, || None);
+                book.convert(&a("model"), &format!("m{d}"), 2.0, d * day + 20);
+            }
+        }
+        let ts = book.timeseries(&spec);
+        assert_eq!(ts.days.len(), MAX_TIMESERIES_DAYS);
+        assert_eq!(ts.days[0].day, crate::domain::Day(5).to_string());
+        let last = ts.days.last().unwrap();
+        assert_eq!(last.variants[0].members, days as u64);
+        assert_eq!(
+            (last.variants[1].members, last.variants[1].conversions),
+            (days as u64 - 3, days as u64 - 3)
+        );
+        assert_eq!(last.variants[1].value, 2.0 * (days - 3) as f64);
+        // The first day kept is cumulative: everything before it counts.
+        assert_eq!(ts.days[0].variants[0].members, 6);
+        // The running minimum of the always-valid p-value never rises.
+        let p: Vec<f64> = ts
+            .days
+            .iter()
+            .filter_map(|d| d.variants[1].sequential_p_value)
+            .collect();
+        assert!(p.windows(2).all(|w| w[1] <= w[0]), "{p:?}");
+        let st = book.experiments.get("x").unwrap().clone();
+        let arms = st.arms.lock().unwrap().clone();
+        let days_kept = st.days.lock().unwrap();
+        assert_eq!(days_kept.back().unwrap().1[..], arms[..2]);
+    }
+
     #[test]
     fn erasure_keeps_the_figures_and_drops_the_segments() {
         use crate::domain::{Channel, Tier};

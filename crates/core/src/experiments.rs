@@ -50,6 +50,24 @@
 //! the corrected fixed-horizon p-value. Both quote the fixed-horizon 95%
 //! interval of the difference.
 //!
+//! # Loyalty outcomes
+//! Per exposure the state also counts, from the member events applied
+//! (flights flown, purchases, tier changes), those whose log time falls in
+//! the window of `loyalty_window_days` after the first exposure: flights,
+//! qualifying spend, and whether the member reached a tier above the one at
+//! first exposure. A member *lapsed* when their window has ended (by the
+//! state's log time) without a flight; lapse is judged over completed
+//! windows only. [`LoyaltyArm`] sums them per variant; the report's
+//! `flights_lift` and `spend_lift` are Welch lifts after CUPED on the
+//! 12-month flights and the qualifying spend at first exposure, and
+//! `tier_up_lift` and `lapse_lift` two-proportion lifts.
+//!
+//! # Results over time
+//! The state keeps, per log day with activity, each variant's cumulative
+//! [`ArmStats`] at the day's end (at most [`MAX_TIMESERIES_DAYS`]);
+//! [`timeseries`] turns them into the daily figures, with the always-valid
+//! p-value as the running minimum over the days.
+//!
 //! # Guardrails
 //! An experiment may name metrics ([`GuardrailSpec`]) a variant must not make
 //! worse than the control beyond a margin. The harm (positive is worse) and
