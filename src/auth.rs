@@ -43,7 +43,8 @@ pub enum Scope {
     MembersWrite,
     /// `POST /v1/campaigns`.
     Campaigns,
-    /// `GET /v1/experiments`, `GET /v1/experiments/{id}/report`.
+    /// `GET /v1/experiments`, `GET /v1/experiments/{id}/report`,
+    /// `GET /v1/experiments/{id}/timeseries`.
     ExperimentsRead,
     /// Reloads, snapshots, key listing, `/metrics` on the main listener.
     Admin,
@@ -409,9 +410,10 @@ pub fn required(method: &str, pattern: Option<&str>) -> Access {
         ("PUT" | "DELETE", "/v1/members/{id}") => Access::Needs(MembersWrite),
         ("POST", "/v1/members" | "/v1/member-events") => Access::Needs(MembersWrite),
         ("POST", "/v1/campaigns") => Access::Needs(Campaigns),
-        ("GET", "/v1/experiments" | "/v1/experiments/{id}/report") => {
-            Access::Needs(ExperimentsRead)
-        }
+        (
+            "GET",
+            "/v1/experiments" | "/v1/experiments/{id}/report" | "/v1/experiments/{id}/timeseries",
+        ) => Access::Needs(ExperimentsRead),
         ("GET", "/metrics") => Access::Needs(Admin),
         (_, p) if p.starts_with("/v1/admin/") => Access::Needs(Admin),
         // A known route with a method it does not take: the router says 405.
@@ -612,6 +614,11 @@ mod tests {
             (
                 "GET",
                 "/v1/experiments/{id}/report",
+                Access::Needs(ExperimentsRead),
+            ),
+            (
+                "GET",
+                "/v1/experiments/{id}/timeseries",
                 Access::Needs(ExperimentsRead),
             ),
             ("POST", "/v1/admin/reload", Access::Needs(Admin)),

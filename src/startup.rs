@@ -151,6 +151,8 @@ pub fn open_state(
     state
         .learner()
         .set_prior(engine.catalog.clone(), engine.table.clone());
+    // Loyalty windows before replay: member events count as they did live.
+    state.experiments().set_loyalty_windows(&engine.experiments);
     let dir = std::path::Path::new(&d.data_dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let lock = DirLock::take(dir)?;

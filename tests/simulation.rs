@@ -131,14 +131,14 @@ fn run_once(world: &World, run: usize, a_a: bool) -> (f64, f64, f64, f64) {
             experiment: "sim".into(),
             variant: variant.clone(),
         };
-        book.expose(&a, &member_id, 0.0, || None);
+        book.expose(&a, &member_id, 0.0, 0, || None);
         for (p, price) in shown {
             if rng.gen_bool(*p) {
-                book.convert(&a, &member_id, *price);
+                book.convert(&a, &member_id, *price, 0);
             }
         }
     }
-    let r = book.report(&spec);
+    let r = book.report(&spec, 0);
     let l = r.variants[1]
         .conversion_lift
         .clone()
@@ -200,14 +200,14 @@ fn run_segmented_aa(world: &World, run: usize) -> (bool, bool) {
         let mut m = synth::member(42, idx as u64, as_of, &th);
         m.tier = Tier::ALL[k % Tier::ALL.len()];
         let keys = SegmentKeys::of(&m, Channel::Checkout, Day(20_000));
-        book.expose(&a, &member_id, 0.0, || Some(keys));
+        book.expose(&a, &member_id, 0.0, 0, || Some((keys, 0)));
         for (p, price) in &world.control[idx] {
             if rng.gen_bool(*p) {
-                book.convert(&a, &member_id, *price);
+                book.convert(&a, &member_id, *price, 0);
             }
         }
     }
-    let r = book.segmented_report(&spec, SegmentBy::Tier, Correction::Holm);
+    let r = book.segmented_report(&spec, SegmentBy::Tier, Correction::Holm, 0);
     assert_eq!(r.segments.len(), 5);
     let lifts: Vec<_> = r
         .segments

@@ -6,7 +6,10 @@
 //! holds sample-ratio-mismatch cases; `corrections.json` Holm and
 //! Benjamini–Hochberg adjusted p-values (statsmodels `multipletests`);
 //! `sample_size.json` members per arm for a minimum detectable effect
-//! (statsmodels `NormalIndPower`). `null` means the Rust function must
+//! (statsmodels `NormalIndPower`); `loyalty.json` the loyalty lifts of the
+//! report (CUPED Welch for flights and spend, two proportions for tier-up
+//! and lapse) and `timeseries.json` a time series's daily lifts and running
+//! always-valid p-value. `null` means the Rust function must
 //! return `None`.
 //!
 //! Tolerance: every figure must agree to a **relative** error of 1e-6
@@ -382,5 +385,190 @@ fn proportion_difference_matches_the_wald_fixtures() {
         check.close(&format!("{}: high", case.name), hi, want.abs_ci_high);
     }
     assert!(check.checked >= 45);
+    check.finish();
+}
+
+/// A report lift as a [`Lift`] (the report names the absolute interval
+/// `ci_*` and the relative one `relative_ci_*`).
+fn as_lift(r: Option<offer_engine::experiments::ReportLift>) -> Option<Lift> {
+    r.map(|r| Lift {
+        absolute: r.absolute,
+        relative: r.relative,
+        ci_low: r.relative_ci_low,
+        ci_high: r.relative_ci_high,
+        p_value: r.p_value,
+        abs_ci_low: r.ci_low,
+        abs_ci_high: r.ci_high,
+    })
+}
+
+fn two_arm_spec() -> offer_engine::experiments::ExperimentSpec {
+    offer_engine::experiments::parse_experiments(
+        "[[experiment]]\nid = \"x\"\nsalt = \"s\"\ntraffic = 1.0\n\
+         [[experiment.variant]]\nname = \"control\"\ncontrol = true\nweight = 1\n\
+         [[experiment.variant]]\nname = \"treatment\"\nweight = 1\n",
+    )
+    .expect("spec parses")
+    .remove(0)
+}
+
+#[derive(Debug, Deserialize)]
+struct LoyaltyFile {
+    cases: Vec<LoyaltyCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoyaltyArmFixture {
+    flights: ArmStats,
+    spend: ArmStats,
+    tier_up: ArmStats,
+    lapse: ArmStats,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoyaltyCase {
+    name: String,
+    control: LoyaltyArmFixture,
+    treatment: LoyaltyArmFixture,
+    expected: LoyaltyExpected,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoyaltyExpected {
+    flights_lift: Option<Lift>,
+    spend_lift: Option<Lift>,
+    tier_up_lift: Option<Lift>,
+    lapse_lift: Option<Lift>,
+}
+
+/// The loyalty lifts, read from the report built from the arms (so which
+/// covariate goes with which outcome is checked too).
+#[test]
+fn loyalty_fixtures_match_scipy_and_statsmodels() {
+    use offer_engine::experiments::{report_from_arms, LoyaltyArm};
+    let file: LoyaltyFile = serde_json::from_str(&read(&fixture_dir().join("loyalty.json")))
+        .expect("loyalty.json parses");
+    assert!(file.cases.len() >= 4);
+    let spec = two_arm_spec();
+    let mut check = Checker::default();
+    for case in file.cases {
+        let arm = |f: &LoyaltyArmFixture| LoyaltyArm {
+            flights: f.flights.clone(),
+            spend: f.spend.clone(),
+            tier_up: f.tier_up.clone(),
+            lapse: f.lapse.clone(),
+        };
+        let members = |f: &LoyaltyArmFixture| ArmStats {
+            members: f.flights.members,
+            ..ArmStats::default()
+        };
+        let r = report_from_arms(
+            &spec,
+            &[members(&case.control), members(&case.treatment)],
+            &[0, 0],
+            &[],
+            &[],
+            &[arm(&case.control), arm(&case.treatment)],
+        );
+        let row = &r.variants[1];
+        let (n, e) = (&case.name, &case.expected);
+        check.lift(
+            &format!("{n}: flights"),
+            as_lift(row.flights_lift.clone()),
+            &e.flights_lift,
+        );
+        check.lift(
+            &format!("{n}: spend"),
+            as_lift(row.spend_lift.clone()),
+            &e.spend_lift,
+        );
+        check.lift(
+            &format!("{n}: tier_up"),
+            as_lift(row.tier_up_lift.clone()),
+            &e.tier_up_lift,
+        );
+        check.lift(
+            &format!("{n}: lapse"),
+            as_lift(row.lapse_lift.clone()),
+            &e.lapse_lift,
+        );
+        check.close(
+            &format!("{n}: lapse_rate"),
+            row.lapse_rate,
+            case.treatment.lapse.conversion_rate(),
+        );
+        assert!(r.variants[0].flights_lift.is_none(), "none for the control");
+    }
+    check.finish();
+}
+
+#[derive(Debug, Deserialize)]
+struct TimeseriesFile {
+    tau2: f64,
+    days: Vec<TimeseriesFixtureDay>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TimeseriesFixtureDay {
+    day: i32,
+    control: ArmStats,
+    treatment: ArmStats,
+    expected: TimeseriesExpected,
+}
+
+#[derive(Debug, Deserialize)]
+struct TimeseriesExpected {
+    conversion_lift: Option<Lift>,
+    value_lift: Option<Lift>,
+    sequential_p_value: f64,
+}
+
+#[test]
+fn timeseries_fixtures_match_scipy_and_statsmodels() {
+    let file: TimeseriesFile = serde_json::from_str(&read(&fixture_dir().join("timeseries.json")))
+        .expect("timeseries.json parses");
+    let mut spec = two_arm_spec();
+    spec.msprt_tau2 = file.tau2;
+    let days: Vec<(i32, Vec<ArmStats>)> = file
+        .days
+        .iter()
+        .map(|d| (d.day, vec![d.control.clone(), d.treatment.clone()]))
+        .collect();
+    let ts = offer_engine::experiments::timeseries(&spec, &days);
+    assert_eq!(ts.days.len(), file.days.len());
+    let mut check = Checker::default();
+    for (got, want) in ts.days.iter().zip(&file.days) {
+        let day = offer_engine::domain::Day(want.day).to_string();
+        assert_eq!(got.day, day);
+        let t = &got.variants[1];
+        assert_eq!(
+            (t.members, t.conversions),
+            (want.treatment.members, want.treatment.conversions)
+        );
+        check.close(
+            &format!("{day}: value"),
+            t.value,
+            want.treatment.revenue_sum,
+        );
+        check.lift(
+            &format!("{day}: conversion"),
+            as_lift(t.conversion_lift.clone()),
+            &want.expected.conversion_lift,
+        );
+        check.lift(
+            &format!("{day}: value"),
+            as_lift(t.value_lift.clone()),
+            &want.expected.value_lift,
+        );
+        check.close(
+            &format!("{day}: sequential"),
+            t.sequential_p_value.expect("compared"),
+            want.expected.sequential_p_value,
+        );
+        assert!(
+            got.variants[0].conversion_lift.is_none()
+                && got.variants[0].sequential_p_value.is_none()
+        );
+    }
     check.finish();
 }

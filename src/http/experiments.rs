@@ -1,4 +1,5 @@
-//! `GET /v1/experiments` and `GET /v1/experiments/{id}/report`.
+//! `GET /v1/experiments`, `GET /v1/experiments/{id}/report` and
+//! `GET /v1/experiments/{id}/timeseries`.
 
 use actix_web::{web, HttpResponse};
 
@@ -26,6 +27,7 @@ pub async fn list(state: web::Data<SharedState>) -> HttpResponse {
                 "traffic": e.traffic,
                 "mde": e.mde,
                 "segment_min_members": e.segment_min_members,
+                "loyalty_window_days": e.loyalty_window_days,
                 "guardrails": e.guardrails,
                 "control": e.variants[e.control()].name,
                 "variants": e.variants.iter().map(|v| serde_json::json!({
@@ -96,15 +98,48 @@ pub async fn report(
             detail: "no such experiment".into(),
         })?;
     if let Some(by) = by {
-        let report = state
-            .state()
-            .experiments()
-            .segmented_report(spec, by, correction);
+        let report = state.state().experiments().segmented_report(
+            spec,
+            by,
+            correction,
+            state.state().log_time_ms(),
+        );
         return Ok(HttpResponse::Ok().json(report));
     }
-    let report = state.state().experiments().report(spec);
+    let report = state
+        .state()
+        .experiments()
+        .report(spec, state.state().log_time_ms());
     state
         .metrics()
         .observe_reports(std::slice::from_ref(&report));
     Ok(HttpResponse::Ok().json(report))
+}
+
+/// `GET /v1/experiments/{id}/timeseries`: results over time.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{id}/timeseries",
+    tag = "experiments",
+    params(("id" = String, Path, description = "experiment id")),
+    responses(
+        (status = 200, description = "`{\"experiment\", \"days\": [{\"day\": \"YYYY-MM-DD\", \"variants\": [{\"variant\", \"members\", \"conversions\", \"value\", \"conversion_lift\", \"value_lift\", \"sequential_p_value\"}]}]}`: per log day with activity (UTC, oldest first, at most 400 days kept), each variant's cumulative members, conversions and value of conversions at the day's end, the conversion and value-per-member lifts against the control as of that day (shaped as the report's lifts, with 95% intervals; null for the control or without data) and the always-valid p-value as of that day", body = serde_json::Value),
+        (status = 404, description = "no such experiment", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn timeseries(
+    path: web::Path<String>,
+    state: web::Data<SharedState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let engine = state.engine();
+    let spec = engine
+        .experiments
+        .iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| ApiError::UnknownResource {
+            field: "id".into(),
+            detail: "no such experiment".into(),
+        })?;
+    Ok(HttpResponse::Ok().json(state.state().experiments().timeseries(spec)))
 }

@@ -81,7 +81,7 @@ pub async fn metrics(state: web::Data<SharedState>) -> HttpResponse {
     let reports: Vec<_> = engine
         .experiments
         .iter()
-        .map(|e| state.state().experiments().report(e))
+        .map(|e| state.state().experiments().report_without_loyalty(e))
         .collect();
     state.metrics().observe_reports(&reports);
     HttpResponse::Ok()

@@ -70,6 +70,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/experiments/{id}/timeseries")
+            .route(web::get().to(experiments::timeseries))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/admin/reload")
             .route(web::post().to(admin::reload))
             .default_service(web::to(method_not_allowed)),

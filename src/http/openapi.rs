@@ -32,6 +32,7 @@ use super::error::Problem;
         super::campaigns::post_campaigns,
         super::experiments::list,
         super::experiments::report,
+        super::experiments::timeseries,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,

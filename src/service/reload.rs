@@ -99,6 +99,9 @@ impl Service {
         self.state()
             .learner()
             .set_prior(engine.catalog.clone(), engine.table.clone());
+        self.state()
+            .experiments()
+            .set_loyalty_windows(&engine.experiments);
         self.metrics().align_offers(&engine.catalog);
         self.engine.store(Arc::new(engine));
         tracing::info!(%out, "catalog, model and experiments reloaded");

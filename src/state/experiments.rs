@@ -1,13 +1,17 @@
 //! Experiment attribution state: per experiment, every exposed member's
-//! variant, covariate, conversion, revenue, decisions and segments at first
-//! exposure, and per-variant running statistics, updated as decisions and outcomes are applied (and on
-//! replay), so the report after a restart is the report before it. The
+//! variant, covariate, conversion, revenue, decisions, segments at first
+//! exposure and loyalty outcomes in the window after it, per-variant running
+//! statistics and their daily history (the time series), updated as
+//! decisions, outcomes and member events are applied (and on replay), so the
+//! report and the time series after a restart are those before it. The
 //! specs, assignment and report maths are in the core
 //! ([`offer_engine_core::experiments`]).
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
+use crate::domain::Tier;
 use crate::stats::ArmStats;
 use dashmap::DashMap;
 pub use offer_engine_core::experiments::*;
@@ -25,6 +29,9 @@ struct ExperimentState {
     decliners: Vec<AtomicU64>,
     /// Running minimum of the always-valid p-value per variant (f64 bits).
     sequential_min: Vec<AtomicU64>,
+    /// Per log day with activity, the variants' statistics at its end (by
+    /// slot; the last day mirrors `arms`). Locked after `arms`, never before.
+    days: Mutex<VecDeque<(i32, Vec<ArmStats>)>>,
 }
 
 impl ExperimentState {
@@ -37,6 +44,38 @@ impl ExperimentState {
             decisions: (0..n).map(|_| AtomicU64::new(0)).collect(),
             decliners: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sequential_min: (0..n).map(|_| AtomicU64::new(1f64.to_bits())).collect(),
+            days: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Records slot `v`'s statistics as of log day `day` in the daily
+    /// history (`arms` is the locked current statistics). Log time never
+    /// goes back, so only the last day changes; a new day starts from every
+    /// slot's current figures.
+    fn record_day(&self, arms: &[ArmStats], v: usize, day: i32) {
+        let slots = self
+            .variants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            .max(v + 1)
+            .min(arms.len());
+        let mut days = self.days.lock().unwrap_or_else(|e| e.into_inner());
+        match days.back_mut() {
+            Some((d, row)) if *d >= day => {
+                if row.len() < slots {
+                    row.resize(slots, ArmStats::default());
+                }
+                if let (Some(r), Some(a)) = (row.get_mut(v), arms.get(v)) {
+                    *r = a.clone();
+                }
+            }
+            _ => {
+                days.push_back((day, arms[..slots].to_vec()));
+                while days.len() > MAX_TIMESERIES_DAYS {
+                    days.pop_front();
+                }
+            }
         }
     }
 }
@@ -46,6 +85,9 @@ impl ExperimentState {
 pub struct ExperimentBook {
     /// Experiment id → state.
     experiments: Arc<DashMap<String, Arc<ExperimentState>, ahash::RandomState>>,
+    /// Experiment id → loyalty window in days, from the configured specs
+    /// (an experiment not configured counts [`DEFAULT_LOYALTY_WINDOW_DAYS`]).
+    windows: Arc<RwLock<HashMap<String, u32>>>,
 }
 
 impl Default for ExperimentBook {
@@ -54,6 +96,7 @@ impl Default for ExperimentBook {
         // snapshots of equal histories are equal byte for byte.
         ExperimentBook {
             experiments: Arc::new(DashMap::with_hasher(super::members::fixed_hasher())),
+            windows: Arc::new(RwLock::new(HashMap::new())),
         }
     }
 }
@@ -99,16 +142,35 @@ impl ExperimentBook {
         Some(v.len() - 1)
     }
 
-    /// Records a decision for a member in an experiment (exposure). At the
-    /// member's first exposure `segment` gives their segments (called only
-    /// then; it must be deterministic, e.g. read from the state as it is
-    /// when the record is applied).
+    /// Sets the loyalty window of each configured experiment (at start-up,
+    /// before the log is replayed, and on reload). Member events applied
+    /// afterwards count within these windows.
+    pub fn set_loyalty_windows(&self, specs: &[ExperimentSpec]) {
+        let mut w = self.windows.write().unwrap_or_else(|e| e.into_inner());
+        w.clear();
+        for s in specs {
+            w.insert(s.id.clone(), s.loyalty_window_days);
+        }
+    }
+
+    /// The loyalty window of an experiment, days.
+    fn window_days(&self, exp: &str) -> u32 {
+        let w = self.windows.read().unwrap_or_else(|e| e.into_inner());
+        w.get(exp).copied().unwrap_or(DEFAULT_LOYALTY_WINDOW_DAYS)
+    }
+
+    /// Records a decision for a member in an experiment (exposure) at log
+    /// time `at_ms`. At the member's first exposure `member` gives their
+    /// segments and flights of the last 12 months (called only then; it
+    /// must be deterministic, e.g. read from the state as it is when the
+    /// record is applied).
     pub fn expose(
         &self,
         a: &Assignment,
         member: &str,
         covariate: f32,
-        segment: impl FnOnce() -> Option<SegmentKeys>,
+        at_ms: i64,
+        first: impl FnOnce() -> Option<(SegmentKeys, u16)>,
     ) -> Change {
         let st = self.state(&a.experiment);
         let Some(v) = Self::slot(&st, &a.variant) else {
@@ -121,21 +183,51 @@ impl ExperimentBook {
             .and_modify(|e| e.decisions = e.decisions.saturating_add(1))
             .or_insert_with(|| {
                 change.new_member = true;
-                Exposure {
-                    variant: v as u8,
-                    covariate,
-                    converted: false,
-                    revenue: 0.0,
-                    decisions: 1,
-                    segment: segment(),
-                    declined: false,
-                }
+                let (segment, pre_flights) = match first() {
+                    Some((k, f)) => (Some(k), f),
+                    None => (None, 0),
+                };
+                Exposure::first(v as u8, covariate, at_ms, segment, pre_flights)
             });
         if change.new_member {
             let mut arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
             arms[v].add_member(false, 0.0, covariate as f64);
+            st.record_day(&arms, v, day_of(at_ms));
         }
         change
+    }
+
+    /// A member event applied at log time `at_ms`: in every experiment where
+    /// the member is exposed and the event falls inside the loyalty window
+    /// after their first exposure, counts the flight (`flight`), the
+    /// qualifying spend added (`spend`) and whether the member's tier after
+    /// the event (`tier_after`) is above the one at first exposure (or,
+    /// where that is unknown, the one before the event, `tier_before`).
+    pub fn member_event(
+        &self,
+        member: &str,
+        at_ms: i64,
+        flight: bool,
+        spend: f64,
+        tier_before: Tier,
+        tier_after: Tier,
+    ) {
+        for st in self.experiments.iter() {
+            let Some(mut e) = st.members.get_mut(member) else {
+                continue;
+            };
+            if !e.in_window(at_ms, self.window_days(st.key())) {
+                continue;
+            }
+            if flight {
+                e.flights = e.flights.saturating_add(1);
+            }
+            e.spend = (e.spend as f64 + spend) as f32;
+            let base = e.segment.map(|k| k.tier).unwrap_or(tier_before);
+            if tier_after > base {
+                e.tier_up = true;
+            }
+        }
     }
 
     /// Erasure: the member's exposures stay in the statistics (removing
@@ -184,8 +276,10 @@ impl ExperimentBook {
         true
     }
 
-    /// Records an accept attributed to a member in an experiment.
-    pub fn convert(&self, a: &Assignment, member: &str, revenue: f64) -> Change {
+    /// Records an accept attributed to a member in an experiment at log
+    /// time `at_ms`; `revenue` is the conversion's value (what the report's
+    /// revenue figures and the time series' value add up).
+    pub fn convert(&self, a: &Assignment, member: &str, revenue: f64, at_ms: i64) -> Change {
         let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {
             return Change::default();
         };
@@ -210,13 +304,57 @@ impl ExperimentBook {
         arm.revenue_sum += revenue;
         arm.revenue_sum_sq += new * new - old * old;
         arm.covariate_revenue_sum += cov * revenue;
+        st.record_day(&arms, v, day_of(at_ms));
         change
     }
 }
 
 impl ExperimentBook {
-    /// The current report of `spec` (updates the running sequential minimum).
-    pub fn report(&self, spec: &ExperimentSpec) -> Report {
+    /// The experiment's exposures with each one's spec variant index (None:
+    /// a variant the spec no longer has).
+    fn spec_members(
+        &self,
+        st: &ExperimentState,
+        spec: &ExperimentSpec,
+    ) -> Vec<(Option<usize>, Exposure)> {
+        let names = st
+            .variants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // The state's slot (order first seen) → the spec's variant index.
+        let to_spec: Vec<Option<usize>> = names
+            .iter()
+            .map(|n| spec.variants.iter().position(|v| &v.name == n))
+            .collect();
+        st.members
+            .iter()
+            .map(|m| {
+                let e = *m.value();
+                (to_spec.get(e.variant as usize).copied().flatten(), e)
+            })
+            .collect()
+    }
+
+    /// The current report of `spec` at log time `now_ms` (which decides
+    /// whose loyalty window has ended); updates the running sequential
+    /// minimum. The loyalty outcomes scan the experiment's exposures:
+    /// O(exposed members) per call.
+    pub fn report(&self, spec: &ExperimentSpec, now_ms: i64) -> Report {
+        self.report_with(spec, Some(now_ms))
+    }
+
+    /// The report of `spec` without the loyalty outcomes (their figures are
+    /// zero and their lifts null): O(variants), for `/metrics`, which is
+    /// scraped too often to scan every exposure. Updates the running
+    /// sequential minimum like [`ExperimentBook::report`].
+    pub fn report_without_loyalty(&self, spec: &ExperimentSpec) -> Report {
+        self.report_with(spec, None)
+    }
+
+    /// The report; with the loyalty outcomes as of log time `loyalty_at_ms`
+    /// when given.
+    fn report_with(&self, spec: &ExperimentSpec, loyalty_at_ms: Option<i64>) -> Report {
         let n = spec.variants.len();
         let names: Vec<String> = spec.variants.iter().map(|v| v.name.clone()).collect();
         let st = self.state(&spec.id);
@@ -236,7 +374,16 @@ impl ExperimentBook {
                 }
             }
         }
-        let report = report_from_arms(spec, &arms, &exposures, &prev, &decliners);
+        let loyalty = match loyalty_at_ms {
+            Some(now_ms) => LoyaltyArm::per_variant(
+                n,
+                now_ms,
+                spec.loyalty_window_days,
+                self.spec_members(&st, spec),
+            ),
+            None => Vec::new(),
+        };
+        let report = report_from_arms(spec, &arms, &exposures, &prev, &decliners, &loyalty);
         for (i, v) in report.variants.iter().enumerate() {
             if let (Some(p), Some(j)) = (v.sequential_p_value, Self::variant_index(&st, &names[i]))
             {
@@ -246,37 +393,58 @@ impl ExperimentBook {
         report
     }
 
-    /// The report of `spec` per segment (`by`), p-values corrected across
-    /// segments with `correction`. Scans the experiment's exposures: O(exposed
-    /// members) per call. Reads nothing it changes (no running minimum per
-    /// segment is kept).
+    /// The report of `spec` per segment (`by`) at log time `now_ms`,
+    /// p-values corrected across segments with `correction`. Scans the
+    /// experiment's exposures: O(exposed members) per call. Reads nothing it
+    /// changes (no running minimum per segment is kept).
     pub fn segmented_report(
         &self,
         spec: &ExperimentSpec,
         by: SegmentBy,
         correction: crate::stats::Correction,
+        now_ms: i64,
     ) -> SegmentedReport {
         let st = self.state(&spec.id);
+        let members = self.spec_members(&st, spec);
+        let groups = segment_arms(
+            by,
+            spec.variants.len(),
+            now_ms,
+            spec.loyalty_window_days,
+            members,
+        );
+        segmented_report(spec, by, correction, &groups)
+    }
+
+    /// The results of `spec` over time: per log day with activity, each
+    /// variant's cumulative figures and lifts (see [`timeseries`]).
+    pub fn timeseries(&self, spec: &ExperimentSpec) -> Timeseries {
+        let Some(st) = self.experiments.get(&spec.id).map(|s| s.clone()) else {
+            return timeseries(spec, &[]);
+        };
         let names = st
             .variants
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        // The state's slot (order first seen) → the spec's variant index.
-        let to_spec: Vec<Option<usize>> = names
+        let from_slot: Vec<Option<usize>> = spec
+            .variants
             .iter()
-            .map(|n| spec.variants.iter().position(|v| &v.name == n))
+            .map(|v| names.iter().position(|n| n == &v.name))
             .collect();
-        let members: Vec<(Option<usize>, Exposure)> = st
-            .members
-            .iter()
-            .map(|m| {
-                let e = *m.value();
-                (to_spec.get(e.variant as usize).copied().flatten(), e)
-            })
-            .collect();
-        let groups = segment_arms(by, spec.variants.len(), members);
-        segmented_report(spec, by, correction, &groups)
+        let days: Vec<(i32, Vec<ArmStats>)> = {
+            let days = st.days.lock().unwrap_or_else(|e| e.into_inner());
+            days.iter()
+                .map(|(d, row)| {
+                    let arms = from_slot
+                        .iter()
+                        .map(|j| j.and_then(|j| row.get(j)).cloned().unwrap_or_default())
+                        .collect();
+                    (*d, arms)
+                })
+                .collect()
+        };
+        timeseries(spec, &days)
     }
 
     /// Snapshot form: per experiment, variant names, per-variant decisions
@@ -307,6 +475,13 @@ impl ExperimentBook {
                         .members
                         .iter()
                         .map(|m| (m.key().to_string(), *m.value()))
+                        .collect(),
+                    days: st
+                        .days
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .cloned()
                         .collect(),
                 }
             })
@@ -340,10 +515,26 @@ impl ExperimentBook {
                     }
                     st.members.insert(m.into(), e);
                 }
+                // The last day holds the running statistics exactly as they
+                // were summed live; recomputing from exposures in another
+                // order could differ in the last bits.
+                if let Some((_, row)) = s.days.last() {
+                    for (arm, kept) in arms.iter_mut().zip(row) {
+                        *arm = kept.clone();
+                    }
+                }
             }
+            let kept = s.days.len().saturating_sub(MAX_TIMESERIES_DAYS);
+            *st.days.lock().unwrap_or_else(|e| e.into_inner()) =
+                s.days.into_iter().skip(kept).collect();
             self.experiments.insert(s.id, Arc::new(st));
         }
     }
+}
+
+/// Log day of a ms timestamp.
+fn day_of(ms: i64) -> i32 {
+    super::day_of_ms(ms)
 }
 
 /// Running totals of one variant (for counters seeded at start).
@@ -438,10 +629,21 @@ mod tests {
         };
         for i in 0..100u32 {
             let v = if i % 2 == 0 { "control" } else { "treatment" };
-            book.expose(&a(v), &format!("m{i}"), i as f32, || None);
+            book.expose(
+                &a(v),
+                &format!("m{i}"),
+                i as f32,
+                i as i64 * 3_600_000,
+                || None,
+            );
             if i % 3 == 0 {
-                book.convert(&a(v), &format!("m{i}"), 10.0 + i as f64);
-                book.convert(&a(v), &format!("m{i}"), 5.0);
+                book.convert(
+                    &a(v),
+                    &format!("m{i}"),
+                    10.0 + i as f64,
+                    i as i64 * 3_600_000,
+                );
+                book.convert(&a(v), &format!("m{i}"), 5.0, i as i64 * 3_600_000);
             }
             if i % 4 == 1 {
                 assert!(book.decline(&a(v), &format!("m{i}")));
@@ -471,6 +673,59 @@ mod tests {
         }
     }
 
+    /// The daily history keeps one entry per log day with activity, the
+    /// last mirroring the running statistics, and at most
+    /// [`MAX_TIMESERIES_DAYS`] of them; a variant first seen later joins the
+    /// rows from its first day.
+    #[test]
+    fn the_daily_history_is_bounded_and_follows_log_days() {
+        let spec = parse_experiments(
+            "[[experiment]]\nid = \"x\"\nsalt = \"s\"\ntraffic = 1.0\n\
+             [[experiment.variant]]\nname = \"control\"\ncontrol = true\nweight = 1\n\
+             [[experiment.variant]]\nname = \"model\"\nweight = 1\n",
+        )
+        .unwrap()
+        .remove(0);
+        let book = ExperimentBook::default();
+        let a = |v: &str| Assignment {
+            experiment: "x".into(),
+            variant: v.into(),
+        };
+        let day = 86_400_000i64;
+        let days = MAX_TIMESERIES_DAYS as i64 + 5;
+        for d in 0..days {
+            book.expose(&a("control"), &format!("c{d}"), 0.0, d * day, || None);
+            if d >= 3 {
+                // Two events on one day: still one entry.
+                book.expose(&a("model"), &format!("m{d}"), 0.0, d * day + 10, || None);
+                book.convert(&a("model"), &format!("m{d}"), 2.0, d * day + 20);
+            }
+        }
+        let ts = book.timeseries(&spec);
+        assert_eq!(ts.days.len(), MAX_TIMESERIES_DAYS);
+        assert_eq!(ts.days[0].day, crate::domain::Day(5).to_string());
+        let last = ts.days.last().unwrap();
+        assert_eq!(last.variants[0].members, days as u64);
+        assert_eq!(
+            (last.variants[1].members, last.variants[1].conversions),
+            (days as u64 - 3, days as u64 - 3)
+        );
+        assert_eq!(last.variants[1].value, 2.0 * (days - 3) as f64);
+        // The first day kept is cumulative: everything before it counts.
+        assert_eq!(ts.days[0].variants[0].members, 6);
+        // The running minimum of the always-valid p-value never rises.
+        let p: Vec<f64> = ts
+            .days
+            .iter()
+            .filter_map(|d| d.variants[1].sequential_p_value)
+            .collect();
+        assert!(p.windows(2).all(|w| w[1] <= w[0]), "{p:?}");
+        let st = book.experiments.get("x").unwrap().clone();
+        let arms = st.arms.lock().unwrap().clone();
+        let days_kept = st.days.lock().unwrap();
+        assert_eq!(days_kept.back().unwrap().1[..], arms[..2]);
+    }
+
     #[test]
     fn erasure_keeps_the_figures_and_drops_the_segments() {
         use crate::domain::{Channel, Tier};
@@ -487,8 +742,8 @@ mod tests {
             home_airport: *b"LXA",
             channel: Channel::Kiosk,
         };
-        book.expose(&a, "M1", 5.0, || Some(keys));
-        book.convert(&a, "M1", 30.0);
+        book.expose(&a, "M1", 5.0, 1_000, || Some((keys, 0)));
+        book.convert(&a, "M1", 30.0, 2_000);
         assert_eq!(book.erase_member("M1", 7), 1);
         let st = book.experiments.get("x").unwrap().clone();
         let (id, e) = st

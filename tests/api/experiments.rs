@@ -204,12 +204,19 @@ async fn the_report_survives_a_restart() {
         offer_engine::startup::open_state(&s, std::sync::Arc::new(offer_engine::durable::Silent))
             .unwrap()
             .0;
-    let after = serde_json::to_value(durable.state().experiments().report(&spec)).unwrap();
+    let after = serde_json::to_value(
+        durable
+            .state()
+            .experiments()
+            .report(&spec, durable.state().log_time_ms()),
+    )
+    .unwrap();
     // Segments were recorded at first exposure and come back from the log.
     let after_by_tier = serde_json::to_value(durable.state().experiments().segmented_report(
         &spec,
         offer_engine::experiments::SegmentBy::Tier,
         offer_engine::stats::Correction::Holm,
+        durable.state().log_time_ms(),
     ))
     .unwrap();
     // Counts exactly (sums of revenue may differ in the last bit with the
@@ -495,6 +502,151 @@ async fn the_report_by_segment_corrects_across_segments() {
             .await,
         422,
         Some("correction"),
+    )
+    .await;
+}
+
+/// Offers to members `from..to`; every second one accepts its first offer
+/// and every third flies (a member event inside the loyalty window).
+async fn traffic(app: &TestApp, from: u32, to: u32) {
+    for i in from..to {
+        let id = format!("M{i:08}");
+        let body: Value = app
+            .post_offers(&offer_request(&id))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            if let Some(o) = body["offers"].as_array().unwrap().first() {
+                let mut e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "accept"});
+                if o["price"].is_object() {
+                    e["revenue"] = o["price"].clone();
+                }
+                e["token"] = o["token"].clone();
+                assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+            }
+        }
+        if i % 3 == 0 {
+            let r = app
+                .post_json(
+                    "/v1/member-events",
+                    &json!({"member_id": id, "type": "flight_flown", "qualifying_spend": 1500}),
+                )
+                .await;
+            assert_eq!(r.status(), 202);
+        }
+    }
+    // Applied once durable (group commit).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn the_time_series_and_loyalty_outcomes_survive_a_restart() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_with(settings_with_default_experiments(), dir.clone()).await;
+    let spec: ExperimentSpec = app.state.engine().experiments[0].clone();
+    let path = format!("/v1/experiments/{}/timeseries", spec.id);
+    let empty: Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!(empty, json!({"experiment": spec.id, "days": []}));
+    // Half the traffic before a snapshot, half after: a restart restores
+    // the snapshot and replays the rest of the log.
+    traffic(&app, 1, 61).await;
+    assert_eq!(
+        app.post_json("/v1/admin/snapshot", &json!({}))
+            .await
+            .status(),
+        200
+    );
+    traffic(&app, 61, 121).await;
+    let before: Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!(before["experiment"], spec.id);
+    let days = before["days"].as_array().unwrap();
+    assert_eq!(days.len(), 1, "one log day: {before}");
+    let today = chrono::Utc::now()
+        .date_naive()
+        .format("%Y-%m-%d")
+        .to_string();
+    assert_eq!(days[0]["day"], today);
+    let variants = days[0]["variants"].as_array().unwrap();
+    let names: Vec<&str> = variants
+        .iter()
+        .map(|v| v["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["control", "model", "holdout"]);
+    let members: u64 = variants
+        .iter()
+        .map(|v| v["members"].as_u64().unwrap())
+        .sum();
+    assert_eq!(members, 120);
+    for v in variants {
+        for k in ["members", "conversions", "value"] {
+            assert!(v[k].is_number(), "{k} in {v}");
+        }
+        if v["variant"] == "control" {
+            assert!(v["conversion_lift"].is_null() && v["sequential_p_value"].is_null());
+        } else {
+            assert!(v["sequential_p_value"].is_number(), "{v}");
+        }
+    }
+    let model = &variants[1];
+    assert!(model["conversions"].as_u64().unwrap() > 0, "{model}");
+    assert!(model["conversion_lift"]["ci_low"].is_number(), "{model}");
+    let report: Value = app
+        .get(&format!("/v1/experiments/{}/report", spec.id))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let loyalty = |r: &Value| -> Vec<Value> {
+        r["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                json!([
+                    v["loyalty_members"],
+                    v["flights_per_member"],
+                    v["spend_per_member"],
+                    v["tier_up_rate"],
+                    v["lapse_members"]
+                ])
+            })
+            .collect()
+    };
+    let flown: f64 = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v["flights_per_member"]["mean"].as_f64().unwrap()
+                * v["loyalty_members"].as_f64().unwrap()
+        })
+        .sum();
+    assert!(
+        (flown - 40.0).abs() < 1e-9,
+        "40 flights inside the windows: {report}"
+    );
+    // The windows (90 days) have not ended: no lapse is judged yet.
+    assert!(report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["lapse_members"] == 0 && v["lapse_lift"].is_null()));
+    let restarted = spawn_with(settings_with_default_experiments(), copy_dir(dir.path())).await;
+    let after: Value = restarted.get(&path).await.json().await.unwrap();
+    assert_eq!(after, before);
+    let report_after: Value = restarted
+        .get(&format!("/v1/experiments/{}/report", spec.id))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(loyalty(&report_after), loyalty(&report));
+    assert_problem(
+        app.get("/v1/experiments/nope/timeseries").await,
+        404,
+        Some("id"),
     )
     .await;
 }

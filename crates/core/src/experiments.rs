@@ -50,6 +50,24 @@
 //! the corrected fixed-horizon p-value. Both quote the fixed-horizon 95%
 //! interval of the difference.
 //!
+//! # Loyalty outcomes
+//! Per exposure the state also counts, from the member events applied
+//! (flights flown, purchases, tier changes), those whose log time falls in
+//! the window of `loyalty_window_days` after the first exposure: flights,
+//! qualifying spend, and whether the member reached a tier above the one at
+//! first exposure. A member *lapsed* when their window has ended (by the
+//! state's log time) without a flight; lapse is judged over completed
+//! windows only. [`LoyaltyArm`] sums them per variant; the report's
+//! `flights_lift` and `spend_lift` are Welch lifts after CUPED on the
+//! 12-month flights and the qualifying spend at first exposure, and
+//! `tier_up_lift` and `lapse_lift` two-proportion lifts.
+//!
+//! # Results over time
+//! The state keeps, per log day with activity, each variant's cumulative
+//! [`ArmStats`] at the day's end (at most [`MAX_TIMESERIES_DAYS`]);
+//! [`timeseries`] turns them into the daily figures, with the always-valid
+//! p-value as the running minimum over the days.
+//!
 //! # Guardrails
 //! An experiment may name metrics ([`GuardrailSpec`]) a variant must not make
 //! worse than the control beyond a margin. The harm (positive is worse) and
@@ -144,6 +162,10 @@ pub struct ExperimentSpec {
     /// before the segmented report compares them.
     #[serde(default = "default_segment_min_members")]
     pub segment_min_members: u64,
+    /// Days after a member's first exposure over which their loyalty
+    /// outcomes (flights, qualifying spend, tier-up, lapse) are counted.
+    #[serde(default = "default_loyalty_window_days")]
+    pub loyalty_window_days: u32,
     /// Guardrail metrics: what a variant must not make worse beyond a margin.
     #[serde(default, rename = "guardrail")]
     pub guardrails: Vec<GuardrailSpec>,
@@ -244,6 +266,16 @@ fn default_segment_min_members() -> u64 {
     100
 }
 
+/// Default loyalty window: 90 days after first exposure.
+pub const DEFAULT_LOYALTY_WINDOW_DAYS: u32 = 90;
+
+/// Longest loyalty window accepted (ten years).
+pub const MAX_LOYALTY_WINDOW_DAYS: u32 = 3_650;
+
+fn default_loyalty_window_days() -> u32 {
+    DEFAULT_LOYALTY_WINDOW_DAYS
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExperimentsFile {
@@ -299,6 +331,12 @@ pub fn parse_experiments(text: &str) -> Result<Vec<ExperimentSpec>, FieldError> 
             return Err(FieldError::new(
                 at("mde"),
                 "must be a relative change above -1 and not 0",
+            ));
+        }
+        if !(1..=MAX_LOYALTY_WINDOW_DAYS).contains(&e.loyalty_window_days) {
+            return Err(FieldError::new(
+                at("loyalty_window_days"),
+                format!("must be from 1 to {MAX_LOYALTY_WINDOW_DAYS}"),
             ));
         }
         if e.guardrails
@@ -372,6 +410,106 @@ pub struct Exposure {
     pub segment: Option<SegmentKeys>,
     /// Declined at least once (false in exposures before format 5).
     pub declined: bool,
+    /// Log time of the first exposure, minutes since the epoch (0: unknown,
+    /// an exposure restored from a snapshot older than format 6; such a
+    /// member has no loyalty outcomes).
+    pub first_min: u32,
+    /// Flights flown inside the loyalty window.
+    pub flights: u16,
+    /// Flights in the 12 months before first exposure (CUPED covariate of
+    /// the flights lift; 0 when the member was not known then).
+    pub pre_flights: u16,
+    /// Qualifying spend added inside the loyalty window.
+    pub spend: f32,
+    /// Reached a tier above the one held at first exposure inside the window.
+    pub tier_up: bool,
+}
+
+impl Exposure {
+    /// A first exposure: in variant slot `variant`, at log time `at_ms`,
+    /// with the covariate, segments and 12-month flights as they were then.
+    pub fn first(
+        variant: u8,
+        covariate: f32,
+        at_ms: i64,
+        segment: Option<SegmentKeys>,
+        pre_flights: u16,
+    ) -> Exposure {
+        Exposure {
+            variant,
+            covariate,
+            converted: false,
+            revenue: 0.0,
+            decisions: 1,
+            segment,
+            declined: false,
+            // Minute 0 (1970-01-01 00:00) and earlier read as unknown.
+            first_min: u32::try_from(at_ms.div_euclid(60_000)).unwrap_or(0),
+            flights: 0,
+            pre_flights,
+            spend: 0.0,
+            tier_up: false,
+        }
+    }
+
+    /// Log time of the first exposure, ms (None: unknown).
+    pub fn first_ms(&self) -> Option<i64> {
+        (self.first_min > 0).then(|| self.first_min as i64 * 60_000)
+    }
+
+    /// Whether a member event at log time `at_ms` falls inside the loyalty
+    /// window of `window_days` days after the first exposure.
+    pub fn in_window(&self, at_ms: i64, window_days: u32) -> bool {
+        self.first_ms()
+            .is_some_and(|f| at_ms >= f && at_ms < f + window_days as i64 * DAY_MS)
+    }
+
+    /// Whether the loyalty window has ended by log time `now_ms`.
+    pub fn window_complete(&self, now_ms: i64, window_days: u32) -> bool {
+        self.first_ms()
+            .is_some_and(|f| f + window_days as i64 * DAY_MS <= now_ms)
+    }
+}
+
+/// Milliseconds in a day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Format-5 form of [`Exposure`] (before loyalty outcomes were kept).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ExposureV5 {
+    /// Variant index.
+    pub variant: u8,
+    /// Covariate (qualifying spend at first exposure).
+    pub covariate: f32,
+    /// Converted at least once.
+    pub converted: bool,
+    /// Accepted revenue.
+    pub revenue: f64,
+    /// Decisions made for the member in the experiment.
+    pub decisions: u32,
+    /// The member's segments at first exposure.
+    pub segment: Option<SegmentKeys>,
+    /// Declined at least once.
+    pub declined: bool,
+}
+
+impl From<ExposureV5> for Exposure {
+    fn from(e: ExposureV5) -> Self {
+        Exposure {
+            variant: e.variant,
+            covariate: e.covariate,
+            converted: e.converted,
+            revenue: e.revenue,
+            decisions: e.decisions,
+            segment: e.segment,
+            declined: e.declined,
+            first_min: 0,
+            flights: 0,
+            pre_flights: 0,
+            spend: 0.0,
+            tier_up: false,
+        }
+    }
 }
 
 /// Format-4 form of [`Exposure`] (before decisions and segments were kept).
@@ -389,7 +527,7 @@ pub struct ExposureV4 {
 
 impl From<ExposureV4> for Exposure {
     fn from(e: ExposureV4) -> Self {
-        Exposure {
+        ExposureV5 {
             variant: e.variant,
             covariate: e.covariate,
             converted: e.converted,
@@ -398,6 +536,7 @@ impl From<ExposureV4> for Exposure {
             segment: None,
             declined: false,
         }
+        .into()
     }
 }
 
@@ -565,6 +704,30 @@ pub struct VariantReport {
     pub sequential_p_value: Option<f64>,
     /// Revenue lift with CUPED adjustment (null for the control).
     pub cuped_revenue_lift: Option<ReportLift>,
+    /// Members whose loyalty outcomes are counted: exposed members with a
+    /// known first-exposure time.
+    pub loyalty_members: u64,
+    /// Flights flown per member inside the loyalty window (so far).
+    pub flights_per_member: MeanSd,
+    /// Qualifying spend per member inside the loyalty window (so far).
+    pub spend_per_member: MeanSd,
+    /// Share of members who reached a higher tier inside the window.
+    pub tier_up_rate: f64,
+    /// Members whose loyalty window has ended (the lapse rate's base).
+    pub lapse_members: u64,
+    /// Share of `lapse_members` who flew no flight inside their window.
+    pub lapse_rate: f64,
+    /// Flights per member against the control: Welch with CUPED on the
+    /// flights of the 12 months before first exposure (null for the control).
+    pub flights_lift: Option<ReportLift>,
+    /// Qualifying spend per member against the control: Welch with CUPED on
+    /// the qualifying spend at first exposure (null for the control).
+    pub spend_lift: Option<ReportLift>,
+    /// Tier-up rate against the control, two proportions (null for the control).
+    pub tier_up_lift: Option<ReportLift>,
+    /// Lapse rate against the control over completed windows, two
+    /// proportions; negative is fewer lapses (null for the control).
+    pub lapse_lift: Option<ReportLift>,
     /// What the conversion figures allow, in words (null for the control).
     pub verdict: Option<String>,
     /// Members per arm still needed (beyond the smaller of this arm and the
@@ -572,6 +735,58 @@ pub struct VariantReport {
     /// and a two-sided 5% level; 0 once reached (null for the control, or
     /// while the control has no conversions to size from).
     pub sample_size_needed: Option<u64>,
+}
+
+/// One arm's loyalty outcomes, over its exposed members whose first
+/// exposure time is known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoyaltyArm {
+    /// Flights in the window per member (as revenue) with the 12-month
+    /// flights before first exposure (as covariate).
+    pub flights: ArmStats,
+    /// Qualifying spend in the window per member (as revenue) with the
+    /// qualifying spend at first exposure (as covariate).
+    pub spend: ArmStats,
+    /// Members (members) and those who reached a higher tier (conversions).
+    pub tier_up: ArmStats,
+    /// Members whose window has ended (members) and those of them who flew
+    /// no flight in it (conversions).
+    pub lapse: ArmStats,
+}
+
+impl LoyaltyArm {
+    /// Adds one exposed member, at log time `now_ms`, with a window of
+    /// `window_days`; a member with an unknown first exposure is left out.
+    pub fn add(&mut self, e: &Exposure, now_ms: i64, window_days: u32) {
+        if e.first_ms().is_none() {
+            return;
+        }
+        self.flights
+            .add_member(false, e.flights as f64, e.pre_flights as f64);
+        self.spend
+            .add_member(false, e.spend as f64, e.covariate as f64);
+        self.tier_up.add_member(e.tier_up, 0.0, 0.0);
+        if e.window_complete(now_ms, window_days) {
+            self.lapse.add_member(e.flights == 0, 0.0, 0.0);
+        }
+    }
+
+    /// Every exposure's loyalty outcomes, per spec variant: `members` yields
+    /// each exposed member's spec variant index (None: left out).
+    pub fn per_variant(
+        variants: usize,
+        now_ms: i64,
+        window_days: u32,
+        members: impl IntoIterator<Item = (Option<usize>, Exposure)>,
+    ) -> Vec<LoyaltyArm> {
+        let mut out = vec![LoyaltyArm::default(); variants];
+        for (v, e) in members {
+            if let Some(arm) = v.and_then(|v| out.get_mut(v)) {
+                arm.add(&e, now_ms, window_days);
+            }
+        }
+        out
+    }
 }
 
 /// The report.
@@ -593,18 +808,20 @@ pub struct Report {
 /// Builds the report of an experiment from its arms. Pure.
 ///
 /// `decliners` are the members per variant who declined at least once (for
-/// the `decline_rate` guardrail).
+/// the `decline_rate` guardrail); `loyalty` the loyalty outcomes per variant
+/// (empty: none counted).
 pub fn report_from_arms(
     spec: &ExperimentSpec,
     arms: &[ArmStats],
     exposures: &[u64],
     sequential_prev: &[f64],
     decliners: &[u64],
+    loyalty: &[LoyaltyArm],
 ) -> Report {
     let c = spec.control();
     let observed: Vec<u64> = arms.iter().map(|a| a.members).collect();
     let weights: Vec<f64> = spec.variants.iter().map(|v| v.weight as f64).collect();
-    let mut variants = variant_rows(spec, arms, exposures, sequential_prev, 0);
+    let mut variants = variant_rows(spec, arms, exposures, sequential_prev, loyalty, 0);
     for v in variants.iter_mut() {
         let p = v.sequential_p_value;
         v.verdict = verdict(spec, v, p, "always-valid p");
@@ -697,10 +914,14 @@ fn variant_rows(
     arms: &[ArmStats],
     exposures: &[u64],
     sequential_prev: &[f64],
+    loyalty: &[LoyaltyArm],
     min_members: u64,
 ) -> Vec<VariantReport> {
     let c = spec.control();
     let control = &arms[c];
+    let none = LoyaltyArm::default();
+    let loyal = |i: usize| loyalty.get(i).unwrap_or(&none);
+    let lc = loyal(c);
     spec.variants
         .iter()
         .enumerate()
@@ -735,6 +956,26 @@ fn variant_rows(
                     stats::msprt_update(sequential_prev.get(i).copied().unwrap_or(1.0), p)
                 }),
                 cuped_revenue_lift: other(&|| stats::cuped_revenue_lift(control, a, 0.95)),
+                loyalty_members: loyal(i).flights.members,
+                flights_per_member: MeanSd {
+                    mean: loyal(i).flights.revenue_mean(),
+                    std_dev: loyal(i).flights.revenue_std_dev(),
+                },
+                spend_per_member: MeanSd {
+                    mean: loyal(i).spend.revenue_mean(),
+                    std_dev: loyal(i).spend.revenue_std_dev(),
+                },
+                tier_up_rate: loyal(i).tier_up.conversion_rate(),
+                lapse_members: loyal(i).lapse.members,
+                lapse_rate: loyal(i).lapse.conversion_rate(),
+                flights_lift: other(&|| {
+                    stats::cuped_revenue_lift(&lc.flights, &loyal(i).flights, 0.95)
+                }),
+                spend_lift: other(&|| stats::cuped_revenue_lift(&lc.spend, &loyal(i).spend, 0.95)),
+                tier_up_lift: other(&|| {
+                    stats::conversion_lift(&lc.tier_up, &loyal(i).tier_up, 0.95)
+                }),
+                lapse_lift: other(&|| stats::conversion_lift(&lc.lapse, &loyal(i).lapse, 0.95)),
                 verdict: None,
                 sample_size_needed: (!is_control)
                     .then(|| sample_size_needed(spec, control, a))
@@ -815,14 +1056,19 @@ pub struct SegmentArms {
     pub arms: Vec<ArmStats>,
     /// Per-variant decisions.
     pub exposures: Vec<u64>,
+    /// Per-variant loyalty outcomes.
+    pub loyalty: Vec<LoyaltyArm>,
 }
 
 /// Groups exposures by segment: `members` yields each exposed member's spec
 /// variant index (None: a variant the spec no longer has, left out) and
-/// exposure. Segments come out in name order.
+/// exposure; `now_ms` is the log time loyalty windows are judged complete
+/// by. Segments come out in name order.
 pub fn segment_arms(
     by: SegmentBy,
     variants: usize,
+    now_ms: i64,
+    window_days: u32,
     members: impl IntoIterator<Item = (Option<usize>, Exposure)>,
 ) -> BTreeMap<String, SegmentArms> {
     let mut out: BTreeMap<String, SegmentArms> = BTreeMap::new();
@@ -835,9 +1081,11 @@ pub fn segment_arms(
             .or_insert_with(|| SegmentArms {
                 arms: vec![ArmStats::default(); variants],
                 exposures: vec![0; variants],
+                loyalty: vec![LoyaltyArm::default(); variants],
             });
         seg.arms[v].add_member(e.converted, e.revenue, e.covariate as f64);
         seg.exposures[v] += e.decisions as u64;
+        seg.loyalty[v].add(&e, now_ms, window_days);
     }
     out
 }
@@ -872,8 +1120,8 @@ pub struct SegmentedReport {
 /// control below `spec.segment_min_members` gets no comparison, the
 /// sequential p-value is the current look's (no running minimum is kept per
 /// segment; it is conservative), and the verdict rests on the corrected
-/// p-value. The p-values of each variant's conversion, revenue and CUPED
-/// lifts are corrected across the segments that have that lift.
+/// p-value. The p-values of each variant's conversion, revenue, CUPED and
+/// loyalty lifts are corrected across the segments that have that lift.
 pub fn segmented_report(
     spec: &ExperimentSpec,
     by: SegmentBy,
@@ -884,14 +1132,25 @@ pub fn segmented_report(
         .iter()
         .map(|(name, s)| SegmentReport {
             segment: name.clone(),
-            variants: variant_rows(spec, &s.arms, &s.exposures, &[], spec.segment_min_members),
+            variants: variant_rows(
+                spec,
+                &s.arms,
+                &s.exposures,
+                &[],
+                &s.loyalty,
+                spec.segment_min_members,
+            ),
         })
         .collect();
     type Pick = fn(&mut VariantReport) -> Option<&mut ReportLift>;
-    let metrics: [Pick; 3] = [
+    let metrics: [Pick; 7] = [
         |r| r.conversion_lift.as_mut(),
         |r| r.revenue_lift.as_mut(),
         |r| r.cuped_revenue_lift.as_mut(),
+        |r| r.flights_lift.as_mut(),
+        |r| r.spend_lift.as_mut(),
+        |r| r.tier_up_lift.as_mut(),
+        |r| r.lapse_lift.as_mut(),
     ];
     for i in 0..spec.variants.len() {
         for pick in metrics {
@@ -934,6 +1193,111 @@ pub fn segmented_report(
     }
 }
 
+/// Most days of results over time kept per experiment; older days are
+/// dropped first (the cumulative figures of the days kept are unaffected).
+pub const MAX_TIMESERIES_DAYS: usize = 400;
+
+/// The value of an arm's conversions that the time series reports: the sum
+/// of the amounts its conversions were recorded with (today the accepted
+/// revenue, the figure the report's revenue uses), and per member the same
+/// amounts for `value_lift`.
+pub fn conversion_value(arm: &ArmStats) -> f64 {
+    arm.revenue_sum
+}
+
+/// One variant on one day of the time series (cumulative to the day's end).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimeseriesVariant {
+    /// Variant name.
+    pub variant: String,
+    /// Members exposed so far.
+    pub members: u64,
+    /// Members converted so far.
+    pub conversions: u64,
+    /// Value of the conversions so far ([`conversion_value`]).
+    pub value: f64,
+    /// Conversion-rate lift against the control as of the day (null for
+    /// the control or without data).
+    pub conversion_lift: Option<ReportLift>,
+    /// Value-per-member lift against the control as of the day, Welch
+    /// (null for the control or without data).
+    pub value_lift: Option<ReportLift>,
+    /// Always-valid (mSPRT) p-value of the conversion difference as of the
+    /// day: the running minimum over the days kept up to it (null for the
+    /// control or without data).
+    pub sequential_p_value: Option<f64>,
+}
+
+/// One day of the time series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimeseriesDay {
+    /// `YYYY-MM-DD` (UTC, by log time).
+    pub day: String,
+    /// Variants in configured order.
+    pub variants: Vec<TimeseriesVariant>,
+}
+
+/// Results over time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Timeseries {
+    /// Experiment id.
+    pub experiment: String,
+    /// Days with activity, oldest first.
+    pub days: Vec<TimeseriesDay>,
+}
+
+/// Builds the time series of an experiment from its daily cumulative arms
+/// (each day's arms by spec variant index, days ascending). Pure.
+pub fn timeseries(spec: &ExperimentSpec, days: &[(i32, Vec<ArmStats>)]) -> Timeseries {
+    let c = spec.control();
+    let mut running = vec![1.0f64; spec.variants.len()];
+    let none = ArmStats::default();
+    let out = days
+        .iter()
+        .map(|(day, arms)| {
+            let arm = |i: usize| arms.get(i).unwrap_or(&none);
+            let control = arm(c);
+            let variants = spec
+                .variants
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let a = arm(i);
+                    let compared = i != c && a.members > 0 && control.members > 0;
+                    let sequential_p_value = compared.then(|| {
+                        let p = stats::sequential_p_value(control, a, spec.msprt_tau2);
+                        running[i] = stats::msprt_update(running[i], p);
+                        running[i]
+                    });
+                    TimeseriesVariant {
+                        variant: v.name.clone(),
+                        members: a.members,
+                        conversions: a.conversions,
+                        value: conversion_value(a),
+                        conversion_lift: (i != c)
+                            .then(|| stats::conversion_lift(control, a, 0.95))
+                            .flatten()
+                            .map(Into::into),
+                        value_lift: (i != c)
+                            .then(|| stats::revenue_lift(control, a, 0.95))
+                            .flatten()
+                            .map(Into::into),
+                        sequential_p_value,
+                    }
+                })
+                .collect();
+            TimeseriesDay {
+                day: Day(*day).to_string(),
+                variants,
+            }
+        })
+        .collect();
+    Timeseries {
+        experiment: spec.id.clone(),
+        days: out,
+    }
+}
+
 /// One experiment in a snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExperimentSnapshot {
@@ -947,6 +1311,39 @@ pub struct ExperimentSnapshot {
     pub sequential_min: Vec<f64>,
     /// Member exposures.
     pub members: Vec<(String, Exposure)>,
+    /// Per day with activity (log day), each variant's cumulative
+    /// statistics at the day's end, by state index; at most
+    /// [`MAX_TIMESERIES_DAYS`], oldest first.
+    pub days: Vec<(i32, Vec<ArmStats>)>,
+}
+
+/// Format-5 form of [`ExperimentSnapshot`] (exposures without loyalty
+/// outcomes, no days); read from older snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExperimentSnapshotV5 {
+    /// Id.
+    pub id: String,
+    /// Variant names, by state index.
+    pub variants: Vec<String>,
+    /// Decisions per variant.
+    pub decisions: Vec<u64>,
+    /// Running minimum of the sequential p-value per variant.
+    pub sequential_min: Vec<f64>,
+    /// Member exposures.
+    pub members: Vec<(String, ExposureV5)>,
+}
+
+impl From<ExperimentSnapshotV5> for ExperimentSnapshot {
+    fn from(s: ExperimentSnapshotV5) -> Self {
+        ExperimentSnapshot {
+            id: s.id,
+            variants: s.variants,
+            decisions: s.decisions,
+            sequential_min: s.sequential_min,
+            members: s.members.into_iter().map(|(m, e)| (m, e.into())).collect(),
+            days: Vec::new(),
+        }
+    }
 }
 
 /// Format-4 form of [`ExperimentSnapshot`] (exposures without decisions
@@ -973,6 +1370,7 @@ impl From<ExperimentSnapshotV4> for ExperimentSnapshot {
             decisions: s.decisions,
             sequential_min: s.sequential_min,
             members: s.members.into_iter().map(|(m, e)| (m, e.into())).collect(),
+            days: Vec::new(),
         }
     }
 }
@@ -1012,6 +1410,7 @@ mod tests {
             &[0, 0],
             &[],
             &[],
+            &[],
         );
         assert_eq!(r.variants[0].verdict, None);
         let v = r.variants[1].verdict.as_deref().unwrap();
@@ -1031,19 +1430,27 @@ mod tests {
             &[0, 0],
             &[],
             &[],
+            &[],
         );
         let v = r.variants[1].verdict.as_deref().unwrap();
         assert!(
             v.starts_with("control is better than model on conversion: -2.0 points"),
             "{v}"
         );
-        let r = report_from_arms(&s, &[arm(1_000, 100), arm(1_000, 104)], &[0, 0], &[], &[]);
+        let r = report_from_arms(
+            &s,
+            &[arm(1_000, 100), arm(1_000, 104)],
+            &[0, 0],
+            &[],
+            &[],
+            &[],
+        );
         let v = r.variants[1].verdict.as_deref().unwrap();
         assert!(
             v.starts_with("no detectable difference yet on conversion: +0.4 points"),
             "{v}"
         );
-        let r = report_from_arms(&s, &[arm(0, 0), arm(10, 1)], &[0, 0], &[], &[]);
+        let r = report_from_arms(&s, &[arm(0, 0), arm(10, 1)], &[0, 0], &[], &[], &[]);
         let v = r.variants[1].verdict.as_deref().unwrap();
         assert_eq!(v, "not enough data to compare model with control yet");
         assert_eq!(r.variants[1].sample_size_needed, None);
@@ -1065,18 +1472,14 @@ mod tests {
             members.push((
                 Some((i % 2) as usize),
                 Exposure {
-                    variant: 0,
-                    covariate: 1.0,
                     converted: i % 5 == 0 || (i % 2 == 1 && i % 7 == 0),
-                    revenue: 0.0,
                     decisions: 2,
-                    segment: Some(keys(tier)),
-                    declined: false,
+                    ..Exposure::first(0, 1.0, 0, Some(keys(tier)), 0)
                 },
             ));
         }
         members.push((None, members[0].1));
-        let groups = segment_arms(SegmentBy::Tier, 2, members);
+        let groups = segment_arms(SegmentBy::Tier, 2, 0, 90, members);
         let names: Vec<&str> = groups.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["base", "gold"]);
         assert_eq!(groups["base"].arms[0].members, 180);
@@ -1117,7 +1520,7 @@ mod tests {
             },
         ];
         let status = |c: ArmStats, t: ArmStats, declines: [u64; 2]| {
-            report_from_arms(&s, &[c, t], &[0, 0], &[], &declines)
+            report_from_arms(&s, &[c, t], &[0, 0], &[], &declines, &[])
                 .guardrails
                 .iter()
                 .map(|g| g.status)
@@ -1145,6 +1548,7 @@ mod tests {
             &[0, 0],
             &[],
             &[0, 0],
+            &[],
         );
         let g = &r.guardrails[0];
         assert_eq!(
@@ -1156,11 +1560,77 @@ mod tests {
 
     /// One exposure per member and experiment is held in memory (beside a
     /// boxed id of 16 bytes plus its text): segments, decisions and the
-    /// decline flag take it from 16 bytes to 32, and no further unnoticed.
+    /// decline flag take it from 16 bytes to 32, the loyalty outcomes
+    /// (first-exposure minute, flights, flights before, spend, tier-up) to
+    /// 40, and no further unnoticed.
     #[test]
     fn an_exposure_stays_small() {
         assert_eq!(std::mem::size_of::<ExposureV4>(), 16);
-        assert_eq!(std::mem::size_of::<Exposure>(), 32);
+        assert_eq!(std::mem::size_of::<ExposureV5>(), 32);
+        assert_eq!(std::mem::size_of::<Exposure>(), 40);
+    }
+
+    #[test]
+    fn loyalty_windows_count_from_first_exposure() {
+        let day0 = 20_000 * DAY_MS;
+        let e = Exposure::first(0, 1.0, day0 + 30_000, None, 3);
+        assert_eq!(e.first_ms(), Some(day0));
+        assert!(!e.in_window(day0 - 1, 90));
+        assert!(e.in_window(day0, 90) && e.in_window(day0 + 90 * DAY_MS - 1, 90));
+        assert!(!e.in_window(day0 + 90 * DAY_MS, 90));
+        assert!(!e.window_complete(day0 + 90 * DAY_MS - 1, 90));
+        assert!(e.window_complete(day0 + 90 * DAY_MS, 90));
+        let unknown = Exposure::first(0, 1.0, 0, None, 0);
+        assert_eq!(unknown.first_ms(), None);
+        assert!(!unknown.in_window(day0, 90) && !unknown.window_complete(i64::MAX, 90));
+        // Loyalty per arm: the unknown member is left out, lapse counts
+        // only the completed window.
+        let flew = Exposure {
+            flights: 2,
+            spend: 500.0,
+            tier_up: true,
+            ..e
+        };
+        let later = Exposure::first(1, 1.0, day0 + 50 * DAY_MS, None, 0);
+        let arms = LoyaltyArm::per_variant(
+            2,
+            day0 + 100 * DAY_MS,
+            90,
+            [
+                (Some(0), e),
+                (Some(0), flew),
+                (Some(0), unknown),
+                (Some(1), later),
+                (None, e),
+            ],
+        );
+        assert_eq!(arms[0].flights.members, 2);
+        assert_eq!(arms[0].flights.revenue_sum, 2.0);
+        assert_eq!(arms[0].flights.covariate_sum, 6.0);
+        assert_eq!(arms[0].spend.revenue_sum, 500.0);
+        assert_eq!(
+            (arms[0].tier_up.members, arms[0].tier_up.conversions),
+            (2, 1)
+        );
+        assert_eq!((arms[0].lapse.members, arms[0].lapse.conversions), (2, 1));
+        assert_eq!((arms[1].flights.members, arms[1].lapse.members), (1, 0));
+    }
+
+    #[test]
+    fn a_loyalty_window_outside_its_range_is_refused() {
+        for days in ["0", "3651"] {
+            let text = format!(
+                "[[experiment]]\nid = \"x\"\nsalt = \"s\"\ntraffic = 1.0\nloyalty_window_days = {days}\n\
+                 [[experiment.variant]]\nname = \"control\"\ncontrol = true\nweight = 1\n\
+                 [[experiment.variant]]\nname = \"model\"\nweight = 1\n"
+            );
+            let err = parse_experiments(&text).unwrap_err();
+            assert!(
+                format!("{err:?}").contains("loyalty_window_days"),
+                "{err:?}"
+            );
+        }
+        assert_eq!(spec(1).loyalty_window_days, DEFAULT_LOYALTY_WINDOW_DAYS);
     }
 
     #[test]

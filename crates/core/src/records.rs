@@ -199,7 +199,7 @@ impl From<&MemberWire> for Member {
 }
 
 /// Compact member form with the monthly history (logs and snapshots from
-/// snapshot format 6): the first form, then the history's raw parts.
+/// snapshot format 7): the first form, then the history's raw parts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MemberWireV2 {
     base: MemberWire,

@@ -455,6 +455,71 @@ impl GroundTruth {
     }
 }
 
+/// The hidden loyalty response: how much an accepted retention or tier
+/// fast-track offer raises a member's chance to fly again within the loyalty
+/// window, in probability (0.15 = 15 points). The engine never reads it;
+/// simulations check that the experiment report finds it.
+pub const LOYALTY_RESPONSE: f64 = 0.15;
+
+/// Whether accepting an offer of this category moves the hidden loyalty
+/// response (retention and tier fast-track offers do).
+pub fn moves_loyalty(category: Category) -> bool {
+    matches!(category, Category::Retention | Category::TierFastTrack)
+}
+
+/// A member's hidden flying behaviour over a window after a day.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlyAgain {
+    /// True chance to fly at least once in the window.
+    pub probability: f64,
+    /// Expected flights beyond the first, given at least one.
+    pub extra_flights: f64,
+    /// Qualifying spend per flight.
+    pub spend_per_flight: f64,
+}
+
+impl FlyAgain {
+    /// Expected flights in the window.
+    pub fn expected_flights(&self) -> f64 {
+        self.probability * (1.0 + self.extra_flights)
+    }
+
+    /// Draws the flights flown in the window: none with probability
+    /// `1 − probability`, else one plus a Poisson count of mean
+    /// `extra_flights`.
+    pub fn draw<R: Rng>(&self, rng: &mut R) -> u16 {
+        if !rng.gen_bool(self.probability.clamp(0.0, 1.0)) {
+            return 0;
+        }
+        let extra = Poisson::new(self.extra_flights.max(1e-9))
+            .map(|p| p.sample(rng))
+            .unwrap_or(0.0);
+        1 + extra.min(1_000.0) as u16
+    }
+}
+
+impl GroundTruth {
+    /// The member's true flying behaviour over `window_days` days after
+    /// `today`, having accepted a retention or fast-track offer (`moved`)
+    /// or not: the chance to fly again rises with the member's flights of
+    /// the last 12 months and falls with the time since the last flight (at
+    /// most 0.8), and an accepted offer adds [`LOYALTY_RESPONSE`] to it.
+    pub fn fly_again(&self, m: &Member, today: Day, window_days: u32, moved: bool) -> FlyAgain {
+        let rate = m.flights_12m() as f64 / 365.0 * window_days as f64;
+        let idle = m
+            .last_flight
+            .map(|d| (today.0 - d.0).max(0) as f64)
+            .unwrap_or(900.0);
+        let base = 0.8 * (1.0 - (-0.3 - rate).exp()) * (-idle / 730.0).exp();
+        let probability = base + if moved { LOYALTY_RESPONSE } else { 0.0 };
+        FlyAgain {
+            probability,
+            extra_flights: 0.5 * rate,
+            spend_per_flight: m.qualifying_spend_12m as f64 / m.flights_12m().max(1) as f64,
+        }
+    }
+}
+
 /// Iterator over the NDJSON lines of a population, for `gen-members`.
 pub fn population_lines(
     seed: u64,
