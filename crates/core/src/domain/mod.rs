@@ -1130,6 +1130,11 @@ impl MemberRecord {
         months: &[MonthRecord],
         flights: u16,
     ) -> Result<MonthlyHistory, FieldError> {
+        if months.len() > 12 {
+            // Twelve distinct months at most fit the window; refusing more
+            // first keeps the checks below small whatever the input.
+            return Err(FieldError::new("monthly", "holds at most 12 months"));
+        }
         let mut entries = Vec::with_capacity(months.len());
         for (i, e) in months.iter().enumerate() {
             let month = parse_month(&e.month).ok_or_else(|| {
@@ -1438,5 +1443,7 @@ mod tests {
             let e = record(monthly).to_member().unwrap_err();
             assert_eq!(e.field, field, "{monthly}: {e}");
         }
+        let many = format!("[{}]", vec![r#"{"month":"2026-10"}"#; 13].join(","));
+        assert_eq!(record(&many).to_member().unwrap_err().field, "monthly");
     }
 }
