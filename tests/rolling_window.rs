@@ -284,3 +284,38 @@ mod props {
         }
     }
 }
+
+/// Resident bytes a member of the member store, with the monthly history:
+/// `cargo test --test rolling_window -- --ignored --nocapture` (Linux; 10
+/// million members unless `MEMBERS` says otherwise). The members are copies
+/// of one synthetic member under ids `M00000000` and up, put into an empty
+/// store as a members file or a bulk load does (the map grows as it fills).
+#[test]
+#[ignore]
+fn member_store_bytes_per_member() {
+    fn resident() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+    let n: u32 = std::env::var("MEMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let d = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    let m = offer_engine::synth::member_monthly(1, 1, d, &TierThresholds::default());
+    let store = offer_engine::state::members::MemberStore::new();
+    let before = resident();
+    for i in 0..n {
+        let mut x = m;
+        x.points = i;
+        store.upsert(&format!("M{i:08}"), x);
+    }
+    let after = resident();
+    assert_eq!(store.len(), n as usize);
+    println!(
+        "{n} members: {} resident bytes a member in the store (record {} bytes)",
+        (after - before) / n as u64,
+        std::mem::size_of::<offer_engine::domain::Member>()
+    );
+}

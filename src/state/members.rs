@@ -7,11 +7,11 @@
 //! Memory: ids of the generator's and the usual airline form, `M` and exactly
 //! eight digits (`M00000042`), are kept as a `u32` beside the record (72
 //! bytes a member, no allocation of their own); any other id is a boxed
-//! string in a second map. With the 28-byte record before the monthly
-//! history the load test measured 67 resident bytes a member at 10 million
-//! (`docs/performance.md`); the 40 bytes of history put the estimate at
-//! about 135 (the map's slots are about 1.68 times the entries at that size),
-//! under the 150-byte target.
+//! string in a second map. The store holds 10 million members in 122
+//! resident bytes each (the map's slots are about 1.68 times the entries;
+//! `member_store_bytes_per_member` in `tests/rolling_window.rs`), under the
+//! 150-byte target with the rest of the server
+//! (`docs/tiers-and-validity.md`).
 
 use std::io::BufRead;
 use std::sync::Arc;
