@@ -32,8 +32,8 @@ use crate::domain::{Channel, Day, FieldError, Iata, Member, Tags, Tier};
 use crate::durable::{Durable, LogError, Pending};
 use crate::experiments::Assignment;
 use crate::features::{self, DecisionContext, N_FEATURES};
-use crate::records::{DecisionRecord, IssuedOffer};
 use crate::reasons::Lang;
+use crate::records::{DecisionRecord, IssuedOffer};
 use crate::render::OfferOut;
 use crate::state::ledger::Ledger;
 

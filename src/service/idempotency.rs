@@ -38,7 +38,7 @@ pub struct IdempotencySettings {
     /// How long an answer is kept for retries, seconds (default 600).
     pub ttl_secs: u64,
     /// Most bytes of answers kept (keys, fingerprints and bodies;
-    /// least-recently-used go first); default 64 MiB, about 40,000
+    /// least-recently-used go first); default 64 MiB, about 35,000
     /// three-offer checkout answers.
     pub max_bytes: u64,
 }

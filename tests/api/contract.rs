@@ -16,7 +16,9 @@ async fn every_reason_code_is_documented_in_the_openapi_description() {
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     let schemas = &doc["components"]["schemas"];
     let reason = &schemas["Reason"];
-    let variants = reason["oneOf"].as_array().unwrap_or_else(|| panic!("{reason}"));
+    let variants = reason["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reason}"));
     let text = reason.to_string();
     for code in CODES {
         // Each code is an enum value of a variant's `code`, with a description.
@@ -42,8 +44,7 @@ async fn every_reason_code_is_documented_in_the_openapi_description() {
 fn near_tier_member(app: &TestApp) -> String {
     let th = offer_engine::domain::TierThresholds::default();
     app.find_member(|m| {
-        offer_engine::features::spend_to_next_tier(m, &th)
-            .is_some_and(|g| g > 1.0 && g <= 20_000.0)
+        offer_engine::features::spend_to_next_tier(m, &th).is_some_and(|g| g > 1.0 && g <= 20_000.0)
     })
 }
 
@@ -105,7 +106,11 @@ async fn explain_adds_text_in_english_or_simplified_chinese() {
     )
     .await;
     let r0 = &zh["offers"][0]["reasons"][0];
-    assert_eq!(r0["text"], format!("还差{thousands}元定级消费升级{zh_tier}"), "{r0}");
+    assert_eq!(
+        r0["text"],
+        format!("还差{thousands}元定级消费升级{zh_tier}"),
+        "{r0}"
+    );
     assert_eq!(r0["spend_short"], short);
     for o in zh["offers"].as_array().unwrap() {
         let last = o["reasons"].as_array().unwrap().last().unwrap().clone();
@@ -271,9 +276,8 @@ async fn a_retried_accept_gets_the_first_answer_instead_of_409() {
 #[tokio::test]
 async fn keys_are_per_api_key() {
     // A second API key with the offers scope.
-    let (second, spec) = offer_engine::auth::generate_key(
-        offer_engine::auth::Scopes::parse(&["offers"]).unwrap(),
-    );
+    let (second, spec) =
+        offer_engine::auth::generate_key(offer_engine::auth::Scopes::parse(&["offers"]).unwrap());
     let mut settings = crate::helpers::settings_with_master_key();
     settings.security.keys.push(spec);
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
@@ -297,7 +301,10 @@ async fn keys_are_per_api_key() {
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("idempotent-replayed").is_none());
     let b: Value = r.json().await.unwrap();
-    assert_ne!(a["decision_id"], b["decision_id"], "callers never share answers");
+    assert_ne!(
+        a["decision_id"], b["decision_id"],
+        "callers never share answers"
+    );
 }
 
 #[tokio::test]

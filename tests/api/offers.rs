@@ -58,10 +58,16 @@ async fn known_member_gets_ranked_offers_with_every_field() {
             || (tier["code"] == "near_next_tier" && tier["current_tier"] == "silver"),
         "{tier}"
     );
-    assert!(reasons.iter().all(|r| r.get("text").is_none()), "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.get("text").is_none()),
+        "{reasons:?}"
+    );
     let last = reasons.last().unwrap();
     assert_eq!(last["code"], "propensity", "{last}");
-    assert!(last["p"].is_f64() && last["expected_value"].is_number(), "{last}");
+    assert!(
+        last["p"].is_f64() && last["expected_value"].is_number(),
+        "{last}"
+    );
 }
 
 #[tokio::test]

@@ -356,9 +356,9 @@ async fn accepts_need_the_offers_own_untampered_token() {
     assert_eq!(token.len(), 23, "{token}");
     // A v1 token (the form issued before) for the same terms, signed by the
     // server's key: old tokens keep verifying, and forging one still fails.
-    let price = o["price"]
-        .is_object()
-        .then(|| serde_json::from_value::<offer_engine::domain::Money>(o["price"].clone()).unwrap());
+    let price = o["price"].is_object().then(|| {
+        serde_json::from_value::<offer_engine::domain::Money>(o["price"].clone()).unwrap()
+    });
     let expires_ms = chrono::DateTime::parse_from_rfc3339(o["expires_at"].as_str().unwrap())
         .unwrap()
         .timestamp_millis();
@@ -462,9 +462,9 @@ async fn accepts_need_the_offers_own_untampered_token() {
     // A genuine v1 token (issued before the compact form) is accepted.
     let d3 = decide(&app, &member).await;
     let o3 = &d3["offers"][0];
-    let price = o3["price"]
-        .is_object()
-        .then(|| serde_json::from_value::<offer_engine::domain::Money>(o3["price"].clone()).unwrap());
+    let price = o3["price"].is_object().then(|| {
+        serde_json::from_value::<offer_engine::domain::Money>(o3["price"].clone()).unwrap()
+    });
     let v1 = app
         .state
         .security()

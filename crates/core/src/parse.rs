@@ -287,13 +287,7 @@ impl OfferRequestDto {
 }
 
 /// Field names of the request objects, for unknown-field errors.
-const REQUEST_FIELDS: [&str; 5] = [
-    "member_id",
-    "channel",
-    "itinerary",
-    "max_offers",
-    "explain",
-];
+const REQUEST_FIELDS: [&str; 5] = ["member_id", "channel", "itinerary", "max_offers", "explain"];
 const ITINERARY_FIELDS: [&str; 6] = [
     "origin",
     "destination",

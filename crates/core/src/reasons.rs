@@ -295,11 +295,9 @@ impl Reason {
             ),
             Reason::Departure { origin, days } => format!("{days}天后从{origin}出发"),
             Reason::Party { passengers } => format!("{passengers}人同行"),
-            Reason::Propensity { p, expected_value } => format!(
-                "接受概率{:.1}%，预期价值{:.0}元",
-                p * 100.0,
-                expected_value
-            ),
+            Reason::Propensity { p, expected_value } => {
+                format!("接受概率{:.1}%，预期价值{:.0}元", p * 100.0, expected_value)
+            }
             Reason::BusinessPriority => "按业务优先级推荐（降级：无模型评分）".into(),
         }
     }
@@ -439,7 +437,10 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v[0]["text"], "还差1,200元定级消费升级白金卡");
         assert_eq!(v[0]["spend_short"], 1200);
-        assert_eq!(v[1], serde_json::json!({"code": "growing", "text": "成长型客户"}));
+        assert_eq!(
+            v[1],
+            serde_json::json!({"code": "growing", "text": "成长型客户"})
+        );
         let en = Reasons {
             explain: Some(Lang::En),
             ..r.clone()
