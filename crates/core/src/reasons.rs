@@ -405,18 +405,18 @@ mod tests {
             assert!(!r.text(Lang::En).is_empty());
             assert!(!r.text(Lang::Zh).is_empty());
         }
-        let v = serde_json::to_value(&all[2]).unwrap();
+        let v = serde_json::to_value(all[2]).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"code": "near_next_tier", "tier": "platinum", "current_tier": "gold", "spend_short": 1200})
         );
-        let v = serde_json::to_value(&all[8]).unwrap();
+        let v = serde_json::to_value(all[8]).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"code": "trip", "route": "domestic", "km": 1076, "cabin": "premium_economy"})
         );
         assert_eq!(
-            serde_json::to_value(&all[9]).unwrap()["origin"],
+            serde_json::to_value(all[9]).unwrap()["origin"],
             serde_json::json!("PEK")
         );
     }
