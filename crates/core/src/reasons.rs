@@ -15,8 +15,10 @@ use crate::domain::{Cabin, Iata, Tier};
 
 /// One reason behind an offer. Serialized as an object with a `code`
 /// (snake_case) and the figures of that code.
+/// New codes may be added (hence `non_exhaustive`); none is renamed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "code", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Reason {
     /// `new_member`: the member is unknown (cold start); the offers are
     /// chosen from the trip alone.

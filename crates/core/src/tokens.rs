@@ -104,7 +104,8 @@ impl TokenKey {
         put_str(&mut head, member_id);
         // Zeros to the block boundary: the lengths say where the strings
         // end, so the padding is unambiguous, and the state after it holds
-        // no buffered bytes to hash again for every offer.
+        // no buffered bytes to hash again for every offer (a uuid decision
+        // id and a member id up to 21 bytes make one block).
         head.resize(head.len().div_ceil(BLOCK) * BLOCK, 0);
         let mut mac = self.mac();
         mac.update(&head);
