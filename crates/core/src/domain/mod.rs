@@ -862,4 +862,6 @@ pub struct OfferRequest {
     pub itinerary: Itinerary,
     /// Most offers to return, 1 to 10.
     pub max_offers: usize,
+    /// Whether each reason gets a sentence (`text`) in the answer.
+    pub explain: bool,
 }
