@@ -115,6 +115,7 @@ fn benches(c: &mut Criterion) {
                 channel: Channel::Checkout,
                 itinerary: synth::itinerary(&mut rng, Some(&m), now),
                 max_offers: DEFAULT_MAX_OFFERS,
+                explain: false,
             }
         })
         .collect();

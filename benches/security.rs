@@ -2,8 +2,13 @@
 //!
 //! - `security/authenticate_scoped_key`: lookup by the id in the key, HMAC,
 //!   constant-time compare (every protected request pays this once);
-//! - `security/sign_token`: one offer's token (a checkout pays it per offer);
-//! - `security/verify_token`: an accept's token check.
+//! - `security/sign_token`: a one-offer decision's token (v2: the
+//!   decision's blocks and the offer's);
+//! - `security/sign_token_per_offer`: each further offer of a decision
+//!   (v2, the decision's blocks already hashed);
+//! - `security/verify_token`: an accept's token check (v2);
+//! - `security/sign_token_v1`, `security/verify_token_v1`: the former form,
+//!   for comparison (v1 tokens still verify).
 //!
 //! Run: `cargo bench --bench security -- --warm-up-time 2 --measurement-time 5`;
 //! `cargo bench --bench security -- --test` runs each once as a smoke test.
@@ -57,9 +62,20 @@ fn bench(c: &mut Criterion) {
     g.bench_function("sign_token", |b| {
         b.iter(|| black_box(key.sign(black_box(&terms))))
     });
+    let signer = key.for_decision(terms.decision_id, terms.member_id);
+    g.bench_function("sign_token_per_offer", |b| {
+        b.iter(|| black_box(signer.sign(black_box(&terms))))
+    });
     let token = key.sign(&terms);
     g.bench_function("verify_token", |b| {
         b.iter(|| black_box(key.verify(black_box(&token), &terms).is_ok()))
+    });
+    g.bench_function("sign_token_v1", |b| {
+        b.iter(|| black_box(key.sign_v1(black_box(&terms))))
+    });
+    let token_v1 = key.sign_v1(&terms);
+    g.bench_function("verify_token_v1", |b| {
+        b.iter(|| black_box(key.verify(black_box(&token_v1), &terms).is_ok()))
     });
     g.finish();
 }

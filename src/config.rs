@@ -217,6 +217,9 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// Limits and degradation.
     pub limits: LimitSettings,
+    /// Answers kept for retries with an `Idempotency-Key`.
+    #[serde(default)]
+    pub idempotency: crate::service::idempotency::IdempotencySettings,
     /// Adaptive models and delayed rewards.
     #[serde(default)]
     pub learning: crate::state::learner::LearnSettings,

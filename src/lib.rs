@@ -6,7 +6,7 @@
 //! - `offer-engine-core` (`crates/core`): the pure decision core, re-exported
 //!   here: [`domain`] (and [`airports`]), [`catalog`], [`features`],
 //!   [`model`], [`policy`], [`posterior`], [`decision`], [`experiments`],
-//!   [`stats`], [`ope`], [`records`], [`events`], [`tokens`], [`privacy`],
+//!   [`stats`], [`ope`], [`reasons`], [`records`], [`events`], [`tokens`], [`privacy`],
 //!   [`parse`], [`render`], [`synth`], [`train`]. No I/O, clock, runtime or
 //!   unseeded randomness: the compiler keeps it so.
 //! - `offer-engine-wal` (`crates/wal`): the embedded write-ahead log (group
@@ -62,7 +62,7 @@ pub mod telemetry;
 pub use offer_engine_core::domain::airports;
 pub use offer_engine_core::{
     catalog, decision, domain, events, experiments, features, model, ope, parse, policy, posterior,
-    privacy, records, render, stats, synth, tokens, train,
+    privacy, reasons, records, render, stats, synth, tokens, train,
 };
 
 pub mod auth;

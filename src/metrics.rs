@@ -50,6 +50,9 @@ pub struct Metrics {
     pub log_errors: IntCounterVec,
     /// Catalog/model/experiments reloads by trigger (`admin`, `watch`) and result (`ok`, `refused`).
     pub reloads: IntCounterVec,
+    /// Requests with an `Idempotency-Key`, by route template and outcome
+    /// (`first`, `replayed`, `key_reused`).
+    pub idempotent_requests: IntCounterVec,
     /// Decisions made in experiments.
     pub experiment_decisions: IntCounterVec,
     /// Members exposed for the first time.
@@ -237,8 +240,17 @@ impl Metrics {
             &["trigger", "result"],
         )
         .expect("static metric");
+        let idempotent_requests = IntCounterVec::new(
+            Opts::new(
+                "idempotent_requests_total",
+                "Requests with an Idempotency-Key: answered first, replayed, or refused (key reused with another request)",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("static metric");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(idempotent_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(decision_duration.clone()),
             Box::new(decisions.clone()),
@@ -295,6 +307,7 @@ impl Metrics {
             fallbacks,
             log_errors,
             reloads,
+            idempotent_requests,
             experiment_decisions,
             experiment_members,
             experiment_conversions,

@@ -185,6 +185,11 @@ fn same_state_same_file() {
     let a = run(&e, &store(5_000), dto.clone(), Format::Csv);
     let b = run(&e, &store(5_000), dto, Format::Csv);
     assert_eq!(a.out, b.out);
+    // CSV keeps a readable reasons column: the English sentences, joined.
+    let text = String::from_utf8(a.out).unwrap();
+    let row = text.lines().nth(1).expect("a row");
+    assert!(row.contains(" | propensity "), "{row}");
+    assert!(row.contains("member"), "{row}");
 }
 
 #[test]

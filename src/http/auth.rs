@@ -8,7 +8,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
-use actix_web::{web, ResponseError};
+use actix_web::{web, HttpMessage, ResponseError};
 
 use super::error::ApiError;
 use crate::auth::{bearer, required, Access};
@@ -30,6 +30,10 @@ fn check(state: &SharedState, req: &ServiceRequest) -> Result<(), ApiError> {
         .and_then(bearer)
         .and_then(|k| keys.authenticate(k))
         .ok_or(ApiError::Unauthorized)?;
+    // The key's id scopes idempotency keys (one caller never sees
+    // another's answers).
+    req.extensions_mut()
+        .insert(super::idempotency::Caller(principal.id().into()));
     if !principal.allows(scope) {
         tracing::debug!(
             key = principal.id(),

@@ -61,6 +61,17 @@ pub enum ApiError {
     /// The event log cannot take writes (full disk, I/O error).
     #[error("event log unavailable: {0}")]
     Storage(#[source] crate::durable::LogError),
+    /// A request header is malformed (named in `field`).
+    #[error("header {header}: {detail}")]
+    InvalidHeader {
+        /// The header.
+        header: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// An `Idempotency-Key` already used with a different request.
+    #[error("idempotency key reused with another request")]
+    IdempotencyKeyReused,
     /// Route exists, method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -228,6 +239,20 @@ impl ApiError {
                 "the write was not stored and not applied; retry later".to_string(),
                 None,
             ),
+            ApiError::InvalidHeader { header, detail } => (
+                "/problems/invalid-header",
+                "Invalid header",
+                format!("{header}: {detail}"),
+                Some(header.to_string()),
+            ),
+            ApiError::IdempotencyKeyReused => (
+                "/problems/idempotency-key-reused",
+                "Idempotency key reused",
+                "Idempotency-Key: was already used with a different request (body, query or \
+                 Accept-Language); use a new key for a new request"
+                    .to_string(),
+                Some("Idempotency-Key".to_string()),
+            ),
             ApiError::MethodNotAllowed => (
                 "/problems/method-not-allowed",
                 "Method not allowed",
@@ -330,6 +355,8 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnknownResource { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Expired { .. } => StatusCode::GONE,

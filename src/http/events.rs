@@ -12,6 +12,7 @@ use chrono::Utc;
 
 use super::error::ApiError;
 use crate::events::parse_outcome_body;
+use crate::service::idempotency::Route;
 use crate::service::SharedState;
 
 pub use crate::service::outcomes::EventsAccepted;
@@ -22,12 +23,15 @@ pub use crate::service::outcomes::EventsAccepted;
     path = "/v1/events",
     tag = "events",
     request_body = crate::events::OutcomeBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with the same key and body within `idempotency.ttl_secs` (default 600) gets the first answer again (202, not 409), with `Idempotent-Replayed: true`"),
+    ),
     responses(
         (status = 202, description = "the events are durable and applied", body = EventsAccepted),
-        (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "malformed JSON, or a malformed `Idempotency-Key` (`field` names the header)", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a field is invalid (named in `field`)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a field is invalid (named in `field`), or the `Idempotency-Key` was used with a different request", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "unknown decision", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "already accepted or sold out; a fulfilment without an accept, or a second one", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 410, description = "the offer expired (a fulfilment: the attribution window closed)", body = crate::http::error::Problem, content_type = "application/problem+json"),
@@ -41,7 +45,10 @@ pub async fn post_events(
 ) -> Result<HttpResponse, ApiError> {
     let max = state.settings().server.max_bulk_bytes;
     let body = super::read_json_body(&req, payload, max).await?;
-    let (events, batch) = parse_outcome_body(&body)?;
-    let accepted = state.record_outcomes(events, batch, Utc::now()).await?;
-    Ok(HttpResponse::Accepted().json(accepted))
+    super::idempotency::keyed(&req, &state, Route::Events, &body, || async {
+        let (events, batch) = parse_outcome_body(&body)?;
+        let accepted = state.record_outcomes(events, batch, Utc::now()).await?;
+        Ok(HttpResponse::Accepted().json(accepted))
+    })
+    .await
 }

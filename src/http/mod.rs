@@ -10,6 +10,7 @@ pub mod error;
 mod events;
 mod experiments;
 mod health;
+pub mod idempotency;
 pub mod limits;
 mod members;
 pub mod offers;

@@ -1,5 +1,6 @@
 //! `POST /v1/offers`: the checkout decision.
 
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::Serialize;
@@ -7,7 +8,9 @@ use serde::Serialize;
 use super::error::ApiError;
 use crate::experiments::Assignment;
 use crate::parse::parse_offer_request;
+use crate::reasons::Lang;
 use crate::render::OfferOut;
+use crate::service::idempotency::Route;
 use crate::service::SharedState;
 
 /// The response body.
@@ -38,12 +41,17 @@ pub use crate::render::rfc3339;
     path = "/v1/offers",
     tag = "offers",
     request_body = crate::parse::OfferRequestDto,
+    params(
+        ("explain" = Option<bool>, Query, description = "adds `text` to each reason (as `\"explain\": true` in the body does)"),
+        ("Accept-Language" = Option<String>, Header, description = "language of the reasons' `text`: Simplified Chinese when `zh` is preferred, English otherwise"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with the same key and request within `idempotency.ttl_secs` (default 600) gets the first answer again, with no second decision (answered with `Idempotent-Replayed: true`)"),
+    ),
     responses(
         (status = 200, description = "ranked offers", body = OffersResponse),
-        (status = 400, description = "malformed JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "malformed JSON, or a malformed `Idempotency-Key` (`field` names the header)", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "fields are invalid: the first named in `field`, every one in `errors`", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "fields are invalid: the first named in `field`, every one in `errors`; or the `Idempotency-Key` was used with a different request", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
 )]
 #[tracing::instrument(name = "post_offers", skip_all)]
@@ -55,8 +63,48 @@ pub async fn post_offers(
     let arrived = std::time::Instant::now();
     let max = state.settings().server.max_body_bytes;
     let body = super::read_json_body(&req, payload, max).await?;
+    super::idempotency::keyed(&req, &state, Route::Offers, &body, || async {
+        offers(&req, &body, &state, arrived)
+    })
+    .await
+}
+
+/// `?explain=` as given: `true` or `false`.
+fn explain_query(req: &HttpRequest) -> Result<Option<bool>, ApiError> {
+    let q = req.query_string();
+    if q.is_empty() {
+        return Ok(None);
+    }
+    match q
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("explain="))
+        .next_back()
+    {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::InvalidField(crate::domain::FieldError::new(
+            "explain",
+            "must be true or false",
+        ))),
+    }
+}
+
+fn offers(
+    req: &HttpRequest,
+    body: &[u8],
+    state: &SharedState,
+    arrived: std::time::Instant,
+) -> Result<HttpResponse, ApiError> {
     let now = Utc::now();
-    let request = parse_offer_request(&body, now)?;
+    let query = explain_query(req)?;
+    let request = parse_offer_request(body, now)?;
+    let explain = (query.unwrap_or(false) || request.explain).then(|| {
+        req.headers()
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .map_or(Lang::En, Lang::from_accept_language)
+    });
     let c = state.checkout(request, now, arrived);
     let offers: Vec<OfferOut<'_>> = c
         .decision
@@ -66,11 +114,13 @@ pub async fn post_offers(
         .map(|(o, token)| {
             let mut out = OfferOut::new(&c.engine.catalog.offers[o.index], o);
             out.token = Some(token);
+            out.reasons.explain = explain;
             out
         })
         .collect();
-    // About 650 bytes an offer (a token, three reasons) and 250 around them.
-    let capacity = 256 + 768 * offers.len();
+    // About 450 bytes an offer (a token, three reasons) and 250 around
+    // them; sentences add about 150 an offer.
+    let capacity = 256 + 640 * offers.len();
     let body = OffersResponse {
         decision_id: c.decision_id,
         member_id: &c.member_id,

@@ -32,6 +32,7 @@ use crate::domain::{Channel, Day, FieldError, Iata, Member, Tags, Tier};
 use crate::durable::{Durable, LogError, Pending};
 use crate::experiments::Assignment;
 use crate::features::{self, DecisionContext, N_FEATURES};
+use crate::reasons::Lang;
 use crate::records::{DecisionRecord, IssuedOffer};
 use crate::render::OfferOut;
 use crate::state::ledger::Ledger;
@@ -701,7 +702,8 @@ fn write_line(out: &mut Vec<u8>, format: Format, offers_per_row: usize, line: &L
                         csv_field(out, &o.score.to_string());
                         csv_field(out, &o.expected_value.to_string());
                         csv_field(out, &o.expires_at);
-                        csv_field(out, &o.reasons.join(" | "));
+                        // CSV is read by people: the English sentences, joined.
+                        csv_field(out, &o.reasons.joined_text(Lang::En, " | "));
                         csv_field(out, o.token.as_deref().unwrap_or(""));
                     }
                     None => {
@@ -849,6 +851,11 @@ fn score_block(
             Vec::new()
         };
         if !d.offers.is_empty() {
+            // The decision's part of the tokens is hashed once per member.
+            let signer = opts
+                .tokens
+                .as_ref()
+                .map(|k| k.for_decision(&decision_id, id));
             let line = Line {
                 member_id: id,
                 decision_id: &decision_id,
@@ -859,8 +866,8 @@ fn score_block(
                     .into_iter()
                     .map(|o| {
                         let offer = &engine.catalog.offers[o.index];
-                        match &opts.tokens {
-                            Some(k) => OfferOut::new_signed(offer, o, k, &decision_id, id),
+                        match &signer {
+                            Some(s) => OfferOut::new_signed(offer, o, s, &decision_id, id),
                             None => OfferOut::new(offer, o),
                         }
                     })

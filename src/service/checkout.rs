@@ -150,8 +150,7 @@ impl Service {
                 let mut d = decision::decide_scored(&engine, &input, &audience, None, |_| 0.0);
                 for o in &mut d.offers {
                     o.reasons.pop();
-                    o.reasons
-                        .push("chosen by business priority (fallback: no model score)".into());
+                    o.reasons.push(crate::reasons::Reason::BusinessPriority);
                 }
                 d
             }
@@ -161,15 +160,18 @@ impl Service {
         let suppress_default = settings.contact.suppress_days_after_decline;
         let mut issued = Vec::with_capacity(decision.offers.len());
         let mut tokens = Vec::with_capacity(decision.offers.len());
+        let signer = (!decision.offers.is_empty()).then(|| {
+            self.security()
+                .tokens
+                .for_decision(&decision_id, &request.member_id)
+        });
         for o in &decision.offers {
             let offer = &engine.catalog.offers[o.index];
             m.offer_served(&engine.catalog, o.index);
             let i = issued_offer(offer, o, Some(&request.itinerary), suppress_default);
-            tokens.push(
-                self.security()
-                    .tokens
-                    .sign(&i.terms(&decision_id, &request.member_id)),
-            );
+            if let Some(s) = &signer {
+                tokens.push(s.sign(&i.terms(&decision_id, &request.member_id)));
+            }
             issued.push(i);
         }
         let assignments = std::mem::take(&mut audience.policy.assignments);

@@ -19,6 +19,7 @@
 pub mod audience;
 pub mod campaigns;
 pub mod checkout;
+pub mod idempotency;
 pub mod members;
 pub mod outcomes;
 pub mod reload;
@@ -52,6 +53,8 @@ pub struct Service {
     ready: AtomicBool,
     /// API keys, offer-token key, log pseudonyms.
     security: Security,
+    /// Answers kept for retries with an idempotency key.
+    replays: idempotency::Replays,
     /// The data dir's lock, held for the life of the process.
     _data_lock: DirLock,
 }
@@ -78,12 +81,14 @@ pub struct ServiceParts {
 impl Service {
     /// A service over its parts (not ready until [`Service::mark_ready`]).
     pub fn new(p: ServiceParts) -> Service {
+        let replays = idempotency::Replays::new(&p.settings.idempotency);
         Service {
             durable: p.durable,
             engine: ArcSwap::from_pointee(p.engine),
             metrics: p.metrics,
             settings: p.settings,
             ready: AtomicBool::new(false),
+            replays,
             security: p.security,
             _data_lock: p.data_lock,
         }
@@ -117,6 +122,11 @@ impl Service {
     /// Keys, token key, pseudonyms.
     pub fn security(&self) -> &Security {
         &self.security
+    }
+
+    /// Answers kept for retries with an idempotency key.
+    pub fn replays(&self) -> &idempotency::Replays {
+        &self.replays
     }
 
     /// Whether start-up is complete.

@@ -47,6 +47,14 @@ async fn campaigns_stream_ndjson_and_their_accepts_count_in_the_experiment() {
         ] {
             assert!(!offers[0][k].is_null(), "{k} missing: {l}");
         }
+        // The same structured reasons as checkout: documented codes, no text.
+        for o in offers {
+            for r in o["reasons"].as_array().unwrap() {
+                let code = r["code"].as_str().unwrap_or_else(|| panic!("{r}"));
+                assert!(offer_engine::reasons::CODES.contains(&code), "{r}");
+                assert!(r.get("text").is_none(), "{r}");
+            }
+        }
     }
     // Accept the first offer of the first line, as the email's landing page would.
     let l = &lines[0];

@@ -50,8 +50,24 @@ async fn known_member_gets_ranked_offers_with_every_field() {
         let exp = chrono::DateTime::parse_from_rfc3339(o["expires_at"].as_str().unwrap()).unwrap();
         assert!(exp > chrono::Utc::now());
     }
-    let reasons = offers[0]["reasons"].to_string();
-    assert!(reasons.contains("silver member"), "{reasons}");
+    // Structured reasons: codes and figures, no sentences unless asked for.
+    let reasons = offers[0]["reasons"].as_array().unwrap();
+    let tier = &reasons[0];
+    assert!(
+        (tier["code"] == "tier" && tier["tier"] == "silver")
+            || (tier["code"] == "near_next_tier" && tier["current_tier"] == "silver"),
+        "{tier}"
+    );
+    assert!(
+        reasons.iter().all(|r| r.get("text").is_none()),
+        "{reasons:?}"
+    );
+    let last = reasons.last().unwrap();
+    assert_eq!(last["code"], "propensity", "{last}");
+    assert!(
+        last["p"].is_f64() && last["expected_value"].is_number(),
+        "{last}"
+    );
 }
 
 #[tokio::test]

@@ -334,7 +334,7 @@ fn accept(d: &Value, o: &Value, token: &Value) -> Value {
     e
 }
 
-/// The same token with changed terms and the original signature.
+/// The same v1 token with changed terms and the original signature.
 fn forge(token: &str, change: impl FnOnce(&mut OwnedTerms)) -> String {
     let mut t = OwnedTerms::from_token(token).expect("a token");
     change(&mut t);
@@ -352,22 +352,54 @@ async fn accepts_need_the_offers_own_untampered_token() {
     assert_eq!(d["fallback"], false);
     let (o, other) = (&offers[0], &offers[1]);
     let token = o["token"].as_str().unwrap();
-    let terms = OwnedTerms::from_token(token).unwrap();
+    // Compact (v2) tokens: the MAC alone, the terms stay on the server.
+    assert_eq!(token.len(), 23, "{token}");
+    // A v1 token (the form issued before) for the same terms, signed by the
+    // server's key: old tokens keep verifying, and forging one still fails.
+    let price = o["price"].is_object().then(|| {
+        serde_json::from_value::<offer_engine::domain::Money>(o["price"].clone()).unwrap()
+    });
+    let expires_ms = chrono::DateTime::parse_from_rfc3339(o["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let v1 = app
+        .state
+        .security()
+        .tokens
+        .sign_v1(&offer_engine::tokens::Terms {
+            decision_id: d["decision_id"].as_str().unwrap(),
+            member_id: &member,
+            offer_id: o["offer_id"].as_str().unwrap(),
+            price: price.as_ref(),
+            points_price: o["points_price"].as_u64(),
+            expires_ms,
+        });
+    let terms = OwnedTerms::from_token(&v1).unwrap();
     assert_eq!(terms.decision_id, d["decision_id"].as_str().unwrap());
     assert_eq!(terms.member_id, member);
+    let token_v1 = v1.as_str();
     // No token.
     let mut e = accept(&d, o, &Value::Null);
     e.as_object_mut().unwrap().remove("token");
     assert_problem(app.post_json("/v1/events", &e).await, 422, Some("token")).await;
     // Changed terms under the original signature: price, expiry, member, offer.
     let other_id = other["offer_id"].as_str().unwrap().to_string();
+    let flip = |i: usize| {
+        let mut b = token.as_bytes().to_vec();
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(b).unwrap()
+    };
     let forged = [
-        forge(token, |t| t.price = Some((1, "CNY".into()))),
-        forge(token, |t| t.expires_ms += 86_400_000),
-        forge(token, |t| t.member_id = "M00000001".into()),
-        forge(token, |t| t.offer_id = other_id.clone()),
-        forge(token, |t| t.points_price = Some(1)),
+        forge(token_v1, |t| t.price = Some((1, "CNY".into()))),
+        forge(token_v1, |t| t.expires_ms += 86_400_000),
+        forge(token_v1, |t| t.member_id = "M00000001".into()),
+        forge(token_v1, |t| t.offer_id = other_id.clone()),
+        forge(token_v1, |t| t.points_price = Some(1)),
+        format!("{}x", token_v1),
         format!("{}x", token),
+        flip(1),
+        flip(12),
+        flip(22),
         "not-a-token".into(),
     ];
     for f in &forged {
@@ -427,6 +459,31 @@ async fn accepts_need_the_offers_own_untampered_token() {
         Some("offer_id"),
     )
     .await;
+    // A genuine v1 token (issued before the compact form) is accepted.
+    let d3 = decide(&app, &member).await;
+    let o3 = &d3["offers"][0];
+    let price = o3["price"].is_object().then(|| {
+        serde_json::from_value::<offer_engine::domain::Money>(o3["price"].clone()).unwrap()
+    });
+    let v1 = app
+        .state
+        .security()
+        .tokens
+        .sign_v1(&offer_engine::tokens::Terms {
+            decision_id: d3["decision_id"].as_str().unwrap(),
+            member_id: &member,
+            offer_id: o3["offer_id"].as_str().unwrap(),
+            price: price.as_ref(),
+            points_price: o3["points_price"].as_u64(),
+            expires_ms: chrono::DateTime::parse_from_rfc3339(o3["expires_at"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis(),
+        });
+    assert!(v1.contains('.') && v1.len() > 150, "{v1}");
+    let r = app
+        .post_json("/v1/events", &accept(&d3, o3, &json!(v1)))
+        .await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
 }
 
 fn with_token_key(k: &str) -> Settings {
@@ -580,10 +637,7 @@ async fn the_fallback_answers_by_business_priority_and_says_so() {
     assert!(p.windows(2).all(|w| w[0] >= w[1]), "{p:?}");
     for o in offers {
         let r = o["reasons"].as_array().unwrap();
-        assert!(
-            r.last().unwrap().as_str().unwrap().contains("fallback"),
-            "{o}"
-        );
+        assert_eq!(r.last().unwrap()["code"], "business_priority", "{o}");
         assert!(o["token"].is_string());
     }
     // A fallback offer is a real offer: it can be accepted.

@@ -18,6 +18,7 @@ use crate::domain::{Category, Channel, Day, Itinerary, Member, Money, TierThresh
 use crate::features::{self, DecisionContext, ValueSegment};
 use crate::model::{ModelFile, ScoringTable};
 pub use crate::policy::Ranking;
+use crate::reasons::{Reason, Route};
 
 /// Catalog, model and tier rules that decide together. Swapped as a whole
 /// (behind `ArcSwap` in the server) when the catalog or model is reloaded, so
@@ -197,8 +198,8 @@ pub struct RankedOffer {
     pub points_price: Option<u64>,
     /// When the offer stops being acceptable.
     pub expires_at: DateTime<Utc>,
-    /// Human-readable reasons.
-    pub reasons: Vec<String>,
+    /// Why this offer (structured; sentences only on request).
+    pub reasons: Vec<Reason>,
 }
 
 /// The result of [`decide`].
@@ -438,38 +439,36 @@ pub fn thousands(n: u64) -> String {
 
 /// Reasons that depend only on the member, computed once per decision.
 struct MemberReasons {
-    lines: Vec<String>,
+    /// At most two (tier, value segment).
+    lines: [Option<Reason>; 2],
     recency_days: Option<i32>,
 }
 
 fn member_reasons(input: &DecisionInput<'_>, spend_gap: Option<f64>) -> MemberReasons {
     let Some(m) = input.member else {
         return MemberReasons {
-            lines: vec!["new to the programme: chosen from the trip alone".to_string()],
+            lines: [Some(Reason::NewMember), None],
             recency_days: None,
         };
     };
-    let mut lines = Vec::with_capacity(2);
-    match (m.tier.next(), spend_gap) {
-        (Some(next), Some(gap)) if gap <= 20_000.0 => lines.push(format!(
-            "{} member, {} CNY qualifying spend from {}",
-            m.tier,
-            thousands(features::whole_cny_gap(m.qualifying_spend_12m as f64, gap)),
-            next
-        )),
-        _ => lines.push(format!("{} member", m.tier)),
-    }
+    let tier = match (m.tier.next(), spend_gap) {
+        (Some(next), Some(gap)) if gap <= 20_000.0 => Reason::NearNextTier {
+            tier: next,
+            current_tier: m.tier,
+            spend_short: features::whole_cny_gap(m.qualifying_spend_12m as f64, gap),
+        },
+        _ => Reason::Tier { tier: m.tier },
+    };
     let s = features::segment(m, Day::of(input.now));
-    match s.value {
-        ValueSegment::HighValue => lines.push(format!(
-            "high-value customer (lifetime value about {} CNY)",
-            thousands((s.clv / 1000.0).round() as u64 * 1000)
-        )),
-        ValueSegment::Potential => lines.push("growing customer".to_string()),
-        ValueSegment::LowValue => {}
-    }
+    let value = match s.value {
+        ValueSegment::HighValue => Some(Reason::HighValue {
+            lifetime_value: (s.clv / 1000.0).round() as u64 * 1000,
+        }),
+        ValueSegment::Potential => Some(Reason::Growing),
+        ValueSegment::LowValue => None,
+    };
     MemberReasons {
-        lines,
+        lines: [Some(tier), value],
         recency_days: s.recency_days,
     }
 }
@@ -480,47 +479,49 @@ fn reasons(
     mr: &MemberReasons,
     p: f32,
     ev: f64,
-) -> Vec<String> {
-    let mut r = Vec::with_capacity(mr.lines.len() + 3);
-    r.extend(mr.lines.iter().cloned());
+) -> Vec<Reason> {
+    let mut r = Vec::with_capacity(5);
+    r.extend(mr.lines.iter().flatten().copied());
     if let Some(m) = input.member {
         if offer.category == Category::Retention {
-            match mr.recency_days {
-                Some(d) => r.push(format!("no flight for {d} days")),
-                None => r.push("has not flown with us yet".to_string()),
-            }
+            r.push(match mr.recency_days {
+                Some(days) => Reason::Lapsed { days },
+                None => Reason::NotFlownYet,
+            });
         }
         let passengers = input.itinerary.map(|i| i.passengers).unwrap_or(1);
         if offer.points_price_for(passengers).is_some_and(|pp| pp > 0) {
-            r.push(format!("{} points available", thousands(m.points as u64)));
+            r.push(Reason::PointsBalance {
+                points: m.points as u64,
+            });
         }
     }
     if let Some(it) = input.itinerary {
-        let kind = if it.is_domestic() {
-            "domestic"
-        } else {
-            "international"
-        };
         match offer.category {
-            Category::Upgrade | Category::Wifi => r.push(format!(
-                "{} km {kind} flight in {}",
-                thousands(it.distance_km().round() as u64),
-                it.cabin.as_str().replace('_', " ")
-            )),
-            Category::Lounge | Category::PartnerBundle => r.push(format!(
-                "departs {} in {} days",
-                it.origin,
-                it.days_to_departure(input.now)
-            )),
-            _ if it.passengers > 1 => r.push(format!("party of {}", it.passengers)),
+            Category::Upgrade | Category::Wifi => r.push(Reason::Trip {
+                route: if it.is_domestic() {
+                    Route::Domestic
+                } else {
+                    Route::International
+                },
+                km: it.distance_km().round() as u64,
+                cabin: it.cabin,
+            }),
+            Category::Lounge | Category::PartnerBundle => r.push(Reason::Departure {
+                origin: it.origin,
+                days: it.days_to_departure(input.now),
+            }),
+            _ if it.passengers > 1 => r.push(Reason::Party {
+                passengers: it.passengers,
+            }),
             _ => {}
         }
     }
-    r.push(format!(
-        "propensity {:.1}%, expected value {:.0} CNY",
-        p * 100.0,
-        ev
-    ));
+    r.push(Reason::Propensity {
+        // Four decimals: the figure a reader needs, and stable in JSON.
+        p: (p as f64 * 10_000.0).round() / 10_000.0,
+        expected_value: crate::domain::round2(ev),
+    });
     r
 }
 

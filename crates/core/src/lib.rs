@@ -23,6 +23,8 @@
 //! - [`records`]: decisions as issued and inventory keys;
 //!   [`events`]: outcome and member events, their checked forms and how a
 //!   member change applies to a member.
+//! - [`reasons`]: the structured reasons behind an offer and their sentences
+//!   (English, Simplified Chinese).
 //! - [`tokens`], [`privacy`]: signed offer tokens, pseudonymised member ids.
 //! - [`parse`], [`render`]: requests into domain types (errors naming the
 //!   field), decisions into their wire form.
@@ -47,6 +49,7 @@ pub mod parse;
 pub mod policy;
 pub mod posterior;
 pub mod privacy;
+pub mod reasons;
 pub mod records;
 pub mod render;
 pub mod stats;

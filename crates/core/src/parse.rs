@@ -100,6 +100,10 @@ pub struct OfferRequestDto {
     /// Most offers to return (default 3, at most 10).
     #[serde(default)]
     pub max_offers: Option<i64>,
+    /// Adds a sentence (`text`) to each reason, in the language of
+    /// `Accept-Language` (English or Simplified Chinese); default false.
+    #[serde(default)]
+    pub explain: Option<bool>,
 }
 
 /// Parses an RFC 3339 instant.
@@ -133,6 +137,7 @@ struct PartialRequest {
     fare_currency: Option<String>,
     passengers: Option<i64>,
     max_offers: Option<Option<i64>>,
+    explain: Option<Option<bool>>,
 }
 
 /// Checks every field that parsed, pushing one error per field at fault
@@ -243,6 +248,7 @@ fn check_request(
             passengers: p.passengers? as u8,
         },
         max_offers: max_offers?,
+        explain: p.explain?.unwrap_or(false),
     })
 }
 
@@ -269,6 +275,7 @@ impl OfferRequestDto {
             fare_currency: Some(it.fare.currency),
             passengers: Some(it.passengers),
             max_offers: Some(self.max_offers),
+            explain: Some(self.explain),
         };
         let mut errs = Vec::new();
         match check_request(p, now, &mut errs) {
@@ -280,7 +287,7 @@ impl OfferRequestDto {
 }
 
 /// Field names of the request objects, for unknown-field errors.
-const REQUEST_FIELDS: [&str; 4] = ["member_id", "channel", "itinerary", "max_offers"];
+const REQUEST_FIELDS: [&str; 5] = ["member_id", "channel", "itinerary", "max_offers", "explain"];
 const ITINERARY_FIELDS: [&str; 6] = [
     "origin",
     "destination",
@@ -389,6 +396,12 @@ fn all_request_errors(v: &serde_json::Value, now: DateTime<Utc>) -> Vec<FieldErr
         None => Some(None),
         Some(v) => Option::<i64>::deserialize(v)
             .map_err(|e| errs.push(FieldError::new("max_offers", json_error_text(&e))))
+            .ok(),
+    };
+    p.explain = match obj.get("explain") {
+        None => Some(None),
+        Some(v) => Option::<bool>::deserialize(v)
+            .map_err(|e| errs.push(FieldError::new("explain", json_error_text(&e))))
             .ok(),
     };
     unknown_fields(obj, "", &REQUEST_FIELDS, &mut errs);

@@ -7,7 +7,8 @@ use serde::Serialize;
 use crate::catalog::Offer;
 use crate::decision::RankedOffer;
 use crate::domain::Money;
-use crate::tokens::{Terms, TokenKey};
+use crate::reasons::Reasons;
+use crate::tokens::{DecisionSigner, Terms};
 
 /// One offer as returned to a caller.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -26,8 +27,11 @@ pub struct OfferOut<'a> {
     pub score: f32,
     /// Expected value, CNY.
     pub expected_value: f64,
-    /// Why this offer.
-    pub reasons: Vec<String>,
+    /// Why this offer: objects with a stable `code` and its figures (see
+    /// `Reason` for every code); with `explain` each also has `text`, a
+    /// sentence in English or Simplified Chinese (`Accept-Language`).
+    #[schema(value_type = Vec<crate::reasons::Reason>)]
+    pub reasons: Reasons,
     /// RFC 3339 expiry.
     pub expires_at: String,
     /// Signed terms of the offer; an accept must bring it back.
@@ -49,22 +53,23 @@ impl<'a> OfferOut<'a> {
             points_price: o.points_price,
             score: o.propensity,
             expected_value: o.expected_value,
-            reasons: o.reasons,
+            reasons: Reasons::plain(o.reasons),
             expires_at: rfc3339(o.expires_at),
             token: None,
             propensity: o.slot_propensity,
         }
     }
 
-    /// The wire form with its signed `token` (see [`crate::tokens`]).
+    /// The wire form with its signed `token` (see [`crate::tokens`]);
+    /// `signer` is for `decision_id` and `member_id`.
     pub fn new_signed(
         offer: &'a Offer,
         o: RankedOffer,
-        key: &TokenKey,
+        signer: &DecisionSigner,
         decision_id: &str,
         member_id: &str,
     ) -> OfferOut<'a> {
-        let token = key.sign(&Terms {
+        let token = signer.sign(&Terms {
             decision_id,
             member_id,
             offer_id: &offer.id,

@@ -7,10 +7,23 @@
 //! another member, and any instance holding the same key (or the same
 //! instance after a restart) checks the same token the same way.
 //!
-//! Form: `base64url(terms) "." base64url(HMAC-SHA256(key, terms))`, where
-//! `terms` is a versioned, length-prefixed byte string (below), so the
-//! terms can be read back from the token and no two different sets of terms
-//! encode alike. Pure: no clock, no I/O.
+//! Two forms verify:
+//!
+//! - **v2** (issued now, 23 bytes): `"2" base64url(tag)`, where `tag` is the
+//!   first 16 bytes (128 bits) of HMAC-SHA256 over the versioned,
+//!   length-prefixed terms. The token carries no terms: the server holds the
+//!   offer as issued and recomputes the MAC over those, so any change to a
+//!   bound term (decision, member, offer, price, points price, expiry) makes
+//!   it fail. The decision's part of the terms (version, decision id,
+//!   member id) is padded to whole SHA-256 blocks and absorbed once per
+//!   decision ([`TokenKey::for_decision`]); each offer then costs two
+//!   SHA-256 blocks (its terms and the outer hash) instead of three.
+//! - **v1** (issued before, about 160 bytes): `base64url(terms) "."
+//!   base64url(HMAC-SHA256(key, terms))` with the full tag; the terms can
+//!   be read back, so a refusal can name the term that differs. Kept so
+//!   tokens issued before an upgrade verify until their offers expire.
+//!
+//! In both, no two different sets of terms encode alike. Pure: no clock, no I/O.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -21,8 +34,20 @@ use crate::domain::Money;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Version tag at the start of the signed terms.
+/// Version tag at the start of the signed terms (v1 tokens).
 const VERSION: &[u8; 3] = b"OT1";
+
+/// Version tag at the start of the signed terms (v2 tokens).
+const VERSION2: &[u8; 3] = b"OT2";
+
+/// The first character of a v2 token (v1 tokens always hold a '.').
+const PREFIX2: char = '2';
+
+/// Bytes of the MAC a v2 token carries (128 bits).
+const TAG2: usize = 16;
+
+/// SHA-256 block size.
+const BLOCK: usize = 64;
 
 /// The key that signs tokens (32 bytes), with its HMAC state keyed once:
 /// keying HMAC-SHA-256 hashes two blocks (the padded key with ipad and opad),
@@ -64,8 +89,32 @@ impl TokenKey {
         self.keyed.clone()
     }
 
-    /// Signs an offer's terms.
+    /// Signs an offer's terms (a v2 token). Signing several offers of one
+    /// decision is cheaper with [`TokenKey::for_decision`].
     pub fn sign(&self, t: &Terms<'_>) -> String {
+        self.for_decision(t.decision_id, t.member_id).sign(t)
+    }
+
+    /// A signer for the offers of one decision: the decision's part of the
+    /// terms is hashed once, here.
+    pub fn for_decision(&self, decision_id: &str, member_id: &str) -> DecisionSigner {
+        let mut head = Vec::with_capacity(2 * BLOCK);
+        head.extend_from_slice(VERSION2);
+        put_str(&mut head, decision_id);
+        put_str(&mut head, member_id);
+        // Zeros to the block boundary: the lengths say where the strings
+        // end, so the padding is unambiguous, and the state after it holds
+        // no buffered bytes to hash again for every offer (a uuid decision
+        // id and a member id up to 21 bytes make one block).
+        head.resize(head.len().div_ceil(BLOCK) * BLOCK, 0);
+        let mut mac = self.mac();
+        mac.update(&head);
+        DecisionSigner { mac }
+    }
+
+    /// Signs an offer's terms as a v1 token (the form issued before v2),
+    /// for tests and tools that need one.
+    pub fn sign_v1(&self, t: &Terms<'_>) -> String {
         let mut bytes = Vec::with_capacity(96);
         t.encode(&mut bytes);
         let mut mac = self.mac();
@@ -82,6 +131,21 @@ impl TokenKey {
     /// signature is checked first (in constant time), then each term, so a
     /// refusal can say which term a genuine token for another offer differs in.
     pub fn verify(&self, token: &str, expected: &Terms<'_>) -> Result<(), TokenError> {
+        if let Some(tag) = token.strip_prefix(PREFIX2) {
+            let mut got = [0u8; TAG2];
+            match B64.decode_slice(tag, &mut got) {
+                Ok(TAG2) => {}
+                _ => return Err(TokenError::Malformed),
+            }
+            let want = self
+                .for_decision(expected.decision_id, expected.member_id)
+                .tag(expected);
+            return if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &want[..])) {
+                Ok(())
+            } else {
+                Err(TokenError::NotForTheseTerms)
+            };
+        }
         let (body, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
         let bytes = B64.decode(body).map_err(|_| TokenError::Malformed)?;
         let tag = B64.decode(tag).map_err(|_| TokenError::Malformed)?;
@@ -109,6 +173,45 @@ impl TokenKey {
             Some((_, term)) => Err(TokenError::Mismatch(term)),
             None => Ok(()),
         }
+    }
+}
+
+/// Signs the offers of one decision (v2 tokens).
+#[derive(Clone)]
+pub struct DecisionSigner {
+    /// Keyed, with the decision's blocks absorbed.
+    mac: HmacSha256,
+}
+
+impl DecisionSigner {
+    /// The token of one offer; `t`'s decision and member must be those the
+    /// signer was made for (they are not hashed again).
+    pub fn sign(&self, t: &Terms<'_>) -> String {
+        let tag = self.tag(t);
+        let mut out = String::with_capacity(1 + 22);
+        out.push(PREFIX2);
+        B64.encode_string(tag, &mut out);
+        out
+    }
+
+    fn tag(&self, t: &Terms<'_>) -> [u8; TAG2] {
+        // The offer's part: with SHA-256's padding one block while the
+        // offer id is at most 22 bytes (30 without a points price).
+        let mut bytes = [0u8; 128];
+        let n = t.encode_offer(&mut bytes);
+        let mut mac = self.mac.clone();
+        match n {
+            Some(n) => mac.update(&bytes[..n]),
+            None => {
+                let mut v = Vec::with_capacity(128);
+                t.encode_offer_vec(&mut v);
+                mac.update(&v);
+            }
+        }
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; TAG2];
+        tag.copy_from_slice(&full[..TAG2]);
+        tag
     }
 }
 
@@ -143,11 +246,50 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 impl Terms<'_> {
+    /// The offer's part of the v2 terms into `buf`, without allocating;
+    /// None when it does not fit.
+    fn encode_offer(&self, buf: &mut [u8; 128]) -> Option<usize> {
+        let currency = self.price.map_or(0, |p| p.currency.len());
+        if self.offer_id.len() + currency > 64 {
+            return None;
+        }
+        let mut w = Writer { buf, n: 0 };
+        w.str(self.offer_id);
+        match self.price {
+            Some(p) => {
+                w.put(&[1]);
+                w.put(&minor_units(p.amount).to_le_bytes());
+                w.str(&p.currency);
+            }
+            None => w.put(&[0]),
+        }
+        match self.points_price {
+            Some(p) => {
+                w.put(&[1]);
+                w.put(&p.to_le_bytes());
+            }
+            None => w.put(&[0]),
+        }
+        w.put(&self.expires_ms.to_le_bytes());
+        Some(w.n)
+    }
+
+    /// The same bytes as [`Terms::encode_offer`], for any length.
+    fn encode_offer_vec(&self, out: &mut Vec<u8>) {
+        put_str(out, self.offer_id);
+        self.encode_rest(out);
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(VERSION);
         put_str(out, self.decision_id);
         put_str(out, self.member_id);
         put_str(out, self.offer_id);
+        self.encode_rest(out);
+    }
+
+    /// Price, points price and expiry.
+    fn encode_rest(&self, out: &mut Vec<u8>) {
         match self.price {
             Some(p) => {
                 out.push(1);
@@ -182,6 +324,23 @@ pub struct OwnedTerms {
     pub points_price: Option<u64>,
     /// Expiry, ms.
     pub expires_ms: i64,
+}
+
+/// Writes into a fixed buffer (sized by the caller's check).
+struct Writer<'a> {
+    buf: &'a mut [u8; 128],
+    n: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, b: &[u8]) {
+        self.buf[self.n..self.n + b.len()].copy_from_slice(b);
+        self.n += b.len();
+    }
+    fn str(&mut self, s: &str) {
+        self.put(&(s.len() as u16).to_le_bytes());
+        self.put(s.as_bytes());
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -273,9 +432,14 @@ pub enum TokenError {
     /// The signature does not match (altered, or signed with another key).
     #[error("signature does not verify (the token was altered or signed with another key)")]
     BadSignature,
-    /// A genuine token, for different terms.
+    /// A genuine v1 token, for different terms.
     #[error("was issued for a different {0}")]
     Mismatch(&'static str),
+    /// A v2 token that does not verify for this offer's terms: altered,
+    /// issued for another offer, member or decision, or signed with another
+    /// key (v2 tokens carry no terms, so which cannot be told).
+    #[error("signature does not verify for this offer's terms (altered, issued for another offer, member or decision, or signed with another key)")]
+    NotForTheseTerms,
 }
 
 #[cfg(test)]
@@ -289,27 +453,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_token_verifies_for_its_terms_only() {
-        let key = TokenKey::derive(b"secret", "offer-token");
-        let price = money(2560.0);
-        let t = Terms {
-            decision_id: "d1",
-            member_id: "M00000042",
-            offer_id: "upg",
-            price: Some(&price),
-            points_price: None,
-            expires_ms: 1_800_000_000_000,
-        };
-        let tok = key.sign(&t);
-        assert_eq!(key.verify(&tok, &t), Ok(()));
-        // Same key material gives the same key (another instance, a restart).
-        let again = TokenKey::derive(b"secret", "offer-token");
-        assert_eq!(again.verify(&tok, &t), Ok(()));
-        let other = TokenKey::derive(b"secret2", "offer-token");
-        assert_eq!(other.verify(&tok, &t), Err(TokenError::BadSignature));
-        let cheaper = money(1.0);
-        for (t2, term) in [
+    fn changed_terms<'a>(t: Terms<'a>, cheaper: &'a Money) -> Vec<(Terms<'a>, &'static str)> {
+        vec![
             (
                 Terms {
                     decision_id: "d2",
@@ -327,7 +472,7 @@ mod tests {
             (Terms { offer_id: "x", ..t }, "offer"),
             (
                 Terms {
-                    price: Some(&cheaper),
+                    price: Some(cheaper),
                     ..t
                 },
                 "price",
@@ -347,13 +492,118 @@ mod tests {
                 },
                 "expiry",
             ),
-        ] {
-            assert_eq!(key.verify(&tok, &t2), Err(TokenError::Mismatch(term)));
+        ]
+    }
+
+    #[test]
+    fn a_token_verifies_for_its_terms_only() {
+        let key = TokenKey::derive(b"secret", "offer-token");
+        let price = money(2560.0);
+        let t = Terms {
+            decision_id: "8e9375a3-2b1f-4f33-81e2-24ddf734780e",
+            member_id: "M00000042",
+            offer_id: "upg-biz-dom-cash",
+            price: Some(&price),
+            points_price: None,
+            expires_ms: 1_800_000_000_000,
+        };
+        let cheaper = money(1.0);
+        // v2: what the server issues.
+        let tok = key.sign(&t);
+        assert_eq!(tok.len(), 23, "{tok}");
+        assert!(tok.starts_with('2') && !tok.contains('.'));
+        assert_eq!(key.verify(&tok, &t), Ok(()));
+        // One signer per decision gives the same token as signing alone.
+        assert_eq!(key.for_decision(t.decision_id, t.member_id).sign(&t), tok);
+        // Same key material gives the same key (another instance, a restart).
+        let again = TokenKey::derive(b"secret", "offer-token");
+        assert_eq!(again.verify(&tok, &t), Ok(()));
+        let other = TokenKey::derive(b"secret2", "offer-token");
+        assert_eq!(other.verify(&tok, &t), Err(TokenError::NotForTheseTerms));
+        for (t2, term) in changed_terms(t, &cheaper) {
+            assert_eq!(
+                key.verify(&tok, &t2),
+                Err(TokenError::NotForTheseTerms),
+                "{term}"
+            );
+        }
+        // v1: issued before; still verifies, and names the term that differs.
+        let old = key.sign_v1(&t);
+        // The size docs/api.md quotes for the README example's upgrade offer.
+        assert_eq!(old.len(), 168, "{old}");
+        assert_eq!(key.verify(&old, &t), Ok(()));
+        assert_eq!(other.verify(&old, &t), Err(TokenError::BadSignature));
+        for (t2, term) in changed_terms(t, &cheaper) {
+            assert_eq!(key.verify(&old, &t2), Err(TokenError::Mismatch(term)));
         }
     }
 
     #[test]
-    fn altered_tokens_are_refused() {
+    fn long_ids_sign_alike_whatever_the_path() {
+        // An offer id too long for the stack buffer takes the Vec path; the
+        // decision part spans several blocks: both still bind every term.
+        let key = TokenKey::derive(b"k", "offer-token");
+        let long_offer = "o".repeat(300);
+        let long_member = "m".repeat(200);
+        let price = money(10.0);
+        let t = Terms {
+            decision_id: "d",
+            member_id: &long_member,
+            offer_id: &long_offer,
+            price: Some(&price),
+            points_price: Some(7),
+            expires_ms: 1,
+        };
+        let tok = key.sign(&t);
+        assert_eq!(key.verify(&tok, &t), Ok(()));
+        let short = "o".repeat(299);
+        assert!(key
+            .verify(
+                &tok,
+                &Terms {
+                    offer_id: &short,
+                    ..t
+                }
+            )
+            .is_err());
+        // The two encodings of the offer's part agree where both apply.
+        let mut buf = [0u8; 128];
+        let small = Terms {
+            offer_id: "upg",
+            ..t
+        };
+        let n = small.encode_offer(&mut buf).unwrap();
+        let mut v = Vec::new();
+        small.encode_offer_vec(&mut v);
+        assert_eq!(&buf[..n], &v[..]);
+    }
+
+    #[test]
+    fn altered_v2_tokens_are_refused() {
+        let key = TokenKey::derive(b"k", "offer-token");
+        let t = Terms {
+            decision_id: "d",
+            member_id: "m",
+            offer_id: "o",
+            price: None,
+            points_price: Some(5000),
+            expires_ms: 42,
+        };
+        let tok = key.sign(&t);
+        // Every character of the tag changed in turn.
+        for i in 1..tok.len() {
+            let mut b = tok.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let bad = String::from_utf8(b).unwrap();
+            assert!(key.verify(&bad, &t).is_err(), "{bad}");
+        }
+        for bad in ["2", "2AAAA", &format!("{tok}A"), &tok[..tok.len() - 1]] {
+            assert_eq!(key.verify(bad, &t), Err(TokenError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn altered_v1_tokens_are_refused() {
         let key = TokenKey::derive(b"k", "offer-token");
         let price = money(99.5);
         let t = Terms {
@@ -364,7 +614,7 @@ mod tests {
             points_price: Some(5000),
             expires_ms: 42,
         };
-        let tok = key.sign(&t);
+        let tok = key.sign_v1(&t);
         let mut terms = OwnedTerms::from_token(&tok).unwrap();
         assert_eq!(terms.price, Some((9950, "CNY".into())));
         assert_eq!(terms.points_price, Some(5000));

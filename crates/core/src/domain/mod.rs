@@ -1286,6 +1286,8 @@ pub struct OfferRequest {
     pub itinerary: Itinerary,
     /// Most offers to return, 1 to 10.
     pub max_offers: usize,
+    /// Whether each reason gets a sentence (`text`) in the answer.
+    pub explain: bool,
 }
 
 #[cfg(test)]
