@@ -318,4 +318,15 @@ fn member_store_bytes_per_member() {
         (after - before) / n as u64,
         std::mem::size_of::<offer_engine::domain::Member>()
     );
+    // One month start over the whole store (what the first record of a
+    // month costs the log's writer thread).
+    let th = TierThresholds::default();
+    let next = m.history.month().unwrap() + 1;
+    let t = std::time::Instant::now();
+    store.update_all(|x| offer_engine::events::start_month(x, next, &th));
+    println!(
+        "one month start over {n} members: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(store.get("M00000000").unwrap().history.month(), Some(next));
 }

@@ -250,7 +250,8 @@ impl State {
     /// downgrade rule is judged ([`crate::events::start_month`]): once per
     /// month start, at the first record of the month, on every replica alike.
     /// (At 10 million members this holds the apply lock for the one pass
-    /// over the store, once a month.)
+    /// over the store, once a month: 0.41 s in a test build, see
+    /// `docs/tiers-and-validity.md`.)
     fn advance(&self, at_ms: i64) -> i64 {
         let prev = self.log_time.fetch_max(at_ms, Ordering::AcqRel);
         let now = prev.max(at_ms);
