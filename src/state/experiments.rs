@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::stats::ArmStats;
 use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
 pub use offer_engine_core::experiments::*;
 /// Attribution state of one experiment.
 struct ExperimentState {
@@ -25,6 +26,29 @@ struct ExperimentState {
     decliners: Vec<AtomicU64>,
     /// Running minimum of the always-valid p-value per variant (f64 bits).
     sequential_min: Vec<AtomicU64>,
+    /// Member → value and points cost of their accepts (members with none
+    /// are not held: most exposed members never accept).
+    values: DashMap<Box<str>, MemberValue, ahash::RandomState>,
+    /// Per-variant value statistics, kept up to date like `arms`.
+    value_arms: Mutex<Vec<ValueArm>>,
+}
+
+/// A member's accepted value and the cost of the points their accepts gave away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberValue {
+    /// Value to the airline (net of points given away), CNY.
+    pub value: f64,
+    /// Cost of the points given away, CNY.
+    pub points_cost: f64,
+}
+
+/// One experiment's values in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueSnapshot {
+    /// Experiment id.
+    pub experiment: String,
+    /// Member → value, members with a value only.
+    pub members: Vec<(String, MemberValue)>,
 }
 
 impl ExperimentState {
@@ -37,6 +61,8 @@ impl ExperimentState {
             decisions: (0..n).map(|_| AtomicU64::new(0)).collect(),
             decliners: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sequential_min: (0..n).map(|_| AtomicU64::new(1f64.to_bits())).collect(),
+            values: super::members::growing_map(super::members::fixed_hasher()),
+            value_arms: Mutex::new(vec![ValueArm::default(); n]),
         }
     }
 }
@@ -134,6 +160,9 @@ impl ExperimentBook {
         if change.new_member {
             let mut arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
             arms[v].add_member(false, 0.0, covariate as f64);
+            drop(arms);
+            let mut values = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+            values[v].stats.add_member(false, 0.0, covariate as f64);
         }
         change
     }
@@ -156,6 +185,9 @@ impl ExperimentBook {
                     .map(|k| format!("erased-{at_ms}-{k}"))
                     .find(|k| !st.members.contains_key(k.as_str()))
                     .unwrap_or_default();
+                if let Some((_, v)) = st.values.remove(member) {
+                    st.values.insert(anon.as_str().into(), v);
+                }
                 st.members.insert(anon.into(), e);
                 n += 1;
             }
@@ -212,6 +244,112 @@ impl ExperimentBook {
         arm.covariate_revenue_sum += cov * revenue;
         change
     }
+
+    /// Adds an accept's value and points cost to a member exposed in the
+    /// experiment (negative amounts: a refund).
+    pub fn add_value(&self, a: &Assignment, member: &str, value: f64, points_cost: f64) {
+        if value == 0.0 && points_cost == 0.0 {
+            return;
+        }
+        let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {
+            return;
+        };
+        let Some((v, cov)) = st
+            .members
+            .get(member)
+            .map(|e| (e.variant as usize, e.covariate as f64))
+        else {
+            return;
+        };
+        let (old, new) = {
+            let mut e = st.values.entry(member.into()).or_default();
+            let old = e.value;
+            e.value += value;
+            e.points_cost += points_cost;
+            (old, e.value)
+        };
+        let mut arms = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(arm) = arms.get_mut(v) else {
+            return;
+        };
+        arm.stats.revenue_sum += value;
+        arm.stats.revenue_sum_sq += new * new - old * old;
+        arm.stats.covariate_revenue_sum += cov * value;
+        arm.points_cost_sum += points_cost;
+    }
+
+    /// Reverses a refunded accept: its revenue, value and points cost (the
+    /// member stays converted: they did accept).
+    pub fn refund(
+        &self,
+        a: &Assignment,
+        member: &str,
+        revenue: f64,
+        value: f64,
+        points_cost: f64,
+    ) {
+        self.add_value(a, member, -value, -points_cost);
+        let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {
+            return;
+        };
+        let Some(mut e) = st.members.get_mut(member) else {
+            return;
+        };
+        let v = e.variant as usize;
+        let (old, cov) = (e.revenue, e.covariate as f64);
+        e.revenue -= revenue;
+        let new = e.revenue;
+        drop(e);
+        let mut arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(arm) = arms.get_mut(v) {
+            arm.revenue_sum -= revenue;
+            arm.revenue_sum_sq += new * new - old * old;
+            arm.covariate_revenue_sum -= cov * revenue;
+        }
+    }
+
+    /// Every experiment's member values, for a snapshot.
+    pub fn value_snapshot(&self) -> Vec<ValueSnapshot> {
+        self.experiments
+            .iter()
+            .map(|e| ValueSnapshot {
+                experiment: e.key().clone(),
+                members: e
+                    .value()
+                    .values
+                    .iter()
+                    .map(|m| (m.key().to_string(), *m.value()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Restores member values (after [`ExperimentBook::restore`], which
+    /// counted every exposed member in the value arms with no value).
+    pub fn restore_values(&self, snaps: Vec<ValueSnapshot>) {
+        for s in snaps {
+            let Some(st) = self.experiments.get(&s.experiment).map(|e| e.clone()) else {
+                continue;
+            };
+            let mut arms = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+            for (m, val) in s.members {
+                let Some((v, cov)) = st
+                    .members
+                    .get(m.as_str())
+                    .map(|e| (e.variant as usize, e.covariate as f64))
+                else {
+                    continue;
+                };
+                if let Some(arm) = arms.get_mut(v) {
+                    arm.stats.revenue_sum += val.value;
+                    arm.stats.revenue_sum_sq += val.value * val.value;
+                    arm.stats.covariate_revenue_sum += cov * val.value;
+                    arm.points_cost_sum += val.points_cost;
+                }
+                st.values.insert(m.into(), val);
+            }
+        }
+    }
 }
 
 impl ExperimentBook {
@@ -236,7 +374,17 @@ impl ExperimentBook {
                 }
             }
         }
-        let report = report_from_arms(spec, &arms, &exposures, &prev, &decliners);
+        let mut value_arms = vec![ValueArm::default(); n];
+        {
+            let st_values = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, name) in names.iter().enumerate() {
+                if let Some(j) = Self::variant_index(&st, name) {
+                    value_arms[i] = st_values[j].clone();
+                }
+            }
+        }
+        let mut report = report_from_arms(spec, &arms, &exposures, &prev, &decliners);
+        add_value_figures(spec, &mut report, &value_arms);
         for (i, v) in report.variants.iter().enumerate() {
             if let (Some(p), Some(j)) = (v.sequential_p_value, Self::variant_index(&st, &names[i]))
             {
@@ -332,6 +480,14 @@ impl ExperimentBook {
                 for (m, e) in s.members {
                     if let Some(arm) = arms.get_mut(e.variant as usize) {
                         arm.add_member(e.converted, e.revenue, e.covariate as f64);
+                    }
+                    if let Some(arm) = st
+                        .value_arms
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(e.variant as usize)
+                    {
+                        arm.stats.add_member(false, 0.0, e.covariate as f64);
                     }
                     if e.declined {
                         if let Some(d) = st.decliners.get(e.variant as usize) {

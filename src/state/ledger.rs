@@ -148,6 +148,42 @@ pub struct ContactDay {
 /// Member → (offer id, suppressed until ms).
 pub type Suppressions = DashMap<Box<str>, Vec<(Arc<str>, i64)>, ahash::RandomState>;
 
+/// What a durable accept took, kept through the attribution window so a
+/// refund can give exactly that back, once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Taken {
+    /// Member the decision was for.
+    pub member_id: String,
+    /// Offer id.
+    pub offer_id: String,
+    /// Position of the offer in the decision.
+    pub offer_pos: u8,
+    /// When the decision was made, ms (the refund window counts from it).
+    pub decision_created_ms: i64,
+    /// The offer as issued (its terms check the refund's token), when the
+    /// decision was still remembered at the accept.
+    pub issued: Option<IssuedOffer>,
+    /// Inventory unit taken.
+    pub inventory: Option<(InventoryKey, u32)>,
+    /// Revenue attributed.
+    pub revenue: f64,
+    /// Value to the airline.
+    pub value: f64,
+    /// Points redeemed from the member.
+    pub points: u64,
+    /// Cost of the points given away.
+    pub points_cost: f64,
+    /// Experiments the decision carried.
+    pub experiments: Vec<offer_engine_core::experiments::Assignment>,
+    /// Refunded already.
+    pub refunded: bool,
+}
+
+/// Key of an accept in the accept book (an offer appears once in a decision).
+pub fn taken_key(decision_id: &str, offer_id: &str) -> String {
+    format!("{decision_id}#{offer_id}")
+}
+
 /// Shared ledger; cloning is shallow.
 #[derive(Clone)]
 pub struct Ledger {
@@ -159,6 +195,8 @@ pub struct Ledger {
     contacts: Arc<DashMap<Box<str>, ContactDay, ahash::RandomState>>,
     /// (offer id, key) → units.
     inventory: Arc<DashMap<(Arc<str>, InventoryKey), Units, ahash::RandomState>>,
+    /// Durable accepts by [`taken_key`], through the attribution window.
+    accepts: Arc<ExpiringMap<Arc<Taken>>>,
 }
 
 /// Why a reservation failed.
@@ -178,7 +216,42 @@ impl Ledger {
             suppressions: Arc::new(super::members::growing_map(super::members::fixed_hasher())),
             contacts: Arc::new(super::members::growing_map(super::members::fixed_hasher())),
             inventory: Arc::new(DashMap::with_hasher(super::members::fixed_hasher())),
+            accepts: Arc::new(ExpiringMap::new(max_decisions as usize)),
         }
+    }
+
+    /// Records what a durable accept took, kept until `keep_until` (ms, log
+    /// time); an accept already held is kept (replay is idempotent).
+    pub fn record_taken(&self, key: &str, taken: Taken, keep_until: i64, now_ms: i64) {
+        self.accepts
+            .insert_with(key, keep_until, now_ms, || Arc::new(taken));
+    }
+
+    /// The accept under `key` if still held (the caller judges the window).
+    pub fn taken(&self, key: &str) -> Option<Arc<Taken>> {
+        self.accepts.get_held(key)
+    }
+
+    /// Marks the accept under `key` refunded; false when it is not held.
+    pub fn mark_refunded(&self, key: &str, taken: &Taken) -> bool {
+        let mut t = taken.clone();
+        t.refunded = true;
+        self.accepts.replace(key, Arc::new(t))
+    }
+
+    /// A refund gives an inventory unit back.
+    pub fn return_unit(&self, offer_id: &str, key: &InventoryKey) {
+        if let Some(mut u) = self.inventory.get_mut(&(Arc::from(offer_id), key.clone())) {
+            u.committed = u.committed.saturating_sub(1);
+        }
+    }
+
+    /// Accepts held and not outlived at `now_ms`, for a snapshot.
+    pub fn takings(&self, now_ms: i64) -> Vec<(String, Taken)> {
+        let mut out = Vec::new();
+        self.accepts
+            .for_each(now_ms, |k, t| out.push((k.to_string(), (**t).clone())));
+        out
     }
 
     /// Remembers a decision at `now_ms` (replaces none that exists: replay
@@ -220,6 +293,11 @@ impl Ledger {
     pub fn holds_member(&self, member: &str) -> bool {
         self.suppressions.contains_key(member) || self.contacts.contains_key(member) || {
             let mut found = false;
+            self.accepts
+                .for_each(i64::MIN, |_, t| found |= t.member_id == member);
+            found
+        } || {
+            let mut found = false;
             self.decisions.for_each(i64::MIN, |d| {
                 found |= d.record.member_id == member;
             });
@@ -235,6 +313,7 @@ impl Ledger {
         self.contacts.remove(member);
         self.decisions
             .remove_where(|d| d.record.member_id == member);
+        self.accepts.remove_where(|t| t.member_id == member);
     }
 
     /// A unit of `offer_id` under `key` is durably taken by an accept whose

@@ -32,7 +32,7 @@ use sha2::{Digest as _, Sha256};
 use crate::domain::{Day, Member, TierThresholds};
 use crate::events::OutcomeKind;
 use crate::experiments::{Assignment, ExperimentSnapshot, ExperimentSnapshotV4, SegmentKeys};
-pub use crate::records::{decode_bounded, LogRecord, MemberWire};
+pub use crate::records::{decode_bounded, LogRecord, MemberWire, OutcomeRecordV2};
 use crate::state::ledger::{ContactDay, DecisionRecord, InventoryKey, ACCEPTED};
 use experiments::ExperimentBook;
 use learner::{LearnSettings, LearnerSnapshot, OnlineLearner};
@@ -42,9 +42,12 @@ use members::MemberStore;
 /// Snapshot format version. 4 adds the log time the snapshot reflects, so a
 /// restore filters outlived decisions by log time, not by the wall clock.
 /// 5 adds to each experiment exposure the member's decisions and segments at
-/// first exposure. Formats 3 and 4 are still read (their log time, for 3, is
-/// the latest time they hold; their exposures have unknown segments).
-const SNAPSHOT_FORMAT: u32 = 5;
+/// first exposure. 6 adds the accepts held for refunds and each exposed
+/// member's value and points cost. Formats 3, 4 and 5 are still read (their
+/// log time, for 3, is the latest time they hold; their exposures have
+/// unknown segments before 5; before 6 no accept can be refunded and
+/// exposures carry no value).
+const SNAPSHOT_FORMAT: u32 = 6;
 
 /// Everything the state holds, committed parts only.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +61,24 @@ struct Snapshot {
     experiments: Vec<ExperimentSnapshot>,
     learner: LearnerSnapshot,
     /// Log time, ms: the latest record time applied.
+    log_time_ms: i64,
+    /// Accepts held for refunds.
+    accepts: Vec<(String, ledger::Taken)>,
+    /// Value and points cost per experiment and exposed member.
+    experiment_values: Vec<experiments::ValueSnapshot>,
+}
+
+/// Format 5: no accepts held for refunds, no values.
+#[derive(Debug, Deserialize)]
+struct SnapshotV5 {
+    format: u32,
+    members: Vec<(String, MemberWire)>,
+    decisions: Vec<(DecisionRecord, Vec<u8>)>,
+    suppressions: Vec<(String, Vec<(String, i64)>)>,
+    contacts: Vec<(String, ContactDay)>,
+    inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshot>,
+    learner: LearnerSnapshot,
     log_time_ms: i64,
 }
 
@@ -119,6 +140,9 @@ pub struct State {
     /// Held while a record is applied and while the digest is taken, so a
     /// digest reflects exactly the records up to [`State::applied`].
     apply_lock: Arc<Mutex<()>>,
+    /// How long after its decision an accept may be refunded, ms (the
+    /// learning attribution window).
+    refund_window_ms: i64,
 }
 
 /// Result of applying a record (for metrics on the live path).
@@ -130,7 +154,35 @@ pub struct Applied {
     pub exposed: Vec<(Assignment, bool)>,
     /// Experiment conversions: (assignment, first conversion of the member, revenue).
     pub converted: Vec<(Assignment, bool, f64)>,
+    /// An outcome batch refused at apply (nothing of it applied): the
+    /// position of the first event at fault and why.
+    pub refused: Option<(usize, Refusal)>,
 }
+
+/// Why an outcome batch was refused at apply, in log order: what the
+/// request path checked before logging no longer held when its record came
+/// to be applied (a concurrent accept spent the points, a concurrent refund
+/// came first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The member's balance (less what earlier accepts of the batch redeem)
+    /// no longer covers the points price.
+    Points {
+        /// Points left to pay from.
+        balance: u64,
+        /// Points the accept redeems.
+        due: u64,
+    },
+    /// A refund of an offer not accepted (or whose accept is no longer held).
+    NotAccepted,
+    /// A refund of an accept refunded already.
+    AlreadyRefunded,
+    /// A refund after the attribution window closed.
+    WindowClosed,
+}
+
+/// A refund stays answerable ("too late", not "unknown") this long after its window closes.
+const REFUND_GRACE_MS: i64 = 86_400_000;
 
 /// The digest of the applied state and the position it reflects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -142,7 +194,7 @@ pub struct StateDigest {
     pub digest: String,
     /// The digest of each part (first 16 hex digits), to see where two
     /// states differ: members, decisions, suppressions, contacts,
-    /// inventory, experiments, models, memory.
+    /// inventory, experiments, models, memory, accepts, values.
     pub parts: std::collections::BTreeMap<String, String>,
 }
 
@@ -162,7 +214,13 @@ impl State {
             log_time: Arc::new(AtomicI64::new(i64::MIN)),
             applied: Arc::new(AtomicU64::new(0)),
             apply_lock: Arc::new(Mutex::new(())),
+            refund_window_ms: s.learning.attribution_window_days as i64 * 86_400_000,
         }
+    }
+
+    /// How long after its decision an accept may be refunded, ms.
+    pub fn refund_window_ms(&self) -> i64 {
+        self.refund_window_ms
     }
 
     /// The members.
@@ -222,54 +280,12 @@ impl State {
                 }
             }
             LogRecord::Outcomes(events) => {
-                for e in events {
-                    self.advance(e.at_ms);
-                    match e.kind {
-                        OutcomeKind::Accept => {
-                            self.learner
-                                .accepted(&e.decision_id, &e.offer_id, e.at_ms, e.learn);
-                            // Committed whatever the decision's age: the
-                            // record says the unit was taken.
-                            match self.ledger.decision(&e.decision_id, i64::MIN) {
-                                Some(d) if (e.offer_pos as usize) < d.status.len() => {
-                                    self.ledger.commit_accept(&d, e.offer_pos as usize, live)
-                                }
-                                // The decision expired from memory: its inventory still counts.
-                                _ => {
-                                    if let Some((key, _)) = &e.inventory {
-                                        self.ledger.commit_unit(&e.offer_id, key);
-                                    }
-                                }
-                            }
-                            for a in &e.experiments {
-                                let c = self.experiments.convert(a, &e.member_id, e.revenue);
-                                applied
-                                    .converted
-                                    .push((a.clone(), c.new_conversion, e.revenue));
-                            }
-                        }
-                        OutcomeKind::Decline => {
-                            let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
-                            self.ledger
-                                .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
-                            for a in &e.experiments {
-                                self.experiments.decline(a, &e.member_id);
-                            }
-                        }
-                        OutcomeKind::Fulfilled => {
-                            // Checked before logging; a duplicate that raced
-                            // past the check is refused here and counts once.
-                            let _ = self.learner.fulfilled(
-                                &e.decision_id,
-                                &e.offer_id,
-                                e.at_ms,
-                                e.learn,
-                            );
-                        }
-                        OutcomeKind::Impression | OutcomeKind::Click => {}
-                    }
-                }
+                // Version-1 records: no value, no points (replay of older logs).
+                let events: Vec<OutcomeRecordV2> =
+                    events.iter().cloned().map(OutcomeRecordV2::from).collect();
+                self.apply_outcomes(&events, live, &mut applied)
             }
+            LogRecord::OutcomesV2(events) => self.apply_outcomes(events, live, &mut applied),
             LogRecord::Members(list) => {
                 for (id, w) in list {
                     self.members.upsert(id, Member::from(w));
@@ -297,6 +313,167 @@ impl State {
         }
         self.applied.fetch_max(lsn, Ordering::AcqRel);
         applied
+    }
+
+    /// Whether a batch of outcomes can be applied as a whole, judged in log
+    /// order on the state as it is: points accepts against the balances
+    /// (less what earlier accepts of the batch redeem), refunds against the
+    /// accepts held.
+    fn refusal(&self, events: &[OutcomeRecordV2]) -> Option<(usize, Refusal)> {
+        let mut debits: std::collections::HashMap<&str, u64> = Default::default();
+        let mut refunds: std::collections::HashSet<String> = Default::default();
+        for (i, e) in events.iter().enumerate() {
+            let o = &e.outcome;
+            match o.kind {
+                OutcomeKind::Accept if e.points > 0 => {
+                    let balance = self
+                        .members
+                        .get(&o.member_id)
+                        .map(|m| m.points as u64)
+                        .unwrap_or(0);
+                    let spent = debits.entry(o.member_id.as_str()).or_insert(0);
+                    let left = balance.saturating_sub(*spent);
+                    if left < e.points {
+                        return Some((
+                            i,
+                            Refusal::Points {
+                                balance: left,
+                                due: e.points,
+                            },
+                        ));
+                    }
+                    *spent += e.points;
+                }
+                OutcomeKind::Refunded => {
+                    let key = ledger::taken_key(&o.decision_id, &o.offer_id);
+                    let Some(t) = self.ledger.taken(&key) else {
+                        return Some((i, Refusal::NotAccepted));
+                    };
+                    if t.refunded || !refunds.insert(key) {
+                        return Some((i, Refusal::AlreadyRefunded));
+                    }
+                    if o.at_ms > t.decision_created_ms + self.refund_window_ms {
+                        return Some((i, Refusal::WindowClosed));
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Applies a batch of outcomes: all of it, or (refused) none of it.
+    fn apply_outcomes(&self, events: &[OutcomeRecordV2], live: bool, applied: &mut Applied) {
+        for e in events {
+            self.advance(e.outcome.at_ms);
+        }
+        if let Some(r) = self.refusal(events) {
+            applied.refused = Some(r);
+            return;
+        }
+        for v2 in events {
+            let e = &v2.outcome;
+            match e.kind {
+                OutcomeKind::Accept => {
+                    self.learner
+                        .accepted(&e.decision_id, &e.offer_id, e.at_ms, e.learn);
+                    // Committed whatever the decision's age: the
+                    // record says the unit was taken.
+                    let decision = self.ledger.decision(&e.decision_id, i64::MIN);
+                    match &decision {
+                        Some(d) if (e.offer_pos as usize) < d.status.len() => {
+                            self.ledger.commit_accept(d, e.offer_pos as usize, live)
+                        }
+                        // The decision expired from memory: its inventory still counts.
+                        _ => {
+                            if let Some((key, _)) = &e.inventory {
+                                self.ledger.commit_unit(&e.offer_id, key);
+                            }
+                        }
+                    }
+                    if v2.points > 0 {
+                        let due = v2.points.min(u32::MAX as u64) as u32;
+                        self.members
+                            .update(&e.member_id, |m| m.points = m.points.saturating_sub(due));
+                    }
+                    let created_ms = decision
+                        .as_ref()
+                        .map(|d| d.record.created_ms)
+                        .unwrap_or(e.at_ms);
+                    let issued = decision
+                        .as_ref()
+                        .and_then(|d| d.record.offers.get(e.offer_pos as usize).cloned());
+                    self.ledger.record_taken(
+                        &ledger::taken_key(&e.decision_id, &e.offer_id),
+                        ledger::Taken {
+                            member_id: e.member_id.clone(),
+                            offer_id: e.offer_id.clone(),
+                            offer_pos: e.offer_pos,
+                            decision_created_ms: created_ms,
+                            issued,
+                            inventory: e.inventory.clone(),
+                            revenue: e.revenue,
+                            value: v2.value,
+                            points: v2.points,
+                            points_cost: v2.points_cost,
+                            experiments: e.experiments.clone(),
+                            refunded: false,
+                        },
+                        created_ms + self.refund_window_ms + REFUND_GRACE_MS,
+                        self.log_time_ms(),
+                    );
+                    for a in &e.experiments {
+                        let c = self.experiments.convert(a, &e.member_id, e.revenue);
+                        self.experiments
+                            .add_value(a, &e.member_id, v2.value, v2.points_cost);
+                        applied
+                            .converted
+                            .push((a.clone(), c.new_conversion, e.revenue));
+                    }
+                }
+                OutcomeKind::Refunded => {
+                    let key = ledger::taken_key(&e.decision_id, &e.offer_id);
+                    // Checked by `refusal` above, under the same apply lock.
+                    let Some(t) = self.ledger.taken(&key) else {
+                        continue;
+                    };
+                    self.ledger.mark_refunded(&key, &t);
+                    if let Some((inv, _)) = &t.inventory {
+                        self.ledger.return_unit(&t.offer_id, inv);
+                    }
+                    if t.points > 0 {
+                        let back = t.points.min(u32::MAX as u64) as u32;
+                        self.members
+                            .update(&t.member_id, |m| m.points = m.points.saturating_add(back));
+                    }
+                    for a in &t.experiments {
+                        self.experiments.refund(
+                            a,
+                            &t.member_id,
+                            t.revenue,
+                            t.value,
+                            t.points_cost,
+                        );
+                    }
+                }
+                OutcomeKind::Decline => {
+                    let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
+                    self.ledger
+                        .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
+                    for a in &e.experiments {
+                        self.experiments.decline(a, &e.member_id);
+                    }
+                }
+                OutcomeKind::Fulfilled => {
+                    // Checked before logging; a duplicate that raced
+                    // past the check is refused here and counts once.
+                    let _ = self
+                        .learner
+                        .fulfilled(&e.decision_id, &e.offer_id, e.at_ms, e.learn);
+                }
+                OutcomeKind::Impression | OutcomeKind::Click => {}
+            }
+        }
     }
 
     /// Applies one durable decision at `lsn` (what [`State::apply`] does for
@@ -390,6 +567,8 @@ impl State {
             experiments: self.experiments.to_snapshot(),
             learner: self.learner.to_snapshot(now),
             log_time_ms: now,
+            accepts: self.ledger.takings(now),
+            experiment_values: self.experiments.value_snapshot(),
         }
     }
 
@@ -410,6 +589,23 @@ impl State {
             SNAPSHOT_FORMAT => {
                 decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?
             }
+            5 => {
+                let v5: SnapshotV5 =
+                    decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+                Snapshot {
+                    format: v5.format,
+                    members: v5.members,
+                    decisions: v5.decisions,
+                    suppressions: v5.suppressions,
+                    contacts: v5.contacts,
+                    inventory: v5.inventory,
+                    experiments: v5.experiments,
+                    learner: v5.learner,
+                    log_time_ms: v5.log_time_ms,
+                    accepts: Vec::new(),
+                    experiment_values: Vec::new(),
+                }
+            }
             4 => {
                 let v4: SnapshotV4 =
                     decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
@@ -423,6 +619,8 @@ impl State {
                     experiments: v4.experiments.into_iter().map(Into::into).collect(),
                     learner: v4.learner,
                     log_time_ms: v4.log_time_ms,
+                    accepts: Vec::new(),
+                    experiment_values: Vec::new(),
                 }
             }
             3 => {
@@ -445,6 +643,8 @@ impl State {
                     experiments: v3.experiments.into_iter().map(Into::into).collect(),
                     learner: v3.learner,
                     log_time_ms,
+                    accepts: Vec::new(),
+                    experiment_values: Vec::new(),
                 }
             }
             other => return Err(format!("snapshot format {other} is not {SNAPSHOT_FORMAT}")),
@@ -471,6 +671,11 @@ impl State {
         self.ledger
             .restore(snap.suppressions, snap.contacts, snap.inventory, now);
         self.experiments.restore(snap.experiments);
+        self.experiments.restore_values(snap.experiment_values);
+        for (key, t) in snap.accepts {
+            let keep_until = t.decision_created_ms + self.refund_window_ms + REFUND_GRACE_MS;
+            self.ledger.record_taken(&key, t, keep_until, now);
+        }
         self.learner.restore(snap.learner);
         self.applied.fetch_max(lsn, Ordering::AcqRel);
         Ok(())
@@ -508,6 +713,8 @@ impl State {
             ("experiments", experiments),
             ("models", multiset(&snap.learner.models)),
             ("memory", multiset(&snap.learner.memory)),
+            ("accepts", multiset(&snap.accepts)),
+            ("values", multiset(&snap.experiment_values)),
         ];
         let mut out = Sha256::new();
         out.update(b"offer-engine state v1");

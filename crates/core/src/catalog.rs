@@ -155,6 +155,8 @@ struct OfferSpec {
     #[serde(default)]
     per_passenger: bool,
     margin: f64,
+    #[serde(default)]
+    value: Option<f64>,
     #[serde(default = "one")]
     lever: f64,
     valid_from: toml::value::Datetime,
@@ -213,6 +215,10 @@ pub struct Offer {
     pub per_passenger: bool,
     /// Margin the airline makes on an accept, CNY (per unit).
     pub margin: f64,
+    /// What an accept of an offer without a cash price (retention, co-brand)
+    /// is worth to the airline, CNY per unit (`value`; when absent the
+    /// margin stands for it). Only such offers may set it.
+    pub value: Option<f64>,
     /// Business lever multiplying expected value (1 = neutral).
     pub lever: f64,
     /// First day the offer may be shown.
@@ -260,7 +266,7 @@ pub enum Ineligible {
     Route,
     /// Too close to or too far from departure.
     DaysToDeparture,
-    /// Too few points.
+    /// Too few points: below `min_points`, or short of the party's points price.
     Points,
     /// Route too short.
     Distance,
@@ -394,7 +400,13 @@ impl Offer {
             // Rules about a trip cannot hold without one.
             return Err(Ineligible::Route);
         }
+        // A points price is paid from the member's balance: the party's
+        // price must be covered (a cold start has no balance to pay from).
+        let points_due = self
+            .points_price_for(ctx.itinerary.map(|i| i.passengers).unwrap_or(1))
+            .filter(|p| *p > 0);
         let needs_member = e.min_points.is_some()
+            || points_due.is_some()
             || e.require_tags != Vec::<String>::new()
             || e.max_spend_to_next_tier.is_some()
             || e.min_days_since_last_flight.is_some()
@@ -406,7 +418,9 @@ impl Offer {
                 Ok(())
             };
         };
-        if e.min_points.is_some_and(|p| m.points < p) {
+        if e.min_points.is_some_and(|p| m.points < p)
+            || points_due.is_some_and(|p| (m.points as u64) < p)
+        {
             return Err(Ineligible::Points);
         }
         if !m.tags.contains_all(self.require_tags) || m.tags.intersects(self.exclude_tags) {
@@ -474,13 +488,54 @@ pub struct Catalog {
 }
 
 impl Offer {
-    /// Net value of one accept for the party: margin less the cost of the
-    /// points awarded, per unit, times the units and the business lever.
+    /// What one unit of an accept earns the airline before points given
+    /// away: the configured `value` of an offer without a cash price, else
+    /// the margin.
+    #[inline]
+    pub fn unit_value(&self) -> f64 {
+        self.value.unwrap_or(self.margin)
+    }
+
+    /// An accept's value to the airline for `units` units: [`Offer::unit_value`]
+    /// less the cost of the points awarded, per unit. This is what an accept
+    /// records as `value` and what the ranking maximises (times the
+    /// propensity and the business lever, which steers and is no money).
+    #[inline]
+    pub fn net_value(&self, units: f64, cost_per_point: f64) -> f64 {
+        (self.unit_value() - self.points_awarded as f64 * cost_per_point) * units
+    }
+
+    /// What the points an accept of `units` units gives away cost the airline, CNY.
+    #[inline]
+    pub fn points_cost(&self, units: f64, cost_per_point: f64) -> f64 {
+        self.points_awarded as f64 * cost_per_point * units
+    }
+
+    /// Net value of one accept for the party, weighted by the business
+    /// lever: [`Offer::net_value`] × lever (what the ranking maximises).
     #[inline]
     pub fn accept_value(&self, passengers: u8, cost_per_point: f64) -> f64 {
-        (self.margin - self.points_awarded as f64 * cost_per_point)
-            * self.units(passengers)
-            * self.lever
+        self.net_value(self.units(passengers), cost_per_point) * self.lever
+    }
+
+    /// The units an issued quote was for, read back from its price (a
+    /// per-passenger offer's quote is the unit price times the party size):
+    /// the cash price when the offer has a positive one, else the points
+    /// price, else one.
+    pub fn units_quoted(&self, cash: Option<f64>, points: Option<u64>) -> f64 {
+        if !self.per_passenger {
+            return 1.0;
+        }
+        let ratio = match (self.price.as_ref(), cash, self.points_price, points) {
+            (Some(p), Some(c), _, _) if p.amount > 0.0 => c / p.amount,
+            (_, _, Some(pp), Some(q)) if pp > 0 => q as f64 / pp as f64,
+            _ => 1.0,
+        };
+        if ratio.is_finite() {
+            ratio.round().clamp(1.0, 255.0)
+        } else {
+            1.0
+        }
     }
 }
 
@@ -537,6 +592,20 @@ impl Catalog {
                     "margin",
                     "must be a non-negative number",
                 )));
+            }
+            if let Some(v) = spec.value {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(invalid(FieldError::new(
+                        "value",
+                        "must be a non-negative number",
+                    )));
+                }
+                if spec.price.as_ref().is_some_and(|p| p.amount > 0.0) {
+                    return Err(invalid(FieldError::new(
+                        "value",
+                        "only an offer without a cash price sets a value (a priced offer's value is its margin)",
+                    )));
+                }
             }
             if !spec.lever.is_finite() || spec.lever < 0.0 {
                 return Err(invalid(FieldError::new(
@@ -607,6 +676,7 @@ impl Catalog {
                 points_awarded: spec.points_awarded,
                 per_passenger: spec.per_passenger,
                 margin: spec.margin,
+                value: spec.value,
                 lever: spec.lever,
                 valid_from: Day::from_date(valid_from),
                 valid_to: Day::from_date(valid_to),

@@ -225,6 +225,11 @@ pub enum LogRecord {
         /// Server time, ms.
         at_ms: i64,
     },
+    /// A batch of outcome events with what each moves besides revenue
+    /// (value, points); what the engine writes since refunds and points
+    /// redemption. [`LogRecord::Outcomes`] stays readable: its accepts
+    /// carried no value and redeemed no points.
+    OutcomesV2(Vec<OutcomeRecordV2>),
 }
 
 impl LogRecord {
@@ -283,6 +288,11 @@ pub enum OutcomeKind {
     /// counts once. For offers rewarded on fulfilment (`reward_on =
     /// "fulfilment"` in the catalog) it is what teaches the adaptive models.
     Fulfilled,
+    /// An accepted offer was refunded: the accept's revenue, value,
+    /// inventory unit and points are given back, once, while the decision
+    /// is inside the attribution window. Carries the decision, offer and
+    /// token, like the accept.
+    Refunded,
 }
 
 impl OutcomeKind {
@@ -294,6 +304,7 @@ impl OutcomeKind {
             OutcomeKind::Accept => "accept",
             OutcomeKind::Decline => "decline",
             OutcomeKind::Fulfilled => "fulfilled",
+            OutcomeKind::Refunded => "refunded",
         }
     }
 }
@@ -329,6 +340,38 @@ pub struct OutcomeRecord {
     /// rewarded on fulfilment (the catalog's `reward_on` when the event
     /// arrived, fixed here so that replay learns exactly what was learned live).
     pub learn: bool,
+}
+
+/// An outcome with what it moves besides revenue (record version 2).
+///
+/// For an accept: `value` is its value to the airline (the offer's net
+/// value for the units quoted, see `Offer::net_value`), `points` the points
+/// price it redeems from the member's balance, `points_cost` what the points
+/// it gives away cost the airline. A refund carries the figures of the
+/// accept it reverses (and the accept's revenue in `outcome.revenue`), as
+/// positive numbers. Other kinds carry zeros.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecordV2 {
+    /// The outcome as in version 1.
+    pub outcome: OutcomeRecord,
+    /// Value to the airline, CNY.
+    pub value: f64,
+    /// Points redeemed (accept) or given back (refund).
+    pub points: u64,
+    /// Cost of the points given away, CNY.
+    pub points_cost: f64,
+}
+
+impl From<OutcomeRecord> for OutcomeRecordV2 {
+    /// A version-1 outcome: no value, no points.
+    fn from(outcome: OutcomeRecord) -> Self {
+        OutcomeRecordV2 {
+            outcome,
+            value: 0.0,
+            points: 0,
+            points_cost: 0.0,
+        }
+    }
 }
 
 /// A checked member change, as logged.
