@@ -276,7 +276,7 @@ fn a_batch_is_refused_whole_when_its_accepts_together_overspend() {
     );
     let (a, b) = (decision(0, 25_000, 5), decision(1, 25_000, 5));
     s.apply(&LogRecord::Decisions(vec![a.clone(), b.clone()]), 2, false);
-    let before = s.digest().digest;
+    let before = s.digest().parts;
     let r = s.apply(
         &LogRecord::OutcomesV2(vec![
             record(&a, OutcomeKind::Accept, BASE_MS + 1_000),
@@ -295,7 +295,7 @@ fn a_batch_is_refused_whole_when_its_accepts_together_overspend() {
             }
         ))
     );
-    assert_eq!(s.digest().digest, before);
+    assert_eq!(s.digest().parts, before);
     assert_eq!(balance(&s), 40_000);
 }
 
