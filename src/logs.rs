@@ -52,7 +52,10 @@ pub fn read(dir: &Path) -> anyhow::Result<EngineLog> {
                     // the offer: one later refunded (a cancelled trip) or
                     // refused at apply (points spent meanwhile) still does.
                     LogRecord::OutcomesV2(os) => {
-                        for v in os.into_iter().filter(|v| v.outcome.kind == OutcomeKind::Accept) {
+                        for v in os
+                            .into_iter()
+                            .filter(|v| v.outcome.kind == OutcomeKind::Accept)
+                        {
                             let o = v.outcome;
                             log.accepts.insert((o.decision_id, o.offer_pos), o.revenue);
                         }

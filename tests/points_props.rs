@@ -113,7 +113,10 @@ fn committed_units(s: &State) -> u32 {
 }
 
 fn balance(s: &State) -> u64 {
-    s.members().get(MEMBER).map(|m| m.points as u64).unwrap_or(0)
+    s.members()
+        .get(MEMBER)
+        .map(|m| m.points as u64)
+        .unwrap_or(0)
 }
 
 fn control_value(s: &State) -> (f64, f64) {

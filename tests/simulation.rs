@@ -159,9 +159,8 @@ fn run_once(world: &World, run: usize, a_a: bool) -> (LiftFigures, LiftFigures) 
         }
     }
     let r = book.report(&spec);
-    let figures = |l: &offer_engine::experiments::ReportLift| {
-        (l.absolute, l.ci_low, l.ci_high, l.p_value)
-    };
+    let figures =
+        |l: &offer_engine::experiments::ReportLift| (l.absolute, l.ci_low, l.ci_high, l.p_value);
     let conversion = r.variants[1]
         .conversion_lift
         .as_ref()
@@ -207,7 +206,10 @@ fn aa_false_positives_and_ab_coverage_are_nominal() {
         (0.93..=0.97).contains(&value_coverage),
         "A/B value coverage {value_coverage}"
     );
-    assert!(true_value_lift.abs() > 0.0, "the two policies should differ in value");
+    assert!(
+        true_value_lift.abs() > 0.0,
+        "the two policies should differ in value"
+    );
     eprintln!(
         "control conversion {:.4}, treatment {:.4}, true lift {true_lift:.4}; A/A false-positive rate {fpr:.3}; A/B coverage {coverage:.3} ({RUNS} runs of {MEMBERS_PER_RUN} members)",
         mean(&world.control),

@@ -422,7 +422,10 @@ fn value_report_fixtures_match_scipy() {
     assert!(file.cases.len() >= 3);
     let mut check = Checker::default();
     for case in &file.cases {
-        let mut toml = format!("[[experiment]]\nid = \"{}\"\nsalt = \"s\"\ntraffic = 1.0\n", case.name);
+        let mut toml = format!(
+            "[[experiment]]\nid = \"{}\"\nsalt = \"s\"\ntraffic = 1.0\n",
+            case.name
+        );
         for (i, v) in case.variants.iter().enumerate() {
             toml.push_str(&format!(
                 "[[experiment.variant]]\nname = \"{v}\"\nweight = 1\ncontrol = {}\nholdout = {}\n",
@@ -432,7 +435,8 @@ fn value_report_fixtures_match_scipy() {
         }
         let spec = parse_experiments(&toml).unwrap().remove(0);
         let n = case.variants.len();
-        let mut report = report_from_arms(&spec, &vec![ArmStats::default(); n], &vec![0; n], &[], &[]);
+        let mut report =
+            report_from_arms(&spec, &vec![ArmStats::default(); n], &vec![0; n], &[], &[]);
         add_value_figures(&spec, &mut report, &case.arms);
         // A report lift in the fixtures' Lift shape.
         let lift = |l: &Option<offer_engine::experiments::ReportLift>| {
@@ -457,7 +461,11 @@ fn value_report_fixtures_match_scipy() {
                 row.points_cost_per_member.unwrap_or(f64::NAN),
                 want.points_cost_per_member,
             );
-            check.lift(&format!("{what}: value_lift"), lift(&row.value_lift), &want.value_lift);
+            check.lift(
+                &format!("{what}: value_lift"),
+                lift(&row.value_lift),
+                &want.value_lift,
+            );
             check.lift(
                 &format!("{what}: cuped_value_lift"),
                 lift(&row.cuped_value_lift),
@@ -466,7 +474,9 @@ fn value_report_fixtures_match_scipy() {
             match (row.roi, want.roi) {
                 (Some(g), Some(w)) => check.close(&format!("{what}: roi"), g, w),
                 (None, None) => check.checked += 1,
-                (g, w) => check.failures.push(format!("{what}: roi got {g:?}, want {w:?}")),
+                (g, w) => check
+                    .failures
+                    .push(format!("{what}: roi got {g:?}, want {w:?}")),
             }
         }
     }

@@ -22,8 +22,8 @@ use crate::catalog::RewardOn;
 use crate::domain::{FieldError, Money};
 use crate::durable::LogError;
 use crate::events::{OutcomeEventDto, OutcomeKind, OutcomeRecord};
-use crate::records::OutcomeRecordV2;
 use crate::parse::parse_instant;
+use crate::records::OutcomeRecordV2;
 use crate::state::learner::{Fulfilment, FulfilmentError};
 use crate::state::ledger::{taken_key, Ledger, LiveDecision, ReserveError};
 use crate::state::{LogRecord, Refusal};
@@ -389,7 +389,10 @@ impl Service {
             ));
         }
         let state = self.state();
-        let Some(t) = state.ledger().taken(&taken_key(&e.decision_id, &e.offer_id)) else {
+        let Some(t) = state
+            .ledger()
+            .taken(&taken_key(&e.decision_id, &e.offer_id))
+        else {
             return Err(match state.ledger().decision(&e.decision_id, i64::MIN) {
                 Some(d) if d.record.offers.iter().any(|o| o.offer_id == e.offer_id) => {
                     OutcomeError::Conflict {

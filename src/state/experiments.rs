@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::stats::ArmStats;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 pub use offer_engine_core::experiments::*;
+use serde::{Deserialize, Serialize};
 /// Attribution state of one experiment.
 struct ExperimentState {
     /// Variant names, by slot (in the order first seen).
@@ -280,14 +280,7 @@ impl ExperimentBook {
 
     /// Reverses a refunded accept: its revenue, value and points cost (the
     /// member stays converted: they did accept).
-    pub fn refund(
-        &self,
-        a: &Assignment,
-        member: &str,
-        revenue: f64,
-        value: f64,
-        points_cost: f64,
-    ) {
+    pub fn refund(&self, a: &Assignment, member: &str, revenue: f64, value: f64, points_cost: f64) {
         self.add_value(a, member, -value, -points_cost);
         let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {
             return;

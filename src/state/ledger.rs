@@ -291,18 +291,21 @@ impl Ledger {
     /// Whether anything is held under `member` (suppressions, contact counts
     /// or remembered decisions).
     pub fn holds_member(&self, member: &str) -> bool {
-        self.suppressions.contains_key(member) || self.contacts.contains_key(member) || {
-            let mut found = false;
-            self.accepts
-                .for_each(i64::MIN, |_, t| found |= t.member_id == member);
-            found
-        } || {
-            let mut found = false;
-            self.decisions.for_each(i64::MIN, |d| {
-                found |= d.record.member_id == member;
-            });
-            found
-        }
+        self.suppressions.contains_key(member)
+            || self.contacts.contains_key(member)
+            || {
+                let mut found = false;
+                self.accepts
+                    .for_each(i64::MIN, |_, t| found |= t.member_id == member);
+                found
+            }
+            || {
+                let mut found = false;
+                self.decisions.for_each(i64::MIN, |d| {
+                    found |= d.record.member_id == member;
+                });
+                found
+            }
     }
 
     /// Removes everything held under `member`. Inventory counts hold no

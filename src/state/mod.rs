@@ -447,13 +447,8 @@ impl State {
                             .update(&t.member_id, |m| m.points = m.points.saturating_add(back));
                     }
                     for a in &t.experiments {
-                        self.experiments.refund(
-                            a,
-                            &t.member_id,
-                            t.revenue,
-                            t.value,
-                            t.points_cost,
-                        );
+                        self.experiments
+                            .refund(a, &t.member_id, t.revenue, t.value, t.points_cost);
                     }
                 }
                 OutcomeKind::Decline => {
