@@ -747,6 +747,86 @@ mod tests {
     }
 
     #[test]
+    fn a_points_price_is_paid_from_the_balance_for_the_whole_party() {
+        use crate::domain::{Cabin, Iata, TierThresholds};
+        let c = Catalog::default_catalog();
+        let (_, o) = c.get("upg-biz-dom-points").unwrap();
+        assert!(o.per_passenger);
+        let price = o.points_price.unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let now = day.and_hms_opt(9, 0, 0).unwrap().and_utc();
+        let mut m = crate::synth::member(1, 1, day, &TierThresholds::default());
+        let mut it = Itinerary {
+            origin: Iata::from_bytes(*b"PEK"),
+            destination: Iata::from_bytes(*b"DLC"),
+            departure: now + chrono::Duration::days(5),
+            cabin: Cabin::PremiumEconomy,
+            fare: Money {
+                amount: 900.0,
+                currency: "CNY".into(),
+            },
+            passengers: 1,
+        };
+        let judge = |m: &Member, it: &Itinerary| {
+            o.eligible(&EligibilityContext::new(
+                Some(m),
+                Some(it),
+                Channel::Checkout,
+                now,
+                None,
+            ))
+        };
+        m.points = price;
+        assert_eq!(judge(&m, &it), Ok(()));
+        m.points = price - 1;
+        assert_eq!(judge(&m, &it), Err(Ineligible::Points));
+        // A party of two pays twice the price: min_points alone would let it through.
+        it.passengers = 2;
+        m.points = price * 2 - 1;
+        assert_eq!(judge(&m, &it), Err(Ineligible::Points));
+        m.points = price * 2;
+        assert_eq!(judge(&m, &it), Ok(()));
+        // A cold start has no balance to pay from.
+        let cold = EligibilityContext::new(None, Some(&it), Channel::Checkout, now, None);
+        assert_eq!(o.eligible(&cold), Err(Ineligible::NeedsMember));
+    }
+
+    #[test]
+    fn value_is_the_margin_net_of_points_or_the_configured_value() {
+        let c = Catalog::default_catalog();
+        let (_, seat) = c.get("seat-extra-legroom").unwrap();
+        assert_eq!(seat.net_value(2.0, c.cost_per_point), seat.margin * 2.0);
+        let (_, booster) = c.get("miles-double-trip").unwrap();
+        let units = booster.units(3);
+        assert!(
+            (booster.net_value(units, c.cost_per_point)
+                - (booster.margin - booster.points_awarded as f64 * c.cost_per_point) * units)
+                .abs()
+                < 1e-9
+        );
+        assert_eq!(
+            booster.units_quoted(Some(booster.price.as_ref().unwrap().amount * 3.0), None),
+            if booster.per_passenger { 3.0 } else { 1.0 }
+        );
+        // A configured value replaces the margin of an offer without a cash price...
+        let text =
+            DEFAULT_CATALOG.replacen("margin = 1200.0\n", "margin = 1200.0\nvalue = 1500.0\n", 1);
+        assert_ne!(text, DEFAULT_CATALOG);
+        let with_value = Catalog::from_toml(&text).unwrap();
+        let (_, card) = with_value.get("cobrand-platinum").unwrap();
+        assert_eq!(card.unit_value(), 1500.0);
+        assert_eq!(
+            card.net_value(1.0, with_value.cost_per_point),
+            1500.0 - card.points_awarded as f64 * with_value.cost_per_point
+        );
+        // ...and is refused on a priced offer.
+        let priced =
+            DEFAULT_CATALOG.replacen("margin = 300.0\n", "margin = 300.0\nvalue = 10.0\n", 1);
+        let e = Catalog::from_toml(&priced).unwrap_err();
+        assert!(e.to_string().contains("value"), "{e}");
+    }
+
+    #[test]
     fn default_catalog_parses_and_covers_every_category() {
         let c = Catalog::default_catalog();
         assert!((30..=60).contains(&c.offers.len()), "{}", c.offers.len());
