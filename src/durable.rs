@@ -22,6 +22,10 @@ use crate::state::{Applied, LogRecord, State};
 /// A log write on its way: resolves to the record's position once durable.
 pub type Pending = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
 
+/// A log write on its way: resolves to the record's position and what
+/// applying it did, once durable and applied.
+pub type PendingApplied = Pin<Box<dyn Future<Output = Result<(u64, Applied), LogError>> + Send>>;
+
 /// Why the log did not take a record. Nothing of it was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -173,11 +177,7 @@ impl Durable {
 
     /// [`Durable::commit`], resolving also with what applying the record
     /// did (an outcome batch can be refused at apply, in log order).
-    pub fn commit_applied(
-        &self,
-        rec: LogRecord,
-        what: &'static str,
-    ) -> Pin<Box<dyn Future<Output = Result<(u64, Applied), LogError>> + Send>> {
+    pub fn commit_applied(&self, rec: LogRecord, what: &'static str) -> PendingApplied {
         let payload = rec.encode();
         let state = self.state.clone();
         let observer = self.observer.clone();
