@@ -301,7 +301,7 @@ fn tier_includes(tier: Tier, b: Benefit) -> bool {
     };
     match b {
         Benefit::PriorityBoarding => rank >= 1,
-        Benefit::LoungeAccess | Benefit::UpgradeVoucher => rank >= 2,
+        Benefit::LoungeAccess | Benefit::UpgradeVoucher | Benefit::ExtraBaggage => rank >= 2,
         Benefit::GroundTransport => rank >= 4,
     }
 }

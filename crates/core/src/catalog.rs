@@ -792,6 +792,49 @@ mod tests {
     }
 
     #[test]
+    fn extra_baggage_is_never_sold_to_the_tiers_that_include_it() {
+        use crate::domain::{Benefit, Cabin, Iata, TierThresholds};
+        let c = Catalog::default_catalog();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let now = day.and_hms_opt(9, 0, 0).unwrap().and_utc();
+        let mut m = crate::synth::member(1, 1, day, &TierThresholds::default());
+        m.points = 100_000;
+        let it = Itinerary {
+            origin: Iata::from_bytes(*b"PEK"),
+            destination: Iata::from_bytes(*b"SHA"),
+            departure: now + chrono::Duration::days(5),
+            cabin: Cabin::Economy,
+            fare: Money {
+                amount: 900.0,
+                currency: "CNY".into(),
+            },
+            passengers: 1,
+        };
+        let bags: Vec<&Offer> = c
+            .offers
+            .iter()
+            .filter(|o| o.provides.contains(&Benefit::ExtraBaggage))
+            .collect();
+        assert!(bags.iter().any(|o| o.id == "bag-extra-23kg-dom"));
+        for tier in Tier::ALL {
+            m.tier = tier;
+            let ctx = EligibilityContext::new(Some(&m), Some(&it), Channel::Checkout, now, None);
+            let (_, dom) = c.get("bag-extra-23kg-dom").unwrap();
+            let includes = tier.benefits().contains(Benefit::ExtraBaggage);
+            assert_eq!(includes, tier >= Tier::Gold);
+            assert_eq!(
+                dom.eligible(&ctx),
+                if includes {
+                    Err(Ineligible::TierBenefit)
+                } else {
+                    Ok(())
+                },
+                "{tier}"
+            );
+        }
+    }
+
+    #[test]
     fn value_is_the_margin_net_of_points_or_the_configured_value() {
         let c = Catalog::default_catalog();
         let (_, seat) = c.get("seat-extra-legroom").unwrap();
