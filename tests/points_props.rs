@@ -363,3 +363,90 @@ fn refunds_close_with_the_window_and_survive_snapshots() {
     );
     assert_eq!(again.refused, Some((0, Refusal::AlreadyRefunded)));
 }
+
+/// Members of generated tiers accept the business upgrade whose last 2 of 4
+/// seats per flight the default catalog keeps for platinum and diamond.
+/// Each reserves within the part of the cap it may take, as the request path
+/// does, and the records are applied in a generated log order (another
+/// order than the reservations': they are concurrent).
+fn reserve_case() -> impl Strategy<Value = (Vec<Tier>, Vec<usize>)> {
+    prop::collection::vec(prop::sample::select(Tier::ALL.to_vec()), 1..12).prop_flat_map(|tiers| {
+        let order: Vec<usize> = (0..tiers.len()).collect();
+        (Just(tiers), Just(order).prop_shuffle())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    #[test]
+    fn reserved_units_go_only_to_the_tiers_they_are_kept_for((tiers, order) in reserve_case()) {
+        const SEATS: &str = "upg-biz-intl-cash";
+        let engine = offer_engine::decision::Engine::embedded_default();
+        let (_, offer) = engine.catalog.get(SEATS).unwrap();
+        let inv = offer.inventory.clone().unwrap();
+        let reserve = inv.reserve.clone().unwrap();
+        let s = state();
+        let th = TierThresholds::default();
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let members: Vec<(String, offer_engine::domain::Member)> = tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut m = offer_engine::synth::member(3, i as u64, day, &th);
+                m.tier = *t;
+                (format!("R{i:08}"), m)
+            })
+            .collect();
+        s.apply(
+            &LogRecord::Members(members.iter().map(|(id, m)| (id.clone(), MemberWire::from(m))).collect()),
+            1,
+            false,
+        );
+        let today = offer_engine::domain::Day::of(chrono::DateTime::from_timestamp_millis(BASE_MS).unwrap());
+        let mut records = Vec::new();
+        for (i, (id, m)) in members.iter().enumerate() {
+            let mut d = decision(i, 0, inv.cap);
+            d.id = format!("r{i}");
+            d.member_id = id.clone();
+            d.offers[0].offer_id = SEATS.into();
+            d.offers[0].points_price = None;
+            s.apply(&LogRecord::Decision(d.clone()), 2 + i as u64, false);
+            let cap = offer.cap_for(inv.cap, Some(m), today);
+            let may_take = if reserve.tiers.contains(&m.tier) { inv.cap } else { inv.cap - reserve.units };
+            prop_assert_eq!(cap, may_take);
+            let live = s.ledger().decision(&d.id, i64::MIN).unwrap();
+            if s.ledger().reserve_accept_within(&live, 0, cap).is_ok() {
+                let mut r = record(&d, OutcomeKind::Accept, BASE_MS + 1_000 + i as i64);
+                r.points = 0;
+                r.outcome.inventory = Some((key(), cap));
+                records.push((i, r));
+            }
+        }
+        prop_assert!(records.len() as u32 <= inv.cap);
+        let mut lsn = 100;
+        for k in &order {
+            let Some((i, r)) = records.iter().find(|(i, _)| i == k) else { continue };
+            let entitled = reserve.tiers.contains(&members[*i].1.tier);
+            let before = s.ledger().units(SEATS, &key()).committed;
+            lsn += 1;
+            let applied = s.apply(&LogRecord::OutcomesV2(vec![r.clone()]), lsn, true);
+            let after = s.ledger().units(SEATS, &key()).committed;
+            match applied.refused {
+                None => {
+                    prop_assert_eq!(after, before + 1);
+                    if !entitled {
+                        prop_assert!(after <= inv.cap - reserve.units, "a kept seat went to a {:?} member", members[*i].1.tier);
+                    }
+                }
+                Some((0, Refusal::SoldOut)) => {
+                    prop_assert_eq!(after, before);
+                    let limit = if entitled { inv.cap } else { inv.cap - reserve.units };
+                    prop_assert!(before >= limit);
+                }
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+            prop_assert!(after <= inv.cap);
+        }
+    }
+}

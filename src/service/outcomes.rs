@@ -258,6 +258,7 @@ impl Service {
             }
             let mut revenue = 0.0;
             let (mut value, mut points, mut points_cost) = (0.0, 0u64, 0.0);
+            let mut inventory = issued.inventory.clone();
             if e.kind == OutcomeKind::Accept {
                 let quoted = issued.price.as_ref();
                 check_revenue(quoted, e.revenue.as_ref(), &field, &mut invalid);
@@ -288,9 +289,22 @@ impl Service {
                     }
                     *due += points;
                 }
+                // The part of the cap this member may take (less units kept
+                // for tiers or segments they are not in); the record carries
+                // it, and apply decides against it in log order.
+                if let Some((key, cap)) = &issued.inventory {
+                    let member = self.state().members().get(&d.record.member_id);
+                    let day = crate::domain::Day::of(now);
+                    let cap = catalog
+                        .get(&issued.offer_id)
+                        .map(|(_, o)| o.cap_for(*cap, member.as_ref(), day))
+                        .unwrap_or(*cap);
+                    inventory = Some((key.clone(), cap));
+                }
                 // Nothing is reserved for a batch that will be refused.
                 if invalid.is_empty() {
-                    match ledger.reserve_accept(&d, pos) {
+                    let cap = inventory.as_ref().map(|(_, c)| *c).unwrap_or(0);
+                    match ledger.reserve_accept_within(&d, pos, cap) {
                         Ok(()) => reservations.held.push((d.clone(), pos)),
                         Err(ReserveError::AlreadyAccepted) => {
                             return Err(OutcomeError::Conflict {
@@ -325,7 +339,7 @@ impl Service {
                     revenue,
                     at_ms: now_ms,
                     client_at_ms,
-                    inventory: issued.inventory.clone(),
+                    inventory,
                     suppress_days: issued.suppress_days,
                     experiments: d.record.experiments.clone(),
                     learn: e.kind == OutcomeKind::Accept
@@ -565,6 +579,10 @@ fn refusal_error(field: String, why: Refusal) -> OutcomeError {
         Refusal::AlreadyRefunded => OutcomeError::Conflict {
             field,
             detail: "already refunded".into(),
+        },
+        Refusal::SoldOut => OutcomeError::Conflict {
+            field,
+            detail: "sold out".into(),
         },
         Refusal::WindowClosed => OutcomeError::Expired {
             field,

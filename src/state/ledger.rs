@@ -459,6 +459,23 @@ impl Ledger {
 
     /// Phase one of an accept: marks the offer pending and reserves a unit.
     pub fn reserve_accept(&self, d: &LiveDecision, offer_pos: usize) -> Result<(), ReserveError> {
+        let cap = d.record.offers[offer_pos]
+            .inventory
+            .as_ref()
+            .map(|(_, c)| *c)
+            .unwrap_or(0);
+        self.reserve_accept_within(d, offer_pos, cap)
+    }
+
+    /// [`Ledger::reserve_accept`] within `cap` units (the part of the cap
+    /// this member may take: less its reserved units for a member the
+    /// offer does not keep them for). Offers without inventory ignore it.
+    pub fn reserve_accept_within(
+        &self,
+        d: &LiveDecision,
+        offer_pos: usize,
+        cap: u32,
+    ) -> Result<(), ReserveError> {
         let status = &d.status[offer_pos];
         if status
             .compare_exchange(OPEN, PENDING, Ordering::AcqRel, Ordering::Acquire)
@@ -466,10 +483,10 @@ impl Ledger {
         {
             return Err(ReserveError::AlreadyAccepted);
         }
-        if let Some((key, cap)) = &d.record.offers[offer_pos].inventory {
+        if let Some((key, _)) = &d.record.offers[offer_pos].inventory {
             let offer_id: Arc<str> = d.record.offers[offer_pos].offer_id.as_str().into();
             let mut u = self.inventory.entry((offer_id, key.clone())).or_default();
-            if u.committed + u.reserved >= *cap {
+            if u.committed + u.reserved >= cap {
                 drop(u);
                 status.store(OPEN, Ordering::Release);
                 return Err(ReserveError::SoldOut);

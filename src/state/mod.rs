@@ -179,6 +179,10 @@ pub enum Refusal {
     AlreadyRefunded,
     /// A refund after the attribution window closed.
     WindowClosed,
+    /// No unit of the part of the cap the accept may take is left (the
+    /// last units kept for other tiers or segments, or taken first in log
+    /// order).
+    SoldOut,
 }
 
 /// A refund stays answerable ("too late", not "unknown") this long after its window closes.
@@ -283,9 +287,9 @@ impl State {
                 // Version-1 records: no value, no points (replay of older logs).
                 let events: Vec<OutcomeRecordV2> =
                     events.iter().cloned().map(OutcomeRecordV2::from).collect();
-                self.apply_outcomes(&events, live, &mut applied)
+                self.apply_outcomes(&events, live, false, &mut applied)
             }
-            LogRecord::OutcomesV2(events) => self.apply_outcomes(events, live, &mut applied),
+            LogRecord::OutcomesV2(events) => self.apply_outcomes(events, live, true, &mut applied),
             LogRecord::Members(list) => {
                 for (id, w) in list {
                     self.members.upsert(id, Member::from(w));
@@ -316,14 +320,26 @@ impl State {
     }
 
     /// Whether a batch of outcomes can be applied as a whole, judged in log
-    /// order on the state as it is: points accepts against the balances
-    /// (less what earlier accepts of the batch redeem), refunds against the
-    /// accepts held.
-    fn refusal(&self, events: &[OutcomeRecordV2]) -> Option<(usize, Refusal)> {
+    /// order on the state as it is: capped accepts against the units left of
+    /// the part of the cap they may take, points accepts against the
+    /// balances (less what earlier accepts of the batch take), refunds
+    /// against the accepts held.
+    /// `caps`: whether accepts are held to the cap their record carries
+    /// (version 2; version-1 records were held to it when reserved only).
+    fn refusal(&self, events: &[OutcomeRecordV2], caps: bool) -> Option<(usize, Refusal)> {
         let mut debits: std::collections::HashMap<&str, u64> = Default::default();
+        let mut taken: std::collections::HashMap<(&str, &InventoryKey), u32> = Default::default();
         let mut refunds: std::collections::HashSet<String> = Default::default();
         for (i, e) in events.iter().enumerate() {
             let o = &e.outcome;
+            if let (true, OutcomeKind::Accept, Some((key, cap))) = (caps, o.kind, &o.inventory) {
+                let before = taken.entry((o.offer_id.as_str(), key)).or_insert(0);
+                let committed = self.ledger.units(&o.offer_id, key).committed + *before;
+                if committed >= *cap {
+                    return Some((i, Refusal::SoldOut));
+                }
+                *before += 1;
+            }
             match o.kind {
                 OutcomeKind::Accept if e.points > 0 => {
                     let balance = self
@@ -363,11 +379,17 @@ impl State {
     }
 
     /// Applies a batch of outcomes: all of it, or (refused) none of it.
-    fn apply_outcomes(&self, events: &[OutcomeRecordV2], live: bool, applied: &mut Applied) {
+    fn apply_outcomes(
+        &self,
+        events: &[OutcomeRecordV2],
+        live: bool,
+        caps: bool,
+        applied: &mut Applied,
+    ) {
         for e in events {
             self.advance(e.outcome.at_ms);
         }
-        if let Some(r) = self.refusal(events) {
+        if let Some(r) = self.refusal(events, caps) {
             applied.refused = Some(r);
             return;
         }

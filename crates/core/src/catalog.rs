@@ -74,13 +74,52 @@ pub enum RewardOn {
 }
 
 /// An inventory cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inventory {
     /// What a unit of inventory is counted against.
     pub scope: InventoryScope,
     /// Units available per scope key.
     pub cap: u32,
+    /// The last units of the cap, kept for chosen tiers or value segments.
+    #[serde(default)]
+    pub reserve: Option<Reserve>,
+}
+
+/// The last `units` of an inventory cap, sold only to members of `tiers` or
+/// of `segments` (value segments): once the cap less `units` is taken, only
+/// they may take the rest. Decided in log order where accepts are applied.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserve {
+    /// Units kept back.
+    pub units: u32,
+    /// Tiers that may take them.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+    /// Value segments that may take them (`high-value`, `potential`, `low-value`).
+    #[serde(default, deserialize_with = "value_segments")]
+    pub segments: Vec<crate::features::ValueSegment>,
+}
+
+fn value_segments<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::features::ValueSegment>, D::Error> {
+    use crate::features::ValueSegment as V;
+    let names = Vec::<String>::deserialize(d)?;
+    names
+        .iter()
+        .map(|n| {
+            [V::HighValue, V::Potential, V::LowValue]
+                .into_iter()
+                .find(|v| v.as_str() == n)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "unknown value segment {n:?}: expected high-value, potential or low-value"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Who may see an offer and in which context.
@@ -463,6 +502,25 @@ impl Offer {
             .map(|p| (p as f64 * self.units(passengers)) as u64)
     }
 
+    /// The part of an inventory `cap` `member` may take on `day`: all of it,
+    /// or, when the offer keeps its last units for tiers or value segments
+    /// the member is not in (a cold start is in none), the cap less those.
+    pub fn cap_for(&self, cap: u32, member: Option<&Member>, day: Day) -> u32 {
+        let Some(r) = self.inventory.as_ref().and_then(|i| i.reserve.as_ref()) else {
+            return cap;
+        };
+        let entitled = member.is_some_and(|m| {
+            r.tiers.contains(&m.tier)
+                || (!r.segments.is_empty()
+                    && r.segments.contains(&crate::features::segment(m, day).value))
+        });
+        if entitled {
+            cap
+        } else {
+            cap.saturating_sub(r.units)
+        }
+    }
+
     /// Units sold: the party size for per-passenger offers, else one.
     pub fn units(&self, passengers: u8) -> f64 {
         if self.per_passenger {
@@ -666,6 +724,20 @@ impl Catalog {
                         "must be at least 1",
                     )));
                 }
+                if let Some(r) = &inv.reserve {
+                    if r.units == 0 || r.units > inv.cap {
+                        return Err(invalid(FieldError::new(
+                            "inventory.reserve.units",
+                            "must be from 1 to the cap",
+                        )));
+                    }
+                    if r.tiers.is_empty() && r.segments.is_empty() {
+                        return Err(invalid(FieldError::new(
+                            "inventory.reserve",
+                            "must name the tiers or value segments the units are kept for",
+                        )));
+                    }
+                }
             }
             offers.push(Offer {
                 id: spec.id,
@@ -832,6 +904,56 @@ mod tests {
                 "{tier}"
             );
         }
+    }
+
+    #[test]
+    fn the_last_units_of_a_cap_are_kept_for_the_tiers_or_segments_named() {
+        use crate::domain::TierThresholds;
+        use crate::features::ValueSegment;
+        let c = Catalog::default_catalog();
+        let (_, o) = c.get("upg-biz-intl-cash").unwrap();
+        let r = o.inventory.as_ref().unwrap().reserve.as_ref().unwrap();
+        assert_eq!((o.inventory.as_ref().unwrap().cap, r.units), (4, 2));
+        let day = Day::from_date(NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+        let mut m = crate::synth::member(1, 1, day.to_date(), &TierThresholds::default());
+        for tier in Tier::ALL {
+            m.tier = tier;
+            let want = if r.tiers.contains(&tier) { 4 } else { 2 };
+            assert_eq!(o.cap_for(4, Some(&m), day), want, "{tier}");
+        }
+        assert_eq!(o.cap_for(4, None, day), 2, "a cold start is in no tier");
+        // An offer without a reserve: the whole cap for everyone.
+        let (_, plain) = c.get("upg-first-intl-cash").unwrap();
+        assert_eq!(plain.cap_for(2, None, day), 2);
+        // Value segments, and bad reserves refused with the field.
+        let seg = DEFAULT_CATALOG.replace(
+            "reserve = { units = 2, tiers = [\"platinum\", \"diamond\"] }",
+            "reserve = { units = 1, segments = [\"high-value\"] }",
+        );
+        let c2 = Catalog::from_toml(&seg).unwrap();
+        let (_, o2) = c2.get("upg-biz-intl-cash").unwrap();
+        m.tier = Tier::Diamond;
+        let high = crate::features::segment(&m, day).value == ValueSegment::HighValue;
+        assert_eq!(o2.cap_for(4, Some(&m), day), if high { 4 } else { 3 });
+        for (bad, field) in [
+            (
+                "reserve = { units = 5, tiers = [\"gold\"] }",
+                "inventory.reserve.units",
+            ),
+            ("reserve = { units = 1 }", "inventory.reserve"),
+        ] {
+            let text = DEFAULT_CATALOG.replace(
+                "reserve = { units = 2, tiers = [\"platinum\", \"diamond\"] }",
+                bad,
+            );
+            let e = Catalog::from_toml(&text).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let unknown = DEFAULT_CATALOG.replace(
+            "tiers = [\"platinum\", \"diamond\"] }",
+            "segments = [\"vip\"] }",
+        );
+        assert!(Catalog::from_toml(&unknown).is_err());
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn inventory_key(
     offer: &crate::catalog::Offer,
     it: &crate::domain::Itinerary,
 ) -> Option<(InventoryKey, u32)> {
-    let inv = offer.inventory?;
+    let inv = offer.inventory.as_ref()?;
     let code = |c: crate::domain::Iata| {
         let b = c.as_str().as_bytes();
         [b[0], b[1], b[2]]
