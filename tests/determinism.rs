@@ -121,6 +121,9 @@ fn valued(d: &DecisionRecord, pos: usize, kind: OutcomeKind, at_ms: i64, points:
                 value: 95.5,
                 points,
                 points_cost: 4.0,
+                // Accepts without points use the member's upgrade voucher
+                // (a second in the year is refused at apply).
+                voucher: points == 0,
             })
             .collect(),
     )

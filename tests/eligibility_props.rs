@@ -15,6 +15,8 @@
 //!   is shown no offer that has already expired;
 //! - a member without consent for email, app or sms is never sent an offer
 //!   there, and neither is an unknown (cold-start) member;
+//! - gold and above (whose tiers include an upgrade voucher) are offered its
+//!   use and no paid upgrade; nobody else is offered the voucher;
 //! - no points-priced offer is returned whose points price for the party
 //!   exceeds the member's balance (none to a cold start), and no reason
 //!   claims more points than the member has;
@@ -349,6 +351,9 @@ fn broken_rule(
     if offer.provides.iter().any(|b| tier_includes(tier, *b)) {
         return Some("tier benefit re-sold");
     }
+    if offer.uses_voucher && !tier_includes(tier, Benefit::UpgradeVoucher) {
+        return Some("upgrade voucher without the tier benefit");
+    }
     match trip {
         Some(it) => {
             // Every offer expires at departure at the latest, so once the
@@ -414,6 +419,9 @@ fn broken_rule(
         }
         if points_due.is_some() {
             return Some("points price (cold start)");
+        }
+        if offer.uses_voucher {
+            return Some("upgrade voucher (cold start)");
         }
         if !e.require_tags.is_empty() {
             return Some("required tags (cold start)");
@@ -592,6 +600,18 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
         d.eligible,
         eligible.iter().map(|o| o.id.as_str()).collect::<Vec<_>>()
     );
+    // An unused upgrade voucher (always, without constraints) comes before
+    // a paid upgrade.
+    if eligible.iter().any(|o| o.uses_voucher) {
+        for r in &d.offers {
+            let o = &offers[r.index];
+            prop_assert!(
+                o.category != offer_engine::domain::Category::Upgrade || o.uses_voucher,
+                "paid upgrade {} shown to a member with a voucher",
+                o.id
+            );
+        }
+    }
     let mut cats: Vec<_> = eligible.iter().map(|o| o.category).collect();
     cats.sort();
     cats.dedup();

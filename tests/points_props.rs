@@ -99,6 +99,7 @@ fn record(d: &DecisionRecord, kind: OutcomeKind, at_ms: i64) -> OutcomeRecordV2 
         value: 450.0 + points as f64 / 1000.0,
         points,
         points_cost: 0.0,
+        voucher: false,
     }
 }
 
@@ -449,4 +450,108 @@ proptest! {
             prop_assert!(after <= inv.cap);
         }
     }
+}
+
+/// A gold member's upgrade voucher: offered instead of the paid upgrades
+/// while unused; of two concurrent accepts of it (two decisions) the second
+/// in log order is refused; once used, the paid upgrades are offered again;
+/// a refund gives it back; a base member never sees it.
+#[test]
+fn an_upgrade_voucher_is_offered_first_used_once_and_given_back_by_a_refund() {
+    use offer_engine::decision::{decide, Constraints, DecisionInput, Engine, Ranking};
+    use offer_engine::domain::{Cabin, Iata, Itinerary, Money};
+    struct Voucher(bool);
+    impl Constraints for Voucher {
+        fn voucher_unused(&self) -> bool {
+            self.0
+        }
+    }
+    let engine = Engine::embedded_default();
+    let th = TierThresholds::default();
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+    let now = chrono::DateTime::from_timestamp_millis(BASE_MS).unwrap();
+    let mut m = offer_engine::synth::member(1, 1, day, &th);
+    m.tier = Tier::Gold;
+    let it = Itinerary {
+        origin: Iata::from_bytes(*b"PEK"),
+        destination: Iata::from_bytes(*b"SHA"),
+        departure: now + chrono::Duration::days(5),
+        cabin: Cabin::Economy,
+        fare: Money {
+            amount: 1280.0,
+            currency: "CNY".into(),
+        },
+        passengers: 1,
+    };
+    let upgrades = |member: &offer_engine::domain::Member, unused: bool| -> Vec<String> {
+        let d = decide(
+            &engine,
+            &DecisionInput {
+                member: Some(member),
+                itinerary: Some(&it),
+                channel: Channel::Checkout,
+                now,
+                max_offers: 10,
+                ranking: Ranking::Model,
+            },
+            &Voucher(unused),
+        );
+        d.offers
+            .iter()
+            .map(|o| &engine.catalog.offers[o.index])
+            .filter(|o| o.category == offer_engine::domain::Category::Upgrade)
+            .map(|o| o.id.clone())
+            .collect()
+    };
+    assert_eq!(upgrades(&m, true), vec!["upg-voucher-biz".to_string()]);
+    let paid = upgrades(&m, false);
+    assert!(paid.len() == 1 && paid[0] != "upg-voucher-biz", "{paid:?}");
+    let mut base = m;
+    base.tier = Tier::Base;
+    assert!(!upgrades(&base, true).contains(&"upg-voucher-biz".to_string()));
+
+    let s = state();
+    s.apply(
+        &LogRecord::Members(vec![(MEMBER.into(), MemberWire::from(&m))]),
+        1,
+        false,
+    );
+    let (a, b) = (decision(0, 0, 4), decision(1, 0, 4));
+    s.apply(&LogRecord::Decisions(vec![a.clone(), b.clone()]), 2, false);
+    let voucher = |d: &DecisionRecord, kind: OutcomeKind, at: i64| {
+        let mut r = record(d, kind, at);
+        r.points = 0;
+        r.voucher = true;
+        LogRecord::OutcomesV2(vec![r])
+    };
+    let year = offer_engine::records::voucher_year(BASE_MS + 1_000);
+    assert!(s
+        .apply(&voucher(&a, OutcomeKind::Accept, BASE_MS + 1_000), 3, true)
+        .refused
+        .is_none());
+    assert!(s.ledger().voucher_used(MEMBER, year));
+    assert_eq!(
+        s.apply(&voucher(&b, OutcomeKind::Accept, BASE_MS + 1_001), 4, true)
+            .refused,
+        Some((0, Refusal::VoucherUsed))
+    );
+    // Survives a snapshot.
+    let restored = state();
+    restored.restore(&s.snapshot_bytes(), 4).unwrap();
+    assert!(restored.ledger().voucher_used(MEMBER, year));
+    assert!(s
+        .apply(
+            &voucher(&a, OutcomeKind::Refunded, BASE_MS + 2_000),
+            5,
+            true
+        )
+        .refused
+        .is_none());
+    assert!(!s.ledger().voucher_used(MEMBER, year));
+    assert!(s
+        .apply(&voucher(&b, OutcomeKind::Accept, BASE_MS + 3_000), 6, true)
+        .refused
+        .is_none());
+    // A new year, a new voucher.
+    assert!(!s.ledger().voucher_used(MEMBER, year + 1));
 }

@@ -27,6 +27,10 @@ pub struct Audience<'a> {
     member: Option<&'a Member>,
     /// Today.
     day: Day,
+    /// Member id.
+    member_id: &'a str,
+    /// The calendar year of now (an upgrade voucher's period).
+    year: i32,
 }
 
 /// Who is asking, on which channel, when.
@@ -76,6 +80,8 @@ impl<'a> Audience<'a> {
             remaining,
             member: None,
             day: Day(crate::state::day_of_ms(ask.now_ms)),
+            member_id: ask.member_id,
+            year: crate::records::voucher_year(ask.now_ms),
         }
     }
 
@@ -107,6 +113,8 @@ impl<'a> Audience<'a> {
             remaining: self.remaining,
             member: self.member,
             day: self.day,
+            member_id: self.member_id,
+            year: self.year,
         }
     }
 }
@@ -135,6 +143,10 @@ impl Constraints for Audience<'_> {
     }
     fn remaining_contacts(&self) -> usize {
         self.remaining
+    }
+    fn voucher_unused(&self) -> bool {
+        self.ledger
+            .is_none_or(|l| !l.voucher_used(self.member_id, self.year))
     }
 }
 

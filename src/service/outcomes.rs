@@ -259,14 +259,29 @@ impl Service {
             let mut revenue = 0.0;
             let (mut value, mut points, mut points_cost) = (0.0, 0u64, 0.0);
             let mut inventory = issued.inventory.clone();
+            let mut voucher = false;
             if e.kind == OutcomeKind::Accept {
                 let quoted = issued.price.as_ref();
                 check_revenue(quoted, e.revenue.as_ref(), &field, &mut invalid);
                 revenue = quoted.map(|q| q.amount).unwrap_or(0.0);
                 if let Some((_, offer)) = catalog.get(&issued.offer_id) {
+                    voucher = offer.uses_voucher;
                     let units = offer.units_quoted(quoted.map(|q| q.amount), issued.points_price);
                     value = offer.net_value(units, catalog.cost_per_point);
                     points_cost = offer.points_cost(units, catalog.cost_per_point);
+                }
+                let year = crate::records::voucher_year(now_ms);
+                if voucher
+                    && invalid.is_empty()
+                    && (ledger.voucher_used(&d.record.member_id, year)
+                        || records
+                            .iter()
+                            .any(|r| r.voucher && r.outcome.member_id == d.record.member_id))
+                {
+                    return Err(OutcomeError::Conflict {
+                        field: field("offer_id"),
+                        detail: format!("the member's upgrade voucher for {year} is used"),
+                    });
                 }
                 points = issued.points_price.unwrap_or(0);
                 if points > 0 && invalid.is_empty() {
@@ -348,6 +363,7 @@ impl Service {
                 value,
                 points,
                 points_cost,
+                voucher,
             });
         }
         if !invalid.is_empty() {
@@ -481,6 +497,7 @@ impl Service {
             value: t.value,
             points: t.points,
             points_cost: t.points_cost,
+            voucher: t.voucher_year.is_some(),
         })
     }
 
@@ -579,6 +596,10 @@ fn refusal_error(field: String, why: Refusal) -> OutcomeError {
         Refusal::AlreadyRefunded => OutcomeError::Conflict {
             field,
             detail: "already refunded".into(),
+        },
+        Refusal::VoucherUsed => OutcomeError::Conflict {
+            field,
+            detail: "the member's upgrade voucher for the year is used".into(),
         },
         Refusal::SoldOut => OutcomeError::Conflict {
             field,

@@ -177,6 +177,8 @@ pub struct Taken {
     pub experiments: Vec<offer_engine_core::experiments::Assignment>,
     /// Refunded already.
     pub refunded: bool,
+    /// The calendar year whose upgrade voucher the accept used, if it used one.
+    pub voucher_year: Option<i32>,
 }
 
 /// Key of an accept in the accept book (an offer appears once in a decision).
@@ -197,6 +199,8 @@ pub struct Ledger {
     inventory: Arc<DashMap<(Arc<str>, InventoryKey), Units, ahash::RandomState>>,
     /// Durable accepts by [`taken_key`], through the attribution window.
     accepts: Arc<ExpiringMap<Arc<Taken>>>,
+    /// Member → the calendar year whose upgrade voucher they used.
+    vouchers: Arc<DashMap<Box<str>, i32, ahash::RandomState>>,
 }
 
 /// Why a reservation failed.
@@ -217,7 +221,31 @@ impl Ledger {
             contacts: Arc::new(super::members::growing_map(super::members::fixed_hasher())),
             inventory: Arc::new(DashMap::with_hasher(super::members::fixed_hasher())),
             accepts: Arc::new(ExpiringMap::new(max_decisions as usize)),
+            vouchers: Arc::new(super::members::growing_map(super::members::fixed_hasher())),
         }
+    }
+
+    /// Whether `member` used their upgrade voucher of `year`.
+    pub fn voucher_used(&self, member: &str, year: i32) -> bool {
+        self.vouchers.get(member).is_some_and(|y| *y == year)
+    }
+
+    /// `member` uses their upgrade voucher of `year`.
+    pub fn use_voucher(&self, member: &str, year: i32) {
+        self.vouchers.insert(member.into(), year);
+    }
+
+    /// A refund gives `member` their voucher of `year` back.
+    pub fn return_voucher(&self, member: &str, year: i32) {
+        self.vouchers.remove_if(member, |_, y| *y == year);
+    }
+
+    /// Vouchers used, for a snapshot.
+    pub fn vouchers_used(&self) -> Vec<(String, i32)> {
+        self.vouchers
+            .iter()
+            .map(|e| (e.key().to_string(), *e.value()))
+            .collect()
     }
 
     /// Records what a durable accept took, kept until `keep_until` (ms, log
@@ -293,6 +321,7 @@ impl Ledger {
     pub fn holds_member(&self, member: &str) -> bool {
         self.suppressions.contains_key(member)
             || self.contacts.contains_key(member)
+            || self.vouchers.contains_key(member)
             || {
                 let mut found = false;
                 self.accepts
@@ -317,6 +346,7 @@ impl Ledger {
         self.decisions
             .remove_where(|d| d.record.member_id == member);
         self.accepts.remove_where(|t| t.member_id == member);
+        self.vouchers.remove(member);
     }
 
     /// A unit of `offer_id` under `key` is durably taken by an accept whose

@@ -42,8 +42,8 @@ use members::MemberStore;
 /// Snapshot format version. 4 adds the log time the snapshot reflects, so a
 /// restore filters outlived decisions by log time, not by the wall clock.
 /// 5 adds to each experiment exposure the member's decisions and segments at
-/// first exposure. 6 adds the accepts held for refunds and each exposed
-/// member's value and points cost. Formats 3, 4 and 5 are still read (their
+/// first exposure. 6 adds the accepts held for refunds, each exposed
+/// member's value and points cost, and the upgrade vouchers used. Formats 3, 4 and 5 are still read (their
 /// log time, for 3, is the latest time they hold; their exposures have
 /// unknown segments before 5; before 6 no accept can be refunded and
 /// exposures carry no value).
@@ -66,6 +66,8 @@ struct Snapshot {
     accepts: Vec<(String, ledger::Taken)>,
     /// Value and points cost per experiment and exposed member.
     experiment_values: Vec<experiments::ValueSnapshot>,
+    /// Upgrade vouchers used: member and year.
+    vouchers: Vec<(String, i32)>,
 }
 
 /// Format 5: no accepts held for refunds, no values.
@@ -179,6 +181,8 @@ pub enum Refusal {
     AlreadyRefunded,
     /// A refund after the attribution window closed.
     WindowClosed,
+    /// The member's upgrade voucher of the year is used already.
+    VoucherUsed,
     /// No unit of the part of the cap the accept may take is left (the
     /// last units kept for other tiers or segments, or taken first in log
     /// order).
@@ -198,7 +202,7 @@ pub struct StateDigest {
     pub digest: String,
     /// The digest of each part (first 16 hex digits), to see where two
     /// states differ: members, decisions, suppressions, contacts,
-    /// inventory, experiments, models, memory, accepts, values.
+    /// inventory, experiments, models, memory, accepts, values, vouchers.
     pub parts: std::collections::BTreeMap<String, String>,
 }
 
@@ -330,6 +334,7 @@ impl State {
         let mut debits: std::collections::HashMap<&str, u64> = Default::default();
         let mut taken: std::collections::HashMap<(&str, &InventoryKey), u32> = Default::default();
         let mut refunds: std::collections::HashSet<String> = Default::default();
+        let mut vouchers: std::collections::HashSet<&str> = Default::default();
         for (i, e) in events.iter().enumerate() {
             let o = &e.outcome;
             if let (true, OutcomeKind::Accept, Some((key, cap))) = (caps, o.kind, &o.inventory) {
@@ -339,6 +344,15 @@ impl State {
                     return Some((i, Refusal::SoldOut));
                 }
                 *before += 1;
+            }
+            if o.kind == OutcomeKind::Accept
+                && e.voucher
+                && (self
+                    .ledger
+                    .voucher_used(&o.member_id, crate::records::voucher_year(o.at_ms))
+                    || !vouchers.insert(o.member_id.as_str()))
+            {
+                return Some((i, Refusal::VoucherUsed));
             }
             match o.kind {
                 OutcomeKind::Accept if e.points > 0 => {
@@ -413,6 +427,10 @@ impl State {
                             }
                         }
                     }
+                    if v2.voucher {
+                        self.ledger
+                            .use_voucher(&e.member_id, crate::records::voucher_year(e.at_ms));
+                    }
                     if v2.points > 0 {
                         let due = v2.points.min(u32::MAX as u64) as u32;
                         self.members
@@ -440,6 +458,7 @@ impl State {
                             points_cost: v2.points_cost,
                             experiments: e.experiments.clone(),
                             refunded: false,
+                            voucher_year: v2.voucher.then(|| crate::records::voucher_year(e.at_ms)),
                         },
                         created_ms + self.refund_window_ms + REFUND_GRACE_MS,
                         self.log_time_ms(),
@@ -462,6 +481,9 @@ impl State {
                     self.ledger.mark_refunded(&key, &t);
                     if let Some((inv, _)) = &t.inventory {
                         self.ledger.return_unit(&t.offer_id, inv);
+                    }
+                    if let Some(year) = t.voucher_year {
+                        self.ledger.return_voucher(&t.member_id, year);
                     }
                     if t.points > 0 {
                         let back = t.points.min(u32::MAX as u64) as u32;
@@ -586,6 +608,7 @@ impl State {
             log_time_ms: now,
             accepts: self.ledger.takings(now),
             experiment_values: self.experiments.value_snapshot(),
+            vouchers: self.ledger.vouchers_used(),
         }
     }
 
@@ -621,6 +644,7 @@ impl State {
                     log_time_ms: v5.log_time_ms,
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
+                    vouchers: Vec::new(),
                 }
             }
             4 => {
@@ -638,6 +662,7 @@ impl State {
                     log_time_ms: v4.log_time_ms,
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
+                    vouchers: Vec::new(),
                 }
             }
             3 => {
@@ -662,6 +687,7 @@ impl State {
                     log_time_ms,
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
+                    vouchers: Vec::new(),
                 }
             }
             other => return Err(format!("snapshot format {other} is not {SNAPSHOT_FORMAT}")),
@@ -689,6 +715,9 @@ impl State {
             .restore(snap.suppressions, snap.contacts, snap.inventory, now);
         self.experiments.restore(snap.experiments);
         self.experiments.restore_values(snap.experiment_values);
+        for (member, year) in snap.vouchers {
+            self.ledger.use_voucher(&member, year);
+        }
         for (key, t) in snap.accepts {
             let keep_until = t.decision_created_ms + self.refund_window_ms + REFUND_GRACE_MS;
             self.ledger.record_taken(&key, t, keep_until, now);
@@ -732,6 +761,7 @@ impl State {
             ("memory", multiset(&snap.learner.memory)),
             ("accepts", multiset(&snap.accepts)),
             ("values", multiset(&snap.experiment_values)),
+            ("vouchers", multiset(&snap.vouchers)),
         ];
         let mut out = Sha256::new();
         out.update(b"offer-engine state v1");

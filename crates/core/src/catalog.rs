@@ -215,6 +215,8 @@ struct OfferSpec {
     inventory: Option<Inventory>,
     #[serde(default)]
     reward_on: RewardOn,
+    #[serde(default)]
+    uses_voucher: bool,
 }
 
 fn one() -> f64 {
@@ -284,6 +286,10 @@ pub struct Offer {
     pub inventory: Option<Inventory>,
     /// Which outcome teaches the adaptive models (`reward_on`, default `accept`).
     pub reward_on: RewardOn,
+    /// The offer is the use of the member's tier upgrade voucher
+    /// (`uses_voucher`): only for tiers whose benefits include one, shown
+    /// instead of the paid upgrades, and its accept consumes the voucher.
+    pub uses_voucher: bool,
 }
 
 /// Why an offer is not eligible; used by tests and debugging endpoints.
@@ -405,6 +411,9 @@ impl Offer {
         if self.provides.iter().any(|b| benefits.contains(*b)) {
             return Err(Ineligible::TierBenefit);
         }
+        if self.uses_voucher && !benefits.contains(Benefit::UpgradeVoucher) {
+            return Err(Ineligible::Tier);
+        }
         if let Some(it) = ctx.itinerary {
             if it.departure <= ctx.now {
                 return Err(Ineligible::Departed);
@@ -446,6 +455,7 @@ impl Offer {
             .filter(|p| *p > 0);
         let needs_member = e.min_points.is_some()
             || points_due.is_some()
+            || self.uses_voucher
             || e.require_tags != Vec::<String>::new()
             || e.max_spend_to_next_tier.is_some()
             || e.min_days_since_last_flight.is_some()
@@ -762,6 +772,7 @@ impl Catalog {
                 contact: spec.contact,
                 inventory: spec.inventory,
                 reward_on: spec.reward_on,
+                uses_voucher: spec.uses_voucher,
             });
         }
         if offers.is_empty() {

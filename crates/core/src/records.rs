@@ -360,18 +360,30 @@ pub struct OutcomeRecordV2 {
     pub points: u64,
     /// Cost of the points given away, CNY.
     pub points_cost: f64,
+    /// The accept uses the member's upgrade voucher of the calendar year of
+    /// `outcome.at_ms` (a refund: gives back the one its accept used).
+    pub voucher: bool,
 }
 
 impl From<OutcomeRecord> for OutcomeRecordV2 {
-    /// A version-1 outcome: no value, no points.
+    /// A version-1 outcome: no value, no points, no voucher.
     fn from(outcome: OutcomeRecord) -> Self {
         OutcomeRecordV2 {
             outcome,
             value: 0.0,
             points: 0,
             points_cost: 0.0,
+            voucher: false,
         }
     }
+}
+
+/// The calendar year (UTC) of a time in ms: an upgrade voucher's period.
+pub fn voucher_year(at_ms: i64) -> i32 {
+    use chrono::Datelike;
+    DateTime::<Utc>::from_timestamp_millis(at_ms)
+        .map(|t| t.year())
+        .unwrap_or(1970)
 }
 
 /// A checked member change, as logged.
