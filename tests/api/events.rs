@@ -542,3 +542,42 @@ async fn points_are_redeemed_once_and_refunds_give_them_back_once() {
         0
     );
 }
+
+/// A gold member's upgrade voucher over HTTP: offered instead of a paid
+/// upgrade, accepted once (a second decision's voucher offer is then 409),
+/// after which the paid upgrade is offered; a refund gives it back.
+#[tokio::test]
+async fn an_upgrade_voucher_is_used_once_and_comes_back_with_a_refund() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Gold);
+    let trip = || {
+        json!({"member_id": member, "channel": "checkout", "max_offers": 10, "itinerary": {
+            "origin": "PEK", "destination": "SHA", "departure": departure_in(8),
+            "cabin": "economy", "fare": {"amount": 1280, "currency": "CNY"}, "passengers": 1}})
+    };
+    let upgrade = |offers: &[Value]| {
+        offers
+            .iter()
+            .find(|o| o["category"] == "upgrade")
+            .cloned()
+            .expect("an upgrade is offered")
+    };
+    let (d1, o1) = decide(&app, &trip()).await;
+    let (d2, o2) = decide(&app, &trip()).await;
+    let (v1, v2) = (upgrade(&o1), upgrade(&o2));
+    assert_eq!(v1["offer_id"], "upg-voucher-biz");
+    assert_eq!(v1["price"]["amount"], 0.0);
+    assert_eq!(v2["offer_id"], "upg-voucher-biz");
+    let r = app
+        .post_json("/v1/events", &event(&d1, &v1, "accept"))
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_events_refused(&app, &event(&d2, &v2, "accept"), 409, "offer_id").await;
+    let (_, o3) = decide(&app, &trip()).await;
+    assert_ne!(upgrade(&o3)["offer_id"], "upg-voucher-biz");
+    let mut refund = event(&d1, &v1, "refunded");
+    refund["token"] = v1["token"].clone();
+    assert_eq!(app.post_json("/v1/events", &refund).await.status(), 202);
+    let (_, o4) = decide(&app, &trip()).await;
+    assert_eq!(upgrade(&o4)["offer_id"], "upg-voucher-biz");
+}
