@@ -965,6 +965,50 @@ mod tests {
     }
 
     #[test]
+    fn a_format_5_snapshot_is_still_read_without_accepts_or_values() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let m = crate::synth::member(1, 1, d, &th);
+        // Format 5 as the previous release wrote it: format 6 less the
+        // accepts held for refunds, the values and the vouchers.
+        let v5 = bincode::serialize(&(
+            5u32,
+            vec![("M1".to_string(), MemberWire::from(&m))],
+            Vec::<(DecisionRecord, Vec<u8>)>::new(),
+            vec![("M1".to_string(), vec![("o1".to_string(), i64::MAX / 2)])],
+            Vec::<(String, ContactDay)>::new(),
+            vec![(
+                "seat".to_string(),
+                InventoryKey::AirportDay {
+                    airport: *b"PEK",
+                    day: 1,
+                },
+                3u32,
+            )],
+            Vec::<ExperimentSnapshot>::new(),
+            LearnerSnapshot {
+                models: Vec::new(),
+                memory: Vec::new(),
+            },
+            2_000i64,
+        ))
+        .unwrap();
+        let restored = state();
+        restored.restore(&v5, 9).unwrap();
+        assert_eq!(restored.members().get("M1"), Some(m));
+        assert_eq!(restored.log_time_ms(), 2_000);
+        let key = InventoryKey::AirportDay {
+            airport: *b"PEK",
+            day: 1,
+        };
+        assert_eq!(restored.ledger().units("seat", &key).committed, 3);
+        // Written back in format 6 and read again to the same state.
+        let again = state();
+        again.restore(&restored.snapshot_bytes(), 9).unwrap();
+        assert_eq!(again.digest(), restored.digest());
+    }
+
+    #[test]
     fn a_hostile_snapshot_is_an_error_not_an_allocation() {
         let state = state();
         let mut snap = 2u32.to_le_bytes().to_vec();
