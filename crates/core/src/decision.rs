@@ -153,6 +153,11 @@ pub trait Constraints {
     fn allowed(&self, _index: usize, _offer: &Offer) -> bool {
         true
     }
+    /// Whether the member's tier upgrade voucher is still unused (offers
+    /// that use it are shown only then; the default: unused).
+    fn voucher_unused(&self) -> bool {
+        true
+    }
     /// How many more offers the member may be shown today on this channel.
     fn remaining_contacts(&self) -> usize {
         usize::MAX
@@ -286,7 +291,10 @@ pub fn decide_explored(
         Vec::with_capacity(candidates.map_or(all, |c| c.len()));
     let mut consider = |i: usize| {
         let offer = &engine.catalog.offers[i];
-        if offer.eligible(&ectx).is_err() || !constraints.allowed(i, offer) {
+        if offer.eligible(&ectx).is_err()
+            || !constraints.allowed(i, offer)
+            || (offer.uses_voucher && !constraints.voucher_unused())
+        {
             return;
         }
         let p = score(i);
@@ -300,6 +308,12 @@ pub fn decide_explored(
     let mut candidates = scored;
     let eligible = candidates.len();
     let offers = &engine.catalog.offers;
+    // A member with an unused upgrade voucher is offered its use before a
+    // paid upgrade: the paid ones give way.
+    if candidates.iter().any(|c| offers[c.0].uses_voucher) {
+        candidates
+            .retain(|c| offers[c.0].uses_voucher || offers[c.0].category != Category::Upgrade);
+    }
     match input.ranking {
         Ranking::Model => candidates.sort_by(|a, b| {
             b.2.total_cmp(&a.2)

@@ -27,8 +27,8 @@ pub struct OutcomeEventDto {
     /// When it happened (RFC 3339); informational, the server's clock decides expiry.
     #[serde(default)]
     pub at: Option<String>,
-    /// The offer's signed token from the decision; required for an accept,
-    /// checked when given with any other event.
+    /// The offer's signed token from the decision; required for an accept
+    /// and a refund, checked when given with any other event.
     #[serde(default)]
     pub token: Option<String>,
 }

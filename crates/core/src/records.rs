@@ -122,7 +122,7 @@ pub fn inventory_key(
     offer: &crate::catalog::Offer,
     it: &crate::domain::Itinerary,
 ) -> Option<(InventoryKey, u32)> {
-    let inv = offer.inventory?;
+    let inv = offer.inventory.as_ref()?;
     let code = |c: crate::domain::Iata| {
         let b = c.as_str().as_bytes();
         [b[0], b[1], b[2]]
@@ -265,6 +265,11 @@ pub enum LogRecord {
     /// Members created or replaced, with their monthly history (what
     /// `Members` records, still read, became).
     MembersV2(Vec<(String, MemberWireV2)>),
+    /// A batch of outcome events with what each moves besides revenue
+    /// (value, points); what the engine writes since refunds and points
+    /// redemption. [`LogRecord::Outcomes`] stays readable: its accepts
+    /// carried no value and redeemed no points.
+    OutcomesV2(Vec<OutcomeRecordV2>),
 }
 
 impl LogRecord {
@@ -323,6 +328,11 @@ pub enum OutcomeKind {
     /// counts once. For offers rewarded on fulfilment (`reward_on =
     /// "fulfilment"` in the catalog) it is what teaches the adaptive models.
     Fulfilled,
+    /// An accepted offer was refunded: the accept's revenue, value,
+    /// inventory unit and points are given back, once, while the decision
+    /// is inside the attribution window. Carries the decision, offer and
+    /// token, like the accept.
+    Refunded,
 }
 
 impl OutcomeKind {
@@ -334,6 +344,7 @@ impl OutcomeKind {
             OutcomeKind::Accept => "accept",
             OutcomeKind::Decline => "decline",
             OutcomeKind::Fulfilled => "fulfilled",
+            OutcomeKind::Refunded => "refunded",
         }
     }
 }
@@ -369,6 +380,50 @@ pub struct OutcomeRecord {
     /// rewarded on fulfilment (the catalog's `reward_on` when the event
     /// arrived, fixed here so that replay learns exactly what was learned live).
     pub learn: bool,
+}
+
+/// An outcome with what it moves besides revenue (record version 2).
+///
+/// For an accept: `value` is its value to the airline (the offer's net
+/// value for the units quoted, see `Offer::net_value`), `points` the points
+/// price it redeems from the member's balance, `points_cost` what the points
+/// it gives away cost the airline. A refund carries the figures of the
+/// accept it reverses (and the accept's revenue in `outcome.revenue`), as
+/// positive numbers. Other kinds carry zeros.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecordV2 {
+    /// The outcome as in version 1.
+    pub outcome: OutcomeRecord,
+    /// Value to the airline, CNY.
+    pub value: f64,
+    /// Points redeemed (accept) or given back (refund).
+    pub points: u64,
+    /// Cost of the points given away, CNY.
+    pub points_cost: f64,
+    /// The accept uses the member's upgrade voucher of the calendar year of
+    /// `outcome.at_ms` (a refund: gives back the one its accept used).
+    pub voucher: bool,
+}
+
+impl From<OutcomeRecord> for OutcomeRecordV2 {
+    /// A version-1 outcome: no value, no points, no voucher.
+    fn from(outcome: OutcomeRecord) -> Self {
+        OutcomeRecordV2 {
+            outcome,
+            value: 0.0,
+            points: 0,
+            points_cost: 0.0,
+            voucher: false,
+        }
+    }
+}
+
+/// The calendar year (UTC) of a time in ms: an upgrade voucher's period.
+pub fn voucher_year(at_ms: i64) -> i32 {
+    use chrono::Datelike;
+    DateTime::<Utc>::from_timestamp_millis(at_ms)
+        .map(|t| t.year())
+        .unwrap_or(1970)
 }
 
 /// A checked member change, as logged.

@@ -89,7 +89,10 @@ impl Tier {
             b = b.with(Benefit::PriorityBoarding);
         }
         if self >= Tier::Gold {
-            b = b.with(Benefit::LoungeAccess).with(Benefit::UpgradeVoucher);
+            b = b
+                .with(Benefit::LoungeAccess)
+                .with(Benefit::UpgradeVoucher)
+                .with(Benefit::ExtraBaggage);
         }
         if self >= Tier::Diamond {
             b = b.with(Benefit::GroundTransport);
@@ -117,6 +120,8 @@ pub enum Benefit {
     UpgradeVoucher = 2,
     /// Ground transport to and from the airport (diamond).
     GroundTransport = 3,
+    /// An extra checked bag (gold and above): never sold to those tiers.
+    ExtraBaggage = 4,
 }
 
 /// A small set of [`Benefit`]s.
