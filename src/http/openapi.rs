@@ -33,6 +33,8 @@ use super::error::Problem;
         super::experiments::list,
         super::experiments::report,
         super::experiments::timeseries,
+        super::experiments::forest_plot,
+        super::experiments::timeseries_plot,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,
