@@ -283,6 +283,19 @@ pub fn timeseries_svg(timeseries: &Value) -> Result<String, String> {
                 .map_err(err)?
                 .label(name.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+            // Each day's point and interval also as a mark, so a series of
+            // one day still shows.
+            chart
+                .draw_series(pts.iter().map(|p| {
+                    PathElement::new(vec![(p.day as f64, p.low), (p.day as f64, p.high)], c)
+                }))
+                .map_err(err)?;
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|p| Circle::new((p.day as f64, p.relative), 4, c.filled())),
+                )
+                .map_err(err)?;
         }
         if !variants.is_empty() {
             chart
@@ -322,6 +335,12 @@ pub fn timeseries_svg(timeseries: &Value) -> Result<String, String> {
                         .filter_map(|p| p.p_value.map(|v| (p.day as f64, v))),
                     c.stroke_width(2),
                 ))
+                .map_err(err)?;
+            p_chart
+                .draw_series(pts.iter().filter_map(|p| {
+                    p.p_value
+                        .map(|v| Circle::new((p.day as f64, v), 4, c.filled()))
+                }))
                 .map_err(err)?;
         }
         root.present().map_err(err)?;
