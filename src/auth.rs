@@ -420,9 +420,7 @@ pub fn required(method: &str, pattern: Option<&str>) -> Access {
         ) => Access::Needs(ExperimentsRead),
         // The console's page, script and style hold no data (the script
         // reads the APIs with the caller's key).
-        ("GET", "/console" | "/console/" | "/console/console.js" | "/console/console.css") => {
-            Access::Open
-        }
+        ("GET", "/console" | "/console/console.js" | "/console/console.css") => Access::Open,
         ("GET", "/metrics") => Access::Needs(Admin),
         (_, p) if p.starts_with("/v1/admin/") => Access::Needs(Admin),
         // A known route with a method it does not take: the router says 405.

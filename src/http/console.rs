@@ -23,18 +23,36 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
         .body(body)
 }
 
-/// `GET /console` (and `/console/`): the page; the script routes by the
-/// URL fragment (`#/experiments`, `#/experiment/{id}`).
+/// `GET /console`: the page; the script routes by the URL fragment
+/// (`#/experiments`, `#/experiment/{id}`).
+#[utoipa::path(
+    get,
+    path = "/console",
+    tag = "console",
+    responses((status = 200, description = "the console's page (HTML; open: it holds no data, its script reads the APIs with the caller's key)", content_type = "text/html", body = String)),
+)]
 pub async fn index() -> HttpResponse {
     asset("text/html; charset=utf-8", INDEX)
 }
 
 /// `GET /console/console.js`.
+#[utoipa::path(
+    get,
+    path = "/console/console.js",
+    tag = "console",
+    responses((status = 200, description = "the console's script", content_type = "text/javascript", body = String)),
+)]
 pub async fn script() -> HttpResponse {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
 /// `GET /console/console.css`.
+#[utoipa::path(
+    get,
+    path = "/console/console.css",
+    tag = "console",
+    responses((status = 200, description = "the console's style", content_type = "text/css", body = String)),
+)]
 pub async fn style() -> HttpResponse {
     asset("text/css; charset=utf-8", STYLE)
 }

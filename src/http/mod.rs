@@ -88,7 +88,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
-        web::resource(["/console", "/console/"])
+        web::resource("/console")
             .route(web::get().to(console::index))
             .default_service(web::to(method_not_allowed)),
     )
