@@ -335,6 +335,33 @@ mod tests {
     }
 
     #[test]
+    fn the_downgrade_rule_is_configured_under_tiers() {
+        let s = Settings::load(None, []).unwrap();
+        assert_eq!(s.tiers.downgrade, crate::domain::DowngradeRule::Anniversary);
+        assert_eq!(s.tiers.grace_months, 3);
+        let s = Settings::load(
+            None,
+            [
+                (
+                    "OFFER_ENGINE__TIERS__DOWNGRADE".to_string(),
+                    "grace".to_string(),
+                ),
+                (
+                    "OFFER_ENGINE__TIERS__GRACE_MONTHS".to_string(),
+                    "2".to_string(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.tiers.downgrade, crate::domain::DowngradeRule::Grace);
+        assert_eq!(s.tiers.grace_months, 2);
+        for (k, v) in [("DOWNGRADE", "never"), ("GRACE_MONTHS", "25")] {
+            let bad = [(format!("OFFER_ENGINE__TIERS__{k}"), v.to_string())];
+            assert!(Settings::load(None, bad).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
     fn the_master_key_comes_from_its_variable_and_is_never_printed() {
         let s = Settings::load(None, []).unwrap();
         assert!(

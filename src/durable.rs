@@ -22,6 +22,10 @@ use crate::state::{Applied, LogRecord, State};
 /// A log write on its way: resolves to the record's position once durable.
 pub type Pending = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
 
+/// A log write on its way: resolves to the record's position and what
+/// applying it did, once durable and applied.
+pub type PendingApplied = Pin<Box<dyn Future<Output = Result<(u64, Applied), LogError>> + Send>>;
+
 /// Why the log did not take a record. Nothing of it was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -169,6 +173,38 @@ impl Durable {
         );
         let observer = self.observer.clone();
         Box::pin(async move { pending.await.inspect_err(|e| observer.not_logged(what, e)) })
+    }
+
+    /// [`Durable::commit`], resolving also with what applying the record
+    /// did (an outcome batch can be refused at apply, in log order).
+    pub fn commit_applied(&self, rec: LogRecord, what: &'static str) -> PendingApplied {
+        let payload = rec.encode();
+        let state = self.state.clone();
+        let observer = self.observer.clone();
+        let slot: Arc<std::sync::Mutex<Option<Applied>>> = Arc::default();
+        let filled = slot.clone();
+        let pending = self.log.append(
+            payload,
+            Box::new(move |lsn| {
+                let applied = state.apply(&rec, lsn, true);
+                observer.applied(what, &rec, &applied);
+                *filled
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(applied);
+            }),
+        );
+        let observer = self.observer.clone();
+        Box::pin(async move {
+            let lsn = pending
+                .await
+                .inspect_err(|e| observer.not_logged(what, e))?;
+            let applied = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .unwrap_or_default();
+            Ok((lsn, applied))
+        })
     }
 
     /// Commits a block of decisions made here (campaigns): each is

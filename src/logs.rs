@@ -48,10 +48,24 @@ pub fn read(dir: &Path) -> anyhow::Result<EngineLog> {
                             log.accepts.insert((o.decision_id, o.offer_pos), o.revenue);
                         }
                     }
+                    // For training examples an accept says the member wanted
+                    // the offer: one later refunded (a cancelled trip) or
+                    // refused at apply (points spent meanwhile) still does.
+                    LogRecord::OutcomesV2(os) => {
+                        for v in os
+                            .into_iter()
+                            .filter(|v| v.outcome.kind == OutcomeKind::Accept)
+                        {
+                            let o = v.outcome;
+                            log.accepts.insert((o.decision_id, o.offer_pos), o.revenue);
+                        }
+                    }
                     LogRecord::MemberErased { member_id, .. } => {
                         log.decisions.retain(|d| d.member_id != member_id)
                     }
-                    LogRecord::Members(_) | LogRecord::MemberChange { .. } => {}
+                    LogRecord::Members(_)
+                    | LogRecord::MembersV2(_)
+                    | LogRecord::MemberChange { .. } => {}
                 }
             }
         }

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub outcome_events: IntCounterVec,
     /// Revenue of accepted offers, by offer id (quoted currency, CNY in the default catalog).
     pub accepted_revenue: CounterVec,
+    /// Value to the airline of accepted offers (net of points given away), by offer id, CNY.
+    pub accepted_value: CounterVec,
+    /// Value given back by refunds, by offer id, CNY.
+    pub refunded_value: CounterVec,
     /// Member updates applied, by kind.
     pub member_updates: IntCounterVec,
     /// Checkout decisions answered with the fallback, by reason
@@ -143,6 +147,22 @@ impl Metrics {
         .expect("static metric");
         let accepted_revenue = CounterVec::new(
             Opts::new("accepted_revenue_total", "Revenue of accepted offers"),
+            &["offer_id"],
+        )
+        .expect("static metric");
+        let accepted_value = CounterVec::new(
+            Opts::new(
+                "accepted_value_total",
+                "Value to the airline of accepted offers, net of points given away (CNY)",
+            ),
+            &["offer_id"],
+        )
+        .expect("static metric");
+        let refunded_value = CounterVec::new(
+            Opts::new(
+                "refunded_value_total",
+                "Value of accepts given back by refunds (CNY)",
+            ),
             &["offer_id"],
         )
         .expect("static metric");
@@ -258,6 +278,8 @@ impl Metrics {
             Box::new(members.clone()),
             Box::new(outcome_events.clone()),
             Box::new(accepted_revenue.clone()),
+            Box::new(accepted_value.clone()),
+            Box::new(refunded_value.clone()),
             Box::new(member_updates.clone()),
             Box::new(fallbacks.clone()),
             Box::new(log_errors.clone()),
@@ -303,6 +325,8 @@ impl Metrics {
             members,
             outcome_events,
             accepted_revenue,
+            accepted_value,
+            refunded_value,
             member_updates,
             fallbacks,
             log_errors,
@@ -508,7 +532,39 @@ impl crate::durable::Observer for Metrics {
                     }
                 }
             }
+            // A batch refused at apply changed nothing: nothing to count.
+            LogRecord::OutcomesV2(_) if applied.refused.is_some() => {}
+            LogRecord::OutcomesV2(list) => {
+                for v in list {
+                    let e = &v.outcome;
+                    self.outcome_events
+                        .with_label_values(&[&e.offer_id, e.kind.as_str()])
+                        .inc();
+                    match e.kind {
+                        crate::events::OutcomeKind::Accept => {
+                            self.accepted_revenue
+                                .with_label_values(&[&e.offer_id])
+                                .inc_by(e.revenue);
+                            // A counter only goes up: a negative value (an
+                            // offer worth less than the points it gives
+                            // away) is left out here and kept in reports.
+                            if v.value > 0.0 {
+                                self.accepted_value
+                                    .with_label_values(&[&e.offer_id])
+                                    .inc_by(v.value);
+                            }
+                        }
+                        crate::events::OutcomeKind::Refunded if v.value > 0.0 => {
+                            self.refunded_value
+                                .with_label_values(&[&e.offer_id])
+                                .inc_by(v.value);
+                        }
+                        _ => {}
+                    }
+                }
+            }
             LogRecord::Members(_)
+            | LogRecord::MembersV2(_)
             | LogRecord::MemberChange { .. }
             | LogRecord::MemberErased { .. } => {
                 self.member_updates.with_label_values(&[what]).inc();

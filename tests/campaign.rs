@@ -395,3 +395,60 @@ fn the_summary_counts_members_left_out_by_reason() {
         "{suppressed:?}"
     );
 }
+
+/// Each line carries the member facts a message template needs, in NDJSON
+/// and as CSV columns after `experiments`, matching the member's record.
+#[test]
+fn lines_carry_the_template_fields_of_the_member() {
+    let e = engine();
+    let s = store(2_000);
+    let th = TierThresholds::default();
+    let dto = CampaignDto {
+        channel: "email".into(),
+        limit: Some(50),
+        ..Default::default()
+    };
+    let out = run(&e, &s, dto.clone(), Format::Ndjson);
+    let today = Day::from_date(now().date_naive());
+    for l in lines(&out) {
+        let m = s.get(l["member_id"].as_str().unwrap()).unwrap();
+        let f = &l["member"];
+        assert_eq!(f["tier"], m.tier.as_str());
+        assert_eq!(f["points"], m.points);
+        assert_eq!(
+            f["next_tier"],
+            serde_json::json!(m.tier.next().map(|t| t.as_str()))
+        );
+        let gap = offer_engine::features::spend_to_next_tier(&m, &th)
+            .map(|g| offer_engine::features::whole_cny_gap(m.qualifying_spend_12m as f64, g));
+        assert_eq!(f["spend_to_next_tier_cny"], serde_json::json!(gap));
+        assert_eq!(
+            f["value_segment"],
+            offer_engine::features::segment(&m, today).value.as_str()
+        );
+    }
+    let csv = String::from_utf8(run(&e, &s, dto, Format::Csv).out).unwrap();
+    let mut rows = csv.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    assert_eq!(
+        &header[..8],
+        [
+            "member_id",
+            "decision_id",
+            "experiments",
+            "tier",
+            "points",
+            "next_tier",
+            "spend_to_next_tier_cny",
+            "value_segment"
+        ]
+    );
+    for row in rows {
+        let cols: Vec<&str> = row.split(',').collect();
+        let m = s.get(cols[0]).unwrap();
+        assert_eq!(
+            (cols[3], cols[4]),
+            (m.tier.as_str(), &*m.points.to_string())
+        );
+    }
+}

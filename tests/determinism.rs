@@ -1,8 +1,10 @@
 //! Apply is a deterministic function of the records: the same records give
 //! the same state, whenever and wherever they are applied. Thousands of
 //! records of every kind (checkout and campaign decisions, impressions,
-//! clicks, accepts, declines, fulfilments weeks later, member writes and
-//! events, erasures) are applied to two fresh states at different wall-clock
+//! clicks, accepts, declines, fulfilments weeks later, points accepts (some
+//! refused at apply) and refunds (some twice), member writes and
+//! events, members with monthly histories that age out at month starts,
+//! erasures) are applied to two fresh states at different wall-clock
 //! times; their snapshots must be byte-identical and their digests equal. A
 //! third state restored from a snapshot taken half-way, then fed the rest,
 //! must reach the same digest (the digest does not depend on the order the
@@ -13,7 +15,7 @@ use offer_engine::domain::{Channel, ConsentChannel, Tier, TierThresholds};
 use offer_engine::events::{MemberChange, OutcomeKind, OutcomeRecord};
 use offer_engine::experiments::Assignment;
 use offer_engine::features::N_FEATURES;
-use offer_engine::records::{DecisionRecord, InventoryKey, IssuedOffer};
+use offer_engine::records::{DecisionRecord, InventoryKey, IssuedOffer, OutcomeRecordV2};
 use offer_engine::state::{LogRecord, MemberWire, State, StateSettings};
 
 const MEMBERS: u64 = 300;
@@ -105,6 +107,29 @@ fn outcome(d: &DecisionRecord, pos: usize, kind: OutcomeKind, at_ms: i64) -> Log
     }])
 }
 
+/// The same outcome as a version-2 record redeeming `points` (accepts) or
+/// giving an accept back (refunds).
+fn valued(d: &DecisionRecord, pos: usize, kind: OutcomeKind, at_ms: i64, points: u64) -> LogRecord {
+    let LogRecord::Outcomes(mut v) = outcome(d, pos, kind, at_ms) else {
+        unreachable!("outcome makes outcome records")
+    };
+    v[0].inventory = d.offers[pos].inventory.clone();
+    v[0].experiments = d.experiments.clone();
+    LogRecord::OutcomesV2(
+        v.into_iter()
+            .map(|o| OutcomeRecordV2 {
+                outcome: o,
+                value: 95.5,
+                points,
+                points_cost: 4.0,
+                // Accepts without points use the member's upgrade voucher
+                // (a second in the year is refused at apply).
+                voucher: points == 0,
+            })
+            .collect(),
+    )
+}
+
 /// A log of every kind of record, in time order.
 fn history() -> Vec<LogRecord> {
     let th = TierThresholds::default();
@@ -149,6 +174,20 @@ fn history() -> Vec<LogRecord> {
                 );
             }
             3 => push(at + 5_000, outcome(&d, 2, OutcomeKind::Accept, at + 5_000)),
+            // Points accepts (some members cannot pay: refused at apply),
+            // some refunded days later, some refunded twice.
+            4 | 5 => {
+                push(
+                    at + 4_000,
+                    valued(&d, 0, OutcomeKind::Accept, at + 4_000, 3_000 * (i % 5)),
+                );
+                if i % 11 == 5 {
+                    for k in 0..1 + (i % 2) as i64 {
+                        let t = at + 2 * DAY_MS + k;
+                        push(t, valued(&d, 0, OutcomeKind::Refunded, t, 0));
+                    }
+                }
+            }
             _ => {}
         }
         push(at, LogRecord::Decision(d));
@@ -164,6 +203,25 @@ fn history() -> Vec<LogRecord> {
                 })
                 .collect();
             push(at, LogRecord::Decisions(block));
+        }
+        if i % 500 == 250 {
+            // A member replaced with a dated monthly history (the current record form).
+            let k = i % MEMBERS;
+            let mut m = offer_engine::synth::member(7, k, as_of, &th);
+            let month =
+                offer_engine::domain::month_of(offer_engine::domain::Day((at / DAY_MS) as i32));
+            m.history = offer_engine::domain::MonthlyHistory::from_months(&[
+                (month, 3_000.0, 2),
+                (month - 3, 45_000.0, 5),
+            ]);
+            m.refresh_totals();
+            push(
+                at,
+                LogRecord::MembersV2(vec![(
+                    member_id(k),
+                    offer_engine::state::MemberWireV2::from(&m),
+                )]),
+            );
         }
         let change = match i % 13 {
             0 => Some(MemberChange::FlightFlown {

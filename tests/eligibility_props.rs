@@ -15,6 +15,11 @@
 //!   is shown no offer that has already expired;
 //! - a member without consent for email, app or sms is never sent an offer
 //!   there, and neither is an unknown (cold-start) member;
+//! - gold and above (whose tiers include an upgrade voucher) are offered its
+//!   use and no paid upgrade; nobody else is offered the voucher;
+//! - no points-priced offer is returned whose points price for the party
+//!   exceeds the member's balance (none to a cold start), and no reason
+//!   claims more points than the member has;
 //! - the JSON request parser never panics on arbitrary bytes or on mutated
 //!   valid requests, and every error names a field.
 
@@ -70,7 +75,10 @@ impl MemberSpec {
             points: self.points,
             last_flight: self.last_flight_days_ago.map(|d| Day(today.0 - d)),
             joined: Day(today.0 - joined_ago),
-            flights_12m: self.flights_12m,
+            history: offer_engine::domain::MonthlyHistory::spread(
+                self.spend as f64,
+                self.flights_12m,
+            ),
             tags: Tags::from_bits(self.tag_mask),
             home_airport: AIRPORTS[self.home].code,
             tier: self.tier,
@@ -298,7 +306,7 @@ fn tier_includes(tier: Tier, b: Benefit) -> bool {
     };
     match b {
         Benefit::PriorityBoarding => rank >= 1,
-        Benefit::LoungeAccess | Benefit::UpgradeVoucher => rank >= 2,
+        Benefit::LoungeAccess | Benefit::UpgradeVoucher | Benefit::ExtraBaggage => rank >= 2,
         Benefit::GroundTransport => rank >= 4,
     }
 }
@@ -345,6 +353,9 @@ fn broken_rule(
     }
     if offer.provides.iter().any(|b| tier_includes(tier, *b)) {
         return Some("tier benefit re-sold");
+    }
+    if offer.uses_voucher && !tier_includes(tier, Benefit::UpgradeVoucher) {
+        return Some("upgrade voucher without the tier benefit");
     }
     match trip {
         Some(it) => {
@@ -397,10 +408,23 @@ fn broken_rule(
             }
         }
     }
+    // The party's points price, written out here: per passenger when the
+    // offer is, else one unit.
+    let party = trip.map(|it| it.passengers.max(1)).unwrap_or(1) as u64;
+    let points_due = offer
+        .points_price
+        .map(|p| p as u64 * if offer.per_passenger { party } else { 1 })
+        .filter(|p| *p > 0);
     let Some((m, spec)) = member else {
         // An unknown member has no points, tags, spend or history.
         if e.min_points.is_some() {
             return Some("min points (cold start)");
+        }
+        if points_due.is_some() {
+            return Some("points price (cold start)");
+        }
+        if offer.uses_voucher {
+            return Some("upgrade voucher (cold start)");
         }
         if !e.require_tags.is_empty() {
             return Some("required tags (cold start)");
@@ -417,6 +441,9 @@ fn broken_rule(
         if m.points < min {
             return Some("min points");
         }
+    }
+    if points_due.is_some_and(|p| p > m.points as u64) {
+        return Some("points price above the balance");
     }
     let tags = spec.tag_names();
     if !e.require_tags.iter().all(|t| tags.contains(&t.as_str())) {
@@ -498,7 +525,9 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
             r.expires_at,
             c.now
         );
-        prop_assert!(r.expires_at <= c.now + Duration::minutes(o.validity_minutes as i64));
+        prop_assert!(
+            r.expires_at <= c.now + Duration::minutes(o.validity.minutes(c.channel) as i64)
+        );
         if let Some(it) = &trip {
             prop_assert!(
                 r.expires_at <= it.departure,
@@ -519,6 +548,28 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
         );
         if let Some(p) = &r.price {
             prop_assert!(p.amount.is_finite() && p.amount >= 0.0, "price {:?}", p);
+        }
+        // Points: the party's price is covered by the balance, and the
+        // reasons claim no more points than the member has.
+        if let Some(pp) = r.points_price.filter(|p| *p > 0) {
+            let balance = member.as_ref().map(|m| m.points as u64);
+            prop_assert!(
+                balance.is_some_and(|b| pp <= b),
+                "offer {} costs {} points, the balance is {:?}",
+                o.id,
+                pp,
+                balance
+            );
+            let claim = offer_engine::reasons::Reason::PointsBalance {
+                points: balance.unwrap_or(0),
+            };
+            prop_assert!(
+                r.reasons.iter().any(|t| t == &claim),
+                "offer {}: reasons {:?} do not say {:?}",
+                o.id,
+                r.reasons,
+                claim
+            );
         }
         prop_assert!(r.expected_value.is_finite() && r.expected_value >= 0.0);
         prop_assert!((0.0..=1.0).contains(&r.propensity));
@@ -553,6 +604,18 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
         d.eligible,
         eligible.iter().map(|o| o.id.as_str()).collect::<Vec<_>>()
     );
+    // An unused upgrade voucher (always, without constraints) comes before
+    // a paid upgrade.
+    if eligible.iter().any(|o| o.uses_voucher) {
+        for r in &d.offers {
+            let o = &offers[r.index];
+            prop_assert!(
+                o.category != offer_engine::domain::Category::Upgrade || o.uses_voucher,
+                "paid upgrade {} shown to a member with a voucher",
+                o.id
+            );
+        }
+    }
     let mut cats: Vec<_> = eligible.iter().map(|o| o.category).collect();
     cats.sort();
     cats.dedup();
@@ -578,6 +641,38 @@ proptest! {
             arb_trip_departing(prop_oneof![1 => Just(0i64), 2 => -60i64..=0]).prop_map(Some),
         ),
     ) {
+        run_case(&c)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(SMALL_CASES))]
+
+    /// Balances right around the party's points price of a points offer:
+    /// the offer is shown only when the balance covers the price for the
+    /// whole party (every other rule checked as in the main property).
+    #[test]
+    fn points_offers_need_the_party_price_in_the_balance(
+        c in arb_case_with(arb_trip().prop_map(Some)),
+        pick in 0usize..64,
+        delta in prop::sample::select(vec![-500i64, -1, 0, 1, 500]),
+    ) {
+        let eng = engine();
+        let points_offers: Vec<&Offer> = eng
+            .catalog
+            .offers
+            .iter()
+            .filter(|o| o.points_price.is_some_and(|p| p > 0))
+            .collect();
+        prop_assume!(!points_offers.is_empty());
+        let o = points_offers[pick % points_offers.len()];
+        let party = c.trip.as_ref().map(|t| t.passengers.max(1)).unwrap_or(1) as i64;
+        let units = if o.per_passenger { party } else { 1 };
+        let due = o.points_price.unwrap_or(0) as i64 * units;
+        let mut c = c;
+        if let Some(m) = c.member.as_mut() {
+            m.points = (due + delta).clamp(0, u32::MAX as i64) as u32;
+        }
         run_case(&c)?;
     }
 }

@@ -160,7 +160,7 @@ fn run_book(w: &World, spec: &ExperimentSpec, seed: u64, a_a: bool, tiers: bool)
             ..w.keys[idx]
         };
         book.expose(&a, &id, m.qualifying_spend_12m, at, || {
-            Some((keys, m.flights_12m))
+            Some((keys, m.flights_12m()))
         });
         let offered = a_a || v == 1;
         let accepted = offered && rng.gen_bool(w.accept[idx]);
@@ -176,7 +176,11 @@ fn run_book(w: &World, spec: &ExperimentSpec, seed: u64, a_a: bool, tiers: bool)
                 points: 0,
             };
             let before = m.tier;
-            change.apply(&mut m, &th);
+            change.apply(
+                &mut m,
+                &th,
+                offer_engine::domain::Day((when / DAY_MS) as i32),
+            );
             book.member_event(&id, when, true, fly.spend_per_flight, before, m.tier);
         }
         // A flight after the window does not count.

@@ -7,7 +7,12 @@
 //! follows it in the README: a problem document must be equal to it, field
 //! for field; a decision must have every field the README shows (in the
 //! answer and in its offers) and the same member, model, experiments and
-//! fallback flag. Examples must not carry fixed dates (they would fail once
+//! fallback flag. The README's event flows (```sh blocks that post to
+//! `/events` with real ids, not `DECISION_ID` placeholders: the points upgrade
+//! accepted and refunded) run too; their output, a sequence of JSON objects,
+//! is compared with the ```text block that follows: the same objects with the
+//! same fields and values, except `lsn` (any number) and `points` balances,
+//! which must move by the documented amounts. Examples must not carry fixed dates (they would fail once
 //! the date passes): departures and campaign dates are computed with `date`.
 //!
 //! Also: the README's two commands are the ones that exist, and
@@ -70,6 +75,70 @@ fn offer_examples(md: &str) -> Vec<(String, Value)> {
         out.push((cmd.clone(), doc));
     }
     out
+}
+
+/// The README's event flows: (command, documented output).
+fn flow_examples(md: &str) -> Vec<(String, String)> {
+    let b = blocks(md);
+    let mut out = Vec::new();
+    for (i, (info, cmd)) in b.iter().enumerate() {
+        if info != "sh"
+            || !cmd.contains("localhost:8080")
+            || !cmd.contains("/events")
+            || cmd.contains("DECISION_ID")
+        {
+            continue;
+        }
+        let answer = b
+            .get(i + 1)
+            .filter(|(info, _)| info == "text")
+            .unwrap_or_else(|| panic!("no ```text output follows the event flow:\n{cmd}"));
+        out.push((cmd.clone(), answer.1.clone()));
+    }
+    out
+}
+
+/// The JSON objects of a text, one after the other.
+fn json_values(text: &str) -> Vec<Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("not a sequence of JSON objects ({e}):\n{text}"))
+}
+
+/// Checks a flow's output against the documented one.
+fn check_flow(cmd: &str, actual: &[Value], doc: &[Value]) {
+    assert_eq!(actual.len(), doc.len(), "{cmd}\n{actual:?}\n{doc:?}");
+    for (a, d) in actual.iter().zip(doc) {
+        let (Some(ao), Some(dobj)) = (a.as_object(), d.as_object()) else {
+            panic!("expected objects: {a} / {d}");
+        };
+        let keys = |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            keys(ao),
+            keys(dobj),
+            "fields differ from the README: {a} / {d}"
+        );
+        for (k, v) in dobj {
+            match k.as_str() {
+                "lsn" => assert!(ao[k].is_u64(), "{a}"),
+                "points" => assert!(ao[k].is_u64(), "{a}"),
+                _ => assert_eq!(&ao[k], v, "`{k}` differs from the README: {a} / {d}"),
+            }
+        }
+    }
+    let moves = |vs: &[Value]| {
+        let p: Vec<i64> = vs
+            .iter()
+            .filter_map(|v| v.get("points").and_then(Value::as_i64))
+            .collect();
+        p.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        moves(actual),
+        moves(doc),
+        "the balances do not move as the README shows:\n{actual:?}"
+    );
 }
 
 /// Kills the server however the test ends.
@@ -198,6 +267,15 @@ fn the_readme_checkout_examples_run_as_written() {
         decisions >= 1 && problems >= 1,
         "{decisions} decisions, {problems} problems"
     );
+    let flows = flow_examples(&md);
+    assert!(
+        !flows.is_empty(),
+        "the README's points accept-and-refund example"
+    );
+    for (cmd, doc) in &flows {
+        let actual = json_values(&run_example(cmd, &base));
+        check_flow(cmd, &actual, &json_values(doc));
+    }
 }
 
 #[test]

@@ -7,10 +7,13 @@
 //! and conversions through the real attribution book, and reads the real
 //! report. Over many runs:
 //! - A/A (both variants run the same policy): the conversion test's false
-//!   positive rate at 5% stays between 3% and 7%;
+//!   positive rate at 5% stays between 3% and 7%, and so does the value
+//!   test's (`value_lift`: value to the airline per member, net of points
+//!   given away);
 //! - A/B (business-priority ranking against model ranking): the 95% interval
 //!   of the conversion lift covers the true lift, computed from the ground
-//!   truth over the whole population, between 93% and 97% of the time;
+//!   truth over the whole population, between 93% and 97% of the time, and
+//!   so does the interval of the value lift cover the true value lift;
 //! - A/A split into 5 segments (members' segment keys recorded at exposure,
 //!   read back through the segmented report): with Holm's correction the
 //!   family-wise error (any segment "significant" at 5%) is at most 5%,
@@ -35,8 +38,9 @@ const POPULATION: u64 = 40_000;
 const MEMBERS_PER_RUN: usize = 2_000;
 const RUNS: usize = 3_000;
 
-/// Per member and policy: (true accept probability, revenue) of each offer shown.
-type Shown = Vec<(f64, f64)>;
+/// Per member and policy: (true accept probability, revenue, value, points
+/// cost) of each offer shown.
+type Shown = Vec<(f64, f64, f64, f64)>;
 
 struct World {
     control: Vec<Shown>,
@@ -89,7 +93,14 @@ fn build_world() -> World {
                             now,
                             &th,
                         );
-                        (p, o.price.as_ref().map(|p| p.amount).unwrap_or(0.0))
+                        let units = offer.units(it.passengers);
+                        let cpp = engine.catalog.cost_per_point;
+                        (
+                            p,
+                            o.price.as_ref().map(|p| p.amount).unwrap_or(0.0),
+                            offer.net_value(units, cpp),
+                            offer.points_cost(units, cpp),
+                        )
                     })
                     .collect(),
             );
@@ -99,8 +110,16 @@ fn build_world() -> World {
 }
 
 fn p_convert(shown: &Shown) -> f64 {
-    1.0 - shown.iter().map(|(p, _)| 1.0 - p).product::<f64>()
+    1.0 - shown.iter().map(|(p, ..)| 1.0 - p).product::<f64>()
 }
+
+/// Expected value to the airline of a member's offers.
+fn expected_value(shown: &Shown) -> f64 {
+    shown.iter().map(|(p, _, v, _)| p * v).sum()
+}
+
+/// A lift as (absolute, ci_low, ci_high, p).
+type LiftFigures = (f64, f64, f64, f64);
 
 fn spec(run: usize) -> ExperimentSpec {
     parse_experiments(&format!(
@@ -112,8 +131,8 @@ fn spec(run: usize) -> ExperimentSpec {
     .remove(0)
 }
 
-/// Runs one experiment; returns the treatment's conversion lift (absolute, ci_low, ci_high, p).
-fn run_once(world: &World, run: usize, a_a: bool) -> (f64, f64, f64, f64) {
+/// Runs one experiment; returns the treatment's conversion and value lifts.
+fn run_once(world: &World, run: usize, a_a: bool) -> (LiftFigures, LiftFigures) {
     let spec = spec(run);
     let book = ExperimentBook::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(run as u64 * 7919 + a_a as u64);
@@ -132,18 +151,25 @@ fn run_once(world: &World, run: usize, a_a: bool) -> (f64, f64, f64, f64) {
             variant: variant.clone(),
         };
         book.expose(&a, &member_id, 0.0, 0, || None);
-        for (p, price) in shown {
+        for (p, price, value, points_cost) in shown {
             if rng.gen_bool(*p) {
                 book.convert(&a, &member_id, *price, 0);
+                book.add_value(&a, &member_id, *value, *points_cost, 0);
             }
         }
     }
     let r = book.report(&spec, 0);
-    let l = r.variants[1]
+    let figures =
+        |l: &offer_engine::experiments::ReportLift| (l.absolute, l.ci_low, l.ci_high, l.p_value);
+    let conversion = r.variants[1]
         .conversion_lift
-        .clone()
+        .as_ref()
         .expect("both arms have members");
-    (l.absolute, l.ci_low, l.ci_high, l.p_value)
+    let value = r.variants[1]
+        .value_lift
+        .as_ref()
+        .expect("both arms have members and value");
+    (figures(conversion), figures(value))
 }
 
 #[test]
@@ -151,20 +177,39 @@ fn aa_false_positives_and_ab_coverage_are_nominal() {
     let world = world();
     let mean = |v: &Vec<Shown>| v.iter().map(p_convert).sum::<f64>() / v.len() as f64;
     let true_lift = mean(&world.treatment) - mean(&world.control);
-    let mut false_positives = 0;
-    let mut covered = 0;
+    let value_mean = |v: &Vec<Shown>| v.iter().map(expected_value).sum::<f64>() / v.len() as f64;
+    let true_value_lift = value_mean(&world.treatment) - value_mean(&world.control);
+    let (mut false_positives, mut value_false_positives) = (0, 0);
+    let (mut covered, mut value_covered) = (0, 0);
     for run in 0..RUNS {
-        let (_, _, _, p) = run_once(world, run, true);
-        if p < 0.05 {
-            false_positives += 1;
-        }
-        let (_, lo, hi, _) = run_once(world, run + RUNS, false);
-        if lo <= true_lift && true_lift <= hi {
-            covered += 1;
-        }
+        let ((_, _, _, p), (_, _, _, vp)) = run_once(world, run, true);
+        false_positives += (p < 0.05) as usize;
+        value_false_positives += (vp < 0.05) as usize;
+        let ((_, lo, hi, _), (_, vlo, vhi, _)) = run_once(world, run + RUNS, false);
+        covered += (lo <= true_lift && true_lift <= hi) as usize;
+        value_covered += (vlo <= true_value_lift && true_value_lift <= vhi) as usize;
     }
     let fpr = false_positives as f64 / RUNS as f64;
     let coverage = covered as f64 / RUNS as f64;
+    let value_fpr = value_false_positives as f64 / RUNS as f64;
+    let value_coverage = value_covered as f64 / RUNS as f64;
+    eprintln!(
+        "value per member: control {:.2}, treatment {:.2}, true lift {true_value_lift:.2} CNY; A/A false-positive rate {value_fpr:.3}; A/B coverage {value_coverage:.3}",
+        value_mean(&world.control),
+        value_mean(&world.treatment)
+    );
+    assert!(
+        (0.03..=0.07).contains(&value_fpr),
+        "A/A value false-positive rate {value_fpr}"
+    );
+    assert!(
+        (0.93..=0.97).contains(&value_coverage),
+        "A/B value coverage {value_coverage}"
+    );
+    assert!(
+        true_value_lift.abs() > 0.0,
+        "the two policies should differ in value"
+    );
     eprintln!(
         "control conversion {:.4}, treatment {:.4}, true lift {true_lift:.4}; A/A false-positive rate {fpr:.3}; A/B coverage {coverage:.3} ({RUNS} runs of {MEMBERS_PER_RUN} members)",
         mean(&world.control),
@@ -201,7 +246,7 @@ fn run_segmented_aa(world: &World, run: usize) -> (bool, bool) {
         m.tier = Tier::ALL[k % Tier::ALL.len()];
         let keys = SegmentKeys::of(&m, Channel::Checkout, Day(20_000));
         book.expose(&a, &member_id, 0.0, 0, || Some((keys, 0)));
-        for (p, price) in &world.control[idx] {
+        for (p, price, ..) in &world.control[idx] {
             if rng.gen_bool(*p) {
                 book.convert(&a, &member_id, *price, 0);
             }

@@ -572,3 +572,107 @@ fn timeseries_fixtures_match_scipy_and_statsmodels() {
     }
     check.finish();
 }
+
+#[derive(Debug, Deserialize)]
+struct ValueFile {
+    cases: Vec<ValueCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ValueCase {
+    name: String,
+    variants: Vec<String>,
+    control: usize,
+    holdout: Option<usize>,
+    arms: Vec<offer_engine::experiments::ValueArm>,
+    expected: Vec<ValueExpected>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ValueExpected {
+    variant: String,
+    value_mean: f64,
+    value_std_dev: f64,
+    points_cost_per_member: f64,
+    value_lift: Option<Lift>,
+    cuped_value_lift: Option<Lift>,
+    roi: Option<f64>,
+}
+
+/// The experiment report's value figures (value per member, the Welch and
+/// CUPED value lifts, points cost per member, ROI against the holdout)
+/// against numpy / scipy (`value_report.json`).
+#[test]
+fn value_report_fixtures_match_scipy() {
+    use offer_engine::experiments::{add_value_figures, parse_experiments, report_from_arms};
+    let file: ValueFile = serde_json::from_str(&read(&fixture_dir().join("value_report.json")))
+        .expect("value_report.json parses");
+    assert!(file.cases.len() >= 3);
+    let mut check = Checker::default();
+    for case in &file.cases {
+        let mut toml = format!(
+            "[[experiment]]\nid = \"{}\"\nsalt = \"s\"\ntraffic = 1.0\n",
+            case.name
+        );
+        for (i, v) in case.variants.iter().enumerate() {
+            toml.push_str(&format!(
+                "[[experiment.variant]]\nname = \"{v}\"\nweight = 1\ncontrol = {}\nholdout = {}\n",
+                i == case.control,
+                Some(i) == case.holdout
+            ));
+        }
+        let spec = parse_experiments(&toml).unwrap().remove(0);
+        let n = case.variants.len();
+        let mut report = report_from_arms(
+            &spec,
+            &vec![ArmStats::default(); n],
+            &vec![0; n],
+            &[],
+            &[],
+            &[],
+        );
+        add_value_figures(&spec, &mut report, &case.arms);
+        // A report lift in the fixtures' Lift shape.
+        let lift = |l: &Option<offer_engine::experiments::ReportLift>| {
+            l.as_ref().map(|l| Lift {
+                absolute: l.absolute,
+                relative: l.relative,
+                ci_low: l.relative_ci_low,
+                ci_high: l.relative_ci_high,
+                p_value: l.p_value,
+                abs_ci_low: l.ci_low,
+                abs_ci_high: l.ci_high,
+            })
+        };
+        for (row, want) in report.variants.iter().zip(&case.expected) {
+            let what = format!("{}/{}", case.name, want.variant);
+            assert_eq!(row.variant, want.variant);
+            let v = row.value_per_member.as_ref().expect("value per member");
+            check.close(&format!("{what}: value mean"), v.mean, want.value_mean);
+            check.close(&format!("{what}: value sd"), v.std_dev, want.value_std_dev);
+            check.close(
+                &format!("{what}: points cost"),
+                row.points_cost_per_member.unwrap_or(f64::NAN),
+                want.points_cost_per_member,
+            );
+            check.lift(
+                &format!("{what}: value_lift"),
+                lift(&row.value_lift),
+                &want.value_lift,
+            );
+            check.lift(
+                &format!("{what}: cuped_value_lift"),
+                lift(&row.cuped_value_lift),
+                &want.cuped_value_lift,
+            );
+            match (row.roi, want.roi) {
+                (Some(g), Some(w)) => check.close(&format!("{what}: roi"), g, w),
+                (None, None) => check.checked += 1,
+                (g, w) => check
+                    .failures
+                    .push(format!("{what}: roi got {g:?}, want {w:?}")),
+            }
+        }
+    }
+    check.finish();
+}

@@ -63,9 +63,13 @@ pub struct CampaignArgs {
     /// Offers per member.
     #[arg(long, default_value_t = 3)]
     pub offers: usize,
-    /// Campaign date YYYY-MM-DD (default today).
+    /// Campaign date YYYY-MM-DD (default today, or the day of --send-at).
     #[arg(long)]
     pub date: Option<String>,
+    /// When the messages go out, RFC 3339 (default: the run time, or the
+    /// start of --date); offers stay acceptable for the channel's validity from it.
+    #[arg(long)]
+    pub send_at: Option<String>,
     /// Most members written.
     #[arg(long)]
     pub limit: Option<u64>,
@@ -177,6 +181,7 @@ pub fn run(a: CampaignArgs) -> anyhow::Result<()> {
         tags: a.tags.clone(),
         offers: Some(a.offers),
         date: a.date.clone(),
+        send_at: a.send_at.clone(),
         limit: a.limit,
         campaign_id: a.campaign_id.clone(),
     };

@@ -20,6 +20,10 @@ pub struct GenArgs {
     /// Date the population is as of (YYYY-MM-DD; default today).
     #[arg(long)]
     pub as_of: Option<String>,
+    /// Writes each member's spend and flights by month (`monthly`) over the
+    /// 12 months ending with the month of --as-of, not only the totals.
+    #[arg(long)]
+    pub monthly: bool,
 }
 
 /// Runs `gen-members`.
@@ -27,7 +31,15 @@ pub fn run(a: GenArgs) -> anyhow::Result<()> {
     let as_of = crate::synth::as_of_or_today(a.as_of.as_deref(), chrono::Utc::now().date_naive())
         .map_err(anyhow::Error::msg)?;
     let mut w = super::open_output(&a.out)?;
-    for line in crate::synth::population_lines(a.seed, a.count, as_of, TierThresholds::default()) {
+    let th = TierThresholds::default();
+    let lines: Box<dyn Iterator<Item = String>> = if a.monthly {
+        Box::new(crate::synth::population_lines_monthly(
+            a.seed, a.count, as_of, th,
+        ))
+    } else {
+        Box::new(crate::synth::population_lines(a.seed, a.count, as_of, th))
+    };
+    for line in lines {
         w.write_all(line.as_bytes())?;
         w.write_all(b"\n")?;
     }

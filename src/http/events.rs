@@ -1,5 +1,5 @@
 //! `POST /v1/events`: outcome events (impression, click, accept, decline,
-//! fulfilled), one or a batch. A batch is all-or-nothing: every event is
+//! fulfilled, refunded), one or a batch. A batch is all-or-nothing: every event is
 //! checked, accepts reserve their offer and inventory, the batch is logged as
 //! one record, and only once it is durable is it applied and answered 202.
 //!
@@ -33,8 +33,8 @@ pub use crate::service::outcomes::EventsAccepted;
         (status = 415, description = "not JSON", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "a field is invalid (named in `field`), or the `Idempotency-Key` was used with a different request", body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "unknown decision", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "already accepted or sold out; a fulfilment without an accept, or a second one", body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 410, description = "the offer expired (a fulfilment: the attribution window closed)", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already accepted, sold out, or the member's points no longer cover the points price; a fulfilment or refund without an accept, or a second one", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the offer expired (a fulfilment or refund: the attribution window closed)", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
 )]
 #[tracing::instrument(name = "post_events", skip_all)]

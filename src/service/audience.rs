@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::catalog::Offer;
 use crate::decision::{Constraints, Engine, RankedOffer, VariantPolicy};
-use crate::domain::{Channel, Day, Itinerary};
+use crate::domain::{Channel, Day, Itinerary, Member};
 use crate::records::{inventory_key, IssuedOffer};
 use crate::state::ledger::Ledger;
 
@@ -23,6 +23,14 @@ pub struct Audience<'a> {
     itinerary: Option<&'a Itinerary>,
     /// Offers the member may still be shown today on the channel.
     remaining: usize,
+    /// The member (for the inventory units kept for some tiers or segments).
+    member: Option<&'a Member>,
+    /// Today.
+    day: Day,
+    /// Member id.
+    member_id: &'a str,
+    /// The calendar year of now (an upgrade voucher's period).
+    year: i32,
 }
 
 /// Who is asking, on which channel, when.
@@ -70,7 +78,18 @@ impl<'a> Audience<'a> {
             suppressed,
             itinerary: ask.itinerary,
             remaining,
+            member: None,
+            day: Day(crate::state::day_of_ms(ask.now_ms)),
+            member_id: ask.member_id,
+            year: crate::records::voucher_year(ask.now_ms),
         }
+    }
+
+    /// The same audience knowing the member: inventory units an offer
+    /// keeps for tiers or value segments count as left only for its members.
+    pub fn for_member(mut self, member: Option<&'a Member>) -> Audience<'a> {
+        self.member = member;
+        self
     }
 
     /// A holdout member: shown nothing, recorded as exposed.
@@ -92,6 +111,10 @@ impl<'a> Audience<'a> {
             suppressed: Vec::new(),
             itinerary: self.itinerary,
             remaining: self.remaining,
+            member: self.member,
+            day: self.day,
+            member_id: self.member_id,
+            year: self.year,
         }
     }
 }
@@ -112,12 +135,18 @@ impl Constraints for Audience<'_> {
             self.ledger,
             self.itinerary.and_then(|it| inventory_key(offer, it)),
         ) {
-            (Some(l), Some((key, cap))) => l.in_stock(&offer.id, &key, cap),
+            (Some(l), Some((key, cap))) => {
+                l.in_stock(&offer.id, &key, offer.cap_for(cap, self.member, self.day))
+            }
             _ => true,
         }
     }
     fn remaining_contacts(&self) -> usize {
         self.remaining
+    }
+    fn voucher_unused(&self) -> bool {
+        self.ledger
+            .is_none_or(|l| !l.voucher_used(self.member_id, self.year))
     }
 }
 

@@ -73,9 +73,15 @@ pub struct CampaignDto {
     /// Offers per member, 1 to 10 (default 3).
     #[serde(default)]
     pub offers: Option<usize>,
-    /// Campaign date, YYYY-MM-DD (default today): offers must be valid on it.
+    /// Campaign date, YYYY-MM-DD (default today, or the day of `send_at`):
+    /// offers must be valid on it.
     #[serde(default)]
     pub date: Option<String>,
+    /// When the messages go out (RFC 3339; default: when the campaign is
+    /// decided, now or the start of `date`): each offer stays acceptable for
+    /// the channel's validity counted from it, never past the offer's window.
+    #[serde(default)]
+    pub send_at: Option<String>,
     /// Most members written.
     #[serde(default)]
     pub limit: Option<u64>,
@@ -175,6 +181,8 @@ pub struct Campaign {
     pub date: NaiveDate,
     /// Decision instant (now on the day it runs, else the start of the campaign day).
     pub now: DateTime<Utc>,
+    /// Send time: validity is counted from it (at or after `now`, on the campaign day).
+    pub send_at: DateTime<Utc>,
     /// Most members written.
     pub limit: Option<u64>,
 }
@@ -274,8 +282,21 @@ impl CampaignDto {
             errs.push(FieldError::new("offers", "must be from 1 to 10"));
         }
         let today = now.date_naive();
+        let send_at = match &self.send_at {
+            None => None,
+            Some(s) => match DateTime::parse_from_rfc3339(s) {
+                Ok(t) => Some(t.with_timezone(&Utc)),
+                Err(_) => {
+                    errs.push(FieldError::new(
+                        "send_at",
+                        "must be an RFC 3339 instant such as 2026-12-01T08:00:00Z",
+                    ));
+                    None
+                }
+            },
+        };
         let date = match &self.date {
-            None => today,
+            None => send_at.map_or(today, |t| t.date_naive()),
             Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap_or_else(|_| {
                 errs.push(FieldError::new("date", "must be YYYY-MM-DD"));
                 today
@@ -323,6 +344,19 @@ impl CampaignDto {
         } else {
             date.and_time(chrono::NaiveTime::MIN).and_utc()
         };
+        let send_at = match send_at {
+            None => decided_at,
+            Some(t) if t.date_naive() != date => {
+                return Err(vec![FieldError::new(
+                    "send_at",
+                    format!("is not on the campaign date {date}"),
+                )])
+            }
+            Some(t) if t < decided_at => {
+                return Err(vec![FieldError::new("send_at", "is in the past")])
+            }
+            Some(t) => t,
+        };
         Ok(Campaign {
             id,
             filter,
@@ -330,6 +364,7 @@ impl CampaignDto {
             offers,
             date,
             now: decided_at,
+            send_at,
             limit: self.limit,
         })
     }
@@ -386,7 +421,42 @@ struct Line<'a> {
     member_id: &'a str,
     decision_id: &'a str,
     experiments: &'a [Assignment],
+    /// What a message template needs about the member; names and addresses
+    /// are not here (the engine holds none): the template joins them from
+    /// the CRM by `member_id`.
+    member: MemberFields,
     offers: Vec<OfferOut<'a>>,
+}
+
+/// The member facts a campaign line carries for the message template.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberFields {
+    /// Tier.
+    pub tier: Tier,
+    /// Points balance.
+    pub points: u32,
+    /// The next tier up (null at the top).
+    pub next_tier: Option<Tier>,
+    /// Qualifying spend still needed for the next tier, whole CNY (tiers are
+    /// earned by qualifying spend over the rolling 12 months; null at the top).
+    pub spend_to_next_tier_cny: Option<u64>,
+    /// Value segment: `high-value`, `potential` or `low-value`.
+    pub value_segment: &'static str,
+}
+
+impl MemberFields {
+    /// The fields of `m` on `today`.
+    pub fn of(m: &Member, today: Day, th: &crate::domain::TierThresholds) -> MemberFields {
+        let spend = m.qualifying_spend_12m as f64;
+        MemberFields {
+            tier: m.tier,
+            points: m.points,
+            next_tier: m.tier.next(),
+            spend_to_next_tier_cny: features::spend_to_next_tier(m, th)
+                .map(|gap| features::whole_cny_gap(spend, gap)),
+            value_segment: features::segment(m, today).value.as_str(),
+        }
+    }
 }
 
 /// What a scored block produced.
@@ -550,7 +620,9 @@ pub const BLOCK: usize = 1024;
 
 /// The CSV header for `offers` offers per row.
 pub fn csv_header(offers: usize) -> String {
-    let mut h = String::from("member_id,decision_id,experiments");
+    let mut h = String::from(
+        "member_id,decision_id,experiments,tier,points,next_tier,spend_to_next_tier_cny,value_segment",
+    );
     for k in 1..=offers {
         for f in [
             "id",
@@ -599,6 +671,13 @@ fn write_line(out: &mut Vec<u8>, format: Format, offers_per_row: usize, line: &L
                 .map(|a| format!("{}={}", a.experiment, a.variant))
                 .collect();
             csv_field(out, &exps.join(";"));
+            let m = &line.member;
+            csv_field(out, m.tier.as_str());
+            csv_field(out, &m.points.to_string());
+            csv_field(out, m.next_tier.map_or("", |t| t.as_str()));
+            let gap = m.spend_to_next_tier_cny.map(|g| g.to_string());
+            csv_field(out, gap.as_deref().unwrap_or(""));
+            csv_field(out, m.value_segment);
             for k in 0..offers_per_row {
                 match line.offers.get(k) {
                     Some(o) => {
@@ -733,7 +812,12 @@ fn score_block(
                 crate::model::sigmoid(zrow[k] + plan.bias[k])
             }
         };
-        let d = decide_scored(engine, &input, &audience, Some(&cands), score);
+        let mut d = decide_scored(engine, &input, &audience, Some(&cands), score);
+        // Validity runs from the send time on the campaign's channel.
+        for o in &mut d.offers {
+            let offer = &engine.catalog.offers[o.index];
+            o.expires_at = crate::decision::expiry_from(offer, c.channel, c.send_at, None);
+        }
         let left_out = if !d.offers.is_empty() {
             None
         } else if audience.remaining_contacts() == 0 {
@@ -776,6 +860,7 @@ fn score_block(
                 member_id: id,
                 decision_id: &decision_id,
                 experiments: &assignments,
+                member: MemberFields::of(m, Day::from_date(c.date), &engine.thresholds),
                 offers: d
                     .offers
                     .into_iter()

@@ -69,7 +69,8 @@ impl Service {
                 daily_cap: settings.contact.max_offers_per_day.of(request.channel) as usize,
                 now_ms,
             },
-        );
+        )
+        .for_member(member.as_ref());
         let policy = &audience.policy;
         let table = policy.table.clone();
         let mut input = DecisionInput {

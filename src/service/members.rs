@@ -10,7 +10,7 @@ use crate::domain::{Day, FieldError, Member, MemberRecord};
 use crate::durable::LogError;
 use crate::events::{MemberChange, MemberEventDto};
 use crate::state::members::{read_member_lines, LoadReport};
-use crate::state::{LogRecord, MemberWire};
+use crate::state::{LogRecord, MemberWireV2};
 
 /// Why a member write was refused. Nothing of it was applied.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ impl Service {
     /// Creates or replaces a member's whole record.
     pub async fn put_member(&self, id: &str, m: &Member) -> Result<MemberWritten, MemberError> {
         let existed = self.member(id).is_some();
-        let rec = LogRecord::Members(vec![(id.to_string(), MemberWire::from(m))]);
+        let rec = LogRecord::MembersV2(vec![(id.to_string(), MemberWireV2::from(m))]);
         let lsn = self.durable().commit(rec, "put").await?;
         Ok(MemberWritten { existed, lsn })
     }
@@ -79,12 +79,12 @@ impl Service {
         let mut good = Vec::new();
         let report = read_member_lines(
             text.lines().map(Ok::<_, std::convert::Infallible>),
-            |id, m| good.push((id, MemberWire::from(&m))),
+            |id, m| good.push((id, MemberWireV2::from(&m))),
         )
         .unwrap_or_else(|never| match never {});
         if !good.is_empty() {
             self.durable()
-                .commit(LogRecord::Members(good), "bulk")
+                .commit(LogRecord::MembersV2(good), "bulk")
                 .await?;
         }
         Ok(report)

@@ -1,7 +1,13 @@
-//! Outcomes: impressions, clicks, accepts, declines and fulfilments, one or
-//! a batch. A batch is all-or-nothing: every event is checked, accepts
-//! reserve their offer and inventory, the batch is committed as one record,
-//! and only once it is applied is it answered.
+//! Outcomes: impressions, clicks, accepts, declines, fulfilments and
+//! refunds, one or a batch. A batch is all-or-nothing: every event is
+//! checked, accepts reserve their offer and inventory, the batch is
+//! committed as one record, and only once it is applied is it answered.
+//!
+//! An accept of a points-priced offer redeems the quoted points in the same
+//! record. The balance is checked here, but decided at apply, in log order:
+//! of two accepts that both passed the check, the one applied second is
+//! refused there if the balance no longer covers it (409), and nothing of its
+//! batch is applied. A refund is decided there the same way (once).
 //!
 //! A fulfilment (the accepted upgrade flown, weeks later) is checked against
 //! the adaptive models' memory of the decision, which lasts the attribution
@@ -17,9 +23,10 @@ use crate::domain::{FieldError, Money};
 use crate::durable::LogError;
 use crate::events::{OutcomeEventDto, OutcomeKind, OutcomeRecord};
 use crate::parse::parse_instant;
+use crate::records::OutcomeRecordV2;
 use crate::state::learner::{Fulfilment, FulfilmentError};
-use crate::state::ledger::{Ledger, LiveDecision, ReserveError};
-use crate::state::LogRecord;
+use crate::state::ledger::{taken_key, Ledger, LiveDecision, ReserveError};
+use crate::state::{LogRecord, Refusal};
 
 /// Why a batch of outcomes was refused. Nothing of it was applied.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +43,8 @@ pub enum OutcomeError {
         /// Why.
         detail: String,
     },
-    /// Already accepted, sold out, fulfilled twice or never accepted.
+    /// Already accepted, sold out, points no longer covered, fulfilled or
+    /// refunded twice, or never accepted.
     #[error("{field}: {detail}")]
     Conflict {
         /// The field at fault.
@@ -116,7 +124,10 @@ impl Service {
             ledger: ledger.clone(),
             held: Vec::new(),
         };
-        let mut records = Vec::with_capacity(events.len());
+        let mut records: Vec<OutcomeRecordV2> = Vec::with_capacity(events.len());
+        // Points each member's accepts in this batch redeem (checked
+        // against the balance here; decided at apply, in log order).
+        let mut points_due: std::collections::HashMap<String, u64> = Default::default();
         // Every 422 of the batch is reported at once; a 404, 409 or 410
         // stops the check there (answered with the 422s found so far, if any).
         let mut invalid: Vec<FieldError> = Vec::new();
@@ -159,14 +170,40 @@ impl Service {
                 if invalid.len() > before {
                     continue;
                 }
-                if records.iter().any(|r: &OutcomeRecord| {
-                    r.kind == OutcomeKind::Fulfilled
-                        && r.decision_id == record.decision_id
-                        && r.offer_id == record.offer_id
+                if records.iter().any(|r| {
+                    r.outcome.kind == OutcomeKind::Fulfilled
+                        && r.outcome.decision_id == record.decision_id
+                        && r.outcome.offer_id == record.offer_id
                 }) {
                     let twice = OutcomeError::Conflict {
                         field: field("offer_id"),
                         detail: "fulfilled twice in this batch".into(),
+                    };
+                    return Err(stop(&mut invalid, twice));
+                }
+                records.push(record.into());
+                continue;
+            }
+            if e.kind == OutcomeKind::Refunded {
+                let record = match self.refund(e, &field, now_ms, client_at_ms) {
+                    Ok(r) => r,
+                    Err(OutcomeError::Invalid(v)) => {
+                        invalid.extend(v);
+                        continue;
+                    }
+                    Err(err) => return Err(stop(&mut invalid, err)),
+                };
+                if invalid.len() > before {
+                    continue;
+                }
+                if records.iter().any(|r| {
+                    r.outcome.kind == OutcomeKind::Refunded
+                        && r.outcome.decision_id == record.outcome.decision_id
+                        && r.outcome.offer_id == record.outcome.offer_id
+                }) {
+                    let twice = OutcomeError::Conflict {
+                        field: field("offer_id"),
+                        detail: "refunded twice in this batch".into(),
                     };
                     return Err(stop(&mut invalid, twice));
                 }
@@ -220,13 +257,69 @@ impl Service {
                 return Err(stop(&mut invalid, expired));
             }
             let mut revenue = 0.0;
+            let (mut value, mut points, mut points_cost) = (0.0, 0u64, 0.0);
+            let mut inventory = issued.inventory.clone();
+            let mut voucher = false;
             if e.kind == OutcomeKind::Accept {
                 let quoted = issued.price.as_ref();
                 check_revenue(quoted, e.revenue.as_ref(), &field, &mut invalid);
                 revenue = quoted.map(|q| q.amount).unwrap_or(0.0);
+                if let Some((_, offer)) = catalog.get(&issued.offer_id) {
+                    voucher = offer.uses_voucher;
+                    let units = offer.units_quoted(quoted.map(|q| q.amount), issued.points_price);
+                    value = offer.net_value(units, catalog.cost_per_point);
+                    points_cost = offer.points_cost(units, catalog.cost_per_point);
+                }
+                let year = crate::records::voucher_year(now_ms);
+                if voucher
+                    && invalid.is_empty()
+                    && (ledger.voucher_used(&d.record.member_id, year)
+                        || records
+                            .iter()
+                            .any(|r| r.voucher && r.outcome.member_id == d.record.member_id))
+                {
+                    return Err(OutcomeError::Conflict {
+                        field: field("offer_id"),
+                        detail: format!("the member's upgrade voucher for {year} is used"),
+                    });
+                }
+                points = issued.points_price.unwrap_or(0);
+                if points > 0 && invalid.is_empty() {
+                    let balance = self
+                        .state()
+                        .members()
+                        .get(&d.record.member_id)
+                        .map(|m| m.points as u64)
+                        .unwrap_or(0);
+                    let due = points_due.entry(d.record.member_id.clone()).or_insert(0);
+                    if balance < *due + points {
+                        return Err(OutcomeError::Conflict {
+                            field: field("offer_id"),
+                            detail: format!(
+                                "the member's {} points no longer cover the {} points price",
+                                balance.saturating_sub(*due),
+                                points
+                            ),
+                        });
+                    }
+                    *due += points;
+                }
+                // The part of the cap this member may take (less units kept
+                // for tiers or segments they are not in); the record carries
+                // it, and apply decides against it in log order.
+                if let Some((key, cap)) = &issued.inventory {
+                    let member = self.state().members().get(&d.record.member_id);
+                    let day = crate::domain::Day::of(now);
+                    let cap = catalog
+                        .get(&issued.offer_id)
+                        .map(|(_, o)| o.cap_for(*cap, member.as_ref(), day))
+                        .unwrap_or(*cap);
+                    inventory = Some((key.clone(), cap));
+                }
                 // Nothing is reserved for a batch that will be refused.
                 if invalid.is_empty() {
-                    match ledger.reserve_accept(&d, pos) {
+                    let cap = inventory.as_ref().map(|(_, c)| *c).unwrap_or(0);
+                    match ledger.reserve_accept_within(&d, pos, cap) {
                         Ok(()) => reservations.held.push((d.clone(), pos)),
                         Err(ReserveError::AlreadyAccepted) => {
                             return Err(OutcomeError::Conflict {
@@ -251,20 +344,26 @@ impl Service {
             if invalid.len() > before {
                 continue;
             }
-            records.push(OutcomeRecord {
-                decision_id: e.decision_id,
-                offer_pos: pos as u8,
-                offer_id: e.offer_id,
-                member_id: d.record.member_id.clone(),
-                kind: e.kind,
-                revenue,
-                at_ms: now_ms,
-                client_at_ms,
-                inventory: issued.inventory.clone(),
-                suppress_days: issued.suppress_days,
-                experiments: d.record.experiments.clone(),
-                learn: e.kind == OutcomeKind::Accept
-                    && reward_on(&d.record.offers[pos].offer_id) == RewardOn::Accept,
+            records.push(OutcomeRecordV2 {
+                outcome: OutcomeRecord {
+                    decision_id: e.decision_id,
+                    offer_pos: pos as u8,
+                    offer_id: e.offer_id,
+                    member_id: d.record.member_id.clone(),
+                    kind: e.kind,
+                    revenue,
+                    at_ms: now_ms,
+                    client_at_ms,
+                    inventory,
+                    suppress_days: issued.suppress_days,
+                    experiments: d.record.experiments.clone(),
+                    learn: e.kind == OutcomeKind::Accept
+                        && reward_on(&d.record.offers[pos].offer_id) == RewardOn::Accept,
+                },
+                value,
+                points,
+                points_cost,
+                voucher,
             });
         }
         if !invalid.is_empty() {
@@ -273,22 +372,133 @@ impl Service {
         let n = records.len();
         let pending = self
             .durable()
-            .commit(LogRecord::Outcomes(records), "outcomes");
+            .commit_applied(LogRecord::OutcomesV2(records), "outcomes");
         // The write is queued. Its outcome is awaited in a task of its own,
         // which also owns the reservations: if the client goes away the write
         // still completes, and the reservations are released only if it
-        // failed (never after a commit, which would free a unit twice).
+        // failed or was refused at apply (never after a commit, which would
+        // free a unit twice).
         let outcome = tokio::spawn(async move {
             let result = pending.await;
-            if result.is_ok() {
+            if matches!(&result, Ok((_, applied)) if applied.refused.is_none()) {
                 reservations.held.clear();
             }
             result
         })
         .await
         .map_err(|e| LogError::Unavailable(format!("event write task failed: {e}")))?;
-        let lsn = outcome?;
+        let (lsn, applied) = outcome?;
+        if let Some((i, why)) = applied.refused {
+            let field = if batch {
+                format!("[{i}].offer_id")
+            } else {
+                "offer_id".to_string()
+            };
+            return Err(refusal_error(field, why));
+        }
         Ok(EventsAccepted { accepted: n, lsn })
+    }
+
+    /// Checks a `refunded` event and makes its record: the offer must have
+    /// a durable accept held (through the attribution window), not refunded
+    /// yet, the window open, and the token the accept's. The record carries
+    /// what the accept took; apply gives it back (and decides, in log
+    /// order, between two refunds that raced past this check).
+    fn refund(
+        &self,
+        e: OutcomeEventDto,
+        field: &dyn Fn(&str) -> String,
+        now_ms: i64,
+        client_at_ms: Option<i64>,
+    ) -> Result<OutcomeRecordV2, OutcomeError> {
+        let mut invalid = Vec::new();
+        if e.revenue.is_some() {
+            invalid.push(FieldError::new(
+                field("revenue"),
+                "only an accept carries revenue (a refund gives back the accept's)",
+            ));
+        }
+        let state = self.state();
+        let Some(t) = state
+            .ledger()
+            .taken(&taken_key(&e.decision_id, &e.offer_id))
+        else {
+            return Err(match state.ledger().decision(&e.decision_id, i64::MIN) {
+                Some(d) if d.record.offers.iter().any(|o| o.offer_id == e.offer_id) => {
+                    OutcomeError::Conflict {
+                        field: field("offer_id"),
+                        detail: "this offer was not accepted in that decision".into(),
+                    }
+                }
+                Some(_) => {
+                    FieldError::new(field("offer_id"), "this offer was not in that decision").into()
+                }
+                None => OutcomeError::UnknownDecision {
+                    field: field("decision_id"),
+                    detail: "no accept of this offer is held for that decision (unknown, or past the attribution window)".into(),
+                },
+            });
+        };
+        match (&e.token, &t.issued) {
+            (None, _) => invalid.push(FieldError::new(
+                field("token"),
+                "a refund must carry the offer's token from the decision",
+            )),
+            (Some(token), Some(issued)) => {
+                if let Err(err) = self
+                    .security()
+                    .tokens
+                    .verify(token, &issued.terms(&e.decision_id, &t.member_id))
+                {
+                    invalid.push(FieldError::new(field("token"), err.to_string()));
+                }
+            }
+            (Some(_), None) => invalid.push(FieldError::new(
+                field("token"),
+                "cannot be checked: the decision's terms were no longer held when it was accepted",
+            )),
+        }
+        if !invalid.is_empty() {
+            return Err(OutcomeError::Invalid(invalid));
+        }
+        if t.refunded {
+            return Err(OutcomeError::Conflict {
+                field: field("offer_id"),
+                detail: "already refunded".into(),
+            });
+        }
+        let closes = t.decision_created_ms + state.refund_window_ms();
+        if now_ms > closes {
+            return Err(OutcomeError::Expired {
+                field: field("decision_id"),
+                detail: format!(
+                    "the attribution window for refunds closed at {}",
+                    crate::render::rfc3339(
+                        DateTime::from_timestamp_millis(closes).unwrap_or_default()
+                    )
+                ),
+            });
+        }
+        Ok(OutcomeRecordV2 {
+            outcome: OutcomeRecord {
+                decision_id: e.decision_id,
+                offer_pos: t.offer_pos,
+                offer_id: e.offer_id,
+                member_id: t.member_id.clone(),
+                kind: OutcomeKind::Refunded,
+                revenue: t.revenue,
+                at_ms: now_ms,
+                client_at_ms,
+                inventory: t.inventory.clone(),
+                suppress_days: 0,
+                experiments: t.experiments.clone(),
+                learn: false,
+            },
+            value: t.value,
+            points: t.points,
+            points_cost: t.points_cost,
+            voucher: t.voucher_year.is_some(),
+        })
     }
 
     /// Checks a `fulfilled` event and makes its record. The decision must
@@ -368,6 +578,37 @@ impl Service {
             .tokens
             .verify(token, &issued.terms(&d.record.id, &d.record.member_id))
             .map_err(|err| FieldError::new(field, err.to_string()))
+    }
+}
+
+/// The answer to a batch refused at apply: what was checked before logging
+/// no longer held in log order.
+fn refusal_error(field: String, why: Refusal) -> OutcomeError {
+    match why {
+        Refusal::Points { balance, due } => OutcomeError::Conflict {
+            field,
+            detail: format!("the member's {balance} points no longer cover the {due} points price"),
+        },
+        Refusal::NotAccepted => OutcomeError::Conflict {
+            field,
+            detail: "this offer was not accepted in that decision".into(),
+        },
+        Refusal::AlreadyRefunded => OutcomeError::Conflict {
+            field,
+            detail: "already refunded".into(),
+        },
+        Refusal::VoucherUsed => OutcomeError::Conflict {
+            field,
+            detail: "the member's upgrade voucher for the year is used".into(),
+        },
+        Refusal::SoldOut => OutcomeError::Conflict {
+            field,
+            detail: "sold out".into(),
+        },
+        Refusal::WindowClosed => OutcomeError::Expired {
+            field,
+            detail: "the attribution window for refunds closed".into(),
+        },
     }
 }
 

@@ -15,6 +15,7 @@ use crate::domain::Tier;
 use crate::stats::ArmStats;
 use dashmap::DashMap;
 pub use offer_engine_core::experiments::*;
+use serde::{Deserialize, Serialize};
 /// Attribution state of one experiment.
 struct ExperimentState {
     /// Variant names, by slot (in the order first seen).
@@ -30,8 +31,34 @@ struct ExperimentState {
     /// Running minimum of the always-valid p-value per variant (f64 bits).
     sequential_min: Vec<AtomicU64>,
     /// Per log day with activity, the variants' statistics at its end (by
-    /// slot; the last day mirrors `arms`). Locked after `arms`, never before.
+    /// slot): members and conversions as in `arms`, and in the revenue
+    /// fields the accepts' value to the airline (as in `value_arms`), which
+    /// is what the time series reports. Locked after `arms` and
+    /// `value_arms`, never before.
     days: Mutex<VecDeque<(i32, Vec<ArmStats>)>>,
+    /// Member → value and points cost of their accepts (members with none
+    /// are not held: most exposed members never accept).
+    values: DashMap<Box<str>, MemberValue, ahash::RandomState>,
+    /// Per-variant value statistics, kept up to date like `arms`.
+    value_arms: Mutex<Vec<ValueArm>>,
+}
+
+/// A member's accepted value and the cost of the points their accepts gave away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberValue {
+    /// Value to the airline (net of points given away), CNY.
+    pub value: f64,
+    /// Cost of the points given away, CNY.
+    pub points_cost: f64,
+}
+
+/// One experiment's values in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueSnapshot {
+    /// Experiment id.
+    pub experiment: String,
+    /// Member → value, members with a value only.
+    pub members: Vec<(String, MemberValue)>,
 }
 
 impl ExperimentState {
@@ -45,6 +72,8 @@ impl ExperimentState {
             decliners: (0..n).map(|_| AtomicU64::new(0)).collect(),
             sequential_min: (0..n).map(|_| AtomicU64::new(1f64.to_bits())).collect(),
             days: Mutex::new(VecDeque::new()),
+            values: super::members::growing_map(super::members::fixed_hasher()),
+            value_arms: Mutex::new(vec![ValueArm::default(); n]),
         }
     }
 
@@ -52,7 +81,17 @@ impl ExperimentState {
     /// history (`arms` is the locked current statistics). Log time never
     /// goes back, so only the last day changes; a new day starts from every
     /// slot's current figures.
-    fn record_day(&self, arms: &[ArmStats], v: usize, day: i32) {
+    fn record_day(&self, arms: &[ArmStats], values: &[ValueArm], v: usize, day: i32) {
+        // Members and conversions from the arm, value from the value arm.
+        let row_of = |i: usize| {
+            let mut s = arms[i].clone();
+            if let Some(val) = values.get(i) {
+                s.revenue_sum = val.stats.revenue_sum;
+                s.revenue_sum_sq = val.stats.revenue_sum_sq;
+                s.covariate_revenue_sum = val.stats.covariate_revenue_sum;
+            }
+            s
+        };
         let slots = self
             .variants
             .read()
@@ -66,12 +105,12 @@ impl ExperimentState {
                 if row.len() < slots {
                     row.resize(slots, ArmStats::default());
                 }
-                if let (Some(r), Some(a)) = (row.get_mut(v), arms.get(v)) {
-                    *r = a.clone();
+                if let Some(r) = row.get_mut(v).filter(|_| v < arms.len()) {
+                    *r = row_of(v);
                 }
             }
             _ => {
-                days.push_back((day, arms[..slots].to_vec()));
+                days.push_back((day, (0..slots).map(row_of).collect()));
                 while days.len() > MAX_TIMESERIES_DAYS {
                     days.pop_front();
                 }
@@ -192,7 +231,9 @@ impl ExperimentBook {
         if change.new_member {
             let mut arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
             arms[v].add_member(false, 0.0, covariate as f64);
-            st.record_day(&arms, v, day_of(at_ms));
+            let mut values = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+            values[v].stats.add_member(false, 0.0, covariate as f64);
+            st.record_day(&arms, &values, v, day_of(at_ms));
         }
         change
     }
@@ -248,6 +289,9 @@ impl ExperimentBook {
                     .map(|k| format!("erased-{at_ms}-{k}"))
                     .find(|k| !st.members.contains_key(k.as_str()))
                     .unwrap_or_default();
+                if let Some((_, v)) = st.values.remove(member) {
+                    st.values.insert(anon.as_str().into(), v);
+                }
                 st.members.insert(anon.into(), e);
                 n += 1;
             }
@@ -277,8 +321,8 @@ impl ExperimentBook {
     }
 
     /// Records an accept attributed to a member in an experiment at log
-    /// time `at_ms`; `revenue` is the conversion's value (what the report's
-    /// revenue figures and the time series' value add up).
+    /// time `at_ms`; `revenue` is the accepted revenue (the report's revenue
+    /// figures; the value to the airline comes with [`ExperimentBook::add_value`]).
     pub fn convert(&self, a: &Assignment, member: &str, revenue: f64, at_ms: i64) -> Change {
         let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {
             return Change::default();
@@ -304,8 +348,131 @@ impl ExperimentBook {
         arm.revenue_sum += revenue;
         arm.revenue_sum_sq += new * new - old * old;
         arm.covariate_revenue_sum += cov * revenue;
-        st.record_day(&arms, v, day_of(at_ms));
+        let values = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+        st.record_day(&arms, &values, v, day_of(at_ms));
         change
+    }
+
+    /// Adds an accept's value and points cost to a member exposed in the
+    /// experiment (negative amounts: a refund) at log time `at_ms`.
+    pub fn add_value(
+        &self,
+        a: &Assignment,
+        member: &str,
+        value: f64,
+        points_cost: f64,
+        at_ms: i64,
+    ) {
+        if value == 0.0 && points_cost == 0.0 {
+            return;
+        }
+        let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {
+            return;
+        };
+        let Some((v, cov)) = st
+            .members
+            .get(member)
+            .map(|e| (e.variant as usize, e.covariate as f64))
+        else {
+            return;
+        };
+        let (old, new) = {
+            let mut e = st.values.entry(member.into()).or_default();
+            let old = e.value;
+            e.value += value;
+            e.points_cost += points_cost;
+            (old, e.value)
+        };
+        let arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
+        let mut values = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(arm) = values.get_mut(v) else {
+            return;
+        };
+        arm.stats.revenue_sum += value;
+        arm.stats.revenue_sum_sq += new * new - old * old;
+        arm.stats.covariate_revenue_sum += cov * value;
+        arm.points_cost_sum += points_cost;
+        st.record_day(&arms, &values, v, day_of(at_ms));
+    }
+
+    /// Reverses a refunded accept: its revenue, value and points cost (the
+    /// member stays converted: they did accept).
+    pub fn refund(
+        &self,
+        a: &Assignment,
+        member: &str,
+        revenue: f64,
+        value: f64,
+        points_cost: f64,
+        at_ms: i64,
+    ) {
+        self.add_value(a, member, -value, -points_cost, at_ms);
+        let Some(st) = self.experiments.get(&a.experiment).map(|s| s.clone()) else {
+            return;
+        };
+        let Some(mut e) = st.members.get_mut(member) else {
+            return;
+        };
+        let v = e.variant as usize;
+        let (old, cov) = (e.revenue, e.covariate as f64);
+        e.revenue -= revenue;
+        let new = e.revenue;
+        drop(e);
+        let mut arms = st.arms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(arm) = arms.get_mut(v) {
+            arm.revenue_sum -= revenue;
+            arm.revenue_sum_sq += new * new - old * old;
+            arm.covariate_revenue_sum -= cov * revenue;
+        }
+    }
+
+    /// Every experiment's member values, for a snapshot.
+    pub fn value_snapshot(&self) -> Vec<ValueSnapshot> {
+        self.experiments
+            .iter()
+            .map(|e| ValueSnapshot {
+                experiment: e.key().clone(),
+                members: e
+                    .value()
+                    .values
+                    .iter()
+                    .map(|m| (m.key().to_string(), *m.value()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Restores member values (after [`ExperimentBook::restore`], which
+    /// counted every exposed member in the value arms with no value).
+    pub fn restore_values(&self, snaps: Vec<ValueSnapshot>) {
+        for s in snaps {
+            let Some(st) = self.experiments.get(&s.experiment).map(|e| e.clone()) else {
+                continue;
+            };
+            // Value sums already restored from the daily history are kept
+            // as they were summed live; only an experiment without one (a
+            // snapshot before format 6) sums its members' values here.
+            let sum = st.days.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+            let mut arms = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+            for (m, val) in s.members {
+                let Some((v, cov)) = st
+                    .members
+                    .get(m.as_str())
+                    .map(|e| (e.variant as usize, e.covariate as f64))
+                else {
+                    continue;
+                };
+                if let Some(arm) = arms.get_mut(v) {
+                    if sum {
+                        arm.stats.revenue_sum += val.value;
+                        arm.stats.revenue_sum_sq += val.value * val.value;
+                        arm.stats.covariate_revenue_sum += cov * val.value;
+                    }
+                    arm.points_cost_sum += val.points_cost;
+                }
+                st.values.insert(m.into(), val);
+            }
+        }
     }
 }
 
@@ -383,7 +550,17 @@ impl ExperimentBook {
             ),
             None => Vec::new(),
         };
-        let report = report_from_arms(spec, &arms, &exposures, &prev, &decliners, &loyalty);
+        let mut value_arms = vec![ValueArm::default(); n];
+        {
+            let st_values = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, name) in names.iter().enumerate() {
+                if let Some(j) = Self::variant_index(&st, name) {
+                    value_arms[i] = st_values[j].clone();
+                }
+            }
+        }
+        let mut report = report_from_arms(spec, &arms, &exposures, &prev, &decliners, &loyalty);
+        add_value_figures(spec, &mut report, &value_arms);
         for (i, v) in report.variants.iter().enumerate() {
             if let (Some(p), Some(j)) = (v.sequential_p_value, Self::variant_index(&st, &names[i]))
             {
@@ -508,6 +685,14 @@ impl ExperimentBook {
                     if let Some(arm) = arms.get_mut(e.variant as usize) {
                         arm.add_member(e.converted, e.revenue, e.covariate as f64);
                     }
+                    if let Some(arm) = st
+                        .value_arms
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(e.variant as usize)
+                    {
+                        arm.stats.add_member(false, 0.0, e.covariate as f64);
+                    }
                     if e.declined {
                         if let Some(d) = st.decliners.get(e.variant as usize) {
                             d.fetch_add(1, Ordering::Relaxed);
@@ -515,12 +700,22 @@ impl ExperimentBook {
                     }
                     st.members.insert(m.into(), e);
                 }
-                // The last day holds the running statistics exactly as they
-                // were summed live; recomputing from exposures in another
-                // order could differ in the last bits.
+                // The last day holds the running value statistics exactly
+                // as they were summed live (recomputing from members in
+                // another order could differ in the last bits, and the days
+                // after a restart continue from them); its counts equal the
+                // recomputed ones. The revenue sums are recomputed.
                 if let Some((_, row)) = s.days.last() {
-                    for (arm, kept) in arms.iter_mut().zip(row) {
-                        *arm = kept.clone();
+                    let mut values = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
+                    for ((arm, value), kept) in arms.iter_mut().zip(values.iter_mut()).zip(row) {
+                        arm.members = kept.members;
+                        arm.conversions = kept.conversions;
+                        arm.covariate_sum = kept.covariate_sum;
+                        arm.covariate_sum_sq = kept.covariate_sum_sq;
+                        value.stats = ArmStats {
+                            conversions: 0,
+                            ..kept.clone()
+                        };
                     }
                 }
             }
@@ -699,6 +894,7 @@ mod tests {
                 // Two events on one day: still one entry.
                 book.expose(&a("model"), &format!("m{d}"), 0.0, d * day + 10, || None);
                 book.convert(&a("model"), &format!("m{d}"), 2.0, d * day + 20);
+                book.add_value(&a("model"), &format!("m{d}"), 2.0, 0.0, d * day + 20);
             }
         }
         let ts = book.timeseries(&spec);

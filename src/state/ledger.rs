@@ -148,6 +148,44 @@ pub struct ContactDay {
 /// Member → (offer id, suppressed until ms).
 pub type Suppressions = DashMap<Box<str>, Vec<(Arc<str>, i64)>, ahash::RandomState>;
 
+/// What a durable accept took, kept through the attribution window so a
+/// refund can give exactly that back, once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Taken {
+    /// Member the decision was for.
+    pub member_id: String,
+    /// Offer id.
+    pub offer_id: String,
+    /// Position of the offer in the decision.
+    pub offer_pos: u8,
+    /// When the decision was made, ms (the refund window counts from it).
+    pub decision_created_ms: i64,
+    /// The offer as issued (its terms check the refund's token), when the
+    /// decision was still remembered at the accept.
+    pub issued: Option<IssuedOffer>,
+    /// Inventory unit taken.
+    pub inventory: Option<(InventoryKey, u32)>,
+    /// Revenue attributed.
+    pub revenue: f64,
+    /// Value to the airline.
+    pub value: f64,
+    /// Points redeemed from the member.
+    pub points: u64,
+    /// Cost of the points given away.
+    pub points_cost: f64,
+    /// Experiments the decision carried.
+    pub experiments: Vec<offer_engine_core::experiments::Assignment>,
+    /// Refunded already.
+    pub refunded: bool,
+    /// The calendar year whose upgrade voucher the accept used, if it used one.
+    pub voucher_year: Option<i32>,
+}
+
+/// Key of an accept in the accept book (an offer appears once in a decision).
+pub fn taken_key(decision_id: &str, offer_id: &str) -> String {
+    format!("{decision_id}#{offer_id}")
+}
+
 /// Shared ledger; cloning is shallow.
 #[derive(Clone)]
 pub struct Ledger {
@@ -159,6 +197,10 @@ pub struct Ledger {
     contacts: Arc<DashMap<Box<str>, ContactDay, ahash::RandomState>>,
     /// (offer id, key) → units.
     inventory: Arc<DashMap<(Arc<str>, InventoryKey), Units, ahash::RandomState>>,
+    /// Durable accepts by [`taken_key`], through the attribution window.
+    accepts: Arc<ExpiringMap<Arc<Taken>>>,
+    /// Member → the calendar year whose upgrade voucher they used.
+    vouchers: Arc<DashMap<Box<str>, i32, ahash::RandomState>>,
 }
 
 /// Why a reservation failed.
@@ -178,7 +220,66 @@ impl Ledger {
             suppressions: Arc::new(super::members::growing_map(super::members::fixed_hasher())),
             contacts: Arc::new(super::members::growing_map(super::members::fixed_hasher())),
             inventory: Arc::new(DashMap::with_hasher(super::members::fixed_hasher())),
+            accepts: Arc::new(ExpiringMap::new(max_decisions as usize)),
+            vouchers: Arc::new(super::members::growing_map(super::members::fixed_hasher())),
         }
+    }
+
+    /// Whether `member` used their upgrade voucher of `year`.
+    pub fn voucher_used(&self, member: &str, year: i32) -> bool {
+        self.vouchers.get(member).is_some_and(|y| *y == year)
+    }
+
+    /// `member` uses their upgrade voucher of `year`.
+    pub fn use_voucher(&self, member: &str, year: i32) {
+        self.vouchers.insert(member.into(), year);
+    }
+
+    /// A refund gives `member` their voucher of `year` back.
+    pub fn return_voucher(&self, member: &str, year: i32) {
+        self.vouchers.remove_if(member, |_, y| *y == year);
+    }
+
+    /// Vouchers used, for a snapshot.
+    pub fn vouchers_used(&self) -> Vec<(String, i32)> {
+        self.vouchers
+            .iter()
+            .map(|e| (e.key().to_string(), *e.value()))
+            .collect()
+    }
+
+    /// Records what a durable accept took, kept until `keep_until` (ms, log
+    /// time); an accept already held is kept (replay is idempotent).
+    pub fn record_taken(&self, key: &str, taken: Taken, keep_until: i64, now_ms: i64) {
+        self.accepts
+            .insert_with(key, keep_until, now_ms, || Arc::new(taken));
+    }
+
+    /// The accept under `key` if still held (the caller judges the window).
+    pub fn taken(&self, key: &str) -> Option<Arc<Taken>> {
+        self.accepts.get_held(key)
+    }
+
+    /// Marks the accept under `key` refunded; false when it is not held.
+    pub fn mark_refunded(&self, key: &str, taken: &Taken) -> bool {
+        let mut t = taken.clone();
+        t.refunded = true;
+        self.accepts.replace(key, Arc::new(t))
+    }
+
+    /// A refund gives an inventory unit back.
+    pub fn return_unit(&self, offer_id: &str, key: &InventoryKey) {
+        if let Some(mut u) = self.inventory.get_mut(&(Arc::from(offer_id), key.clone())) {
+            u.committed = u.committed.saturating_sub(1);
+        }
+    }
+
+    /// Accepts held and not outlived at `now_ms`, for a snapshot.
+    pub fn takings(&self, now_ms: i64) -> Vec<(String, Taken)> {
+        let mut out = Vec::new();
+        self.accepts
+            .for_each(now_ms, |k, t| out.push((k.to_string(), (**t).clone())));
+        out
     }
 
     /// Remembers a decision at `now_ms` (replaces none that exists: replay
@@ -218,13 +319,22 @@ impl Ledger {
     /// Whether anything is held under `member` (suppressions, contact counts
     /// or remembered decisions).
     pub fn holds_member(&self, member: &str) -> bool {
-        self.suppressions.contains_key(member) || self.contacts.contains_key(member) || {
-            let mut found = false;
-            self.decisions.for_each(i64::MIN, |d| {
-                found |= d.record.member_id == member;
-            });
-            found
-        }
+        self.suppressions.contains_key(member)
+            || self.contacts.contains_key(member)
+            || self.vouchers.contains_key(member)
+            || {
+                let mut found = false;
+                self.accepts
+                    .for_each(i64::MIN, |_, t| found |= t.member_id == member);
+                found
+            }
+            || {
+                let mut found = false;
+                self.decisions.for_each(i64::MIN, |d| {
+                    found |= d.record.member_id == member;
+                });
+                found
+            }
     }
 
     /// Removes everything held under `member`. Inventory counts hold no
@@ -235,6 +345,8 @@ impl Ledger {
         self.contacts.remove(member);
         self.decisions
             .remove_where(|d| d.record.member_id == member);
+        self.accepts.remove_where(|t| t.member_id == member);
+        self.vouchers.remove(member);
     }
 
     /// A unit of `offer_id` under `key` is durably taken by an accept whose
@@ -377,6 +489,23 @@ impl Ledger {
 
     /// Phase one of an accept: marks the offer pending and reserves a unit.
     pub fn reserve_accept(&self, d: &LiveDecision, offer_pos: usize) -> Result<(), ReserveError> {
+        let cap = d.record.offers[offer_pos]
+            .inventory
+            .as_ref()
+            .map(|(_, c)| *c)
+            .unwrap_or(0);
+        self.reserve_accept_within(d, offer_pos, cap)
+    }
+
+    /// [`Ledger::reserve_accept`] within `cap` units (the part of the cap
+    /// this member may take: less its reserved units for a member the
+    /// offer does not keep them for). Offers without inventory ignore it.
+    pub fn reserve_accept_within(
+        &self,
+        d: &LiveDecision,
+        offer_pos: usize,
+        cap: u32,
+    ) -> Result<(), ReserveError> {
         let status = &d.status[offer_pos];
         if status
             .compare_exchange(OPEN, PENDING, Ordering::AcqRel, Ordering::Acquire)
@@ -384,10 +513,10 @@ impl Ledger {
         {
             return Err(ReserveError::AlreadyAccepted);
         }
-        if let Some((key, cap)) = &d.record.offers[offer_pos].inventory {
+        if let Some((key, _)) = &d.record.offers[offer_pos].inventory {
             let offer_id: Arc<str> = d.record.offers[offer_pos].offer_id.as_str().into();
             let mut u = self.inventory.entry((offer_id, key.clone())).or_default();
-            if u.committed + u.reserved >= *cap {
+            if u.committed + u.reserved >= cap {
                 drop(u);
                 status.store(OPEN, Ordering::Release);
                 return Err(ReserveError::SoldOut);

@@ -1,15 +1,17 @@
 //! The member store: compact member records in concurrent maps (dashmap),
 //! keyed by member id, and the NDJSON reader that fills it.
 //!
-//! Readers copy the 28-byte [`Member`] out of the map and drop the guard at
+//! Readers copy the 68-byte [`Member`] out of the map and drop the guard at
 //! once, so no shard lock is ever held across an `.await` or while deciding.
 //!
 //! Memory: ids of the generator's and the usual airline form, `M` and exactly
-//! eight digits (`M00000042`), are kept as a `u32` beside the record (32
+//! eight digits (`M00000042`), are kept as a `u32` beside the record (72
 //! bytes a member, no allocation of their own); any other id is a boxed
-//! string in a second map. At 10 million members this is about 55 resident
-//! bytes a member instead of about 110 with a boxed key for everyone
-//! (`load-tests/`, issue 6).
+//! string in a second map. The store holds 10 million members in 122
+//! resident bytes each (the map's slots are about 1.68 times the entries;
+//! `member_store_bytes_per_member` in `tests/rolling_window.rs`), under the
+//! 150-byte target with the rest of the server
+//! (`docs/tiers-and-validity.md`).
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -245,6 +247,17 @@ impl MemberStore {
         }
         for r in self.other.iter() {
             f(r.key(), r.value());
+        }
+    }
+
+    /// Applies `f` to every member in place, one shard write lock at a time
+    /// (the start of a month: every member's window moves on).
+    pub fn update_all(&self, mut f: impl FnMut(&mut Member)) {
+        for mut r in self.numeric.iter_mut() {
+            f(r.value_mut());
+        }
+        for mut r in self.other.iter_mut() {
+            f(r.value_mut());
         }
     }
 

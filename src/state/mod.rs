@@ -35,7 +35,7 @@ use crate::experiments::{
     Assignment, ExperimentSnapshot, ExperimentSnapshotV4, ExperimentSnapshotV5, SegmentKeys,
 };
 use crate::records::MemberChange;
-pub use crate::records::{decode_bounded, LogRecord, MemberWire};
+pub use crate::records::{decode_bounded, LogRecord, MemberWire, MemberWireV2, OutcomeRecordV2};
 use crate::state::ledger::{ContactDay, DecisionRecord, InventoryKey, ACCEPTED};
 use experiments::ExperimentBook;
 use learner::{LearnSettings, LearnerSnapshot, OnlineLearner};
@@ -47,17 +47,22 @@ use members::MemberStore;
 /// 5 adds to each experiment exposure the member's decisions and segments at
 /// first exposure. 6 adds to each exposure its first-exposure time and
 /// loyalty outcomes, and to each experiment its daily history (the time
-/// series). Formats 3, 4 and 5 are still read (their log time, for 3, is the
-/// latest time they hold; their exposures have unknown segments before 5,
-/// unknown first-exposure times and so no loyalty outcomes before 6, and
-/// their time series starts empty).
-const SNAPSHOT_FORMAT: u32 = 6;
+/// series). 7 keeps each member's monthly history (the rolling 12 months),
+/// the accepts held for refunds, each exposed member's value and points cost,
+/// and the upgrade vouchers used. Formats 3 to 6 are still read (their log
+/// time, for 3, is the latest time they hold; their exposures have unknown
+/// segments before 5, unknown first-exposure times and so no loyalty
+/// outcomes before 6, and their time series starts empty; their members'
+/// 12-month totals become undated spreads, see
+/// [`crate::domain::MonthlyHistory`]; before 7 no accept can be refunded and
+/// exposures carry no value).
+const SNAPSHOT_FORMAT: u32 = 7;
 
 /// Everything the state holds, committed parts only.
 #[derive(Debug, Serialize, Deserialize)]
 struct Snapshot {
     format: u32,
-    members: Vec<(String, MemberWire)>,
+    members: Vec<(String, MemberWireV2)>,
     decisions: Vec<(DecisionRecord, Vec<u8>)>,
     suppressions: Vec<(String, Vec<(String, i64)>)>,
     contacts: Vec<(String, ContactDay)>,
@@ -66,9 +71,30 @@ struct Snapshot {
     learner: LearnerSnapshot,
     /// Log time, ms: the latest record time applied.
     log_time_ms: i64,
+    /// Accepts held for refunds.
+    accepts: Vec<(String, ledger::Taken)>,
+    /// Value and points cost per experiment and exposed member.
+    experiment_values: Vec<experiments::ValueSnapshot>,
+    /// Upgrade vouchers used: member and year.
+    vouchers: Vec<(String, i32)>,
 }
 
-/// Format 5: exposures without loyalty outcomes, experiments without days.
+/// Format 6: members without their monthly history.
+#[derive(Debug, Deserialize)]
+struct SnapshotV6 {
+    format: u32,
+    members: Vec<(String, MemberWire)>,
+    decisions: Vec<(DecisionRecord, Vec<u8>)>,
+    suppressions: Vec<(String, Vec<(String, i64)>)>,
+    contacts: Vec<(String, ContactDay)>,
+    inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshot>,
+    learner: LearnerSnapshot,
+    log_time_ms: i64,
+}
+
+/// Format 5: as format 6 with exposures without loyalty outcomes and
+/// experiments without days.
 #[derive(Debug, Deserialize)]
 struct SnapshotV5 {
     format: u32,
@@ -80,6 +106,13 @@ struct SnapshotV5 {
     experiments: Vec<ExperimentSnapshotV5>,
     learner: LearnerSnapshot,
     log_time_ms: i64,
+}
+
+/// Members of a snapshot before format 7, in the current form.
+fn members_v1(list: Vec<(String, MemberWire)>) -> Vec<(String, MemberWireV2)> {
+    list.into_iter()
+        .map(|(id, w)| (id, MemberWireV2::from(&Member::from(&w))))
+        .collect()
 }
 
 /// Format 4: exposures without decisions and segments.
@@ -140,6 +173,9 @@ pub struct State {
     /// Held while a record is applied and while the digest is taken, so a
     /// digest reflects exactly the records up to [`State::applied`].
     apply_lock: Arc<Mutex<()>>,
+    /// How long after its decision an accept may be refunded, ms (the
+    /// learning attribution window).
+    refund_window_ms: i64,
 }
 
 /// Result of applying a record (for metrics on the live path).
@@ -151,7 +187,41 @@ pub struct Applied {
     pub exposed: Vec<(Assignment, bool)>,
     /// Experiment conversions: (assignment, first conversion of the member, revenue).
     pub converted: Vec<(Assignment, bool, f64)>,
+    /// An outcome batch refused at apply (nothing of it applied): the
+    /// position of the first event at fault and why.
+    pub refused: Option<(usize, Refusal)>,
 }
+
+/// Why an outcome batch was refused at apply, in log order: what the
+/// request path checked before logging no longer held when its record came
+/// to be applied (a concurrent accept spent the points, a concurrent refund
+/// came first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The member's balance (less what earlier accepts of the batch redeem)
+    /// no longer covers the points price.
+    Points {
+        /// Points left to pay from.
+        balance: u64,
+        /// Points the accept redeems.
+        due: u64,
+    },
+    /// A refund of an offer not accepted (or whose accept is no longer held).
+    NotAccepted,
+    /// A refund of an accept refunded already.
+    AlreadyRefunded,
+    /// A refund after the attribution window closed.
+    WindowClosed,
+    /// The member's upgrade voucher of the year is used already.
+    VoucherUsed,
+    /// No unit of the part of the cap the accept may take is left (the
+    /// last units kept for other tiers or segments, or taken first in log
+    /// order).
+    SoldOut,
+}
+
+/// A refund stays answerable ("too late", not "unknown") this long after its window closes.
+const REFUND_GRACE_MS: i64 = 86_400_000;
 
 /// The digest of the applied state and the position it reflects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -163,7 +233,7 @@ pub struct StateDigest {
     pub digest: String,
     /// The digest of each part (first 16 hex digits), to see where two
     /// states differ: members, decisions, suppressions, contacts,
-    /// inventory, experiments, models, memory.
+    /// inventory, experiments, models, memory, accepts, values, vouchers.
     pub parts: std::collections::BTreeMap<String, String>,
 }
 
@@ -183,7 +253,13 @@ impl State {
             log_time: Arc::new(AtomicI64::new(i64::MIN)),
             applied: Arc::new(AtomicU64::new(0)),
             apply_lock: Arc::new(Mutex::new(())),
+            refund_window_ms: s.learning.attribution_window_days as i64 * 86_400_000,
         }
+    }
+
+    /// How long after its decision an accept may be refunded, ms.
+    pub fn refund_window_ms(&self) -> i64 {
+        self.refund_window_ms
     }
 
     /// The members.
@@ -221,8 +297,34 @@ impl State {
         self.applied.load(Ordering::Acquire)
     }
 
+    /// Moves the log time on to `at_ms` (never back). When it enters a new
+    /// calendar month every member's rolling window moves on and the
+    /// downgrade rule is judged ([`crate::events::start_month`]): once per
+    /// month start, at the first record of the month, on every replica alike.
+    /// (At 10 million members this holds the apply lock for the one pass
+    /// over the store, once a month: 0.41 s in a test build, see
+    /// `docs/tiers-and-validity.md`.)
     fn advance(&self, at_ms: i64) -> i64 {
-        self.log_time.fetch_max(at_ms, Ordering::AcqRel).max(at_ms)
+        let prev = self.log_time.fetch_max(at_ms, Ordering::AcqRel);
+        let now = prev.max(at_ms);
+        // A month starts only on a new day (the cheap test first: this runs
+        // for every record).
+        if prev != i64::MIN && day_of_ms(prev) != day_of_ms(now) {
+            let month = |ms: i64| crate::domain::month_of(Day(day_of_ms(ms)));
+            let (from, to) = (month(prev), month(now));
+            if to > from {
+                // Month starts further back than the window changes nothing
+                // more than the last 36 do.
+                let first = (from + 1).max(to.saturating_sub(35));
+                let th = self.thresholds;
+                self.members.update_all(|m| {
+                    for k in first..=to {
+                        crate::events::start_month(m, k, &th);
+                    }
+                });
+            }
+        }
+        now
     }
 
     /// Applies a durable record at log position `lsn`. `live` says the
@@ -243,65 +345,18 @@ impl State {
                 }
             }
             LogRecord::Outcomes(events) => {
-                for e in events {
-                    self.advance(e.at_ms);
-                    match e.kind {
-                        OutcomeKind::Accept => {
-                            self.learner
-                                .accepted(&e.decision_id, &e.offer_id, e.at_ms, e.learn);
-                            // Committed whatever the decision's age: the
-                            // record says the unit was taken.
-                            match self.ledger.decision(&e.decision_id, i64::MIN) {
-                                Some(d) if (e.offer_pos as usize) < d.status.len() => {
-                                    self.ledger.commit_accept(&d, e.offer_pos as usize, live)
-                                }
-                                // The decision expired from memory: its inventory still counts.
-                                _ => {
-                                    if let Some((key, _)) = &e.inventory {
-                                        self.ledger.commit_unit(&e.offer_id, key);
-                                    }
-                                }
-                            }
-                            // The conversion's value: what the report's revenue
-                            // and the time series' value add up.
-                            let conversion_value = e.revenue;
-                            for a in &e.experiments {
-                                let c = self.experiments.convert(
-                                    a,
-                                    &e.member_id,
-                                    conversion_value,
-                                    self.log_time_ms(),
-                                );
-                                applied.converted.push((
-                                    a.clone(),
-                                    c.new_conversion,
-                                    conversion_value,
-                                ));
-                            }
-                        }
-                        OutcomeKind::Decline => {
-                            let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
-                            self.ledger
-                                .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
-                            for a in &e.experiments {
-                                self.experiments.decline(a, &e.member_id);
-                            }
-                        }
-                        OutcomeKind::Fulfilled => {
-                            // Checked before logging; a duplicate that raced
-                            // past the check is refused here and counts once.
-                            let _ = self.learner.fulfilled(
-                                &e.decision_id,
-                                &e.offer_id,
-                                e.at_ms,
-                                e.learn,
-                            );
-                        }
-                        OutcomeKind::Impression | OutcomeKind::Click => {}
-                    }
+                // Version-1 records: no value, no points (replay of older logs).
+                let events: Vec<OutcomeRecordV2> =
+                    events.iter().cloned().map(OutcomeRecordV2::from).collect();
+                self.apply_outcomes(&events, live, false, &mut applied)
+            }
+            LogRecord::OutcomesV2(events) => self.apply_outcomes(events, live, true, &mut applied),
+            LogRecord::Members(list) => {
+                for (id, w) in list {
+                    self.members.upsert(id, Member::from(w));
                 }
             }
-            LogRecord::Members(list) => {
+            LogRecord::MembersV2(list) => {
                 for (id, w) in list {
                     self.members.upsert(id, Member::from(w));
                 }
@@ -313,10 +368,11 @@ impl State {
             } => {
                 let now = self.advance(*at_ms);
                 let th = self.thresholds;
+                let on = Day(day_of_ms(*at_ms));
                 let mut before = None;
                 let after = self.members.update(member_id, |m| {
                     before = Some(m.tier);
-                    change.apply(m, &th)
+                    change.apply(m, &th, on)
                 });
                 match (before, after) {
                     (Some(before), Some(after)) => {
@@ -342,6 +398,214 @@ impl State {
         }
         self.applied.fetch_max(lsn, Ordering::AcqRel);
         applied
+    }
+
+    /// Whether a batch of outcomes can be applied as a whole, judged in log
+    /// order on the state as it is: capped accepts against the units left of
+    /// the part of the cap they may take, points accepts against the
+    /// balances (less what earlier accepts of the batch take), refunds
+    /// against the accepts held.
+    /// `caps`: whether accepts are held to the cap their record carries
+    /// (version 2; version-1 records were held to it when reserved only).
+    fn refusal(&self, events: &[OutcomeRecordV2], caps: bool) -> Option<(usize, Refusal)> {
+        let mut debits: std::collections::HashMap<&str, u64> = Default::default();
+        let mut taken: std::collections::HashMap<(&str, &InventoryKey), u32> = Default::default();
+        let mut refunds: std::collections::HashSet<String> = Default::default();
+        let mut vouchers: std::collections::HashSet<&str> = Default::default();
+        for (i, e) in events.iter().enumerate() {
+            let o = &e.outcome;
+            if let (true, OutcomeKind::Accept, Some((key, cap))) = (caps, o.kind, &o.inventory) {
+                let before = taken.entry((o.offer_id.as_str(), key)).or_insert(0);
+                let committed = self.ledger.units(&o.offer_id, key).committed + *before;
+                if committed >= *cap {
+                    return Some((i, Refusal::SoldOut));
+                }
+                *before += 1;
+            }
+            if o.kind == OutcomeKind::Accept
+                && e.voucher
+                && (self
+                    .ledger
+                    .voucher_used(&o.member_id, crate::records::voucher_year(o.at_ms))
+                    || !vouchers.insert(o.member_id.as_str()))
+            {
+                return Some((i, Refusal::VoucherUsed));
+            }
+            match o.kind {
+                OutcomeKind::Accept if e.points > 0 => {
+                    let balance = self
+                        .members
+                        .get(&o.member_id)
+                        .map(|m| m.points as u64)
+                        .unwrap_or(0);
+                    let spent = debits.entry(o.member_id.as_str()).or_insert(0);
+                    let left = balance.saturating_sub(*spent);
+                    if left < e.points {
+                        return Some((
+                            i,
+                            Refusal::Points {
+                                balance: left,
+                                due: e.points,
+                            },
+                        ));
+                    }
+                    *spent += e.points;
+                }
+                OutcomeKind::Refunded => {
+                    let key = ledger::taken_key(&o.decision_id, &o.offer_id);
+                    let Some(t) = self.ledger.taken(&key) else {
+                        return Some((i, Refusal::NotAccepted));
+                    };
+                    if t.refunded || !refunds.insert(key) {
+                        return Some((i, Refusal::AlreadyRefunded));
+                    }
+                    if o.at_ms > t.decision_created_ms + self.refund_window_ms {
+                        return Some((i, Refusal::WindowClosed));
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Applies a batch of outcomes: all of it, or (refused) none of it.
+    fn apply_outcomes(
+        &self,
+        events: &[OutcomeRecordV2],
+        live: bool,
+        caps: bool,
+        applied: &mut Applied,
+    ) {
+        for e in events {
+            self.advance(e.outcome.at_ms);
+        }
+        if let Some(r) = self.refusal(events, caps) {
+            applied.refused = Some(r);
+            return;
+        }
+        for v2 in events {
+            let e = &v2.outcome;
+            match e.kind {
+                OutcomeKind::Accept => {
+                    self.learner
+                        .accepted(&e.decision_id, &e.offer_id, e.at_ms, e.learn);
+                    // Committed whatever the decision's age: the
+                    // record says the unit was taken.
+                    let decision = self.ledger.decision(&e.decision_id, i64::MIN);
+                    match &decision {
+                        Some(d) if (e.offer_pos as usize) < d.status.len() => {
+                            self.ledger.commit_accept(d, e.offer_pos as usize, live)
+                        }
+                        // The decision expired from memory: its inventory still counts.
+                        _ => {
+                            if let Some((key, _)) = &e.inventory {
+                                self.ledger.commit_unit(&e.offer_id, key);
+                            }
+                        }
+                    }
+                    if v2.voucher {
+                        self.ledger
+                            .use_voucher(&e.member_id, crate::records::voucher_year(e.at_ms));
+                    }
+                    if v2.points > 0 {
+                        let due = v2.points.min(u32::MAX as u64) as u32;
+                        self.members
+                            .update(&e.member_id, |m| m.points = m.points.saturating_sub(due));
+                    }
+                    let created_ms = decision
+                        .as_ref()
+                        .map(|d| d.record.created_ms)
+                        .unwrap_or(e.at_ms);
+                    let issued = decision
+                        .as_ref()
+                        .and_then(|d| d.record.offers.get(e.offer_pos as usize).cloned());
+                    self.ledger.record_taken(
+                        &ledger::taken_key(&e.decision_id, &e.offer_id),
+                        ledger::Taken {
+                            member_id: e.member_id.clone(),
+                            offer_id: e.offer_id.clone(),
+                            offer_pos: e.offer_pos,
+                            decision_created_ms: created_ms,
+                            issued,
+                            inventory: e.inventory.clone(),
+                            revenue: e.revenue,
+                            value: v2.value,
+                            points: v2.points,
+                            points_cost: v2.points_cost,
+                            experiments: e.experiments.clone(),
+                            refunded: false,
+                            voucher_year: v2.voucher.then(|| crate::records::voucher_year(e.at_ms)),
+                        },
+                        created_ms + self.refund_window_ms + REFUND_GRACE_MS,
+                        self.log_time_ms(),
+                    );
+                    for a in &e.experiments {
+                        let c = self.experiments.convert(
+                            a,
+                            &e.member_id,
+                            e.revenue,
+                            self.log_time_ms(),
+                        );
+                        self.experiments.add_value(
+                            a,
+                            &e.member_id,
+                            v2.value,
+                            v2.points_cost,
+                            self.log_time_ms(),
+                        );
+                        applied
+                            .converted
+                            .push((a.clone(), c.new_conversion, e.revenue));
+                    }
+                }
+                OutcomeKind::Refunded => {
+                    let key = ledger::taken_key(&e.decision_id, &e.offer_id);
+                    // Checked by `refusal` above, under the same apply lock.
+                    let Some(t) = self.ledger.taken(&key) else {
+                        continue;
+                    };
+                    self.ledger.mark_refunded(&key, &t);
+                    if let Some((inv, _)) = &t.inventory {
+                        self.ledger.return_unit(&t.offer_id, inv);
+                    }
+                    if let Some(year) = t.voucher_year {
+                        self.ledger.return_voucher(&t.member_id, year);
+                    }
+                    if t.points > 0 {
+                        let back = t.points.min(u32::MAX as u64) as u32;
+                        self.members
+                            .update(&t.member_id, |m| m.points = m.points.saturating_add(back));
+                    }
+                    for a in &t.experiments {
+                        self.experiments.refund(
+                            a,
+                            &t.member_id,
+                            t.revenue,
+                            t.value,
+                            t.points_cost,
+                            self.log_time_ms(),
+                        );
+                    }
+                }
+                OutcomeKind::Decline => {
+                    let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
+                    self.ledger
+                        .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
+                    for a in &e.experiments {
+                        self.experiments.decline(a, &e.member_id);
+                    }
+                }
+                OutcomeKind::Fulfilled => {
+                    // Checked before logging; a duplicate that raced
+                    // past the check is refused here and counts once.
+                    let _ = self
+                        .learner
+                        .fulfilled(&e.decision_id, &e.offer_id, e.at_ms, e.learn);
+                }
+                OutcomeKind::Impression | OutcomeKind::Click => {}
+            }
+        }
     }
 
     /// Applies one durable decision at `lsn` (what [`State::apply`] does for
@@ -407,7 +671,7 @@ impl State {
             let first = || {
                 let m = self.members.get(&d.member_id)?;
                 let keys = SegmentKeys::of(&m, d.channel, Day(day_of_ms(d.created_ms)));
-                Some((keys, m.flights_12m))
+                Some((keys, m.flights_12m()))
             };
             let c = self
                 .experiments
@@ -424,7 +688,7 @@ impl State {
         let now = self.log_time_ms();
         let mut members = Vec::with_capacity(self.members.len());
         self.members
-            .for_each(|id, m| members.push((id.to_string(), MemberWire::from(m))));
+            .for_each(|id, m| members.push((id.to_string(), MemberWireV2::from(m))));
         let (decisions, suppressions, contacts, inventory) = self.ledger.committed(now);
         Snapshot {
             format: SNAPSHOT_FORMAT,
@@ -436,6 +700,9 @@ impl State {
             experiments: self.experiments.to_snapshot(),
             learner: self.learner.to_snapshot(now),
             log_time_ms: now,
+            accepts: self.ledger.takings(now),
+            experiment_values: self.experiments.value_snapshot(),
+            vouchers: self.ledger.vouchers_used(),
         }
     }
 
@@ -456,12 +723,30 @@ impl State {
             SNAPSHOT_FORMAT => {
                 decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?
             }
+            6 => {
+                let v6: SnapshotV6 =
+                    decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+                Snapshot {
+                    format: v6.format,
+                    members: members_v1(v6.members),
+                    decisions: v6.decisions,
+                    suppressions: v6.suppressions,
+                    contacts: v6.contacts,
+                    inventory: v6.inventory,
+                    experiments: v6.experiments,
+                    learner: v6.learner,
+                    log_time_ms: v6.log_time_ms,
+                    accepts: Vec::new(),
+                    experiment_values: Vec::new(),
+                    vouchers: Vec::new(),
+                }
+            }
             5 => {
                 let v5: SnapshotV5 =
                     decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
                 Snapshot {
                     format: v5.format,
-                    members: v5.members,
+                    members: members_v1(v5.members),
                     decisions: v5.decisions,
                     suppressions: v5.suppressions,
                     contacts: v5.contacts,
@@ -469,6 +754,9 @@ impl State {
                     experiments: v5.experiments.into_iter().map(Into::into).collect(),
                     learner: v5.learner,
                     log_time_ms: v5.log_time_ms,
+                    accepts: Vec::new(),
+                    experiment_values: Vec::new(),
+                    vouchers: Vec::new(),
                 }
             }
             4 => {
@@ -476,7 +764,7 @@ impl State {
                     decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
                 Snapshot {
                     format: v4.format,
-                    members: v4.members,
+                    members: members_v1(v4.members),
                     decisions: v4.decisions,
                     suppressions: v4.suppressions,
                     contacts: v4.contacts,
@@ -484,6 +772,9 @@ impl State {
                     experiments: v4.experiments.into_iter().map(Into::into).collect(),
                     learner: v4.learner,
                     log_time_ms: v4.log_time_ms,
+                    accepts: Vec::new(),
+                    experiment_values: Vec::new(),
+                    vouchers: Vec::new(),
                 }
             }
             3 => {
@@ -498,7 +789,7 @@ impl State {
                     .unwrap_or(i64::MIN);
                 Snapshot {
                     format: v3.format,
-                    members: v3.members,
+                    members: members_v1(v3.members),
                     decisions: v3.decisions,
                     suppressions: v3.suppressions,
                     contacts: v3.contacts,
@@ -506,6 +797,9 @@ impl State {
                     experiments: v3.experiments.into_iter().map(Into::into).collect(),
                     learner: v3.learner,
                     log_time_ms,
+                    accepts: Vec::new(),
+                    experiment_values: Vec::new(),
+                    vouchers: Vec::new(),
                 }
             }
             other => return Err(format!("snapshot format {other} is not {SNAPSHOT_FORMAT}")),
@@ -532,6 +826,14 @@ impl State {
         self.ledger
             .restore(snap.suppressions, snap.contacts, snap.inventory, now);
         self.experiments.restore(snap.experiments);
+        self.experiments.restore_values(snap.experiment_values);
+        for (member, year) in snap.vouchers {
+            self.ledger.use_voucher(&member, year);
+        }
+        for (key, t) in snap.accepts {
+            let keep_until = t.decision_created_ms + self.refund_window_ms + REFUND_GRACE_MS;
+            self.ledger.record_taken(&key, t, keep_until, now);
+        }
         self.learner.restore(snap.learner);
         self.applied.fetch_max(lsn, Ordering::AcqRel);
         Ok(())
@@ -570,6 +872,9 @@ impl State {
             ("experiments", experiments),
             ("models", multiset(&snap.learner.models)),
             ("memory", multiset(&snap.learner.memory)),
+            ("accepts", multiset(&snap.accepts)),
+            ("values", multiset(&snap.experiment_values)),
+            ("vouchers", multiset(&snap.vouchers)),
         ];
         let mut out = Sha256::new();
         out.update(b"offer-engine state v1");
@@ -663,6 +968,60 @@ mod tests {
     }
 
     #[test]
+    fn format_5_and_6_snapshots_are_still_read_with_undated_members() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let m = crate::synth::member(1, 1, d, &th);
+        let at = 1_795_000_000_000i64;
+        for format in [5u32, 6] {
+            // Without experiments, formats 5 and 6 differ only in the number.
+            let old = bincode::serialize(&(
+                format,
+                vec![("M1".to_string(), MemberWire::from(&m))],
+                Vec::<(DecisionRecord, Vec<u8>)>::new(),
+                Vec::<(String, Vec<(String, i64)>)>::new(),
+                Vec::<(String, ContactDay)>::new(),
+                Vec::<(String, InventoryKey, u32)>::new(),
+                Vec::<ExperimentSnapshot>::new(),
+                LearnerSnapshot {
+                    models: Vec::new(),
+                    memory: Vec::new(),
+                },
+                at,
+            ))
+            .unwrap();
+            let restored = state();
+            restored.restore(&old, 4).unwrap();
+            let got = restored.members().get("M1").unwrap();
+            assert_eq!(got, m);
+            assert!(!got.history.is_dated());
+            assert_eq!(restored.log_time_ms(), at);
+            // Written back in format 7 and read again: the same state.
+            let bytes = restored.snapshot_bytes();
+            assert_eq!(
+                u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+                7
+            );
+            let again = state();
+            again.restore(&bytes, 4).unwrap();
+            assert_eq!(again.digest(), restored.digest());
+            // The next month's first record dates the spread and ages a month out.
+            let next = at + 31 * 86_400_000;
+            again.apply(
+                &LogRecord::MemberErased {
+                    member_id: "nobody".into(),
+                    at_ms: next,
+                },
+                5,
+                false,
+            );
+            let rolled = again.members().get("M1").unwrap();
+            assert!(rolled.history.is_dated());
+            assert!(rolled.qualifying_spend_12m < m.qualifying_spend_12m);
+        }
+    }
+
+    #[test]
     fn a_format_4_snapshot_is_still_read_with_unknown_segments() {
         use crate::experiments::{parse_experiments, ExposureV4, SegmentBy, DEFAULT_EXPERIMENTS};
         let exposure = |variant: u8, converted: bool| ExposureV4 {
@@ -713,7 +1072,7 @@ mod tests {
         assert_eq!(by_tier.segments.len(), 1);
         assert_eq!(by_tier.segments[0].segment, "unknown");
         assert_eq!(by_tier.segments[0].variants[0].members, 2);
-        // Written back in format 5 and read again to the same state.
+        // Written back in the current format and read again to the same state.
         let again = state();
         again.restore(&restored.snapshot_bytes(), 3).unwrap();
         assert_eq!(again.digest(), restored.digest());
@@ -803,7 +1162,7 @@ mod tests {
         let d = chrono::NaiveDate::from_ymd_opt(2026, 8, 1).unwrap();
         let mut m = crate::synth::member(1, 1, d, &core.thresholds());
         m.tier = Tier::Silver;
-        m.flights_12m = 4;
+        m.set_totals(m.qualifying_spend_12m as f64, 4);
         let t0 = Day::from_date(d).0 as i64 * DAY_MS + 3_600_000;
         let mut log = vec![LogRecord::Members(
             ["M1", "M2", "M3"]
@@ -833,22 +1192,29 @@ mod tests {
         };
         log.push(decision("d1", "M1", "model", t0));
         log.push(decision("d2", "M2", "control", t0));
-        log.push(LogRecord::Outcomes(vec![OutcomeRecord {
-            decision_id: "d1".into(),
-            offer_pos: 0,
-            offer_id: "o".into(),
-            member_id: "M1".into(),
-            kind: OutcomeKind::Accept,
-            revenue: 10.0,
-            at_ms: t0 + 60_000,
-            client_at_ms: None,
-            inventory: None,
-            suppress_days: 30,
-            experiments: vec![Assignment {
-                experiment: "x".into(),
-                variant: "model".into(),
-            }],
-            learn: false,
+        // The accept is worth 10 to the airline (the time series' value).
+        log.push(LogRecord::OutcomesV2(vec![OutcomeRecordV2 {
+            outcome: OutcomeRecord {
+                decision_id: "d1".into(),
+                offer_pos: 0,
+                offer_id: "o".into(),
+                member_id: "M1".into(),
+                kind: OutcomeKind::Accept,
+                revenue: 10.0,
+                at_ms: t0 + 60_000,
+                client_at_ms: None,
+                inventory: None,
+                suppress_days: 30,
+                experiments: vec![Assignment {
+                    experiment: "x".into(),
+                    variant: "model".into(),
+                }],
+                learn: false,
+            },
+            value: 10.0,
+            points: 0,
+            points_cost: 0.0,
+            voucher: false,
         }]));
         log.push(event(
             MemberChange::FlightFlown {
@@ -963,6 +1329,50 @@ mod tests {
         assert!(restored.experiments().timeseries(spec).days.is_empty());
         let again = state();
         again.restore(&restored.snapshot_bytes(), 3).unwrap();
+        assert_eq!(again.digest(), restored.digest());
+    }
+
+    #[test]
+    fn a_format_5_snapshot_is_still_read_without_accepts_or_values() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let m = crate::synth::member(1, 1, d, &th);
+        // Format 5 as the previous release wrote it: format 6 less the
+        // accepts held for refunds, the values and the vouchers.
+        let v5 = bincode::serialize(&(
+            5u32,
+            vec![("M1".to_string(), MemberWire::from(&m))],
+            Vec::<(DecisionRecord, Vec<u8>)>::new(),
+            vec![("M1".to_string(), vec![("o1".to_string(), i64::MAX / 2)])],
+            Vec::<(String, ContactDay)>::new(),
+            vec![(
+                "seat".to_string(),
+                InventoryKey::AirportDay {
+                    airport: *b"PEK",
+                    day: 1,
+                },
+                3u32,
+            )],
+            Vec::<ExperimentSnapshot>::new(),
+            LearnerSnapshot {
+                models: Vec::new(),
+                memory: Vec::new(),
+            },
+            2_000i64,
+        ))
+        .unwrap();
+        let restored = state();
+        restored.restore(&v5, 9).unwrap();
+        assert_eq!(restored.members().get("M1"), Some(m));
+        assert_eq!(restored.log_time_ms(), 2_000);
+        let key = InventoryKey::AirportDay {
+            airport: *b"PEK",
+            day: 1,
+        };
+        assert_eq!(restored.ledger().units("seat", &key).committed, 3);
+        // Written back in format 6 and read again to the same state.
+        let again = state();
+        again.restore(&restored.snapshot_bytes(), 9).unwrap();
         assert_eq!(again.digest(), restored.digest());
     }
 

@@ -156,3 +156,108 @@ async fn every_bad_campaign_field_is_reported_at_once() {
     let fields = error_fields(&p);
     assert_eq!(fields, ["tiers[1]", "birth_month", "offers"], "{p}");
 }
+
+/// Every email offer of a campaign stays acceptable (its token verifies and
+/// the accept is taken) for the email validity counted from the send time,
+/// and none past that or the offer's window: checked at one minute before
+/// and one second after each offer's expiry, with the service's clock set.
+#[tokio::test]
+async fn email_offers_are_acceptable_for_the_email_validity_after_the_send_time() {
+    use chrono::{DateTime, Duration, NaiveTime, Utc};
+    use offer_engine::domain::{Channel, Day};
+    use offer_engine::events::OutcomeEventDto;
+    use offer_engine::service::outcomes::OutcomeError;
+
+    let app = spawn_app().await;
+    let tomorrow = (Utc::now() + Duration::days(1)).date_naive();
+    let cases = [
+        // A send time tomorrow morning: 7 days of email validity from it.
+        tomorrow.and_hms_opt(8, 0, 0).unwrap().and_utc(),
+        // A send time a day before the offers' window ends (2030-12-31):
+        // the window cuts the validity short.
+        chrono::NaiveDate::from_ymd_opt(2030, 12, 30)
+            .unwrap()
+            .and_hms_opt(20, 0, 0)
+            .unwrap()
+            .and_utc(),
+    ];
+    let catalog = app.state.engine().catalog.clone();
+    for send_at in cases {
+        let (status, text) = campaign(
+            &app,
+            &json!({"channel": "email", "offers": 3, "limit": 25, "send_at": send_at.to_rfc3339()}),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+        let lines = parse(&text);
+        assert_eq!(lines.len(), 25);
+        let mut accepted = 0;
+        for l in &lines {
+            // The fields a template needs beside the offers.
+            let m = &l["member"];
+            assert!(m["tier"].is_string() && m["points"].is_u64(), "{l}");
+            assert!(m["value_segment"].is_string(), "{l}");
+            assert_eq!(m["next_tier"].is_null(), m["tier"] == "diamond", "{l}");
+            assert_eq!(
+                m["next_tier"].is_null(),
+                m["spend_to_next_tier_cny"].is_null()
+            );
+            for o in l["offers"].as_array().unwrap() {
+                let (_, offer) = catalog.get(o["offer_id"].as_str().unwrap()).unwrap();
+                let expires: DateTime<Utc> = o["expires_at"].as_str().unwrap().parse().unwrap();
+                let window_end = Day(offer.valid_to.0 + 1)
+                    .to_date()
+                    .and_time(NaiveTime::MIN)
+                    .and_utc();
+                let validity = Duration::minutes(offer.validity.minutes(Channel::Email) as i64);
+                assert_eq!(expires, (send_at + validity).min(window_end), "{o}");
+                assert!(expires <= window_end && expires > send_at, "{o}");
+                let mut e = json!({
+                    "decision_id": l["decision_id"], "offer_id": o["offer_id"],
+                    "type": "accept", "token": o["token"],
+                });
+                if o["price"].is_object() {
+                    e["revenue"] = o["price"].clone();
+                }
+                let e: OutcomeEventDto = serde_json::from_value(e).unwrap();
+                let late = app
+                    .state
+                    .record_outcomes(vec![e.clone()], false, expires + Duration::seconds(1))
+                    .await;
+                assert!(
+                    matches!(late, Err(OutcomeError::Expired { .. })),
+                    "{late:?}"
+                );
+                let in_time = expires - Duration::minutes(1);
+                assert!(in_time >= send_at);
+                let r = app.state.record_outcomes(vec![e], false, in_time).await;
+                assert!(r.is_ok(), "{o}: {r:?}");
+                accepted += 1;
+            }
+        }
+        assert!(accepted >= 25, "{accepted}");
+    }
+}
+
+#[tokio::test]
+async fn a_send_time_must_be_on_the_campaign_date_and_not_past() {
+    let app = spawn_app().await;
+    for (body, field) in [
+        (
+            json!({"channel": "email", "send_at": "tomorrow"}),
+            "send_at",
+        ),
+        (
+            json!({"channel": "email", "send_at": "2020-01-01T08:00:00Z"}),
+            "date",
+        ),
+        (
+            json!({"channel": "email", "date": "2030-12-30", "send_at": "2030-12-29T08:00:00Z"}),
+            "send_at",
+        ),
+    ] {
+        let r = app.post_json("/v1/campaigns", &body).await;
+        let p = assert_problem(r, 422, None).await;
+        assert!(error_fields(&p).contains(&field), "{body}: {p}");
+    }
+}

@@ -432,3 +432,152 @@ async fn every_bad_event_of_a_batch_is_reported_at_once() {
     .await;
     assert_eq!(p["errors"][1]["field"], "[2].offer_id", "{p}");
 }
+
+/// Sets a member's balance to `points` through member events.
+async fn set_points(app: &TestApp, member: &str, points: i64) {
+    let have = app.state.state().members().get(member).unwrap().points as i64;
+    if have > 0 {
+        let e = json!({"member_id": member, "type": "points_redeemed", "points": have});
+        assert_eq!(app.post_json("/v1/member-events", &e).await.status(), 202);
+    }
+    let e = json!({"member_id": member, "type": "points_earned", "points": points});
+    assert_eq!(app.post_json("/v1/member-events", &e).await.status(), 202);
+}
+
+fn balance(app: &TestApp, member: &str) -> u32 {
+    app.state.state().members().get(member).unwrap().points
+}
+
+/// A short domestic premium-economy trip: the points upgrade to business is
+/// the only upgrade it can be offered.
+fn short_trip(member: &str) -> Value {
+    json!({"member_id": member, "channel": "checkout", "max_offers": 10, "itinerary": {
+        "origin": "PEK", "destination": "DLC", "departure": departure_in(6),
+        "cabin": "premium_economy", "fare": {"amount": 900, "currency": "CNY"}, "passengers": 1}})
+}
+
+/// Points hold: an accept redeems the quoted points in its own record, so
+/// the balance and the next decision see it at once; of concurrent accepts
+/// in several decisions only as many as the balance covers succeed (409 for
+/// the rest, decided in log order); a refund gives the points, the unit and
+/// the value back once.
+#[tokio::test]
+async fn points_are_redeemed_once_and_refunds_give_them_back_once() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Base);
+    set_points(&app, &member, 30_000).await;
+    let mut shown = Vec::new();
+    for _ in 0..3 {
+        let (d, offers) = decide(&app, &short_trip(&member)).await;
+        let o = offers
+            .iter()
+            .find(|o| o["offer_id"] == "upg-biz-dom-points")
+            .expect("the points upgrade is offered to a member with 30,000 points")
+            .clone();
+        assert_eq!(o["points_price"], 25_000);
+        shown.push((d, o));
+    }
+    let mut tasks = Vec::new();
+    for (d, o) in &shown {
+        let client = app.client.clone();
+        let url = format!("{}/v1/events", app.address);
+        let e = event(d, o, "accept");
+        tasks.push(tokio::spawn(async move {
+            let r = client.post(url).json(&e).send().await.unwrap();
+            r.status().as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 202).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 409).count(), 2, "{codes:?}");
+    assert_eq!(balance(&app, &member), 5_000);
+    // The next decision sees the balance: no points upgrade any more (and
+    // still offers, so the daily contact cap is not what hides it).
+    let (_, offers) = decide(&app, &short_trip(&member)).await;
+    assert!(!offers.is_empty());
+    assert!(offers.iter().all(|o| o["offer_id"] != "upg-biz-dom-points"));
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("offer_engine_accepted_value_total{offer_id=\"upg-biz-dom-points\"} 450"),
+        "{metrics}"
+    );
+
+    let won = codes.iter().position(|c| *c == 202).unwrap();
+    let lost = (won + 1) % shown.len();
+    let refund = |i: usize| {
+        let mut e = event(&shown[i].0, &shown[i].1, "refunded");
+        e["token"] = shown[i].1["token"].clone();
+        e
+    };
+    // A refund needs the token, and an accept to reverse.
+    let mut no_token = refund(won);
+    no_token.as_object_mut().unwrap().remove("token");
+    assert_events_refused(&app, &no_token, 422, "token").await;
+    assert_events_refused(&app, &refund(lost), 409, "offer_id").await;
+    let r = app.post_json("/v1/events", &refund(won)).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(balance(&app, &member), 30_000);
+    assert_events_refused(&app, &refund(won), 409, "offer_id").await;
+    assert_eq!(balance(&app, &member), 30_000);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("offer_engine_refunded_value_total{offer_id=\"upg-biz-dom-points\"} 450"),
+        "{metrics}"
+    );
+    // The seat is back on that flight.
+    let state = app.state.state();
+    let live = state.ledger().decision(&shown[won].0, i64::MIN).unwrap();
+    let (key, _) = live
+        .record
+        .offers
+        .iter()
+        .find(|o| o.offer_id == "upg-biz-dom-points")
+        .and_then(|o| o.inventory.clone())
+        .expect("the points upgrade is capped per flight");
+    assert_eq!(
+        state.ledger().units("upg-biz-dom-points", &key).committed,
+        0
+    );
+}
+
+/// A gold member's upgrade voucher over HTTP: offered instead of a paid
+/// upgrade, accepted once (a second decision's voucher offer is then 409),
+/// after which the paid upgrade is offered; a refund gives it back.
+#[tokio::test]
+async fn an_upgrade_voucher_is_used_once_and_comes_back_with_a_refund() {
+    let app = spawn_app().await;
+    let member = app.find_member(|m| m.tier == Tier::Gold);
+    let trip = || {
+        json!({"member_id": member, "channel": "checkout", "max_offers": 10, "itinerary": {
+            "origin": "PEK", "destination": "SHA", "departure": departure_in(8),
+            "cabin": "economy", "fare": {"amount": 1280, "currency": "CNY"}, "passengers": 1}})
+    };
+    let upgrade = |offers: &[Value]| {
+        offers
+            .iter()
+            .find(|o| o["category"] == "upgrade")
+            .cloned()
+            .expect("an upgrade is offered")
+    };
+    let (d1, o1) = decide(&app, &trip()).await;
+    let (d2, o2) = decide(&app, &trip()).await;
+    let (v1, v2) = (upgrade(&o1), upgrade(&o2));
+    assert_eq!(v1["offer_id"], "upg-voucher-biz");
+    assert_eq!(v1["price"]["amount"], 0.0);
+    assert_eq!(v2["offer_id"], "upg-voucher-biz");
+    let r = app
+        .post_json("/v1/events", &event(&d1, &v1, "accept"))
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_events_refused(&app, &event(&d2, &v2, "accept"), 409, "offer_id").await;
+    let (_, o3) = decide(&app, &trip()).await;
+    assert_ne!(upgrade(&o3)["offer_id"], "upg-voucher-biz");
+    let mut refund = event(&d1, &v1, "refunded");
+    refund["token"] = v1["token"].clone();
+    assert_eq!(app.post_json("/v1/events", &refund).await.status(), 202);
+    let (_, o4) = decide(&app, &trip()).await;
+    assert_eq!(upgrade(&o4)["offer_id"], "upg-voucher-biz");
+}

@@ -152,3 +152,33 @@ async fn every_operation_documents_its_problems_and_v1_needs_a_bearer_key() {
     assert!(problem["properties"]["errors"].is_object(), "{problem}");
     assert!(doc["components"]["schemas"]["ProblemField"].is_object());
 }
+
+/// Every schema reference resolves (nested types such as a member's
+/// `monthly` history are collected into the components).
+#[tokio::test]
+async fn every_schema_reference_resolves() {
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(all.contains(&"#/components/schemas/MonthRecord"), "{all:?}");
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{r} dangles"
+        );
+    }
+}

@@ -74,13 +74,52 @@ pub enum RewardOn {
 }
 
 /// An inventory cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inventory {
     /// What a unit of inventory is counted against.
     pub scope: InventoryScope,
     /// Units available per scope key.
     pub cap: u32,
+    /// The last units of the cap, kept for chosen tiers or value segments.
+    #[serde(default)]
+    pub reserve: Option<Reserve>,
+}
+
+/// The last `units` of an inventory cap, sold only to members of `tiers` or
+/// of `segments` (value segments): once the cap less `units` is taken, only
+/// they may take the rest. Decided in log order where accepts are applied.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserve {
+    /// Units kept back.
+    pub units: u32,
+    /// Tiers that may take them.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+    /// Value segments that may take them (`high-value`, `potential`, `low-value`).
+    #[serde(default, deserialize_with = "value_segments")]
+    pub segments: Vec<crate::features::ValueSegment>,
+}
+
+fn value_segments<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::features::ValueSegment>, D::Error> {
+    use crate::features::ValueSegment as V;
+    let names = Vec::<String>::deserialize(d)?;
+    names
+        .iter()
+        .map(|n| {
+            [V::HighValue, V::Potential, V::LowValue]
+                .into_iter()
+                .find(|v| v.as_str() == n)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "unknown value segment {n:?}: expected high-value, potential or low-value"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Who may see an offer and in which context.
@@ -155,12 +194,14 @@ struct OfferSpec {
     #[serde(default)]
     per_passenger: bool,
     margin: f64,
+    #[serde(default)]
+    value: Option<f64>,
     #[serde(default = "one")]
     lever: f64,
     valid_from: toml::value::Datetime,
     valid_to: toml::value::Datetime,
-    #[serde(default = "default_validity")]
-    validity_minutes: u32,
+    #[serde(default)]
+    validity_minutes: Option<ValiditySpec>,
     channels: Vec<Channel>,
     #[serde(default)]
     provides: Vec<Benefit>,
@@ -174,13 +215,91 @@ struct OfferSpec {
     inventory: Option<Inventory>,
     #[serde(default)]
     reward_on: RewardOn,
+    #[serde(default)]
+    uses_voucher: bool,
 }
 
 fn one() -> f64 {
     1.0
 }
-fn default_validity() -> u32 {
-    30
+
+/// An offer's `validity_minutes`: one number (how long the offer stays
+/// acceptable when shown at checkout or a kiosk, the in-session channels
+/// whose hold the number always described) or a table by channel
+/// (`{ email = 1440, checkout = 20 }`). Channels it leaves out take the
+/// catalog's `[validity_minutes]`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+enum ValiditySpec {
+    InSession(u32),
+    ByChannel(ValidityTable),
+}
+
+/// Minutes by channel, each optional (TOML `[validity_minutes]` table).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidityTable {
+    #[serde(default)]
+    checkout: Option<u32>,
+    #[serde(default)]
+    app: Option<u32>,
+    #[serde(default)]
+    email: Option<u32>,
+    #[serde(default)]
+    kiosk: Option<u32>,
+    #[serde(default)]
+    sms: Option<u32>,
+}
+
+impl ValidityTable {
+    fn get(&self, ch: Channel) -> Option<u32> {
+        match ch {
+            Channel::Checkout => self.checkout,
+            Channel::App => self.app,
+            Channel::Email => self.email,
+            Channel::Kiosk => self.kiosk,
+            Channel::Sms => self.sms,
+        }
+    }
+}
+
+/// Longest validity a catalog may set, minutes (60 days).
+pub const MAX_VALIDITY_MINUTES: u32 = 60 * 24 * 60;
+
+/// How long a shown offer stays acceptable, minutes, per channel (indexed by
+/// [`Channel::index`]). It is counted from the decision (for a campaign, from
+/// its send time) and never runs past the offer's window or the departure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity(pub [u32; 5]);
+
+impl Validity {
+    /// The catalog-wide defaults when a catalog sets none: 30 minutes at
+    /// checkout and kiosk (the member is buying now), 3 days in the app and
+    /// by sms, 7 days by email (read when the member opens it).
+    pub const DEFAULT: Validity = Validity([30, 3 * 1440, 7 * 1440, 30, 3 * 1440]);
+
+    /// Minutes on a channel.
+    pub fn minutes(&self, ch: Channel) -> u32 {
+        self.0[ch.index()]
+    }
+
+    /// The defaults with a table's entries put over them; `field` names the
+    /// table in errors.
+    fn over(self, t: &ValidityTable, field: &str) -> Result<Validity, FieldError> {
+        let mut v = self;
+        for ch in Channel::ALL {
+            if let Some(m) = t.get(ch) {
+                if m == 0 || m > MAX_VALIDITY_MINUTES {
+                    return Err(FieldError::new(
+                        format!("{field}.{}", ch.as_str()),
+                        "must be from 1 to 86400 minutes (60 days)",
+                    ));
+                }
+                v.0[ch.index()] = m;
+            }
+        }
+        Ok(v)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +308,9 @@ struct CatalogFile {
     version: String,
     #[serde(default)]
     points_cost_cny: f64,
+    /// Catalog-wide validity by channel, minutes.
+    #[serde(default)]
+    validity_minutes: ValidityTable,
     #[serde(rename = "offer")]
     offers: Vec<OfferSpec>,
 }
@@ -213,14 +335,19 @@ pub struct Offer {
     pub per_passenger: bool,
     /// Margin the airline makes on an accept, CNY (per unit).
     pub margin: f64,
+    /// What an accept of an offer without a cash price (retention, co-brand)
+    /// is worth to the airline, CNY per unit (`value`; when absent the
+    /// margin stands for it). Only such offers may set it.
+    pub value: Option<f64>,
     /// Business lever multiplying expected value (1 = neutral).
     pub lever: f64,
     /// First day the offer may be shown.
     pub valid_from: Day,
     /// Last day the offer may be shown.
     pub valid_to: Day,
-    /// How long a shown offer stays acceptable.
-    pub validity_minutes: u32,
+    /// How long a shown offer stays acceptable, per channel: the catalog's
+    /// `[validity_minutes]` with the offer's own setting over it.
+    pub validity: Validity,
     /// Channels it may be shown on.
     pub channels: Vec<Channel>,
     /// Tier benefits it sells; never sold to a tier that includes them.
@@ -239,6 +366,10 @@ pub struct Offer {
     pub inventory: Option<Inventory>,
     /// Which outcome teaches the adaptive models (`reward_on`, default `accept`).
     pub reward_on: RewardOn,
+    /// The offer is the use of the member's tier upgrade voucher
+    /// (`uses_voucher`): only for tiers whose benefits include one, shown
+    /// instead of the paid upgrades, and its accept consumes the voucher.
+    pub uses_voucher: bool,
 }
 
 /// Why an offer is not eligible; used by tests and debugging endpoints.
@@ -260,7 +391,7 @@ pub enum Ineligible {
     Route,
     /// Too close to or too far from departure.
     DaysToDeparture,
-    /// Too few points.
+    /// Too few points: below `min_points`, or short of the party's points price.
     Points,
     /// Route too short.
     Distance,
@@ -360,6 +491,9 @@ impl Offer {
         if self.provides.iter().any(|b| benefits.contains(*b)) {
             return Err(Ineligible::TierBenefit);
         }
+        if self.uses_voucher && !benefits.contains(Benefit::UpgradeVoucher) {
+            return Err(Ineligible::Tier);
+        }
         if let Some(it) = ctx.itinerary {
             if it.departure <= ctx.now {
                 return Err(Ineligible::Departed);
@@ -394,7 +528,14 @@ impl Offer {
             // Rules about a trip cannot hold without one.
             return Err(Ineligible::Route);
         }
+        // A points price is paid from the member's balance: the party's
+        // price must be covered (a cold start has no balance to pay from).
+        let points_due = self
+            .points_price_for(ctx.itinerary.map(|i| i.passengers).unwrap_or(1))
+            .filter(|p| *p > 0);
         let needs_member = e.min_points.is_some()
+            || points_due.is_some()
+            || self.uses_voucher
             || e.require_tags != Vec::<String>::new()
             || e.max_spend_to_next_tier.is_some()
             || e.min_days_since_last_flight.is_some()
@@ -406,7 +547,9 @@ impl Offer {
                 Ok(())
             };
         };
-        if e.min_points.is_some_and(|p| m.points < p) {
+        if e.min_points.is_some_and(|p| m.points < p)
+            || points_due.is_some_and(|p| (m.points as u64) < p)
+        {
             return Err(Ineligible::Points);
         }
         if !m.tags.contains_all(self.require_tags) || m.tags.intersects(self.exclude_tags) {
@@ -449,6 +592,25 @@ impl Offer {
             .map(|p| (p as f64 * self.units(passengers)) as u64)
     }
 
+    /// The part of an inventory `cap` `member` may take on `day`: all of it,
+    /// or, when the offer keeps its last units for tiers or value segments
+    /// the member is not in (a cold start is in none), the cap less those.
+    pub fn cap_for(&self, cap: u32, member: Option<&Member>, day: Day) -> u32 {
+        let Some(r) = self.inventory.as_ref().and_then(|i| i.reserve.as_ref()) else {
+            return cap;
+        };
+        let entitled = member.is_some_and(|m| {
+            r.tiers.contains(&m.tier)
+                || (!r.segments.is_empty()
+                    && r.segments.contains(&crate::features::segment(m, day).value))
+        });
+        if entitled {
+            cap
+        } else {
+            cap.saturating_sub(r.units)
+        }
+    }
+
     /// Units sold: the party size for per-passenger offers, else one.
     pub fn units(&self, passengers: u8) -> f64 {
         if self.per_passenger {
@@ -474,13 +636,54 @@ pub struct Catalog {
 }
 
 impl Offer {
-    /// Net value of one accept for the party: margin less the cost of the
-    /// points awarded, per unit, times the units and the business lever.
+    /// What one unit of an accept earns the airline before points given
+    /// away: the configured `value` of an offer without a cash price, else
+    /// the margin.
+    #[inline]
+    pub fn unit_value(&self) -> f64 {
+        self.value.unwrap_or(self.margin)
+    }
+
+    /// An accept's value to the airline for `units` units: [`Offer::unit_value`]
+    /// less the cost of the points awarded, per unit. This is what an accept
+    /// records as `value` and what the ranking maximises (times the
+    /// propensity and the business lever, which steers and is no money).
+    #[inline]
+    pub fn net_value(&self, units: f64, cost_per_point: f64) -> f64 {
+        (self.unit_value() - self.points_awarded as f64 * cost_per_point) * units
+    }
+
+    /// What the points an accept of `units` units gives away cost the airline, CNY.
+    #[inline]
+    pub fn points_cost(&self, units: f64, cost_per_point: f64) -> f64 {
+        self.points_awarded as f64 * cost_per_point * units
+    }
+
+    /// Net value of one accept for the party, weighted by the business
+    /// lever: [`Offer::net_value`] × lever (what the ranking maximises).
     #[inline]
     pub fn accept_value(&self, passengers: u8, cost_per_point: f64) -> f64 {
-        (self.margin - self.points_awarded as f64 * cost_per_point)
-            * self.units(passengers)
-            * self.lever
+        self.net_value(self.units(passengers), cost_per_point) * self.lever
+    }
+
+    /// The units an issued quote was for, read back from its price (a
+    /// per-passenger offer's quote is the unit price times the party size):
+    /// the cash price when the offer has a positive one, else the points
+    /// price, else one.
+    pub fn units_quoted(&self, cash: Option<f64>, points: Option<u64>) -> f64 {
+        if !self.per_passenger {
+            return 1.0;
+        }
+        let ratio = match (self.price.as_ref(), cash, self.points_price, points) {
+            (Some(p), Some(c), _, _) if p.amount > 0.0 => c / p.amount,
+            (_, _, Some(pp), Some(q)) if pp > 0 => q as f64 / pp as f64,
+            _ => 1.0,
+        };
+        if ratio.is_finite() {
+            ratio.round().clamp(1.0, 255.0)
+        } else {
+            1.0
+        }
     }
 }
 
@@ -492,6 +695,9 @@ impl Catalog {
     pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
         let file: CatalogFile =
             toml::from_str(text).map_err(|e| CatalogError::Parse(e.to_string()))?;
+        let validity = Validity::DEFAULT
+            .over(&file.validity_minutes, "validity_minutes")
+            .map_err(|e| CatalogError::Parse(e.to_string()))?;
         let mut seen = HashSet::new();
         let mut offers = Vec::with_capacity(file.offers.len());
         for (i, spec) in file.offers.into_iter().enumerate() {
@@ -538,6 +744,20 @@ impl Catalog {
                     "must be a non-negative number",
                 )));
             }
+            if let Some(v) = spec.value {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(invalid(FieldError::new(
+                        "value",
+                        "must be a non-negative number",
+                    )));
+                }
+                if spec.price.as_ref().is_some_and(|p| p.amount > 0.0) {
+                    return Err(invalid(FieldError::new(
+                        "value",
+                        "only an offer without a cash price sets a value (a priced offer's value is its margin)",
+                    )));
+                }
+            }
             if !spec.lever.is_finite() || spec.lever < 0.0 {
                 return Err(invalid(FieldError::new(
                     "lever",
@@ -563,12 +783,27 @@ impl Catalog {
             if valid_to < valid_from {
                 return Err(invalid(FieldError::new("valid_to", "is before valid_from")));
             }
-            if spec.validity_minutes == 0 || spec.validity_minutes > 60 * 24 * 60 {
-                return Err(invalid(FieldError::new(
-                    "validity_minutes",
-                    "must be from 1 to 86400 (60 days)",
-                )));
-            }
+            let offer_validity = match spec.validity_minutes {
+                None => validity,
+                Some(ValiditySpec::InSession(m)) => validity
+                    .over(
+                        &ValidityTable {
+                            checkout: Some(m),
+                            kiosk: Some(m),
+                            ..Default::default()
+                        },
+                        "validity_minutes",
+                    )
+                    .map_err(|_| {
+                        invalid(FieldError::new(
+                            "validity_minutes",
+                            "must be from 1 to 86400 (60 days)",
+                        ))
+                    })?,
+                Some(ValiditySpec::ByChannel(t)) => {
+                    validity.over(&t, "validity_minutes").map_err(invalid)?
+                }
+            };
             if spec.channels.is_empty() {
                 return Err(invalid(FieldError::new(
                     "channels",
@@ -597,6 +832,20 @@ impl Catalog {
                         "must be at least 1",
                     )));
                 }
+                if let Some(r) = &inv.reserve {
+                    if r.units == 0 || r.units > inv.cap {
+                        return Err(invalid(FieldError::new(
+                            "inventory.reserve.units",
+                            "must be from 1 to the cap",
+                        )));
+                    }
+                    if r.tiers.is_empty() && r.segments.is_empty() {
+                        return Err(invalid(FieldError::new(
+                            "inventory.reserve",
+                            "must name the tiers or value segments the units are kept for",
+                        )));
+                    }
+                }
             }
             offers.push(Offer {
                 id: spec.id,
@@ -607,10 +856,11 @@ impl Catalog {
                 points_awarded: spec.points_awarded,
                 per_passenger: spec.per_passenger,
                 margin: spec.margin,
+                value: spec.value,
                 lever: spec.lever,
                 valid_from: Day::from_date(valid_from),
                 valid_to: Day::from_date(valid_to),
-                validity_minutes: spec.validity_minutes,
+                validity: offer_validity,
                 channels: spec.channels,
                 provides: spec.provides,
                 priority: spec.priority,
@@ -620,6 +870,7 @@ impl Catalog {
                 contact: spec.contact,
                 inventory: spec.inventory,
                 reward_on: spec.reward_on,
+                uses_voucher: spec.uses_voucher,
             });
         }
         if offers.is_empty() {
@@ -677,6 +928,179 @@ mod tests {
     }
 
     #[test]
+    fn a_points_price_is_paid_from_the_balance_for_the_whole_party() {
+        use crate::domain::{Cabin, Iata, TierThresholds};
+        let c = Catalog::default_catalog();
+        let (_, o) = c.get("upg-biz-dom-points").unwrap();
+        assert!(o.per_passenger);
+        let price = o.points_price.unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let now = day.and_hms_opt(9, 0, 0).unwrap().and_utc();
+        let mut m = crate::synth::member(1, 1, day, &TierThresholds::default());
+        let mut it = Itinerary {
+            origin: Iata::from_bytes(*b"PEK"),
+            destination: Iata::from_bytes(*b"DLC"),
+            departure: now + chrono::Duration::days(5),
+            cabin: Cabin::PremiumEconomy,
+            fare: Money {
+                amount: 900.0,
+                currency: "CNY".into(),
+            },
+            passengers: 1,
+        };
+        let judge = |m: &Member, it: &Itinerary| {
+            o.eligible(&EligibilityContext::new(
+                Some(m),
+                Some(it),
+                Channel::Checkout,
+                now,
+                None,
+            ))
+        };
+        m.points = price;
+        assert_eq!(judge(&m, &it), Ok(()));
+        m.points = price - 1;
+        assert_eq!(judge(&m, &it), Err(Ineligible::Points));
+        // A party of two pays twice the price: min_points alone would let it through.
+        it.passengers = 2;
+        m.points = price * 2 - 1;
+        assert_eq!(judge(&m, &it), Err(Ineligible::Points));
+        m.points = price * 2;
+        assert_eq!(judge(&m, &it), Ok(()));
+        // A cold start has no balance to pay from.
+        let cold = EligibilityContext::new(None, Some(&it), Channel::Checkout, now, None);
+        assert_eq!(o.eligible(&cold), Err(Ineligible::NeedsMember));
+    }
+
+    #[test]
+    fn extra_baggage_is_never_sold_to_the_tiers_that_include_it() {
+        use crate::domain::{Benefit, Cabin, Iata, TierThresholds};
+        let c = Catalog::default_catalog();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let now = day.and_hms_opt(9, 0, 0).unwrap().and_utc();
+        let mut m = crate::synth::member(1, 1, day, &TierThresholds::default());
+        m.points = 100_000;
+        let it = Itinerary {
+            origin: Iata::from_bytes(*b"PEK"),
+            destination: Iata::from_bytes(*b"SHA"),
+            departure: now + chrono::Duration::days(5),
+            cabin: Cabin::Economy,
+            fare: Money {
+                amount: 900.0,
+                currency: "CNY".into(),
+            },
+            passengers: 1,
+        };
+        let bags: Vec<&Offer> = c
+            .offers
+            .iter()
+            .filter(|o| o.provides.contains(&Benefit::ExtraBaggage))
+            .collect();
+        assert!(bags.iter().any(|o| o.id == "bag-extra-23kg-dom"));
+        for tier in Tier::ALL {
+            m.tier = tier;
+            let ctx = EligibilityContext::new(Some(&m), Some(&it), Channel::Checkout, now, None);
+            let (_, dom) = c.get("bag-extra-23kg-dom").unwrap();
+            let includes = tier.benefits().contains(Benefit::ExtraBaggage);
+            assert_eq!(includes, tier >= Tier::Gold);
+            assert_eq!(
+                dom.eligible(&ctx),
+                if includes {
+                    Err(Ineligible::TierBenefit)
+                } else {
+                    Ok(())
+                },
+                "{tier}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_last_units_of_a_cap_are_kept_for_the_tiers_or_segments_named() {
+        use crate::domain::TierThresholds;
+        use crate::features::ValueSegment;
+        let c = Catalog::default_catalog();
+        let (_, o) = c.get("upg-biz-intl-cash").unwrap();
+        let r = o.inventory.as_ref().unwrap().reserve.as_ref().unwrap();
+        assert_eq!((o.inventory.as_ref().unwrap().cap, r.units), (4, 2));
+        let day = Day::from_date(NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+        let mut m = crate::synth::member(1, 1, day.to_date(), &TierThresholds::default());
+        for tier in Tier::ALL {
+            m.tier = tier;
+            let want = if r.tiers.contains(&tier) { 4 } else { 2 };
+            assert_eq!(o.cap_for(4, Some(&m), day), want, "{tier}");
+        }
+        assert_eq!(o.cap_for(4, None, day), 2, "a cold start is in no tier");
+        // An offer without a reserve: the whole cap for everyone.
+        let (_, plain) = c.get("upg-first-intl-cash").unwrap();
+        assert_eq!(plain.cap_for(2, None, day), 2);
+        // Value segments, and bad reserves refused with the field.
+        let seg = DEFAULT_CATALOG.replace(
+            "reserve = { units = 2, tiers = [\"platinum\", \"diamond\"] }",
+            "reserve = { units = 1, segments = [\"high-value\"] }",
+        );
+        let c2 = Catalog::from_toml(&seg).unwrap();
+        let (_, o2) = c2.get("upg-biz-intl-cash").unwrap();
+        m.tier = Tier::Diamond;
+        let high = crate::features::segment(&m, day).value == ValueSegment::HighValue;
+        assert_eq!(o2.cap_for(4, Some(&m), day), if high { 4 } else { 3 });
+        for (bad, field) in [
+            (
+                "reserve = { units = 5, tiers = [\"gold\"] }",
+                "inventory.reserve.units",
+            ),
+            ("reserve = { units = 1 }", "inventory.reserve"),
+        ] {
+            let text = DEFAULT_CATALOG.replace(
+                "reserve = { units = 2, tiers = [\"platinum\", \"diamond\"] }",
+                bad,
+            );
+            let e = Catalog::from_toml(&text).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let unknown = DEFAULT_CATALOG.replace(
+            "tiers = [\"platinum\", \"diamond\"] }",
+            "segments = [\"vip\"] }",
+        );
+        assert!(Catalog::from_toml(&unknown).is_err());
+    }
+
+    #[test]
+    fn value_is_the_margin_net_of_points_or_the_configured_value() {
+        let c = Catalog::default_catalog();
+        let (_, seat) = c.get("seat-extra-legroom").unwrap();
+        assert_eq!(seat.net_value(2.0, c.cost_per_point), seat.margin * 2.0);
+        let (_, booster) = c.get("miles-double-trip").unwrap();
+        let units = booster.units(3);
+        assert!(
+            (booster.net_value(units, c.cost_per_point)
+                - (booster.margin - booster.points_awarded as f64 * c.cost_per_point) * units)
+                .abs()
+                < 1e-9
+        );
+        assert_eq!(
+            booster.units_quoted(Some(booster.price.as_ref().unwrap().amount * 3.0), None),
+            if booster.per_passenger { 3.0 } else { 1.0 }
+        );
+        // A configured value replaces the margin of an offer without a cash price...
+        let text =
+            DEFAULT_CATALOG.replacen("margin = 1200.0\n", "margin = 1200.0\nvalue = 1500.0\n", 1);
+        assert_ne!(text, DEFAULT_CATALOG);
+        let with_value = Catalog::from_toml(&text).unwrap();
+        let (_, card) = with_value.get("cobrand-platinum").unwrap();
+        assert_eq!(card.unit_value(), 1500.0);
+        assert_eq!(
+            card.net_value(1.0, with_value.cost_per_point),
+            1500.0 - card.points_awarded as f64 * with_value.cost_per_point
+        );
+        // ...and is refused on a priced offer.
+        let priced =
+            DEFAULT_CATALOG.replacen("margin = 300.0\n", "margin = 300.0\nvalue = 10.0\n", 1);
+        let e = Catalog::from_toml(&priced).unwrap_err();
+        assert!(e.to_string().contains("value"), "{e}");
+    }
+
+    #[test]
     fn default_catalog_parses_and_covers_every_category() {
         let c = Catalog::default_catalog();
         assert!((30..=60).contains(&c.offers.len()), "{}", c.offers.len());
@@ -686,6 +1110,56 @@ mod tests {
                 "no offer of category {cat:?}"
             );
         }
+    }
+
+    #[test]
+    fn validity_is_set_per_channel_with_per_offer_overrides() {
+        let c = Catalog::default_catalog();
+        // An offer without a setting of its own takes the catalog's table.
+        let head = &DEFAULT_CATALOG[..DEFAULT_CATALOG.find("\n[[offer]]").unwrap()];
+        let one = |offer: &str| {
+            Catalog::from_toml(&format!(
+                "{head}\n[[offer]]\nid = \"x\"\ncategory = \"wifi\"\ntitle = \"Wi-Fi\"\n\
+                 price = {{ amount = 30.0, currency = \"CNY\" }}\nmargin = 20.0\n\
+                 valid_from = 2025-01-01\nvalid_to = 2030-12-31\n\
+                 channels = [\"checkout\", \"app\", \"email\"]\n{offer}"
+            ))
+        };
+        let plain = one("").unwrap();
+        assert_eq!(
+            plain.offers[0].validity,
+            Validity([30, 4320, 10080, 30, 4320])
+        );
+        // One number: the in-session channels (checkout, kiosk) only.
+        let n = one("validity_minutes = 90\n").unwrap();
+        assert_eq!(n.offers[0].validity, Validity([90, 4320, 10080, 90, 4320]));
+        // A table: the channels it names.
+        let t = one("validity_minutes = { email = 1440, checkout = 20 }\n").unwrap();
+        assert_eq!(t.offers[0].validity, Validity([20, 4320, 1440, 30, 4320]));
+        // Out of range or unknown channels are refused, naming the field.
+        let e = one("validity_minutes = { email = 0 }\n").unwrap_err();
+        assert!(e.to_string().contains("validity_minutes"), "{e}");
+        assert!(one("validity_minutes = 0\n").is_err());
+        assert!(one("validity_minutes = { fax = 10 }\n").is_err());
+        let e = Catalog::from_toml(&DEFAULT_CATALOG.replace("email = 10080\n", "email = 90000\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("validity_minutes.email"), "{e}");
+        // Without a catalog table the built-in defaults hold.
+        let start = DEFAULT_CATALOG.find("[validity_minutes]").unwrap();
+        let end = start + DEFAULT_CATALOG[start..].find("\n\n").unwrap();
+        let bare = format!("{}{}", &DEFAULT_CATALOG[..start], &DEFAULT_CATALOG[end..]);
+        let bare = Catalog::from_toml(&bare).unwrap();
+        for o in &bare.offers {
+            for ch in [Channel::App, Channel::Email, Channel::Sms] {
+                assert_eq!(o.validity.minutes(ch), Validity::DEFAULT.minutes(ch));
+            }
+        }
+        // The default catalog's table is the built-in default, written out.
+        assert_eq!(Validity::DEFAULT, plain.offers[0].validity);
+        assert!(c
+            .offers
+            .iter()
+            .all(|o| o.validity.minutes(Channel::Email) == 10080));
     }
 
     #[test]

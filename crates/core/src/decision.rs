@@ -153,6 +153,11 @@ pub trait Constraints {
     fn allowed(&self, _index: usize, _offer: &Offer) -> bool {
         true
     }
+    /// Whether the member's tier upgrade voucher is still unused (offers
+    /// that use it are shown only then; the default: unused).
+    fn voucher_unused(&self) -> bool {
+        true
+    }
     /// How many more offers the member may be shown today on this channel.
     fn remaining_contacts(&self) -> usize {
         usize::MAX
@@ -286,7 +291,10 @@ pub fn decide_explored(
         Vec::with_capacity(candidates.map_or(all, |c| c.len()));
     let mut consider = |i: usize| {
         let offer = &engine.catalog.offers[i];
-        if offer.eligible(&ectx).is_err() || !constraints.allowed(i, offer) {
+        if offer.eligible(&ectx).is_err()
+            || !constraints.allowed(i, offer)
+            || (offer.uses_voucher && !constraints.voucher_unused())
+        {
             return;
         }
         let p = score(i);
@@ -300,6 +308,12 @@ pub fn decide_explored(
     let mut candidates = scored;
     let eligible = candidates.len();
     let offers = &engine.catalog.offers;
+    // A member with an unused upgrade voucher is offered its use before a
+    // paid upgrade: the paid ones give way.
+    if candidates.iter().any(|c| offers[c.0].uses_voucher) {
+        candidates
+            .retain(|c| offers[c.0].uses_voucher || offers[c.0].category != Category::Upgrade);
+    }
     match input.ranking {
         Ranking::Model => candidates.sort_by(|a, b| {
             b.2.total_cmp(&a.2)
@@ -397,11 +411,24 @@ fn category_index(c: Category) -> u32 {
     Category::ALL.iter().position(|x| *x == c).unwrap_or(0) as u32
 }
 
-/// Expiry: the offer's validity from now, but never after departure nor
-/// after the last day of the offer's window.
+/// Expiry: the offer's validity on the decision's channel from now, but
+/// never after departure nor after the last day of the offer's window.
 fn expiry(offer: &Offer, input: &DecisionInput<'_>) -> DateTime<Utc> {
-    let mut t = input.now + Duration::minutes(offer.validity_minutes as i64);
-    if let Some(it) = input.itinerary {
+    expiry_from(offer, input.channel, input.now, input.itinerary)
+}
+
+/// When an offer shown on `channel` from `start` stops being acceptable:
+/// `start` plus the offer's validity on that channel (the catalog's
+/// `validity_minutes`), never after the departure of `itinerary` nor after
+/// the last day of the offer's window. Campaigns count from their send time.
+pub fn expiry_from(
+    offer: &Offer,
+    channel: Channel,
+    start: DateTime<Utc>,
+    itinerary: Option<&crate::domain::Itinerary>,
+) -> DateTime<Utc> {
+    let mut t = start + Duration::minutes(offer.validity.minutes(channel) as i64);
+    if let Some(it) = itinerary {
         t = t.min(it.departure);
     }
     let window_end = Day(offer.valid_to.0 + 1)
@@ -522,5 +549,49 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1200), "1,200");
         assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn expiry_is_the_channel_validity_capped_by_departure_and_window() {
+        use chrono::TimeZone;
+        let catalog = Catalog::default_catalog();
+        let offer = &catalog.offers[0];
+        let start = Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap();
+        for ch in Channel::ALL {
+            let want = start + Duration::minutes(offer.validity.minutes(ch) as i64);
+            assert_eq!(expiry_from(offer, ch, start, None), want, "{ch:?}");
+        }
+        assert_eq!(
+            expiry_from(offer, Channel::Email, start, None),
+            start + Duration::days(7)
+        );
+        // A departure sooner than the validity ends it.
+        let it = Itinerary {
+            origin: crate::domain::Iata::parse("PEK").unwrap(),
+            destination: crate::domain::Iata::parse("SHA").unwrap(),
+            departure: start + Duration::hours(5),
+            cabin: crate::domain::Cabin::Economy,
+            fare: Money {
+                amount: 1000.0,
+                currency: "CNY".into(),
+            },
+            passengers: 1,
+        };
+        assert_eq!(
+            expiry_from(offer, Channel::App, start, Some(&it)),
+            it.departure
+        );
+        // So does the end of the offer's last day.
+        let late = Day(offer.valid_to.0)
+            .to_date()
+            .and_hms_opt(20, 0, 0)
+            .unwrap()
+            .and_utc();
+        let end = Day(offer.valid_to.0 + 1)
+            .to_date()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert_eq!(expiry_from(offer, Channel::Email, late, None), end);
     }
 }

@@ -4,7 +4,10 @@
 
 use serde::Deserialize;
 
-use crate::domain::{ConsentChannel, Day, FieldError, Member, Money, Tier, TierThresholds};
+use crate::domain::{
+    month_of, ConsentChannel, Day, DowngradeRule, FieldError, Member, Money, Month, Tier,
+    TierThresholds,
+};
 pub use crate::records::{MemberChange, OutcomeKind, OutcomeRecord};
 
 /// Wire form of one outcome event.
@@ -24,8 +27,8 @@ pub struct OutcomeEventDto {
     /// When it happened (RFC 3339); informational, the server's clock decides expiry.
     #[serde(default)]
     pub at: Option<String>,
-    /// The offer's signed token from the decision; required for an accept,
-    /// checked when given with any other event.
+    /// The offer's signed token from the decision; required for an accept
+    /// and a refund, checked when given with any other event.
     #[serde(default)]
     pub token: Option<String>,
 }
@@ -262,27 +265,80 @@ impl MemberChange {
         }
     }
 
-    /// Applies the change to a member. Deterministic (replay gives the same
-    /// result), saturating rather than failing.
-    pub fn apply(&self, m: &mut Member, th: &TierThresholds) {
+    /// Applies the change, logged on day `on` (log time), to a member.
+    /// Deterministic (replay gives the same result), saturating rather than
+    /// failing. Spend and flights go to their month (a flight's own day, a
+    /// purchase's log day) of the rolling 12 months; an earned tier is
+    /// given at once.
+    pub fn apply(&self, m: &mut Member, th: &TierThresholds, on: Day) {
+        let now = month_of(on);
+        let earn = |m: &mut Member, month: Month, spend: f64, flights: u8| {
+            m.history.date(now);
+            m.history.roll_to(now);
+            m.history.add(month, spend, flights);
+            m.refresh_totals();
+            let earned = th.tier_for(m.qualifying_spend_12m as f64);
+            m.tier = m.tier.max(earned);
+            if earned >= m.tier {
+                m.history.set_months_short(0);
+            }
+        };
         match *self {
             MemberChange::FlightFlown { day, spend, points } => {
-                m.flights_12m = m.flights_12m.saturating_add(1);
                 m.last_flight = Some(m.last_flight.map_or(Day(day), |d| d.max(Day(day))));
-                m.qualifying_spend_12m = (m.qualifying_spend_12m as f64 + spend) as f32;
                 m.points = m.points.saturating_add(points);
-                m.tier = m.tier.max(th.tier_for(m.qualifying_spend_12m as f64));
+                earn(m, month_of(Day(day)), spend, 1);
             }
             MemberChange::PointsEarned(p) => m.points = m.points.saturating_add(p),
             MemberChange::PointsRedeemed(p) => m.points = m.points.saturating_sub(p),
-            MemberChange::TierChanged(t) => m.tier = t,
+            MemberChange::TierChanged(t) => {
+                m.tier = t;
+                m.history.set_months_short(0);
+            }
             MemberChange::ConsentChanged(ch, granted) => m.consent.set(ch, granted),
-            MemberChange::Purchase { qualifying_amount } => {
-                m.qualifying_spend_12m = (m.qualifying_spend_12m as f64 + qualifying_amount) as f32;
-                m.tier = m.tier.max(th.tier_for(m.qualifying_spend_12m as f64));
+            MemberChange::Purchase { qualifying_amount } => earn(m, now, qualifying_amount, 0),
+        }
+    }
+}
+
+/// What the start of month `into` (by log time) does to a member: the
+/// programme's downgrade rule is judged on the 12 full months before it,
+/// then the month that falls out of the window ages out. An undated
+/// history is dated first (its spread becomes those 12 months). A month
+/// already started for the member changes nothing.
+pub fn start_month(m: &mut Member, into: Month, th: &TierThresholds) {
+    let Some(prev) = into.checked_sub(1) else {
+        return;
+    };
+    if m.history.month().is_some_and(|h| h >= into) {
+        return;
+    }
+    m.history.date(prev);
+    m.history.roll_to(prev);
+    m.refresh_totals();
+    let earned = th.tier_for(m.qualifying_spend_12m as f64);
+    if earned >= m.tier {
+        m.history.set_months_short(0);
+    } else {
+        match th.downgrade {
+            DowngradeRule::Anniversary => {
+                if into % 12 == month_of(m.joined) % 12 {
+                    m.tier = earned;
+                }
+            }
+            DowngradeRule::Grace => {
+                let short = m.history.months_short().saturating_add(1);
+                if short > th.grace_months {
+                    m.tier = earned;
+                    m.history.set_months_short(0);
+                } else {
+                    m.history.set_months_short(short);
+                }
             }
         }
     }
+    m.history.roll_to(into);
+    m.refresh_totals();
 }
 
 #[cfg(test)]
@@ -298,18 +354,18 @@ mod tests {
         m.points = 100;
         let e: MemberEventDto =
             from_json(br#"{"member_id":"M1","type":"points_earned","points":500}"#).unwrap();
-        e.into_change(today).unwrap().apply(&mut m, &th);
+        e.into_change(today).unwrap().apply(&mut m, &th, today);
         assert_eq!(m.points, 600);
         let e: MemberEventDto = from_json(
             br#"{"member_id":"M1","type":"consent_changed","channel":"email","granted":false}"#,
         )
         .unwrap();
-        e.into_change(today).unwrap().apply(&mut m, &th);
+        e.into_change(today).unwrap().apply(&mut m, &th, today);
         assert!(!m.consent.granted(ConsentChannel::Email));
         let e: MemberEventDto =
             from_json(br#"{"member_id":"M1","type":"flight_flown","qualifying_spend":200000}"#)
                 .unwrap();
-        e.into_change(today).unwrap().apply(&mut m, &th);
+        e.into_change(today).unwrap().apply(&mut m, &th, today);
         assert_eq!(m.tier, Tier::Diamond);
         assert_eq!(m.last_flight, Some(today));
     }

@@ -735,6 +735,85 @@ pub struct VariantReport {
     /// and a two-sided 5% level; 0 once reached (null for the control, or
     /// while the control has no conversions to size from).
     pub sample_size_needed: Option<u64>,
+    /// Value to the airline per exposed member (accepts' value net of the
+    /// points given away, refunds taken back; null in segment rows).
+    pub value_per_member: Option<MeanSd>,
+    /// Value per member against the control, Welch (null for the control).
+    pub value_lift: Option<ReportLift>,
+    /// Value lift with CUPED adjustment (null for the control).
+    pub cuped_value_lift: Option<ReportLift>,
+    /// Cost of the points given away per exposed member (null in segment rows).
+    pub points_cost_per_member: Option<f64>,
+    /// Return on the points given away against the holdout: (value per
+    /// member − the holdout's) / (points cost per member − the holdout's);
+    /// null for the holdout, without a holdout, or when the variant gives
+    /// away no more points than the holdout.
+    pub roi: Option<f64>,
+}
+
+/// One variant's value statistics: members and covariates as in its
+/// [`ArmStats`], the revenue sums holding value instead (so every revenue
+/// statistic applies to value unchanged), and the points cost given away.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValueArm {
+    /// Members and covariate as in the arm; `revenue_*` hold value.
+    pub stats: ArmStats,
+    /// Sum over members of the cost of the points given away.
+    pub points_cost_sum: f64,
+}
+
+impl ValueArm {
+    /// Points cost per member; 0 without members.
+    pub fn points_cost_mean(&self) -> f64 {
+        if self.stats.members == 0 {
+            0.0
+        } else {
+            self.points_cost_sum / self.stats.members as f64
+        }
+    }
+}
+
+/// Return on the points given away of `arm` against `holdout`: incremental
+/// value per member over incremental points cost per member. None without
+/// members in either, or when the arm gives away no more than the holdout.
+pub fn roi(arm: &ValueArm, holdout: &ValueArm) -> Option<f64> {
+    if arm.stats.members == 0 || holdout.stats.members == 0 {
+        return None;
+    }
+    let cost = arm.points_cost_mean() - holdout.points_cost_mean();
+    let gain = arm.stats.revenue_mean() - holdout.stats.revenue_mean();
+    (cost > 0.0).then(|| gain / cost).filter(|r| r.is_finite())
+}
+
+/// Fills the value figures of a report's rows from each variant's value
+/// arm (by spec variant index): value per member, its Welch and CUPED lifts
+/// against the control (as the revenue ones), points cost per member and
+/// the ROI against the holdout.
+pub fn add_value_figures(spec: &ExperimentSpec, report: &mut Report, value_arms: &[ValueArm]) {
+    let c = spec.control();
+    let holdout = spec.variants.iter().position(|v| v.holdout);
+    let Some(control) = value_arms.get(c) else {
+        return;
+    };
+    for (i, row) in report.variants.iter_mut().enumerate() {
+        let Some(a) = value_arms.get(i) else {
+            continue;
+        };
+        row.value_per_member = Some(MeanSd {
+            mean: a.stats.revenue_mean(),
+            std_dev: a.stats.revenue_std_dev(),
+        });
+        row.points_cost_per_member = Some(a.points_cost_mean());
+        if i != c {
+            row.value_lift = stats::revenue_lift(&control.stats, &a.stats, 0.95).map(Into::into);
+            row.cuped_value_lift =
+                stats::cuped_revenue_lift(&control.stats, &a.stats, 0.95).map(Into::into);
+        }
+        row.roi = holdout
+            .filter(|h| *h != i)
+            .and_then(|h| value_arms.get(h))
+            .and_then(|h| roi(a, h));
+    }
 }
 
 /// One arm's loyalty outcomes, over its exposed members whose first
@@ -980,6 +1059,11 @@ fn variant_rows(
                 sample_size_needed: (!is_control)
                     .then(|| sample_size_needed(spec, control, a))
                     .flatten(),
+                value_per_member: None,
+                value_lift: None,
+                cuped_value_lift: None,
+                points_cost_per_member: None,
+                roi: None,
             }
         })
         .collect()
@@ -1197,10 +1281,10 @@ pub fn segmented_report(
 /// dropped first (the cumulative figures of the days kept are unaffected).
 pub const MAX_TIMESERIES_DAYS: usize = 400;
 
-/// The value of an arm's conversions that the time series reports: the sum
-/// of the amounts its conversions were recorded with (today the accepted
-/// revenue, the figure the report's revenue uses), and per member the same
-/// amounts for `value_lift`.
+/// The value of an arm's conversions that the time series reports: the day
+/// rows hold in their revenue fields the accepts' value to the airline
+/// (margin net of points given away, the report's `value_per_member`), so
+/// this is their sum, and per member the same amounts give `value_lift`.
 pub fn conversion_value(arm: &ArmStats) -> f64 {
     arm.revenue_sum
 }

@@ -92,7 +92,7 @@ pub const MARKETING_COST_PER_YEAR: f64 = 60.0;
 /// Segments a member at `today`.
 pub fn segment(m: &Member, today: Day) -> Segmentation {
     let recency_days = m.last_flight.map(|d| (today.0 - d.0).max(0));
-    let freq = m.flights_12m as f64;
+    let freq = m.flights_12m() as f64;
     let monetary = m.qualifying_spend_12m as f64;
     // Expected remaining years from a yearly retention that falls with recency
     // and rises with tier: r in [0.3, 0.95], years = r / (1 - r).
@@ -114,7 +114,7 @@ pub fn segment(m: &Member, today: Day) -> Segmentation {
         || (!m.tags.has("leisure") && freq >= 12.0);
     Segmentation {
         recency_days,
-        frequency: m.flights_12m,
+        frequency: m.flights_12m(),
         monetary,
         clv,
         value,
@@ -173,7 +173,7 @@ pub fn build(
             .map(|d| d as f32 / 365.0)
             .unwrap_or(3.0)
             .min(3.0);
-        x[1] = ln1p(m.flights_12m as f64);
+        x[1] = ln1p(m.flights_12m() as f64);
         x[2] = ln1p(m.qualifying_spend_12m as f64) / 10.0;
         x[3] = ln1p(s.clv) / 10.0;
         match m.tier {
@@ -245,7 +245,7 @@ mod tests {
             points: 12_000,
             last_flight: Day::parse("2026-10-01"),
             joined: Day::parse("2015-03-01").unwrap(),
-            flights_12m: 14,
+            history: crate::domain::MonthlyHistory::spread(spend as f64, 14),
             tags: Tags::parse(&["business"]).unwrap(),
             home_airport: Iata::parse("PEK").unwrap(),
             tier,

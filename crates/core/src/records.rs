@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ConsentChannel;
-use crate::domain::{Channel, Consent, Day, Iata, Member, Money, Tags, Tier};
+use crate::domain::{Channel, Consent, Day, Iata, Member, Money, MonthlyHistory, Tags, Tier};
 
 /// Where an accepted unit of inventory is counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -122,7 +122,7 @@ pub fn inventory_key(
     offer: &crate::catalog::Offer,
     it: &crate::domain::Itinerary,
 ) -> Option<(InventoryKey, u32)> {
-    let inv = offer.inventory?;
+    let inv = offer.inventory.as_ref()?;
     let code = |c: crate::domain::Iata| {
         let b = c.as_str().as_bytes();
         [b[0], b[1], b[2]]
@@ -169,7 +169,7 @@ impl From<&Member> for MemberWire {
             points: m.points,
             last_flight: m.last_flight.map(|d| d.0),
             joined: m.joined.0,
-            flights: m.flights_12m,
+            flights: m.flights_12m(),
             tags: m.tags.bits(),
             home: [h[0], h[1], h[2]],
             tier: m.tier,
@@ -179,6 +179,8 @@ impl From<&Member> for MemberWire {
     }
 }
 
+/// A record of the first form (12-month totals only) is an undated spread
+/// of its totals (see [`MonthlyHistory`]).
 impl From<&MemberWire> for Member {
     fn from(w: &MemberWire) -> Self {
         Member {
@@ -186,13 +188,48 @@ impl From<&MemberWire> for Member {
             points: w.points,
             last_flight: w.last_flight.map(Day),
             joined: Day(w.joined),
-            flights_12m: w.flights,
+            history: MonthlyHistory::spread(w.spend as f64, w.flights),
             tags: Tags::from_bits(w.tags),
             home_airport: Iata::from_bytes(w.home),
             tier: w.tier,
             birth_month: w.birth_month,
             consent: Consent::from_bits(w.consent),
         }
+    }
+}
+
+/// Compact member form with the monthly history (logs and snapshots from
+/// snapshot format 7): the first form, then the history's raw parts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MemberWireV2 {
+    base: MemberWire,
+    spend: [u16; 12],
+    flights: [u8; 12],
+    month: u16,
+    exp: u8,
+    short: u8,
+}
+
+impl From<&Member> for MemberWireV2 {
+    fn from(m: &Member) -> Self {
+        let (spend, flights, month, exp, short) = m.history.to_raw();
+        MemberWireV2 {
+            base: MemberWire::from(m),
+            spend,
+            flights,
+            month,
+            exp,
+            short,
+        }
+    }
+}
+
+impl From<&MemberWireV2> for Member {
+    fn from(w: &MemberWireV2) -> Self {
+        let mut m = Member::from(&w.base);
+        m.history = MonthlyHistory::from_raw(w.spend, w.flights, w.month, w.exp, w.short);
+        m.refresh_totals();
+        m
     }
 }
 
@@ -225,6 +262,14 @@ pub enum LogRecord {
         /// Server time, ms.
         at_ms: i64,
     },
+    /// Members created or replaced, with their monthly history (what
+    /// `Members` records, still read, became).
+    MembersV2(Vec<(String, MemberWireV2)>),
+    /// A batch of outcome events with what each moves besides revenue
+    /// (value, points); what the engine writes since refunds and points
+    /// redemption. [`LogRecord::Outcomes`] stays readable: its accepts
+    /// carried no value and redeemed no points.
+    OutcomesV2(Vec<OutcomeRecordV2>),
 }
 
 impl LogRecord {
@@ -283,6 +328,11 @@ pub enum OutcomeKind {
     /// counts once. For offers rewarded on fulfilment (`reward_on =
     /// "fulfilment"` in the catalog) it is what teaches the adaptive models.
     Fulfilled,
+    /// An accepted offer was refunded: the accept's revenue, value,
+    /// inventory unit and points are given back, once, while the decision
+    /// is inside the attribution window. Carries the decision, offer and
+    /// token, like the accept.
+    Refunded,
 }
 
 impl OutcomeKind {
@@ -294,6 +344,7 @@ impl OutcomeKind {
             OutcomeKind::Accept => "accept",
             OutcomeKind::Decline => "decline",
             OutcomeKind::Fulfilled => "fulfilled",
+            OutcomeKind::Refunded => "refunded",
         }
     }
 }
@@ -329,6 +380,50 @@ pub struct OutcomeRecord {
     /// rewarded on fulfilment (the catalog's `reward_on` when the event
     /// arrived, fixed here so that replay learns exactly what was learned live).
     pub learn: bool,
+}
+
+/// An outcome with what it moves besides revenue (record version 2).
+///
+/// For an accept: `value` is its value to the airline (the offer's net
+/// value for the units quoted, see `Offer::net_value`), `points` the points
+/// price it redeems from the member's balance, `points_cost` what the points
+/// it gives away cost the airline. A refund carries the figures of the
+/// accept it reverses (and the accept's revenue in `outcome.revenue`), as
+/// positive numbers. Other kinds carry zeros.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecordV2 {
+    /// The outcome as in version 1.
+    pub outcome: OutcomeRecord,
+    /// Value to the airline, CNY.
+    pub value: f64,
+    /// Points redeemed (accept) or given back (refund).
+    pub points: u64,
+    /// Cost of the points given away, CNY.
+    pub points_cost: f64,
+    /// The accept uses the member's upgrade voucher of the calendar year of
+    /// `outcome.at_ms` (a refund: gives back the one its accept used).
+    pub voucher: bool,
+}
+
+impl From<OutcomeRecord> for OutcomeRecordV2 {
+    /// A version-1 outcome: no value, no points, no voucher.
+    fn from(outcome: OutcomeRecord) -> Self {
+        OutcomeRecordV2 {
+            outcome,
+            value: 0.0,
+            points: 0,
+            points_cost: 0.0,
+            voucher: false,
+        }
+    }
+}
+
+/// The calendar year (UTC) of a time in ms: an upgrade voucher's period.
+pub fn voucher_year(at_ms: i64) -> i32 {
+    use chrono::Datelike;
+    DateTime::<Utc>::from_timestamp_millis(at_ms)
+        .map(|t| t.year())
+        .unwrap_or(1970)
 }
 
 /// A checked member change, as logged.
@@ -430,8 +525,28 @@ mod tests {
         let th = TierThresholds::default();
         let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
         for i in 0..200 {
-            let m = crate::synth::member(5, i, d, &th);
+            let mut m = crate::synth::member(5, i, d, &th);
+            // Undated (totals only): both forms keep it exactly.
             assert_eq!(Member::from(&MemberWire::from(&m)), m);
+            assert_eq!(Member::from(&MemberWireV2::from(&m)), m);
+            // Dated, with months aged and a grace count: the second form keeps it.
+            m.history.date(680);
+            m.history.add(675, 1234.5, 2);
+            m.history.roll_to(683);
+            m.history.set_months_short(2);
+            m.refresh_totals();
+            assert_eq!(Member::from(&MemberWireV2::from(&m)), m);
         }
+    }
+
+    #[test]
+    fn members_v2_is_a_new_variant_after_the_old_ones() {
+        let th = TierThresholds::default();
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let m = crate::synth::member(5, 1, d, &th);
+        let rec = LogRecord::MembersV2(vec![("M1".into(), MemberWireV2::from(&m))]);
+        let b = rec.encode();
+        assert_eq!(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 6);
+        assert_eq!(LogRecord::decode(&b), Ok(rec));
     }
 }

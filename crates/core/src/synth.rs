@@ -114,10 +114,10 @@ pub fn member(seed: u64, i: u64, as_of: NaiveDate, th: &TierThresholds) -> Membe
     }
     Member {
         qualifying_spend_12m: spend as f32,
+        history: crate::domain::MonthlyHistory::spread(spend as f32 as f64, flights_12m),
         points,
         last_flight,
         joined,
-        flights_12m,
         tags,
         home_airport: home,
         tier,
@@ -129,6 +129,50 @@ pub fn member(seed: u64, i: u64, as_of: NaiveDate, th: &TierThresholds) -> Membe
 /// Member `i` as an NDJSON record.
 pub fn member_record(seed: u64, i: u64, as_of: NaiveDate, th: &TierThresholds) -> MemberRecord {
     MemberRecord::from_member(&member_id(i), &member(seed, i, as_of, th))
+}
+
+/// Member `i` with a dated monthly history over the 12 months ending with
+/// the month of `as_of`: the same member as [`member`] (its 12-month totals,
+/// to the history's unit) with spend and flights spread unevenly over the
+/// months, the month of the last flight holding at least one flight when it
+/// is in the window. Drawn from a stream of its own, so [`member`] is
+/// unchanged.
+pub fn member_monthly(seed: u64, i: u64, as_of: NaiveDate, th: &TierThresholds) -> Member {
+    let mut m = member(seed, i, as_of, th);
+    let mut rng = stream_rng(seed ^ 0x6d6f_6e74_686c_7921, i);
+    let now = crate::domain::month_of(Day::from_date(as_of));
+    let oldest = now.saturating_sub(11);
+    let weights: Vec<f64> = (0..12).map(|_| rng.gen_range(0.2..1.8)).collect();
+    let dist = WeightedIndex::new(&weights).expect("positive weights");
+    let mut flights = [0u32; 12];
+    let total_flights = m.flights_12m() as u32;
+    let last = m
+        .last_flight
+        .map(crate::domain::month_of)
+        .filter(|lm| (oldest..=now).contains(lm));
+    let mut left = total_flights;
+    if let (Some(lm), true) = (last, left > 0) {
+        flights[(lm - oldest) as usize] += 1;
+        left -= 1;
+    }
+    for _ in 0..left {
+        flights[dist.sample(&mut rng)] += 1;
+    }
+    let sum_w: f64 = weights.iter().sum();
+    let spend = m.qualifying_spend_12m as f64;
+    let entries: Vec<_> = (0..12u16)
+        .map(|k| {
+            let share = weights[k as usize] / sum_w;
+            (
+                oldest + k,
+                spend * share,
+                flights[k as usize].min(255) as u8,
+            )
+        })
+        .collect();
+    m.history = crate::domain::MonthlyHistory::from_months(&entries);
+    m.refresh_totals();
+    m
 }
 
 /// A plausible itinerary for a member, departing after `now`.
@@ -461,7 +505,7 @@ impl GroundTruth {
     /// the last 12 months and falls with the time since the last flight (at
     /// most 0.8), and an accepted offer adds [`LOYALTY_RESPONSE`] to it.
     pub fn fly_again(&self, m: &Member, today: Day, window_days: u32, moved: bool) -> FlyAgain {
-        let rate = m.flights_12m as f64 / 365.0 * window_days as f64;
+        let rate = m.flights_12m() as f64 / 365.0 * window_days as f64;
         let idle = m
             .last_flight
             .map(|d| (today.0 - d.0).max(0) as f64)
@@ -471,7 +515,7 @@ impl GroundTruth {
         FlyAgain {
             probability,
             extra_flights: 0.5 * rate,
-            spend_per_flight: m.qualifying_spend_12m as f64 / m.flights_12m.max(1) as f64,
+            spend_per_flight: m.qualifying_spend_12m as f64 / m.flights_12m().max(1) as f64,
         }
     }
 }
@@ -485,6 +529,20 @@ pub fn population_lines(
 ) -> impl Iterator<Item = String> {
     (0..count).map(move |i| {
         serde_json::to_string(&member_record(seed, i, as_of, &th)).unwrap_or_default()
+    })
+}
+
+/// The population as NDJSON with each member's `monthly` history
+/// ([`member_monthly`]).
+pub fn population_lines_monthly(
+    seed: u64,
+    count: u64,
+    as_of: NaiveDate,
+    th: TierThresholds,
+) -> impl Iterator<Item = String> {
+    (0..count).map(move |i| {
+        let m = member_monthly(seed, i, as_of, &th);
+        serde_json::to_string(&MemberRecord::from_member(&member_id(i), &m)).unwrap_or_default()
     })
 }
 
@@ -519,6 +577,37 @@ mod tests {
         let a: Vec<String> = population_lines(1, 50, d, th).collect();
         let b: Vec<String> = population_lines(1, 10, d, th).collect();
         assert_eq!(&a[..10], &b[..]);
+    }
+
+    #[test]
+    fn monthly_members_keep_the_totals_and_parse_back() {
+        let d = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+        let th = TierThresholds::default();
+        let now = crate::domain::month_of(Day::from_date(d));
+        for (i, line) in population_lines_monthly(3, 2_000, d, th).enumerate() {
+            let plain = member(3, i as u64, d, &th);
+            let m = member_monthly(3, i as u64, d, &th);
+            assert_eq!(m.history.month(), Some(now));
+            assert_eq!(m.flights_12m(), plain.flights_12m());
+            let unit = m.history.unit_cny();
+            let (a, b) = (
+                m.qualifying_spend_12m as f64,
+                plain.qualifying_spend_12m as f64,
+            );
+            assert!((a - b).abs() <= 12.0 * unit, "{a} {b}");
+            assert_eq!((m.tier, m.points), (plain.tier, plain.points));
+            if let Some(lm) = plain.last_flight.map(crate::domain::month_of) {
+                if lm + 11 >= now {
+                    assert!(m
+                        .history
+                        .months()
+                        .iter()
+                        .any(|(k, _, f)| *k == lm && *f > 0));
+                }
+            }
+            let r: MemberRecord = crate::parse::from_json(line.as_bytes()).unwrap();
+            assert_eq!(r.to_member().unwrap(), m, "{line}");
+        }
     }
 
     #[test]

@@ -89,7 +89,10 @@ impl Tier {
             b = b.with(Benefit::PriorityBoarding);
         }
         if self >= Tier::Gold {
-            b = b.with(Benefit::LoungeAccess).with(Benefit::UpgradeVoucher);
+            b = b
+                .with(Benefit::LoungeAccess)
+                .with(Benefit::UpgradeVoucher)
+                .with(Benefit::ExtraBaggage);
         }
         if self >= Tier::Diamond {
             b = b.with(Benefit::GroundTransport);
@@ -117,6 +120,8 @@ pub enum Benefit {
     UpgradeVoucher = 2,
     /// Ground transport to and from the airport (diamond).
     GroundTransport = 3,
+    /// An extra checked bag (gold and above): never sold to those tiers.
+    ExtraBaggage = 4,
 }
 
 /// A small set of [`Benefit`]s.
@@ -138,7 +143,23 @@ impl Benefits {
     }
 }
 
-/// Qualifying-spend thresholds (CNY over 12 months) for each tier.
+/// When a member whose rolling 12-month qualifying spend no longer earns
+/// their tier moves down (upgrades are immediate, on the event that earns them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DowngradeRule {
+    /// At the start of the membership anniversary month (the month of
+    /// `joined`), to the tier the 12 full months before earn. The default:
+    /// a member keeps a tier for the rest of the membership year.
+    #[default]
+    Anniversary,
+    /// After `grace_months` month starts in a row at which the 12 full months
+    /// before earn a lower tier; at the next, to the tier they earn.
+    Grace,
+}
+
+/// Qualifying-spend thresholds (CNY over the rolling 12 months) for each
+/// tier, and the programme's downgrade rule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TierThresholds {
     /// Spend needed for silver.
@@ -149,6 +170,17 @@ pub struct TierThresholds {
     pub platinum: f64,
     /// Spend needed for diamond.
     pub diamond: f64,
+    /// When a tier the spend no longer earns is taken away.
+    #[serde(default)]
+    pub downgrade: DowngradeRule,
+    /// Month starts a member keeps a tier the spend no longer earns, under
+    /// the `grace` rule (0 to 24).
+    #[serde(default = "default_grace_months")]
+    pub grace_months: u8,
+}
+
+fn default_grace_months() -> u8 {
+    3
 }
 
 impl Default for TierThresholds {
@@ -158,6 +190,8 @@ impl Default for TierThresholds {
             gold: 50_000.0,
             platinum: 80_000.0,
             diamond: 100_000.0,
+            downgrade: DowngradeRule::Anniversary,
+            grace_months: default_grace_months(),
         }
     }
 }
@@ -190,6 +224,12 @@ impl TierThresholds {
             return Err(FieldError::new(
                 "tiers",
                 "thresholds must be positive and strictly increasing",
+            ));
+        }
+        if self.grace_months > 24 {
+            return Err(FieldError::new(
+                "tiers.grace_months",
+                "must be from 0 to 24",
             ));
         }
         Ok(())
@@ -628,11 +668,269 @@ impl fmt::Display for Day {
     }
 }
 
-/// Compact in-memory member record (28 bytes). The member id is the key of
-/// the store and is not repeated here.
+/// A calendar month as months since January 1970 (1970-01 is 0).
+pub type Month = u16;
+
+/// The month a day falls in; days outside the years 1970 to 7000 clamp to the ends.
+pub fn month_of(d: Day) -> Month {
+    use chrono::Datelike;
+    // 719,163 days from 0001-01-01 to 1970-01-01.
+    let date =
+        d.0.checked_add(719_163)
+            .and_then(NaiveDate::from_num_days_from_ce_opt);
+    match date {
+        Some(x) if x.year() >= 1970 => {
+            ((x.year() as i64 - 1970) * 12 + x.month0() as i64).min(u16::MAX as i64) as Month
+        }
+        Some(_) => 0,
+        None if d.0 < 0 => 0,
+        None => u16::MAX,
+    }
+}
+
+/// `YYYY-MM` of a month.
+pub fn month_name(m: Month) -> String {
+    format!("{:04}-{:02}", 1970 + m as u32 / 12, m as u32 % 12 + 1)
+}
+
+/// Parses `YYYY-MM` (1970 or later).
+pub fn parse_month(s: &str) -> Option<Month> {
+    let (y, m) = s.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let y: u32 = y.parse().ok()?;
+    let m: u32 = m.parse().ok()?;
+    if !(1970..=7000).contains(&y) || !(1..=12).contains(&m) {
+        return None;
+    }
+    Some(((y - 1970) * 12 + m - 1) as Month)
+}
+
+/// Qualifying spend and flights by calendar month over the rolling 12
+/// months: the current month and the 11 before it (40 bytes).
+///
+/// Spend is kept per month as a 16-bit count of a unit shared by the
+/// member's months, a power of two from 1/16 CNY up: the smallest unit in
+/// which the largest month fits (1/8 CNY while every month is under 8,192
+/// CNY, 1 CNY under 65,536 CNY). Flights are kept per month up to 255.
+///
+/// A record that arrives with 12-month totals only (older log records and
+/// snapshots, member files without `monthly`) is *undated*: its totals are
+/// spread evenly over 12 months (remainders to the newest) whose calendar
+/// months are fixed the first time the log time moves the member on: at a
+/// month start, the 12 months before it; at a member event, the 12 months
+/// ending with the event's month. Until then the totals are exactly as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct MonthlyHistory {
+    /// Spend in units by age: `[0]` is `month`, `[i]` is `month - i`.
+    spend: [u16; 12],
+    /// Flights by age.
+    flights: [u8; 12],
+    /// The newest month held; 0 while undated.
+    month: Month,
+    /// The unit of `spend` is `2^(exp - 4)` CNY.
+    exp: u8,
+    /// Month starts in a row at which the spend earned less than the tier
+    /// (the `grace` downgrade rule counts them).
+    short: u8,
+}
+
+/// Largest unit exponent: 2^11 = 2,048 CNY, so a month holds up to about 134 million CNY.
+const MAX_EXP: u8 = 15;
+
+impl MonthlyHistory {
+    fn unit(exp: u8) -> f64 {
+        f64::powi(2.0, exp as i32 - 4)
+    }
+
+    /// An undated history holding `spend` CNY and `flights` flights spread
+    /// evenly over 12 months.
+    pub fn spread(spend: f64, flights: u16) -> MonthlyHistory {
+        let spend = if spend.is_finite() {
+            spend.max(0.0)
+        } else {
+            0.0
+        };
+        let mut exp = 0;
+        let mut total = (spend / Self::unit(exp)).round();
+        while total > 65_535.0 * 12.0 && exp < MAX_EXP {
+            exp += 1;
+            total = (spend / Self::unit(exp)).round();
+        }
+        let total = total.min(65_535.0 * 12.0) as u32;
+        let mut h = MonthlyHistory {
+            exp,
+            ..Default::default()
+        };
+        for i in 0..12 {
+            h.spend[i] = (total / 12 + u32::from((i as u32) < total % 12)) as u16;
+            let f = flights as u32;
+            h.flights[i] = (f / 12 + u32::from((i as u32) < f % 12)).min(255) as u8;
+        }
+        h
+    }
+
+    /// A history from `(month, spend CNY, flights)` entries, dated at the
+    /// newest month; entries older than 11 months before it are left out,
+    /// two entries for one month add up.
+    pub fn from_months(entries: &[(Month, f64, u8)]) -> MonthlyHistory {
+        let newest = entries.iter().map(|e| e.0).max().unwrap_or(0).max(1);
+        let mut h = MonthlyHistory {
+            month: newest,
+            ..Default::default()
+        };
+        for (m, spend, flights) in entries {
+            h.add(*m, *spend, *flights);
+        }
+        h
+    }
+
+    /// Whether its months are fixed.
+    pub fn is_dated(&self) -> bool {
+        self.month != 0
+    }
+
+    /// The newest month held, None while undated.
+    pub fn month(&self) -> Option<Month> {
+        self.is_dated().then_some(self.month)
+    }
+
+    /// Spend over the 12 months, CNY.
+    pub fn spend(&self) -> f64 {
+        let units: u64 = self.spend.iter().map(|v| *v as u64).sum();
+        units as f64 * Self::unit(self.exp)
+    }
+
+    /// The unit spend is kept in, CNY.
+    pub fn unit_cny(&self) -> f64 {
+        Self::unit(self.exp)
+    }
+
+    /// Flights over the 12 months.
+    pub fn flights(&self) -> u16 {
+        self.flights.iter().map(|v| *v as u16).sum()
+    }
+
+    /// The months with spend or flights, newest first: (month, CNY, flights);
+    /// empty while undated.
+    pub fn months(&self) -> Vec<(Month, f64, u8)> {
+        if !self.is_dated() {
+            return Vec::new();
+        }
+        (0..12usize)
+            .filter(|i| self.spend[*i] > 0 || self.flights[*i] > 0)
+            .filter(|i| (*i as u16) <= self.month)
+            .map(|i| {
+                (
+                    self.month - i as u16,
+                    self.spend[i] as f64 * Self::unit(self.exp),
+                    self.flights[i],
+                )
+            })
+            .collect()
+    }
+
+    /// Fixes an undated history's newest month at `month`; a dated one is unchanged.
+    pub fn date(&mut self, month: Month) {
+        if !self.is_dated() {
+            self.month = month.max(1);
+        }
+    }
+
+    /// Moves a dated history on to `month`: months older than 11 before it
+    /// age out. An earlier month or an undated history is left as it is.
+    pub fn roll_to(&mut self, month: Month) {
+        if !self.is_dated() || month <= self.month {
+            return;
+        }
+        let by = (month - self.month) as usize;
+        if by >= 12 {
+            self.spend = [0; 12];
+            self.flights = [0; 12];
+        } else {
+            self.spend.copy_within(0..12 - by, by);
+            self.flights.copy_within(0..12 - by, by);
+            self.spend[..by].fill(0);
+            self.flights[..by].fill(0);
+        }
+        self.month = month;
+        // Back to the finest unit the remaining months allow (exact: doubling).
+        while self.exp > 0 && self.spend.iter().all(|v| *v <= 32_767) {
+            self.exp -= 1;
+            for v in &mut self.spend {
+                *v *= 2;
+            }
+        }
+    }
+
+    /// Adds spend and flights in `month` to a dated history; a month older
+    /// than its window is left out (false), a newer one moves it on first.
+    pub fn add(&mut self, month: Month, spend: f64, flights: u8) -> bool {
+        self.roll_to(month);
+        if !self.is_dated() || u32::from(month) + 11 < u32::from(self.month) || month > self.month {
+            return false;
+        }
+        let i = (self.month - month) as usize;
+        self.flights[i] = self.flights[i].saturating_add(flights);
+        let spend = if spend.is_finite() {
+            spend.max(0.0)
+        } else {
+            0.0
+        };
+        loop {
+            let units = (spend / Self::unit(self.exp)).round();
+            let sum = self.spend[i] as f64 + units;
+            if sum <= 65_535.0 {
+                self.spend[i] = sum as u16;
+                return true;
+            }
+            if self.exp == MAX_EXP {
+                self.spend[i] = u16::MAX;
+                return true;
+            }
+            // A coarser unit for every month of the member.
+            self.exp += 1;
+            for v in &mut self.spend {
+                *v = v.div_ceil(2);
+            }
+        }
+    }
+
+    /// Month starts in a row the spend earned less than the tier.
+    pub fn months_short(&self) -> u8 {
+        self.short
+    }
+
+    /// Sets the count of month starts short of the tier.
+    pub fn set_months_short(&mut self, n: u8) {
+        self.short = n;
+    }
+
+    /// The raw parts, for the log and snapshots: (spend units, flights,
+    /// newest month, unit exponent, months short).
+    pub fn to_raw(&self) -> ([u16; 12], [u8; 12], Month, u8, u8) {
+        (self.spend, self.flights, self.month, self.exp, self.short)
+    }
+
+    /// From raw parts; an exponent out of range is clamped.
+    pub fn from_raw(spend: [u16; 12], flights: [u8; 12], month: Month, exp: u8, short: u8) -> Self {
+        MonthlyHistory {
+            spend,
+            flights,
+            month,
+            exp: exp.min(MAX_EXP),
+            short,
+        }
+    }
+}
+
+/// Compact in-memory member record (68 bytes, a test checks it). The
+/// member id is the key of the store and is not repeated here.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Member {
-    /// Qualifying spend over 12 months, CNY.
+    /// Qualifying spend over the rolling 12 months, CNY: the sum of
+    /// `history` (exactly as given while the history is undated).
     pub qualifying_spend_12m: f32,
     /// Points balance.
     pub points: u32,
@@ -640,8 +938,8 @@ pub struct Member {
     pub last_flight: Option<Day>,
     /// Day the member joined.
     pub joined: Day,
-    /// Flights over 12 months.
-    pub flights_12m: u16,
+    /// Qualifying spend and flights by month over the rolling 12 months.
+    pub history: MonthlyHistory,
     /// Tags bitset.
     pub tags: Tags,
     /// Home airport.
@@ -652,6 +950,41 @@ pub struct Member {
     pub birth_month: u8,
     /// Marketing consent flags.
     pub consent: Consent,
+}
+
+impl Member {
+    /// Flights over the rolling 12 months.
+    pub fn flights_12m(&self) -> u16 {
+        self.history.flights()
+    }
+
+    /// Sets the 12-month totals as one undated spread (the form of a record
+    /// without monthly history).
+    pub fn set_totals(&mut self, spend: f64, flights: u16) {
+        self.history = MonthlyHistory::spread(spend, flights);
+        self.qualifying_spend_12m = spend as f32;
+    }
+
+    /// Recomputes the spend total from a dated history.
+    pub fn refresh_totals(&mut self) {
+        if self.history.is_dated() {
+            self.qualifying_spend_12m = self.history.spend() as f32;
+        }
+    }
+}
+
+/// One month of a member's history in the NDJSON form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MonthRecord {
+    /// Calendar month, `YYYY-MM`.
+    pub month: String,
+    /// Qualifying spend in the month, CNY.
+    #[serde(default)]
+    pub qualifying_spend: f64,
+    /// Flights in the month (0 to 255).
+    #[serde(default)]
+    pub flights: i64,
 }
 
 /// The member NDJSON schema (one object a line); also the body of
@@ -680,6 +1013,13 @@ pub struct MemberRecord {
     pub consent: ConsentDto,
     /// Tags from the known vocabulary.
     pub tags: Vec<String>,
+    /// Optional: qualifying spend and flights by month, at most 12 months
+    /// ending with the newest given; the 12-month totals must then equal
+    /// their sums (spend to 1 CNY, or to the unit months are kept in, see
+    /// [`MonthlyHistory`]). Without it the totals are spread evenly
+    /// over 12 months (see [`MonthlyHistory`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<Vec<MonthRecord>>,
 }
 
 /// Largest accepted member id, in bytes.
@@ -759,15 +1099,22 @@ impl MemberRecord {
             .filter(|m| (1..=12).contains(m))
             .ok_or_else(|| FieldError::new("birth_month", "must be an integer from 1 to 12")));
         let tags = ok!(Tags::parse(&self.tags));
+        let history = match (&self.monthly, spend, flights_12m) {
+            (None, Some(()), Some(f)) => Some(MonthlyHistory::spread(self.qualifying_spend_12m, f)),
+            (Some(months), Some(()), Some(f)) => ok!(self.monthly_history(months, f)),
+            _ => None,
+        };
         let member = (|| {
             id?;
-            spend?;
             Some(Member {
-                qualifying_spend_12m: self.qualifying_spend_12m as f32,
+                qualifying_spend_12m: match history? {
+                    h if h.is_dated() => h.spend() as f32,
+                    _ => self.qualifying_spend_12m as f32,
+                },
                 points: points?,
                 last_flight: last_flight?,
                 joined: joined?,
-                flights_12m: flights_12m?,
+                history: history?,
                 tags: tags?,
                 home_airport: home_airport?,
                 tier: tier?,
@@ -782,14 +1129,95 @@ impl MemberRecord {
         }
     }
 
-    /// The NDJSON form of a compact member.
+    /// Checks `monthly` against the totals and builds the dated history.
+    fn monthly_history(
+        &self,
+        months: &[MonthRecord],
+        flights: u16,
+    ) -> Result<MonthlyHistory, FieldError> {
+        if months.len() > 12 {
+            // Twelve distinct months at most fit the window; refusing more
+            // first keeps the checks below small whatever the input.
+            return Err(FieldError::new("monthly", "holds at most 12 months"));
+        }
+        let mut entries = Vec::with_capacity(months.len());
+        for (i, e) in months.iter().enumerate() {
+            let month = parse_month(&e.month).ok_or_else(|| {
+                FieldError::new(
+                    format!("monthly[{i}].month"),
+                    "must be YYYY-MM, 1970 or later",
+                )
+            })?;
+            if entries.iter().any(|(m, _, _)| *m == month) {
+                return Err(FieldError::new(
+                    format!("monthly[{i}].month"),
+                    "is given twice",
+                ));
+            }
+            if !(e.qualifying_spend.is_finite() && (0.0..=1e8).contains(&e.qualifying_spend)) {
+                return Err(FieldError::new(
+                    format!("monthly[{i}].qualifying_spend"),
+                    "must be a number from 0 to 1e8",
+                ));
+            }
+            let f = u8::try_from(e.flights).map_err(|_| {
+                FieldError::new(
+                    format!("monthly[{i}].flights"),
+                    "must be an integer from 0 to 255",
+                )
+            })?;
+            entries.push((month, e.qualifying_spend, f));
+        }
+        if let Some(newest) = entries.iter().map(|e| e.0).max() {
+            if let Some(i) = entries.iter().position(|e| e.0 + 11 < newest) {
+                return Err(FieldError::new(
+                    format!("monthly[{i}].month"),
+                    "is more than 11 months before the newest month given",
+                ));
+            }
+        }
+        let h = MonthlyHistory::from_months(&entries);
+        // Months are kept to the history's unit (1 CNY under 65,536 CNY a
+        // month): the total may differ from the months' sum by a unit and a
+        // half a month, or by 1 CNY.
+        let tolerance = (h.unit_cny() * 1.5 * entries.len() as f64).max(1.0);
+        if (h.spend() - self.qualifying_spend_12m).abs() > tolerance {
+            return Err(FieldError::new(
+                "qualifying_spend_12m",
+                format!("is not the sum of monthly spend ({})", round2(h.spend())),
+            ));
+        }
+        if h.flights() != flights {
+            return Err(FieldError::new(
+                "flights_12m",
+                format!("is not the sum of monthly flights ({})", h.flights()),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// The NDJSON form of a compact member (with `monthly` once its history is dated).
     pub fn from_member(id: &str, m: &Member) -> MemberRecord {
+        let monthly = m.history.is_dated().then(|| {
+            let mut v: Vec<MonthRecord> = m
+                .history
+                .months()
+                .into_iter()
+                .map(|(month, spend, flights)| MonthRecord {
+                    month: month_name(month),
+                    qualifying_spend: spend,
+                    flights: flights as i64,
+                })
+                .collect();
+            v.reverse();
+            v
+        });
         MemberRecord {
             member_id: id.to_string(),
             tier: m.tier.as_str().to_string(),
             points: m.points as i64,
             qualifying_spend_12m: round2(m.qualifying_spend_12m as f64),
-            flights_12m: m.flights_12m as i64,
+            flights_12m: m.flights_12m() as i64,
             last_flight: m.last_flight.map(|d| d.to_string()),
             joined: m.joined.to_string(),
             home_airport: m.home_airport.as_str().to_string(),
@@ -800,6 +1228,7 @@ impl MemberRecord {
                 app: m.consent.granted(ConsentChannel::App),
             },
             tags: m.tags.names(),
+            monthly,
         }
     }
 }
@@ -864,4 +1293,164 @@ pub struct OfferRequest {
     pub max_offers: usize,
     /// Whether each reason gets a sentence (`text`) in the answer.
     pub explain: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"member_id":"M1","tier":"gold","points":1200,"qualifying_spend_12m":52000.5,"flights_12m":12,"last_flight":"2026-10-01","joined":"2019-04-02","home_airport":"PEK","birth_month":7,"consent":{"email":true,"sms":false,"app":true},"tags":["business"]}"#;
+
+    fn record(monthly: &str) -> MemberRecord {
+        let line = LINE.replace(r#""tags""#, &format!(r#""monthly":{monthly},"tags""#));
+        crate::parse::from_json(line.as_bytes()).unwrap()
+    }
+
+    /// The memory target (150 bytes a member at 10 million) rests on this
+    /// size: the store's slots hold a 4-byte key beside it.
+    #[test]
+    fn the_member_record_is_68_bytes() {
+        assert_eq!(std::mem::size_of::<MonthlyHistory>(), 40);
+        assert_eq!(std::mem::size_of::<Member>(), 68);
+    }
+
+    #[test]
+    fn months_are_named_and_parsed() {
+        let m = parse_month("2026-11").unwrap();
+        assert_eq!(month_name(m), "2026-11");
+        assert_eq!(month_of(Day::parse("2026-11-30").unwrap()), m);
+        assert_eq!(month_of(Day::parse("2026-12-01").unwrap()), m + 1);
+        assert_eq!(parse_month("1970-01"), Some(0));
+        for bad in ["2026-13", "1969-12", "2026-1", "26-11", "2026/11", ""] {
+            assert_eq!(parse_month(bad), None, "{bad}");
+        }
+        assert_eq!(month_of(Day(i32::MIN)), 0);
+        assert_eq!(month_of(Day(i32::MAX)), u16::MAX);
+    }
+
+    #[test]
+    fn a_spread_keeps_the_totals_and_ages_out_a_twelfth_a_month() {
+        let mut h = MonthlyHistory::spread(52_000.5, 13);
+        assert!(!h.is_dated());
+        assert_eq!((h.spend(), h.flights()), (52_000.5, 13));
+        // Rolling an undated history does nothing until it is dated.
+        h.roll_to(700);
+        assert_eq!(h.spend(), 52_000.5);
+        h.date(680);
+        h.roll_to(681);
+        // The oldest month (a twelfth, the remainder going to the newest) aged out.
+        assert!(
+            (h.spend() - 52_000.5 * 11.0 / 12.0).abs() < 0.2,
+            "{}",
+            h.spend()
+        );
+        assert_eq!(h.flights(), 12);
+        h.roll_to(693);
+        assert_eq!((h.spend(), h.flights()), (0.0, 0));
+    }
+
+    #[test]
+    fn months_keep_their_spend_and_a_large_month_coarsens_the_unit() {
+        let mut h = MonthlyHistory::from_months(&[(600, 1_000.25, 1), (605, 2_500.5, 2)]);
+        assert_eq!(h.month(), Some(605));
+        assert_eq!(h.spend(), 3_500.75);
+        // Outside the window: left out.
+        assert!(!h.add(593, 99.0, 1));
+        assert_eq!(h.spend(), 3_500.75);
+        // A month of 300,000 CNY needs a unit of 8 CNY: the others round to it.
+        assert!(h.add(605, 300_000.0, 1));
+        // Each month is then within a unit and a half of what was added.
+        assert!((h.spend() - 303_500.75).abs() <= 24.0, "{}", h.spend());
+        assert_eq!(h.unit_cny(), 8.0);
+        assert_eq!(h.flights(), 4);
+        // Once it ages out the finer unit comes back for what is left.
+        h.roll_to(617);
+        assert_eq!(h.months(), vec![]);
+        h.add(617, 10.5, 0);
+        assert_eq!(h.spend(), 10.5);
+        // Saturating, never wrapping.
+        for _ in 0..30 {
+            h.add(617, 1e7, 255);
+        }
+        assert!(h.spend() > 1e8 && h.flights() == 255, "{}", h.spend());
+        // Months at the ends of the range neither wrap nor panic.
+        let mut h = MonthlyHistory::from_months(&[(u16::MAX, 1.0, 1)]);
+        assert!(h.add(u16::MAX - 3, 1.0, 1) && !h.add(1, 1.0, 1));
+        h.roll_to(u16::MAX);
+        assert_eq!(h.flights(), 2);
+        let mut m = MonthlyHistory::spread(f64::NAN, u16::MAX);
+        m.date(0);
+        assert_eq!((m.spend(), m.month()), (0.0, Some(1)));
+    }
+
+    #[test]
+    fn member_lines_take_an_optional_monthly_history() {
+        // Today's totals-only form.
+        let m = crate::parse::from_json::<MemberRecord>(LINE.as_bytes())
+            .unwrap()
+            .to_member()
+            .unwrap();
+        assert_eq!((m.qualifying_spend_12m, m.flights_12m()), (52_000.5, 12));
+        assert!(!m.history.is_dated());
+        assert_eq!(MemberRecord::from_member("M1", &m).monthly, None);
+        // With months: dated at the newest, the totals their sums.
+        let r = record(
+            r#"[{"month":"2026-10","qualifying_spend":50000.5,"flights":10},{"month":"2025-11","qualifying_spend":2000,"flights":2}]"#,
+        );
+        let m = r.to_member().unwrap();
+        assert_eq!(m.history.month(), parse_month("2026-10"));
+        // A month of 50,000 CNY is kept to the CNY (the half rounds up).
+        assert_eq!((m.qualifying_spend_12m, m.flights_12m()), (52_001.0, 12));
+        let r = record(
+            r#"[{"month":"2025-11","qualifying_spend":2000.5,"flights":2},{"month":"2026-10","qualifying_spend":50000,"flights":10}]"#,
+        );
+        let m = r.to_member().unwrap();
+        let back = MemberRecord::from_member("M1", &m);
+        let months = back.monthly.as_ref().unwrap();
+        // Oldest first; 2,000.5 kept to the month's unit of 1 CNY.
+        assert_eq!(months[0].month, "2025-11");
+        assert_eq!(months[0].qualifying_spend, 2001.0);
+        assert_eq!(months[1], r.monthly.as_ref().unwrap()[1]);
+        assert_eq!(back.to_member().unwrap(), m);
+        // Each fault names its field.
+        for (monthly, field) in [
+            (
+                r#"[{"month":"2026-10","qualifying_spend":50000.5,"flights":12}]"#,
+                "qualifying_spend_12m",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52002.5,"flights":12}]"#,
+                "qualifying_spend_12m",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52000.5,"flights":11}]"#,
+                "flights_12m",
+            ),
+            (
+                r#"[{"month":"2026-13","qualifying_spend":52000.5,"flights":12}]"#,
+                "monthly[0].month",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":-1,"flights":12}]"#,
+                "monthly[0].qualifying_spend",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52000.5,"flights":300}]"#,
+                "monthly[0].flights",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52000.5,"flights":12},{"month":"2026-10"}]"#,
+                "monthly[1].month",
+            ),
+            (
+                r#"[{"month":"2026-10","qualifying_spend":52000.5,"flights":12},{"month":"2025-10"}]"#,
+                "monthly[1].month",
+            ),
+        ] {
+            let e = record(monthly).to_member().unwrap_err();
+            assert_eq!(e.field, field, "{monthly}: {e}");
+        }
+        let many = format!("[{}]", vec![r#"{"month":"2026-10"}"#; 13].join(","));
+        assert_eq!(record(&many).to_member().unwrap_err().field, "monthly");
+    }
 }
