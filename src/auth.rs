@@ -412,8 +412,15 @@ pub fn required(method: &str, pattern: Option<&str>) -> Access {
         ("POST", "/v1/campaigns") => Access::Needs(Campaigns),
         (
             "GET",
-            "/v1/experiments" | "/v1/experiments/{id}/report" | "/v1/experiments/{id}/timeseries",
+            "/v1/experiments"
+            | "/v1/experiments/{id}/report"
+            | "/v1/experiments/{id}/timeseries"
+            | "/v1/experiments/{id}/plots/forest.svg"
+            | "/v1/experiments/{id}/plots/timeseries.svg",
         ) => Access::Needs(ExperimentsRead),
+        // The console's page, script and style hold no data (the script
+        // reads the APIs with the caller's key).
+        ("GET", "/console" | "/console/console.js" | "/console/console.css") => Access::Open,
         ("GET", "/metrics") => Access::Needs(Admin),
         (_, p) if p.starts_with("/v1/admin/") => Access::Needs(Admin),
         // A known route with a method it does not take: the router says 405.
@@ -621,6 +628,18 @@ mod tests {
                 "/v1/experiments/{id}/timeseries",
                 Access::Needs(ExperimentsRead),
             ),
+            (
+                "GET",
+                "/v1/experiments/{id}/plots/forest.svg",
+                Access::Needs(ExperimentsRead),
+            ),
+            (
+                "GET",
+                "/v1/experiments/{id}/plots/timeseries.svg",
+                Access::Needs(ExperimentsRead),
+            ),
+            ("GET", "/console", Access::Open),
+            ("GET", "/console/console.js", Access::Open),
             ("POST", "/v1/admin/reload", Access::Needs(Admin)),
             ("GET", "/metrics", Access::Needs(Admin)),
             ("GET", "/healthz", Access::Open),

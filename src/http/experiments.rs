@@ -143,3 +143,73 @@ pub async fn timeseries(
         })?;
     Ok(HttpResponse::Ok().json(state.state().experiments().timeseries(spec)))
 }
+
+fn find_spec<'a>(
+    engine: &'a crate::decision::Engine,
+    id: &str,
+) -> Result<&'a crate::experiments::ExperimentSpec, ApiError> {
+    engine
+        .experiments
+        .iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| ApiError::UnknownResource {
+            field: "id".into(),
+            detail: "no such experiment".into(),
+        })
+}
+
+fn svg(body: Result<String, String>) -> Result<HttpResponse, ApiError> {
+    let body = body.map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    Ok(HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(body))
+}
+
+/// `GET /v1/experiments/{id}/plots/forest.svg`: the report's lifts as a
+/// forest plot.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{id}/plots/forest.svg",
+    tag = "experiments",
+    params(("id" = String, Path, description = "experiment id")),
+    responses(
+        (status = 200, description = "SVG: every `*_lift` of every variant row of the report (relative lift in %, with its 95% interval), one row per variant and metric", content_type = "image/svg+xml", body = String),
+        (status = 404, description = "no such experiment", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn forest_plot(
+    path: web::Path<String>,
+    state: web::Data<SharedState>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine();
+    let spec = find_spec(&engine, &path)?;
+    let report = state
+        .state()
+        .experiments()
+        .report(spec, state.state().log_time_ms());
+    let value = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.into()))?;
+    svg(super::plots::forest_svg(&value))
+}
+
+/// `GET /v1/experiments/{id}/plots/timeseries.svg`: results over time.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{id}/plots/timeseries.svg",
+    tag = "experiments",
+    params(("id" = String, Path, description = "experiment id")),
+    responses(
+        (status = 200, description = "SVG: per variant the cumulative relative conversion lift (%) with its 95% interval band, and the always-valid p-value, per log day (the time series' figures)", content_type = "image/svg+xml", body = String),
+        (status = 404, description = "no such experiment", body = crate::http::error::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn timeseries_plot(
+    path: web::Path<String>,
+    state: web::Data<SharedState>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine();
+    let spec = find_spec(&engine, &path)?;
+    let ts = state.state().experiments().timeseries(spec);
+    let value = serde_json::to_value(&ts).map_err(|e| ApiError::Internal(e.into()))?;
+    svg(super::plots::timeseries_svg(&value))
+}

@@ -6,6 +6,7 @@
 mod admin;
 pub mod auth;
 mod campaigns;
+mod console;
 pub mod error;
 mod events;
 mod experiments;
@@ -15,6 +16,7 @@ pub mod limits;
 mod members;
 pub mod offers;
 pub mod openapi;
+pub mod plots;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -73,6 +75,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/experiments/{id}/timeseries")
             .route(web::get().to(experiments::timeseries))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/experiments/{id}/plots/forest.svg")
+            .route(web::get().to(experiments::forest_plot))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/experiments/{id}/plots/timeseries.svg")
+            .route(web::get().to(experiments::timeseries_plot))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/console")
+            .route(web::get().to(console::index))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/console/console.js")
+            .route(web::get().to(console::script))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/console/console.css")
+            .route(web::get().to(console::style))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every route and method `configure()` registers, plus methods it does not take.
-const ROUTES: [(&str, &str); 21] = [
+const ROUTES: [(&str, &str); 24] = [
     ("POST", "/v1/offers"),
     ("POST", "/v1/events"),
     ("POST", "/v1/members"),
@@ -23,9 +23,12 @@ const ROUTES: [(&str, &str); 21] = [
     ("GET", "/v1/experiments"),
     ("GET", "/v1/experiments/x/report"),
     ("GET", "/v1/experiments/x/timeseries"),
+    ("GET", "/v1/experiments/x/plots/forest.svg"),
+    ("GET", "/v1/experiments/x/plots/timeseries.svg"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    ("GET", "/console"),
     ("DELETE", "/v1/members/M00000002"),
     ("POST", "/v1/admin/reload"),
     ("POST", "/v1/admin/snapshot"),

@@ -2,6 +2,7 @@
 //! One test binary (faster to link); one module per resource.
 
 mod campaigns;
+mod console;
 mod contract;
 mod events;
 mod experiments;

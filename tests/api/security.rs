@@ -159,6 +159,20 @@ async fn every_route_refuses_no_key_and_the_wrong_scope_and_serves_the_right_one
             ok: 404,
         },
         Case {
+            method: Method::GET,
+            path: "/v1/experiments/none/plots/forest.svg".into(),
+            body: None,
+            scope: Scope::ExperimentsRead,
+            ok: 404,
+        },
+        Case {
+            method: Method::GET,
+            path: "/v1/experiments/none/plots/timeseries.svg".into(),
+            body: None,
+            scope: Scope::ExperimentsRead,
+            ok: 404,
+        },
+        Case {
             method: Method::POST,
             path: "/v1/admin/reload".into(),
             body: None,
