@@ -36,6 +36,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/offers/stats")
+            .route(web::get().to(offers::offer_stats))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/events")
             .route(web::post().to(events::post_events))
             .default_service(web::to(method_not_allowed)),

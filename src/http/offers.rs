@@ -132,3 +132,15 @@ fn offers(
     };
     super::json_ok(&body, capacity)
 }
+
+/// `GET /v1/offers/stats`: per offer and channel what the applied records
+/// say (the console's Offers page).
+#[utoipa::path(
+    get,
+    path = "/v1/offers/stats",
+    tag = "offers",
+    responses((status = 200, description = "per offer and channel: shown, accepts, accept rate, value and value per shown offer (CNY), refunds, declines, suppressions, explored shows; per offer: capped units taken on the current log day against the cap, and the adaptive model's evidence (examples, accepts). Counted when records are applied, so every replica answers alike", body = crate::service::offer_stats::OfferStatsReport)),
+)]
+pub async fn offer_stats(state: web::Data<SharedState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.offer_stats())
+}

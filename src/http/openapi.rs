@@ -23,6 +23,7 @@ use super::error::Problem;
     ),
     paths(
         super::offers::post_offers,
+        super::offers::offer_stats,
         super::events::post_events,
         super::members::post_members,
         super::members::get_member,

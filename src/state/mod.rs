@@ -22,6 +22,7 @@ pub mod expiring;
 pub mod learner;
 pub mod ledger;
 pub mod members;
+pub mod offer_stats;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,6 +42,7 @@ use experiments::ExperimentBook;
 use learner::{LearnSettings, LearnerSnapshot, OnlineLearner};
 use ledger::Ledger;
 use members::MemberStore;
+use offer_stats::{OfferStats, OfferStatsSnapshot};
 
 /// Snapshot format version. 4 adds the log time the snapshot reflects, so a
 /// restore filters outlived decisions by log time, not by the wall clock.
@@ -55,8 +57,9 @@ use members::MemberStore;
 /// outcomes before 6, and their time series starts empty; their members'
 /// 12-month totals become undated spreads, see
 /// [`crate::domain::MonthlyHistory`]; before 7 no accept can be refunded and
-/// exposures carry no value).
-const SNAPSHOT_FORMAT: u32 = 7;
+/// exposures carry no value). 8 adds the per offer and channel counts of
+/// the Offers page; format 7 is still read (its counts start at zero).
+const SNAPSHOT_FORMAT: u32 = 8;
 
 /// Everything the state holds, committed parts only.
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,6 +79,25 @@ struct Snapshot {
     /// Value and points cost per experiment and exposed member.
     experiment_values: Vec<experiments::ValueSnapshot>,
     /// Upgrade vouchers used: member and year.
+    vouchers: Vec<(String, i32)>,
+    /// Per offer and channel counts, and capped units per offer and day.
+    offer_stats: OfferStatsSnapshot,
+}
+
+/// Format 7: without the per offer and channel counts.
+#[derive(Debug, Deserialize)]
+struct SnapshotV7 {
+    format: u32,
+    members: Vec<(String, MemberWireV2)>,
+    decisions: Vec<(DecisionRecord, Vec<u8>)>,
+    suppressions: Vec<(String, Vec<(String, i64)>)>,
+    contacts: Vec<(String, ContactDay)>,
+    inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshot>,
+    learner: LearnerSnapshot,
+    log_time_ms: i64,
+    accepts: Vec<(String, ledger::Taken)>,
+    experiment_values: Vec<experiments::ValueSnapshot>,
     vouchers: Vec<(String, i32)>,
 }
 
@@ -166,6 +188,8 @@ pub struct State {
     experiments: ExperimentBook,
     /// Adaptive models, fed by decisions and accepts.
     learner: OnlineLearner,
+    /// Per offer and channel counts (the console's Offers page).
+    offer_stats: OfferStats,
     /// The latest record time applied, ms (the state's "now").
     log_time: Arc<AtomicI64>,
     /// Position of the last record applied (its log sequence number).
@@ -233,7 +257,8 @@ pub struct StateDigest {
     pub digest: String,
     /// The digest of each part (first 16 hex digits), to see where two
     /// states differ: members, decisions, suppressions, contacts,
-    /// inventory, experiments, models, memory, accepts, values, vouchers.
+    /// inventory, experiments, models, memory, accepts, values, vouchers,
+    /// offers, offer_days.
     pub parts: std::collections::BTreeMap<String, String>,
 }
 
@@ -250,6 +275,7 @@ impl State {
             thresholds: s.thresholds,
             experiments: ExperimentBook::default(),
             learner: OnlineLearner::new(s.learning),
+            offer_stats: OfferStats::default(),
             log_time: Arc::new(AtomicI64::new(i64::MIN)),
             applied: Arc::new(AtomicU64::new(0)),
             apply_lock: Arc::new(Mutex::new(())),
@@ -275,6 +301,11 @@ impl State {
     /// The adaptive models and their memory of decisions.
     pub fn learner(&self) -> &OnlineLearner {
         &self.learner
+    }
+
+    /// Per offer and channel counts, from the records applied.
+    pub fn offer_stats(&self) -> &OfferStats {
+        &self.offer_stats
     }
 
     /// Experiment attribution.
@@ -513,6 +544,13 @@ impl State {
                         self.members
                             .update(&e.member_id, |m| m.points = m.points.saturating_sub(due));
                     }
+                    self.offer_stats.accepted(
+                        &e.offer_id,
+                        decision_channel(decision.as_deref()),
+                        v2.value,
+                        e.inventory.as_ref().map(|(_, cap)| *cap),
+                        day_of_ms(self.log_time_ms()),
+                    );
                     let created_ms = decision
                         .as_ref()
                         .map(|d| d.record.created_ms)
@@ -566,6 +604,14 @@ impl State {
                         continue;
                     };
                     self.ledger.mark_refunded(&key, &t);
+                    let decision = self.ledger.decision(&e.decision_id, i64::MIN);
+                    self.offer_stats.refunded(
+                        &t.offer_id,
+                        decision_channel(decision.as_deref()),
+                        t.value,
+                        t.inventory.is_some(),
+                        day_of_ms(self.log_time_ms()),
+                    );
                     if let Some((inv, _)) = &t.inventory {
                         self.ledger.return_unit(&t.offer_id, inv);
                     }
@@ -592,6 +638,12 @@ impl State {
                     let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
                     self.ledger
                         .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
+                    let decision = self.ledger.decision(&e.decision_id, i64::MIN);
+                    self.offer_stats.declined(
+                        &e.offer_id,
+                        decision_channel(decision.as_deref()),
+                        e.suppress_days > 0,
+                    );
                     for a in &e.experiments {
                         self.experiments.decline(a, &e.member_id);
                     }
@@ -662,6 +714,10 @@ impl State {
             self.learner
                 .decided(&d.id, &d.member_id, d.created_ms, features, &offers);
         }
+        for o in &d.offers {
+            self.offer_stats
+                .shown(&o.offer_id, d.channel.as_str(), o.propensity);
+        }
         let shown = d.offers.len().min(u16::MAX as usize) as u16;
         self.ledger
             .count_shown(&d.member_id, Day(day_of_ms(d.created_ms)), d.channel, shown);
@@ -703,6 +759,7 @@ impl State {
             accepts: self.ledger.takings(now),
             experiment_values: self.experiments.value_snapshot(),
             vouchers: self.ledger.vouchers_used(),
+            offer_stats: self.offer_stats.to_snapshot(),
         }
     }
 
@@ -723,6 +780,25 @@ impl State {
             SNAPSHOT_FORMAT => {
                 decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?
             }
+            7 => {
+                let v7: SnapshotV7 =
+                    decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+                Snapshot {
+                    format: v7.format,
+                    members: v7.members,
+                    decisions: v7.decisions,
+                    suppressions: v7.suppressions,
+                    contacts: v7.contacts,
+                    inventory: v7.inventory,
+                    experiments: v7.experiments,
+                    learner: v7.learner,
+                    log_time_ms: v7.log_time_ms,
+                    accepts: v7.accepts,
+                    experiment_values: v7.experiment_values,
+                    vouchers: v7.vouchers,
+                    offer_stats: Default::default(),
+                }
+            }
             6 => {
                 let v6: SnapshotV6 =
                     decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
@@ -739,6 +815,7 @@ impl State {
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
+                    offer_stats: Default::default(),
                 }
             }
             5 => {
@@ -757,6 +834,7 @@ impl State {
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
+                    offer_stats: Default::default(),
                 }
             }
             4 => {
@@ -775,6 +853,7 @@ impl State {
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
+                    offer_stats: Default::default(),
                 }
             }
             3 => {
@@ -800,6 +879,7 @@ impl State {
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
+                    offer_stats: Default::default(),
                 }
             }
             other => return Err(format!("snapshot format {other} is not {SNAPSHOT_FORMAT}")),
@@ -835,6 +915,7 @@ impl State {
             self.ledger.record_taken(&key, t, keep_until, now);
         }
         self.learner.restore(snap.learner);
+        self.offer_stats.restore(snap.offer_stats);
         self.applied.fetch_max(lsn, Ordering::AcqRel);
         Ok(())
     }
@@ -875,6 +956,8 @@ impl State {
             ("accepts", multiset(&snap.accepts)),
             ("values", multiset(&snap.experiment_values)),
             ("vouchers", multiset(&snap.vouchers)),
+            ("offers", multiset(&snap.offer_stats.0)),
+            ("offer_days", multiset(&snap.offer_stats.1)),
         ];
         let mut out = Sha256::new();
         out.update(b"offer-engine state v1");
@@ -917,6 +1000,12 @@ fn multiset<T: Serialize>(items: &[T]) -> Vec<u8> {
         out.extend_from_slice(&s.to_le_bytes());
     }
     out
+}
+
+/// The channel of a remembered decision, for the per offer counts
+/// ("unknown" when the decision left memory before its outcome came).
+fn decision_channel(d: Option<&ledger::LiveDecision>) -> &'static str {
+    d.map_or("unknown", |d| d.record.channel.as_str())
 }
 
 /// Day of a ms timestamp.
