@@ -31,6 +31,7 @@ use super::error::Problem;
         super::members::delete_member,
         super::members::post_member_events,
         super::campaigns::post_campaigns,
+        super::campaigns::runs,
         super::experiments::list,
         super::experiments::report,
         super::experiments::timeseries,

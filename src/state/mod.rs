@@ -17,6 +17,7 @@
 //! (exposures, conversions, per-variant statistics), [`expiring`] (the
 //! bounded, time-evicted map the ledger and learner share).
 
+pub mod campaign_runs;
 pub mod experiments;
 pub mod expiring;
 pub mod learner;
@@ -38,6 +39,7 @@ use crate::experiments::{
 use crate::records::MemberChange;
 pub use crate::records::{decode_bounded, LogRecord, MemberWire, MemberWireV2, OutcomeRecordV2};
 use crate::state::ledger::{ContactDay, DecisionRecord, InventoryKey, ACCEPTED};
+use campaign_runs::{CampaignRuns, CampaignRunsSnapshot};
 use experiments::ExperimentBook;
 use learner::{LearnSettings, LearnerSnapshot, OnlineLearner};
 use ledger::Ledger;
@@ -58,7 +60,8 @@ use offer_stats::{OfferStats, OfferStatsSnapshot};
 /// 12-month totals become undated spreads, see
 /// [`crate::domain::MonthlyHistory`]; before 7 no accept can be refunded and
 /// exposures carry no value). 8 adds the per offer and channel counts of
-/// the Offers page; format 7 is still read (its counts start at zero).
+/// the Offers page and the campaign runs with their accepts; format 7 is
+/// still read (its counts and runs start empty).
 const SNAPSHOT_FORMAT: u32 = 8;
 
 /// Everything the state holds, committed parts only.
@@ -82,6 +85,8 @@ struct Snapshot {
     vouchers: Vec<(String, i32)>,
     /// Per offer and channel counts, and capped units per offer and day.
     offer_stats: OfferStatsSnapshot,
+    /// Campaign runs and accepts per campaign.
+    campaign_runs: CampaignRunsSnapshot,
 }
 
 /// Format 7: without the per offer and channel counts.
@@ -190,6 +195,8 @@ pub struct State {
     learner: OnlineLearner,
     /// Per offer and channel counts (the console's Offers page).
     offer_stats: OfferStats,
+    /// Campaign runs and their accepts (the console's Campaigns page).
+    campaign_runs: CampaignRuns,
     /// The latest record time applied, ms (the state's "now").
     log_time: Arc<AtomicI64>,
     /// Position of the last record applied (its log sequence number).
@@ -258,7 +265,7 @@ pub struct StateDigest {
     /// The digest of each part (first 16 hex digits), to see where two
     /// states differ: members, decisions, suppressions, contacts,
     /// inventory, experiments, models, memory, accepts, values, vouchers,
-    /// offers, offer_days.
+    /// offers, offer_days, campaign_runs, campaign_accepts.
     pub parts: std::collections::BTreeMap<String, String>,
 }
 
@@ -276,6 +283,7 @@ impl State {
             experiments: ExperimentBook::default(),
             learner: OnlineLearner::new(s.learning),
             offer_stats: OfferStats::default(),
+            campaign_runs: CampaignRuns::default(),
             log_time: Arc::new(AtomicI64::new(i64::MIN)),
             applied: Arc::new(AtomicU64::new(0)),
             apply_lock: Arc::new(Mutex::new(())),
@@ -306,6 +314,11 @@ impl State {
     /// Per offer and channel counts, from the records applied.
     pub fn offer_stats(&self) -> &OfferStats {
         &self.offer_stats
+    }
+
+    /// Campaign runs and their accepts, from the records applied.
+    pub fn campaign_runs(&self) -> &CampaignRuns {
+        &self.campaign_runs
     }
 
     /// Experiment attribution.
@@ -426,6 +439,10 @@ impl State {
                 self.advance(*at_ms);
                 self.erase_member(member_id, *at_ms)
             }
+            LogRecord::CampaignRun(r) => {
+                self.advance(r.started_ms);
+                self.campaign_runs.run(r);
+            }
         }
         self.applied.fetch_max(lsn, Ordering::AcqRel);
         applied
@@ -544,6 +561,8 @@ impl State {
                         self.members
                             .update(&e.member_id, |m| m.points = m.points.saturating_sub(due));
                     }
+                    self.campaign_runs
+                        .outcome(&e.decision_id, &e.member_id, true);
                     self.offer_stats.accepted(
                         &e.offer_id,
                         decision_channel(decision.as_deref()),
@@ -605,6 +624,8 @@ impl State {
                     };
                     self.ledger.mark_refunded(&key, &t);
                     let decision = self.ledger.decision(&e.decision_id, i64::MIN);
+                    self.campaign_runs
+                        .outcome(&e.decision_id, &t.member_id, false);
                     self.offer_stats.refunded(
                         &t.offer_id,
                         decision_channel(decision.as_deref()),
@@ -760,6 +781,7 @@ impl State {
             experiment_values: self.experiments.value_snapshot(),
             vouchers: self.ledger.vouchers_used(),
             offer_stats: self.offer_stats.to_snapshot(),
+            campaign_runs: self.campaign_runs.to_snapshot(),
         }
     }
 
@@ -797,6 +819,7 @@ impl State {
                     experiment_values: v7.experiment_values,
                     vouchers: v7.vouchers,
                     offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
                 }
             }
             6 => {
@@ -816,6 +839,7 @@ impl State {
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
                     offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
                 }
             }
             5 => {
@@ -835,6 +859,7 @@ impl State {
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
                     offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
                 }
             }
             4 => {
@@ -854,6 +879,7 @@ impl State {
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
                     offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
                 }
             }
             3 => {
@@ -880,6 +906,7 @@ impl State {
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
                     offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
                 }
             }
             other => return Err(format!("snapshot format {other} is not {SNAPSHOT_FORMAT}")),
@@ -916,6 +943,7 @@ impl State {
         }
         self.learner.restore(snap.learner);
         self.offer_stats.restore(snap.offer_stats);
+        self.campaign_runs.restore(snap.campaign_runs);
         self.applied.fetch_max(lsn, Ordering::AcqRel);
         Ok(())
     }
@@ -958,6 +986,8 @@ impl State {
             ("vouchers", multiset(&snap.vouchers)),
             ("offers", multiset(&snap.offer_stats.0)),
             ("offer_days", multiset(&snap.offer_stats.1)),
+            ("campaign_runs", multiset(&snap.campaign_runs.0)),
+            ("campaign_accepts", multiset(&snap.campaign_runs.1)),
         ];
         let mut out = Sha256::new();
         out.update(b"offer-engine state v1");
