@@ -1115,11 +1115,11 @@ mod tests {
             assert_eq!(got, m);
             assert!(!got.history.is_dated());
             assert_eq!(restored.log_time_ms(), at);
-            // Written back in format 7 and read again: the same state.
+            // Written back in the current format and read again: the same state.
             let bytes = restored.snapshot_bytes();
             assert_eq!(
                 u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-                7
+                SNAPSHOT_FORMAT
             );
             let again = state();
             again.restore(&bytes, 4).unwrap();
@@ -1575,6 +1575,103 @@ mod learning_tests {
             experiments: Vec::new(),
             learn: true,
         }])
+    }
+
+    /// The per offer counts and campaign runs come from the records alone:
+    /// a replay and a snapshot restore hold the same, the digest covers
+    /// them, and a format-7 snapshot (without them) is still read.
+    #[test]
+    fn offer_counts_and_campaign_runs_are_rebuilt_from_the_records() {
+        let now = 1_795_000_000_000i64;
+        let mut log: Vec<LogRecord> = (0..6).map(|i| decision(i, now + i as i64)).collect();
+        log.extend((0..6).step_by(2).map(|i| accept(i, now + 10)));
+        log.push(LogRecord::Outcomes(vec![OutcomeRecord {
+            kind: OutcomeKind::Decline,
+            offer_id: "lounge-dom".into(),
+            offer_pos: 1,
+            decision_id: "d1".into(),
+            member_id: "M1".into(),
+            revenue: 0.0,
+            at_ms: now + 20,
+            client_at_ms: None,
+            inventory: None,
+            suppress_days: 30,
+            experiments: Vec::new(),
+            learn: false,
+        }]));
+        log.push(LogRecord::CampaignRun(crate::records::CampaignRunRecord {
+            campaign_id: "c1".into(),
+            channel: crate::domain::Channel::Email,
+            segment: "{}".into(),
+            started_ms: now + 30,
+            duration_ms: 12,
+            members_scanned: 9,
+            members_matched: 6,
+            members_written: 5,
+            held_out: 1,
+            decisions_recorded: 6,
+        }));
+        let live = core();
+        for (lsn, r) in log.iter().enumerate() {
+            live.apply(r, lsn as u64 + 1, false);
+        }
+        let counts = live.offer_stats().counts();
+        let seat = counts
+            .iter()
+            .find(|(o, ch, _)| o == "seat-extra-legroom" && ch == "checkout")
+            .unwrap();
+        assert_eq!((seat.2.shown, seat.2.accepts, seat.2.explored), (6, 3, 6));
+        let lounge = counts.iter().find(|(o, _, _)| o == "lounge-dom").unwrap();
+        assert_eq!(
+            (lounge.2.shown, lounge.2.declines, lounge.2.suppressions),
+            (6, 1, 1)
+        );
+        assert_eq!(live.campaign_runs().runs().len(), 1);
+
+        let replayed = core();
+        for (lsn, r) in log.iter().enumerate() {
+            replayed.apply(
+                &LogRecord::decode(&r.encode()).unwrap(),
+                lsn as u64 + 1,
+                false,
+            );
+        }
+        assert_eq!(replayed.digest(), live.digest());
+        let restored = core();
+        restored
+            .restore(&live.snapshot_bytes(), log.len() as u64)
+            .unwrap();
+        assert_eq!(restored.digest(), live.digest());
+        assert_eq!(restored.offer_stats().counts(), counts);
+
+        // One more show changes the digest's offers part.
+        let before = live.digest();
+        live.apply(&decision(9, now + 40), 99, false);
+        assert_ne!(before.parts["offers"], live.digest().parts["offers"]);
+
+        // Format 7: the same fields without the counts and runs.
+        let snap: Snapshot = decode_bounded(&restored.snapshot_bytes()).unwrap();
+        let v7 = bincode::serialize(&(
+            7u32,
+            &snap.members,
+            &snap.decisions,
+            &snap.suppressions,
+            &snap.contacts,
+            &snap.inventory,
+            &snap.experiments,
+            &snap.learner,
+            snap.log_time_ms,
+            &snap.accepts,
+            &snap.experiment_values,
+            &snap.vouchers,
+        ))
+        .unwrap();
+        let old = core();
+        old.restore(&v7, 3).unwrap();
+        assert!(old.offer_stats().counts().is_empty());
+        assert!(old.campaign_runs().runs().is_empty());
+        assert_eq!(old.members().len(), restored.members().len());
+        assert_eq!(old.log_time_ms(), restored.log_time_ms());
     }
 
     /// What is learned live is what replay and a snapshot restore rebuild,

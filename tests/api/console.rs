@@ -386,6 +386,15 @@ async fn the_offers_and_campaigns_pages_show_the_apis_figures() {
         }
         assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
     }
+    // A second run, on a segment.
+    let r = app
+        .post_json(
+            "/v1/campaigns",
+            &json!({"channel": "email", "tiers": ["gold", "platinum"], "offers": 1, "limit": 10, "campaign_id": "gold-upsell"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().lines().count(), 10);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     // The API's figures are the traffic's: checkout counts per offer.
@@ -416,7 +425,15 @@ async fn the_offers_and_campaigns_pages_show_the_apis_figures() {
         .sum();
     assert_eq!(email_accepts, 7, "{stats}");
     let runs: Value = app.get("/v1/campaigns/runs").await.json().await.unwrap();
-    let run = &runs["runs"][0];
+    // Newest first.
+    assert_eq!(runs["runs"][0]["campaign_id"], "gold-upsell");
+    assert_eq!(runs["runs"][0]["members_written"], 10);
+    assert_eq!(runs["runs"][0]["accepts"], 0);
+    assert_eq!(
+        runs["runs"][0]["segment"],
+        r#"{"tiers":["gold","platinum"]}"#
+    );
+    let run = &runs["runs"][1];
     assert_eq!(run["campaign_id"], "spring-wave");
     assert_eq!(run["members_written"], 40);
     assert_eq!(run["accepts"], 7);
@@ -435,7 +452,7 @@ async fn the_offers_and_campaigns_pages_show_the_apis_figures() {
     let page = dom(&app, "#/campaigns").await;
     assert!(page.contains("data-campaign=\"spring-wave\""));
     let n = figures_match_the_api(&app, &page).await;
-    assert_eq!(n, 5, "the campaigns page shows {n} figures");
+    assert_eq!(n, 10, "the campaigns page shows {n} figures");
 
     screenshot(&app, "#/offers", "offers").await;
     screenshot(&app, "#/campaigns", "campaigns").await;

@@ -262,11 +262,11 @@ async function offersPage() {
   });
   show(
     el('h1', {}, 'Offers'),
-    el('p', {}, 'Per offer and channel, from the records applied. Value in CNY; accept rate and value per offer shown; explored: shown in a slot the exploration policy filled with a probability below 1.'),
+    el('p', {}, 'Per offer and channel, from the records applied. Value in CNY; accept rate and value per offer shown; explored: share of shows in a slot the exploration policy filled with a probability below 1.'),
     rows.length ? table(['Offer', 'Channel', { label: 'Shown', num: true }, { label: 'Accepts', num: true },
-      { label: 'Accept rate', num: true }, { label: 'Value per shown (CNY)', num: true },
-      { label: 'Declines', num: true }, { label: 'Suppressions', num: true },
-      { label: 'Refunds', num: true }, { label: 'Explored share', num: true }], rows)
+      { label: 'Accept rate', num: true }, { label: 'Value / shown (CNY)', num: true },
+      { label: 'Declines', num: true }, { label: 'Suppressed', num: true },
+      { label: 'Refunds', num: true }, { label: 'Explored', num: true }], rows)
       : el('p', {}, 'No offer shown yet.'),
     el('h2', {}, 'Inventory today and model evidence'),
     el('p', {}, 'Capped units taken by accepts on the log day ', s.log_day || '–',
@@ -275,7 +275,7 @@ async function offersPage() {
       { label: 'Model examples', num: true }, { label: 'Model accepts', num: true }], offerRows) : null);
 }
 
-const secs = (v) => (v / 1000).toFixed(1) + ' s';
+const duration = (v) => (v < 1000 ? v + ' ms' : (v / 1000).toFixed(1) + ' s');
 
 async function campaignsPage() {
   const src = '/v1/campaigns/runs';
@@ -284,12 +284,12 @@ async function campaignsPage() {
     const p = 'runs.' + i;
     return el('tr', { 'data-campaign': r.campaign_id },
       el('td', {}, r.campaign_id), el('td', {}, r.channel),
-      el('td', {}, el('code', {}, r.segment)),
+      el('td', {}, r.segment === '{}' ? 'every member with consent' : el('code', {}, r.segment)),
       el('td', {}, r.started_at),
       fig(src, s, p + '.members_scored', int),
       fig(src, s, p + '.members_written', int),
       fig(src, s, p + '.held_out', int),
-      fig(src, s, p + '.duration_ms', secs),
+      fig(src, s, p + '.duration_ms', duration),
       fig(src, s, p + '.accepts', int));
   });
   show(
