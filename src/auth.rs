@@ -414,6 +414,7 @@ pub fn required(method: &str, pattern: Option<&str>) -> Access {
             "GET",
             "/v1/experiments"
             | "/v1/offers/stats"
+            | "/v1/offers/plots/offers.svg"
             | "/v1/campaigns/runs"
             | "/v1/experiments/{id}/report"
             | "/v1/experiments/{id}/timeseries"
@@ -621,6 +622,11 @@ mod tests {
             ("POST", "/v1/campaigns", Access::Needs(Campaigns)),
             ("GET", "/v1/experiments", Access::Needs(ExperimentsRead)),
             ("GET", "/v1/offers/stats", Access::Needs(ExperimentsRead)),
+            (
+                "GET",
+                "/v1/offers/plots/offers.svg",
+                Access::Needs(ExperimentsRead),
+            ),
             ("GET", "/v1/campaigns/runs", Access::Needs(ExperimentsRead)),
             (
                 "GET",

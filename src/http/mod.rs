@@ -36,6 +36,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/offers/plots/offers.svg")
+            .route(web::get().to(offers::offers_plot))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/offers/stats")
             .route(web::get().to(offers::offer_stats))
             .default_service(web::to(method_not_allowed)),

@@ -24,6 +24,7 @@ use super::error::Problem;
     paths(
         super::offers::post_offers,
         super::offers::offer_stats,
+        super::offers::offers_plot,
         super::events::post_events,
         super::members::post_members,
         super::members::get_member,

@@ -446,6 +446,9 @@ async fn the_offers_and_campaigns_pages_show_the_apis_figures() {
             "no row for {id}"
         );
     }
+    for label in ["share of offers shown (%)", "offer · channel"] {
+        assert!(page.contains(label), "no axis label {label:?}");
+    }
     let n = figures_match_the_api(&app, &page).await;
     assert!(n >= 8 * checkout.len(), "the offers page shows {n} figures");
 

@@ -260,6 +260,7 @@ async function offersPage() {
       fig(src, s, p + '.model_examples', int),
       fig(src, s, p + '.model_accepts', int));
   });
+  const figure = el('div', { class: 'figure', id: 'offers-plot' }, 'Loading…');
   show(
     el('h1', {}, 'Offers'),
     el('p', {}, 'Per offer and channel, from the records applied. Value in CNY; accept rate and value per offer shown; explored: share of shows in a slot the exploration policy filled with a probability below 1.'),
@@ -268,11 +269,13 @@ async function offersPage() {
       { label: 'Declines', num: true }, { label: 'Suppressed', num: true },
       { label: 'Refunds', num: true }, { label: 'Explored', num: true }], rows)
       : el('p', {}, 'No offer shown yet.'),
+    figure,
     el('h2', {}, 'Inventory today and model evidence'),
     el('p', {}, 'Capped units taken by accepts on the log day ', s.log_day || '–',
       ' against the cap of the flight or airport-day; the adaptive model\u2019s examples and accepts folded in (– : no cap used today, or no adaptive model).'),
     offerRows.length ? table(['Offer', { label: 'Units used today', num: true }, { label: 'Cap', num: true },
       { label: 'Model examples', num: true }, { label: 'Model accepts', num: true }], offerRows) : null);
+  await plot('/v1/offers/plots/offers.svg', figure);
 }
 
 const duration = (v) => (v < 1000 ? v + ' ms' : (v / 1000).toFixed(1) + ' s');
