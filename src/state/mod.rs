@@ -565,7 +565,7 @@ impl State {
                         .outcome(&e.decision_id, &e.member_id, true);
                     self.offer_stats.accepted(
                         &e.offer_id,
-                        decision_channel(decision.as_deref()),
+                        self.channel_of(&e.decision_id, e.at_ms),
                         v2.value,
                         e.inventory.as_ref().map(|(_, cap)| *cap),
                         day_of_ms(self.log_time_ms()),
@@ -623,12 +623,11 @@ impl State {
                         continue;
                     };
                     self.ledger.mark_refunded(&key, &t);
-                    let decision = self.ledger.decision(&e.decision_id, i64::MIN);
                     self.campaign_runs
                         .outcome(&e.decision_id, &t.member_id, false);
                     self.offer_stats.refunded(
                         &t.offer_id,
-                        decision_channel(decision.as_deref()),
+                        self.channel_of(&e.decision_id, e.at_ms),
                         t.value,
                         t.inventory.is_some(),
                         day_of_ms(self.log_time_ms()),
@@ -659,10 +658,9 @@ impl State {
                     let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
                     self.ledger
                         .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
-                    let decision = self.ledger.decision(&e.decision_id, i64::MIN);
                     self.offer_stats.declined(
                         &e.offer_id,
-                        decision_channel(decision.as_deref()),
+                        self.channel_of(&e.decision_id, e.at_ms),
                         e.suppress_days > 0,
                     );
                     for a in &e.experiments {
@@ -709,6 +707,17 @@ impl State {
         now_ms: i64,
     ) -> Arc<crate::state::ledger::LiveDecision> {
         self.ledger.remember(record, now_ms)
+    }
+
+    /// The channel of decision `id` for the per offer counts, if it is
+    /// held and had not outlived its offers at `at_ms`, the outcome's
+    /// record time ("unknown" otherwise). Judged by the record's time, not
+    /// by whether the entry happens to be in memory still: when memory is
+    /// swept differs between the live process (by the clock) and a replay.
+    fn channel_of(&self, id: &str, at_ms: i64) -> &'static str {
+        self.ledger
+            .decision(id, at_ms)
+            .map_or("unknown", |d| d.record.channel.as_str())
     }
 
     /// Removes everything held about a member: the record, suppressions,
@@ -1030,12 +1039,6 @@ fn multiset<T: Serialize>(items: &[T]) -> Vec<u8> {
         out.extend_from_slice(&s.to_le_bytes());
     }
     out
-}
-
-/// The channel of a remembered decision, for the per offer counts
-/// ("unknown" when the decision left memory before its outcome came).
-fn decision_channel(d: Option<&ledger::LiveDecision>) -> &'static str {
-    d.map_or("unknown", |d| d.record.channel.as_str())
 }
 
 /// Day of a ms timestamp.
