@@ -44,7 +44,7 @@ pub enum Scope {
     /// `POST /v1/campaigns`.
     Campaigns,
     /// `GET /v1/experiments`, `GET /v1/experiments/{id}/report`,
-    /// `GET /v1/experiments/{id}/timeseries`.
+    /// `GET /v1/experiments/{id}/timeseries`, `GET /v1/offers/stats`, `GET /v1/campaigns/runs`.
     ExperimentsRead,
     /// Reloads, snapshots, key listing, `/metrics` on the main listener.
     Admin,
@@ -413,6 +413,9 @@ pub fn required(method: &str, pattern: Option<&str>) -> Access {
         (
             "GET",
             "/v1/experiments"
+            | "/v1/offers/stats"
+            | "/v1/offers/plots/offers.svg"
+            | "/v1/campaigns/runs"
             | "/v1/experiments/{id}/report"
             | "/v1/experiments/{id}/timeseries"
             | "/v1/experiments/{id}/plots/forest.svg"
@@ -618,6 +621,13 @@ mod tests {
             ("POST", "/v1/member-events", Access::Needs(MembersWrite)),
             ("POST", "/v1/campaigns", Access::Needs(Campaigns)),
             ("GET", "/v1/experiments", Access::Needs(ExperimentsRead)),
+            ("GET", "/v1/offers/stats", Access::Needs(ExperimentsRead)),
+            (
+                "GET",
+                "/v1/offers/plots/offers.svg",
+                Access::Needs(ExperimentsRead),
+            ),
+            ("GET", "/v1/campaigns/runs", Access::Needs(ExperimentsRead)),
             (
                 "GET",
                 "/v1/experiments/{id}/report",

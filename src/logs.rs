@@ -65,7 +65,8 @@ pub fn read(dir: &Path) -> anyhow::Result<EngineLog> {
                     }
                     LogRecord::Members(_)
                     | LogRecord::MembersV2(_)
-                    | LogRecord::MemberChange { .. } => {}
+                    | LogRecord::MemberChange { .. }
+                    | LogRecord::CampaignRun(_) => {}
                 }
             }
         }

@@ -569,7 +569,7 @@ impl crate::durable::Observer for Metrics {
             | LogRecord::MemberErased { .. } => {
                 self.member_updates.with_label_values(&[what]).inc();
             }
-            LogRecord::Decision(_) | LogRecord::Decisions(_) => {}
+            LogRecord::Decision(_) | LogRecord::Decisions(_) | LogRecord::CampaignRun(_) => {}
         }
         self.observe_applied(applied);
     }

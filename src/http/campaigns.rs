@@ -70,6 +70,7 @@ pub async fn post_campaigns(
     let max = state.settings().server.max_body_bytes;
     let body = super::read_json_body(&req, payload, max).await?;
     let dto: CampaignDto = from_json(&body)?;
+    let segment = dto.segment_json();
     let campaign = dto.into_campaign_all(chrono::Utc::now())?;
     let (tx, mut rx) = mpsc::channel::<web::Bytes>(4);
     let stop = Arc::new(AtomicBool::new(false));
@@ -83,7 +84,7 @@ pub async fn post_campaigns(
             stop: stop.clone(),
         };
         let result = state
-            .run_campaign(&campaign, Format::Ndjson, &mut sink, &stop)
+            .run_campaign(&campaign, &segment, Format::Ndjson, &mut sink, &stop)
             .and_then(|s| sink.flush().map(|()| s));
         match result {
             Ok(s) => tracing::info!(
@@ -108,4 +109,16 @@ pub async fn post_campaigns(
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .streaming(stream))
+}
+
+/// `GET /v1/campaigns/runs`: the campaign runs so far (the console's
+/// Campaigns page).
+#[utoipa::path(
+    get,
+    path = "/v1/campaigns/runs",
+    tag = "campaigns",
+    responses((status = 200, description = "`{\"runs\": [...]}`, newest first (the latest 1000): campaign id, channel, segment (the filter as given, JSON text), started_at, duration_ms, members_scanned, members_scored, members_written, held_out, decisions_recorded, and accepts (less refunds) of the decisions issued under the campaign id. Kept from the log, so every replica answers alike", body = serde_json::Value)),
+)]
+pub async fn runs(state: web::Data<SharedState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "runs": state.campaign_runs() }))
 }

@@ -36,6 +36,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/offers/plots/offers.svg")
+            .route(web::get().to(offers::offers_plot))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/offers/stats")
+            .route(web::get().to(offers::offer_stats))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/campaigns/runs")
+            .route(web::get().to(campaigns::runs))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/events")
             .route(web::post().to(events::post_events))
             .default_service(web::to(method_not_allowed)),

@@ -132,3 +132,34 @@ fn offers(
     };
     super::json_ok(&body, capacity)
 }
+
+/// `GET /v1/offers/stats`: per offer and channel what the applied records
+/// say (the console's Offers page).
+#[utoipa::path(
+    get,
+    path = "/v1/offers/stats",
+    tag = "offers",
+    responses((status = 200, description = "per offer and channel: shown, accepts, accept rate, value and value per shown offer (CNY), refunds, declines, suppressions, explored shows; per offer: capped units taken on the current log day against the cap, and the adaptive model's evidence (examples, accepts). Counted when records are applied, so every replica answers alike", body = crate::service::offer_stats::OfferStatsReport)),
+)]
+pub async fn offer_stats(state: web::Data<SharedState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.offer_stats())
+}
+
+/// `GET /v1/offers/plots/offers.svg`: the accept rate and the share shown
+/// by exploration per offer and channel, from `GET /v1/offers/stats`.
+#[utoipa::path(
+    get,
+    path = "/v1/offers/plots/offers.svg",
+    tag = "offers",
+    responses((status = 200, description = "SVG: per offer and channel shown at least once, the accept rate (%) as a bar and the share shown by exploration (%) as a dot (the figures of `GET /v1/offers/stats`)", content_type = "image/svg+xml", body = String)),
+)]
+pub async fn offers_plot(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
+    let value =
+        serde_json::to_value(state.offer_stats()).map_err(|e| ApiError::Internal(e.into()))?;
+    let body =
+        super::plots::offers_svg(&value).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    Ok(HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(body))
+}

@@ -23,6 +23,8 @@ use super::error::Problem;
     ),
     paths(
         super::offers::post_offers,
+        super::offers::offer_stats,
+        super::offers::offers_plot,
         super::events::post_events,
         super::members::post_members,
         super::members::get_member,
@@ -30,6 +32,7 @@ use super::error::Problem;
         super::members::delete_member,
         super::members::post_member_events,
         super::campaigns::post_campaigns,
+        super::campaigns::runs,
         super::experiments::list,
         super::experiments::report,
         super::experiments::timeseries,

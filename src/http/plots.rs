@@ -155,6 +155,87 @@ pub fn forest_svg(report: &Value) -> Result<String, String> {
     Ok(svg)
 }
 
+/// The Offers page's figure: per offer and channel shown at least once
+/// (rows of `GET /v1/offers/stats`' `channels`), the accept rate (%) as a
+/// bar, and the share shown by exploration (%) as a dot.
+pub fn offers_svg(stats: &Value) -> Result<String, String> {
+    let rows: Vec<(String, f64, f64)> = stats
+        .get("channels")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|c| {
+                    let rate = c.get("accept_rate")?.as_f64()?;
+                    let explored = c.get("explored_share")?.as_f64()?;
+                    let label = format!(
+                        "{} · {}",
+                        c.get("offer_id")?.as_str()?,
+                        c.get("channel")?.as_str()?
+                    );
+                    Some((label, rate * 100.0, explored * 100.0))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let n = rows.len().max(1);
+    let height = 120 + 22 * n as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Accept rate (bar) and share shown by exploration (dot)",
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(230)
+            .build_cartesian_2d(0f64..100f64, -0.5f64..(n as f64 - 0.5))
+            .map_err(err)?;
+        let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .x_desc("share of offers shown (%)")
+            .y_desc("offer · channel")
+            .y_labels(n)
+            .y_label_formatter(&|y| {
+                let i = y.round();
+                if (y - i).abs() > 1e-6 || i < 0.0 {
+                    return String::new();
+                }
+                // Row 0 is drawn at the top.
+                let idx = n as isize - 1 - i as isize;
+                usize::try_from(idx)
+                    .ok()
+                    .and_then(|k| labels.get(k).cloned())
+                    .unwrap_or_default()
+            })
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        for (k, (_, rate, explored)) in rows.iter().enumerate() {
+            let y = (n - 1 - k) as f64;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(0.0, y - 0.35), (*rate, y + 0.35)],
+                    RGBColor(20, 50, 92).filled(),
+                )))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Circle::new(
+                    (*explored, y),
+                    4,
+                    RGBColor(214, 120, 0).filled(),
+                )))
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
 /// One variant's cumulative conversion lift over the days of a time series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesPoint {

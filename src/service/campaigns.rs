@@ -213,6 +213,22 @@ fn each_of<T, E: Into<String>>(
 }
 
 impl CampaignDto {
+    /// The segment filter as given (JSON, the filter fields that are set),
+    /// for the run's record.
+    pub fn segment_json(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|k, v| {
+                !v.is_null()
+                    && !matches!(
+                        k.as_str(),
+                        "channel" | "offers" | "date" | "send_at" | "limit" | "campaign_id"
+                    )
+            });
+        }
+        v.to_string()
+    }
+
     /// Checks every field before anything is scored; the first field at
     /// fault ([`CampaignDto::into_campaign_all`] gives all of them).
     pub fn into_campaign(self, now: DateTime<Utc>) -> Result<Campaign, FieldError> {
@@ -1056,10 +1072,12 @@ pub fn run(
 impl super::Service {
     /// Runs a campaign on the live state, streaming its lines to `sink`.
     /// Suppressions and daily caps apply; every decision is committed
-    /// (remembered at once, durable before the run is reported done).
+    /// (remembered at once, durable before the run is reported done), and
+    /// then the run's summary, with `segment` (the filter as given).
     pub fn run_campaign(
         &self,
         campaign: &Campaign,
+        segment: &str,
         format: Format,
         sink: &mut dyn CampaignSink,
         stop: &AtomicBool,
@@ -1076,7 +1094,8 @@ impl super::Service {
                 .unwrap_or(1),
             tokens: Some(self.security().tokens.clone()),
         };
-        let mut log = CampaignLog::new(self.durable().clone(), Utc::now().timestamp_millis());
+        let started_ms = Utc::now().timestamp_millis();
+        let mut log = CampaignLog::new(self.durable().clone(), started_ms);
         let state = self.state();
         let summary = run(
             &engine,
@@ -1089,6 +1108,23 @@ impl super::Service {
             stop,
         )?;
         log.finish().map_err(std::io::Error::other)?;
+        let run = crate::records::CampaignRunRecord {
+            campaign_id: summary.campaign_id.clone(),
+            channel: campaign.channel,
+            segment: segment.to_string(),
+            started_ms,
+            duration_ms: (summary.seconds * 1000.0).round() as u64,
+            members_scanned: summary.members_scanned,
+            members_matched: summary.members_matched,
+            members_written: summary.members_written,
+            held_out: summary.left_out.holdout,
+            decisions_recorded: summary.decisions_recorded,
+        };
+        wait(
+            self.durable()
+                .commit(crate::records::LogRecord::CampaignRun(run), "campaign run"),
+        )
+        .map_err(std::io::Error::other)?;
         Ok(summary)
     }
 }
@@ -1235,5 +1271,61 @@ mod tests {
             fields,
             ["channel", "tiers[1]", "birth_month", "offers", "date"]
         );
+    }
+}
+
+/// A campaign run as the Campaigns page shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CampaignRunOut {
+    /// Campaign id.
+    pub campaign_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// The segment filter as given (JSON text; `{}`: every member with consent).
+    pub segment: String,
+    /// When it started (RFC 3339, UTC).
+    pub started_at: String,
+    /// How long it took, ms.
+    pub duration_ms: u64,
+    /// Members in the store.
+    pub members_scanned: u64,
+    /// Members in the segment (filter matched, consent given): the members scored.
+    pub members_scored: u64,
+    /// Members written (with at least one offer).
+    pub members_written: u64,
+    /// Members in an experiment holdout (recorded as exposed, not written).
+    pub held_out: u64,
+    /// Decisions recorded.
+    pub decisions_recorded: u64,
+    /// Accepts (less refunds) of the decisions issued under this campaign id,
+    /// by every run with the id.
+    pub accepts: u64,
+}
+
+impl super::Service {
+    /// The campaign runs kept, newest first, with their accepts.
+    pub fn campaign_runs(&self) -> Vec<CampaignRunOut> {
+        let runs = self.state().campaign_runs();
+        let mut out: Vec<CampaignRunOut> = runs
+            .runs()
+            .into_iter()
+            .map(|r| CampaignRunOut {
+                accepts: runs.accepts(&r.campaign_id),
+                started_at: chrono::DateTime::from_timestamp_millis(r.started_ms)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default(),
+                campaign_id: r.campaign_id,
+                channel: r.channel,
+                segment: r.segment,
+                duration_ms: r.duration_ms,
+                members_scanned: r.members_scanned,
+                members_scored: r.members_matched,
+                members_written: r.members_written,
+                held_out: r.held_out,
+                decisions_recorded: r.decisions_recorded,
+            })
+            .collect();
+        out.reverse();
+        out
     }
 }

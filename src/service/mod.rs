@@ -21,6 +21,7 @@ pub mod campaigns;
 pub mod checkout;
 pub mod idempotency;
 pub mod members;
+pub mod offer_stats;
 pub mod outcomes;
 pub mod reload;
 

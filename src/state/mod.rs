@@ -17,11 +17,13 @@
 //! (exposures, conversions, per-variant statistics), [`expiring`] (the
 //! bounded, time-evicted map the ledger and learner share).
 
+pub mod campaign_runs;
 pub mod experiments;
 pub mod expiring;
 pub mod learner;
 pub mod ledger;
 pub mod members;
+pub mod offer_stats;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,10 +39,12 @@ use crate::experiments::{
 use crate::records::MemberChange;
 pub use crate::records::{decode_bounded, LogRecord, MemberWire, MemberWireV2, OutcomeRecordV2};
 use crate::state::ledger::{ContactDay, DecisionRecord, InventoryKey, ACCEPTED};
+use campaign_runs::{CampaignRuns, CampaignRunsSnapshot};
 use experiments::ExperimentBook;
 use learner::{LearnSettings, LearnerSnapshot, OnlineLearner};
 use ledger::Ledger;
 use members::MemberStore;
+use offer_stats::{OfferStats, OfferStatsSnapshot};
 
 /// Snapshot format version. 4 adds the log time the snapshot reflects, so a
 /// restore filters outlived decisions by log time, not by the wall clock.
@@ -55,8 +59,10 @@ use members::MemberStore;
 /// outcomes before 6, and their time series starts empty; their members'
 /// 12-month totals become undated spreads, see
 /// [`crate::domain::MonthlyHistory`]; before 7 no accept can be refunded and
-/// exposures carry no value).
-const SNAPSHOT_FORMAT: u32 = 7;
+/// exposures carry no value). 8 adds the per offer and channel counts of
+/// the Offers page and the campaign runs with their accepts; format 7 is
+/// still read (its counts and runs start empty).
+const SNAPSHOT_FORMAT: u32 = 8;
 
 /// Everything the state holds, committed parts only.
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,6 +82,27 @@ struct Snapshot {
     /// Value and points cost per experiment and exposed member.
     experiment_values: Vec<experiments::ValueSnapshot>,
     /// Upgrade vouchers used: member and year.
+    vouchers: Vec<(String, i32)>,
+    /// Per offer and channel counts, and capped units per offer and day.
+    offer_stats: OfferStatsSnapshot,
+    /// Campaign runs and accepts per campaign.
+    campaign_runs: CampaignRunsSnapshot,
+}
+
+/// Format 7: without the per offer and channel counts.
+#[derive(Debug, Deserialize)]
+struct SnapshotV7 {
+    format: u32,
+    members: Vec<(String, MemberWireV2)>,
+    decisions: Vec<(DecisionRecord, Vec<u8>)>,
+    suppressions: Vec<(String, Vec<(String, i64)>)>,
+    contacts: Vec<(String, ContactDay)>,
+    inventory: Vec<(String, InventoryKey, u32)>,
+    experiments: Vec<ExperimentSnapshot>,
+    learner: LearnerSnapshot,
+    log_time_ms: i64,
+    accepts: Vec<(String, ledger::Taken)>,
+    experiment_values: Vec<experiments::ValueSnapshot>,
     vouchers: Vec<(String, i32)>,
 }
 
@@ -166,6 +193,10 @@ pub struct State {
     experiments: ExperimentBook,
     /// Adaptive models, fed by decisions and accepts.
     learner: OnlineLearner,
+    /// Per offer and channel counts (the console's Offers page).
+    offer_stats: OfferStats,
+    /// Campaign runs and their accepts (the console's Campaigns page).
+    campaign_runs: CampaignRuns,
     /// The latest record time applied, ms (the state's "now").
     log_time: Arc<AtomicI64>,
     /// Position of the last record applied (its log sequence number).
@@ -233,7 +264,8 @@ pub struct StateDigest {
     pub digest: String,
     /// The digest of each part (first 16 hex digits), to see where two
     /// states differ: members, decisions, suppressions, contacts,
-    /// inventory, experiments, models, memory, accepts, values, vouchers.
+    /// inventory, experiments, models, memory, accepts, values, vouchers,
+    /// offers, offer_days, campaign_runs, campaign_accepts.
     pub parts: std::collections::BTreeMap<String, String>,
 }
 
@@ -250,6 +282,8 @@ impl State {
             thresholds: s.thresholds,
             experiments: ExperimentBook::default(),
             learner: OnlineLearner::new(s.learning),
+            offer_stats: OfferStats::default(),
+            campaign_runs: CampaignRuns::default(),
             log_time: Arc::new(AtomicI64::new(i64::MIN)),
             applied: Arc::new(AtomicU64::new(0)),
             apply_lock: Arc::new(Mutex::new(())),
@@ -275,6 +309,16 @@ impl State {
     /// The adaptive models and their memory of decisions.
     pub fn learner(&self) -> &OnlineLearner {
         &self.learner
+    }
+
+    /// Per offer and channel counts, from the records applied.
+    pub fn offer_stats(&self) -> &OfferStats {
+        &self.offer_stats
+    }
+
+    /// Campaign runs and their accepts, from the records applied.
+    pub fn campaign_runs(&self) -> &CampaignRuns {
+        &self.campaign_runs
     }
 
     /// Experiment attribution.
@@ -395,6 +439,10 @@ impl State {
                 self.advance(*at_ms);
                 self.erase_member(member_id, *at_ms)
             }
+            LogRecord::CampaignRun(r) => {
+                self.advance(r.started_ms);
+                self.campaign_runs.run(r);
+            }
         }
         self.applied.fetch_max(lsn, Ordering::AcqRel);
         applied
@@ -513,6 +561,15 @@ impl State {
                         self.members
                             .update(&e.member_id, |m| m.points = m.points.saturating_sub(due));
                     }
+                    self.campaign_runs
+                        .outcome(&e.decision_id, &e.member_id, true);
+                    self.offer_stats.accepted(
+                        &e.offer_id,
+                        self.channel_of(&e.decision_id, e.at_ms),
+                        v2.value,
+                        e.inventory.as_ref().map(|(_, cap)| *cap),
+                        day_of_ms(self.log_time_ms()),
+                    );
                     let created_ms = decision
                         .as_ref()
                         .map(|d| d.record.created_ms)
@@ -566,6 +623,15 @@ impl State {
                         continue;
                     };
                     self.ledger.mark_refunded(&key, &t);
+                    self.campaign_runs
+                        .outcome(&e.decision_id, &t.member_id, false);
+                    self.offer_stats.refunded(
+                        &t.offer_id,
+                        self.channel_of(&e.decision_id, e.at_ms),
+                        t.value,
+                        t.inventory.is_some(),
+                        day_of_ms(self.log_time_ms()),
+                    );
                     if let Some((inv, _)) = &t.inventory {
                         self.ledger.return_unit(&t.offer_id, inv);
                     }
@@ -592,6 +658,11 @@ impl State {
                     let until = e.at_ms + e.suppress_days as i64 * 86_400_000;
                     self.ledger
                         .suppress(&e.member_id, &e.offer_id, until, e.at_ms);
+                    self.offer_stats.declined(
+                        &e.offer_id,
+                        self.channel_of(&e.decision_id, e.at_ms),
+                        e.suppress_days > 0,
+                    );
                     for a in &e.experiments {
                         self.experiments.decline(a, &e.member_id);
                     }
@@ -638,6 +709,17 @@ impl State {
         self.ledger.remember(record, now_ms)
     }
 
+    /// The channel of decision `id` for the per offer counts, if it is
+    /// held and had not outlived its offers at `at_ms`, the outcome's
+    /// record time ("unknown" otherwise). Judged by the record's time, not
+    /// by whether the entry happens to be in memory still: when memory is
+    /// swept differs between the live process (by the clock) and a replay.
+    fn channel_of(&self, id: &str, at_ms: i64) -> &'static str {
+        self.ledger
+            .decision(id, at_ms)
+            .map_or("unknown", |d| d.record.channel.as_str())
+    }
+
     /// Removes everything held about a member: the record, suppressions,
     /// contact counts and remembered decisions; experiment exposures are
     /// kept anonymously (see [`ExperimentBook::erase_member`]). Inventory
@@ -661,6 +743,10 @@ impl State {
             let offers: Vec<&str> = d.offers.iter().map(|o| o.offer_id.as_str()).collect();
             self.learner
                 .decided(&d.id, &d.member_id, d.created_ms, features, &offers);
+        }
+        for o in &d.offers {
+            self.offer_stats
+                .shown(&o.offer_id, d.channel.as_str(), o.propensity);
         }
         let shown = d.offers.len().min(u16::MAX as usize) as u16;
         self.ledger
@@ -703,6 +789,8 @@ impl State {
             accepts: self.ledger.takings(now),
             experiment_values: self.experiments.value_snapshot(),
             vouchers: self.ledger.vouchers_used(),
+            offer_stats: self.offer_stats.to_snapshot(),
+            campaign_runs: self.campaign_runs.to_snapshot(),
         }
     }
 
@@ -723,6 +811,26 @@ impl State {
             SNAPSHOT_FORMAT => {
                 decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?
             }
+            7 => {
+                let v7: SnapshotV7 =
+                    decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+                Snapshot {
+                    format: v7.format,
+                    members: v7.members,
+                    decisions: v7.decisions,
+                    suppressions: v7.suppressions,
+                    contacts: v7.contacts,
+                    inventory: v7.inventory,
+                    experiments: v7.experiments,
+                    learner: v7.learner,
+                    log_time_ms: v7.log_time_ms,
+                    accepts: v7.accepts,
+                    experiment_values: v7.experiment_values,
+                    vouchers: v7.vouchers,
+                    offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
+                }
+            }
             6 => {
                 let v6: SnapshotV6 =
                     decode_bounded(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
@@ -739,6 +847,8 @@ impl State {
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
+                    offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
                 }
             }
             5 => {
@@ -757,6 +867,8 @@ impl State {
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
+                    offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
                 }
             }
             4 => {
@@ -775,6 +887,8 @@ impl State {
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
+                    offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
                 }
             }
             3 => {
@@ -800,6 +914,8 @@ impl State {
                     accepts: Vec::new(),
                     experiment_values: Vec::new(),
                     vouchers: Vec::new(),
+                    offer_stats: Default::default(),
+                    campaign_runs: Default::default(),
                 }
             }
             other => return Err(format!("snapshot format {other} is not {SNAPSHOT_FORMAT}")),
@@ -835,6 +951,8 @@ impl State {
             self.ledger.record_taken(&key, t, keep_until, now);
         }
         self.learner.restore(snap.learner);
+        self.offer_stats.restore(snap.offer_stats);
+        self.campaign_runs.restore(snap.campaign_runs);
         self.applied.fetch_max(lsn, Ordering::AcqRel);
         Ok(())
     }
@@ -875,6 +993,10 @@ impl State {
             ("accepts", multiset(&snap.accepts)),
             ("values", multiset(&snap.experiment_values)),
             ("vouchers", multiset(&snap.vouchers)),
+            ("offers", multiset(&snap.offer_stats.0)),
+            ("offer_days", multiset(&snap.offer_stats.1)),
+            ("campaign_runs", multiset(&snap.campaign_runs.0)),
+            ("campaign_accepts", multiset(&snap.campaign_runs.1)),
         ];
         let mut out = Sha256::new();
         out.update(b"offer-engine state v1");
@@ -996,11 +1118,11 @@ mod tests {
             assert_eq!(got, m);
             assert!(!got.history.is_dated());
             assert_eq!(restored.log_time_ms(), at);
-            // Written back in format 7 and read again: the same state.
+            // Written back in the current format and read again: the same state.
             let bytes = restored.snapshot_bytes();
             assert_eq!(
                 u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-                7
+                SNAPSHOT_FORMAT
             );
             let again = state();
             again.restore(&bytes, 4).unwrap();
@@ -1456,6 +1578,103 @@ mod learning_tests {
             experiments: Vec::new(),
             learn: true,
         }])
+    }
+
+    /// The per offer counts and campaign runs come from the records alone:
+    /// a replay and a snapshot restore hold the same, the digest covers
+    /// them, and a format-7 snapshot (without them) is still read.
+    #[test]
+    fn offer_counts_and_campaign_runs_are_rebuilt_from_the_records() {
+        let now = 1_795_000_000_000i64;
+        let mut log: Vec<LogRecord> = (0..6).map(|i| decision(i, now + i as i64)).collect();
+        log.extend((0..6).step_by(2).map(|i| accept(i, now + 10)));
+        log.push(LogRecord::Outcomes(vec![OutcomeRecord {
+            kind: OutcomeKind::Decline,
+            offer_id: "lounge-dom".into(),
+            offer_pos: 1,
+            decision_id: "d1".into(),
+            member_id: "M1".into(),
+            revenue: 0.0,
+            at_ms: now + 20,
+            client_at_ms: None,
+            inventory: None,
+            suppress_days: 30,
+            experiments: Vec::new(),
+            learn: false,
+        }]));
+        log.push(LogRecord::CampaignRun(crate::records::CampaignRunRecord {
+            campaign_id: "c1".into(),
+            channel: crate::domain::Channel::Email,
+            segment: "{}".into(),
+            started_ms: now + 30,
+            duration_ms: 12,
+            members_scanned: 9,
+            members_matched: 6,
+            members_written: 5,
+            held_out: 1,
+            decisions_recorded: 6,
+        }));
+        let live = core();
+        for (lsn, r) in log.iter().enumerate() {
+            live.apply(r, lsn as u64 + 1, false);
+        }
+        let counts = live.offer_stats().counts();
+        let seat = counts
+            .iter()
+            .find(|(o, ch, _)| o == "seat-extra-legroom" && ch == "checkout")
+            .unwrap();
+        assert_eq!((seat.2.shown, seat.2.accepts, seat.2.explored), (6, 3, 6));
+        let lounge = counts.iter().find(|(o, _, _)| o == "lounge-dom").unwrap();
+        assert_eq!(
+            (lounge.2.shown, lounge.2.declines, lounge.2.suppressions),
+            (6, 1, 1)
+        );
+        assert_eq!(live.campaign_runs().runs().len(), 1);
+
+        let replayed = core();
+        for (lsn, r) in log.iter().enumerate() {
+            replayed.apply(
+                &LogRecord::decode(&r.encode()).unwrap(),
+                lsn as u64 + 1,
+                false,
+            );
+        }
+        assert_eq!(replayed.digest(), live.digest());
+        let restored = core();
+        restored
+            .restore(&live.snapshot_bytes(), log.len() as u64)
+            .unwrap();
+        assert_eq!(restored.digest(), live.digest());
+        assert_eq!(restored.offer_stats().counts(), counts);
+
+        // One more show changes the digest's offers part.
+        let before = live.digest();
+        live.apply(&decision(9, now + 40), 99, false);
+        assert_ne!(before.parts["offers"], live.digest().parts["offers"]);
+
+        // Format 7: the same fields without the counts and runs.
+        let snap: Snapshot = decode_bounded(&restored.snapshot_bytes()).unwrap();
+        let v7 = bincode::serialize(&(
+            7u32,
+            &snap.members,
+            &snap.decisions,
+            &snap.suppressions,
+            &snap.contacts,
+            &snap.inventory,
+            &snap.experiments,
+            &snap.learner,
+            snap.log_time_ms,
+            &snap.accepts,
+            &snap.experiment_values,
+            &snap.vouchers,
+        ))
+        .unwrap();
+        let old = core();
+        old.restore(&v7, 3).unwrap();
+        assert!(old.offer_stats().counts().is_empty());
+        assert!(old.campaign_runs().runs().is_empty());
+        assert_eq!(old.members().len(), restored.members().len());
+        assert_eq!(old.log_time_ms(), restored.log_time_ms());
     }
 
     /// What is learned live is what replay and a snapshot restore rebuild,

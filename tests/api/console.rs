@@ -315,3 +315,161 @@ async fn without_a_key_the_console_asks_for_one_and_shows_no_data() {
     assert!(!page.contains("nbo-model-vs-priority"));
     screenshot(&app, "#/experiments", "key").await;
 }
+
+/// Offers to the members `ids` on checkout, returning (offers shown per
+/// offer id, accepts per offer id, declines per offer id): every second
+/// member accepts its first offer, every fifth declines its last.
+async fn offer_traffic(app: &TestApp, ids: impl Iterator<Item = u32>) -> [HashMap<String, u64>; 3] {
+    let (mut shown, mut accepts, mut declines) = (HashMap::new(), HashMap::new(), HashMap::new());
+    for i in ids {
+        let id = format!("M{i:08}");
+        let body: Value = app
+            .post_offers(&offer_request(&id))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let offers = body["offers"].as_array().unwrap();
+        for o in offers {
+            *shown
+                .entry(o["offer_id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        if i % 2 == 0 {
+            if let Some(o) = offers.first() {
+                let mut e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "accept", "token": o["token"]});
+                if o["price"].is_object() {
+                    e["revenue"] = o["price"].clone();
+                }
+                assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+                *accepts
+                    .entry(o["offer_id"].as_str().unwrap().to_string())
+                    .or_insert(0) += 1;
+            }
+        }
+        if i % 5 == 0 && offers.len() > 1 {
+            let o = offers.last().unwrap();
+            let e = json!({"decision_id": body["decision_id"], "offer_id": o["offer_id"], "type": "decline"});
+            assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+            *declines
+                .entry(o["offer_id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    [shown, accepts, declines]
+}
+
+#[tokio::test]
+async fn the_offers_and_campaigns_pages_show_the_apis_figures() {
+    let app = app_with_experiments().await;
+    let [shown, accepts, declines] = offer_traffic(&app, 1..=300).await;
+    // A campaign, and accepts of the first offer of its first 7 lines.
+    let r = app
+        .post_json(
+            "/v1/campaigns",
+            &json!({"channel": "email", "offers": 2, "limit": 40, "campaign_id": "spring-wave"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 40);
+    for l in lines.iter().take(7) {
+        let o = &l["offers"][0];
+        let mut e = json!({"decision_id": l["decision_id"], "offer_id": o["offer_id"], "type": "accept", "token": o["token"]});
+        if o["price"].is_object() {
+            e["revenue"] = o["price"].clone();
+        }
+        assert_eq!(app.post_json("/v1/events", &e).await.status(), 202);
+    }
+    // A second run, on a segment.
+    let r = app
+        .post_json(
+            "/v1/campaigns",
+            &json!({"channel": "email", "tiers": ["gold", "platinum"], "offers": 1, "limit": 10, "campaign_id": "gold-upsell"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().lines().count(), 10);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // The API's figures are the traffic's: checkout counts per offer.
+    let stats: Value = app.get("/v1/offers/stats").await.json().await.unwrap();
+    let checkout: Vec<&Value> = stats["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["channel"] == "checkout")
+        .collect();
+    assert_eq!(checkout.len(), shown.len(), "{stats}");
+    for c in &checkout {
+        let id = c["offer_id"].as_str().unwrap();
+        let n = |m: &HashMap<String, u64>| m.get(id).copied().unwrap_or(0);
+        assert_eq!(c["shown"], n(&shown), "{c}");
+        assert_eq!(c["accepts"], n(&accepts), "{c}");
+        assert_eq!(c["declines"], n(&declines), "{c}");
+        let rate = c["accepts"].as_f64().unwrap() / c["shown"].as_f64().unwrap();
+        let got = c["accept_rate"].as_f64().unwrap();
+        assert!((got - rate).abs() <= 4.0 * f64::EPSILON, "{c}");
+    }
+    let email_accepts: u64 = stats["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["channel"] == "email")
+        .map(|c| c["accepts"].as_u64().unwrap())
+        .sum();
+    assert_eq!(email_accepts, 7, "{stats}");
+    let runs: Value = app.get("/v1/campaigns/runs").await.json().await.unwrap();
+    // Newest first.
+    assert_eq!(runs["runs"][0]["campaign_id"], "gold-upsell");
+    assert_eq!(runs["runs"][0]["members_written"], 10);
+    assert_eq!(runs["runs"][0]["accepts"], 0);
+    assert_eq!(
+        runs["runs"][0]["segment"],
+        r#"{"tiers":["gold","platinum"]}"#
+    );
+    let run = &runs["runs"][1];
+    assert_eq!(run["campaign_id"], "spring-wave");
+    assert_eq!(run["members_written"], 40);
+    assert_eq!(run["accepts"], 7);
+    assert!(run["members_scored"].as_u64().unwrap() >= 40, "{run}");
+
+    let page = dom(&app, "#/offers").await;
+    for (id, _) in shown.iter() {
+        assert!(
+            page.contains(&format!("data-offer=\"{id}\" data-channel=\"checkout\"")),
+            "no row for {id}"
+        );
+    }
+    for label in ["share of offers shown (%)", "offer · channel"] {
+        assert!(page.contains(label), "no axis label {label:?}");
+    }
+    let n = figures_match_the_api(&app, &page).await;
+    assert!(n >= 8 * checkout.len(), "the offers page shows {n} figures");
+
+    let page = dom(&app, "#/campaigns").await;
+    assert!(page.contains("data-campaign=\"spring-wave\""));
+    let n = figures_match_the_api(&app, &page).await;
+    assert_eq!(n, 10, "the campaigns page shows {n} figures");
+
+    screenshot(&app, "#/offers", "offers").await;
+    screenshot(&app, "#/campaigns", "campaigns").await;
+}
+
+#[tokio::test]
+async fn the_offers_and_campaigns_pages_show_no_data_without_a_key() {
+    let mut settings = settings_with_master_key();
+    settings.experiments.file = String::new();
+    let app = spawn_with(settings, std::sync::Arc::new(tempfile::tempdir().unwrap())).await;
+    traffic(&app, 1..=20).await;
+    for page in ["#/offers", "#/campaigns"] {
+        let dom = dom_allowing(&app, page, "status of 401").await;
+        assert!(dom.contains("data-needs-key") && dom.contains("API key"));
+        assert!(figures(&dom).is_empty(), "figures without a key:\n{dom}");
+    }
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every route and method `configure()` registers, plus methods it does not take.
-const ROUTES: [(&str, &str); 24] = [
+const ROUTES: [(&str, &str); 27] = [
     ("POST", "/v1/offers"),
     ("POST", "/v1/events"),
     ("POST", "/v1/members"),
@@ -21,6 +21,9 @@ const ROUTES: [(&str, &str); 24] = [
     ("POST", "/v1/member-events"),
     ("POST", "/v1/campaigns"),
     ("GET", "/v1/experiments"),
+    ("GET", "/v1/offers/stats"),
+    ("GET", "/v1/offers/plots/offers.svg"),
+    ("GET", "/v1/campaigns/runs"),
     ("GET", "/v1/experiments/x/report"),
     ("GET", "/v1/experiments/x/timeseries"),
     ("GET", "/v1/experiments/x/plots/forest.svg"),

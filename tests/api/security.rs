@@ -145,6 +145,27 @@ async fn every_route_refuses_no_key_and_the_wrong_scope_and_serves_the_right_one
         },
         Case {
             method: Method::GET,
+            path: "/v1/campaigns/runs".into(),
+            body: None,
+            scope: Scope::ExperimentsRead,
+            ok: 200,
+        },
+        Case {
+            method: Method::GET,
+            path: "/v1/offers/plots/offers.svg".into(),
+            body: None,
+            scope: Scope::ExperimentsRead,
+            ok: 200,
+        },
+        Case {
+            method: Method::GET,
+            path: "/v1/offers/stats".into(),
+            body: None,
+            scope: Scope::ExperimentsRead,
+            ok: 200,
+        },
+        Case {
+            method: Method::GET,
             path: "/v1/experiments".into(),
             body: None,
             scope: Scope::ExperimentsRead,

@@ -270,6 +270,34 @@ pub enum LogRecord {
     /// redemption. [`LogRecord::Outcomes`] stays readable: its accepts
     /// carried no value and redeemed no points.
     OutcomesV2(Vec<OutcomeRecordV2>),
+    /// A campaign run's summary, logged once its decisions are durable (the
+    /// console's Campaigns page lists the runs).
+    CampaignRun(CampaignRunRecord),
+}
+
+/// What a campaign run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignRunRecord {
+    /// Campaign id (its decisions' ids are `cmp-{campaign_id}-{member_id}`).
+    pub campaign_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// The segment filter as the caller gave it (JSON).
+    pub segment: String,
+    /// When it started, ms since the epoch.
+    pub started_ms: i64,
+    /// How long it took, ms.
+    pub duration_ms: u64,
+    /// Members in the store.
+    pub members_scanned: u64,
+    /// Members in the segment (filter matched, consent given): the members scored.
+    pub members_matched: u64,
+    /// Members written (with at least one offer).
+    pub members_written: u64,
+    /// Members in an experiment holdout (recorded as exposed, not written).
+    pub held_out: u64,
+    /// Decisions recorded.
+    pub decisions_recorded: u64,
 }
 
 impl LogRecord {

@@ -235,6 +235,74 @@ async function experimentPage(id) {
   ]);
 }
 
+async function offersPage() {
+  const src = '/v1/offers/stats';
+  const s = await api(src);
+  const rows = s.channels.map((c, i) => {
+    const p = 'channels.' + i;
+    return el('tr', { 'data-offer': c.offer_id, 'data-channel': c.channel },
+      el('td', {}, c.offer_id), el('td', {}, c.channel),
+      fig(src, s, p + '.shown', int),
+      fig(src, s, p + '.accepts', int),
+      fig(src, s, p + '.accept_rate', pct),
+      fig(src, s, p + '.value_per_shown', num),
+      fig(src, s, p + '.declines', int),
+      fig(src, s, p + '.suppressions', int),
+      fig(src, s, p + '.refunds', int),
+      fig(src, s, p + '.explored_share', pct));
+  });
+  const offerRows = s.offers.map((o, i) => {
+    const p = 'offers.' + i;
+    return el('tr', { 'data-offer': o.offer_id },
+      el('td', {}, o.offer_id),
+      fig(src, s, p + '.inventory_used_today', int),
+      fig(src, s, p + '.inventory_cap', int),
+      fig(src, s, p + '.model_examples', int),
+      fig(src, s, p + '.model_accepts', int));
+  });
+  const figure = el('div', { class: 'figure', id: 'offers-plot' }, 'Loading…');
+  show(
+    el('h1', {}, 'Offers'),
+    el('p', {}, 'Per offer and channel, from the records applied. Value in CNY; accept rate and value per offer shown; explored: share of shows in a slot the exploration policy filled with a probability below 1.'),
+    rows.length ? table(['Offer', 'Channel', { label: 'Shown', num: true }, { label: 'Accepts', num: true },
+      { label: 'Accept rate', num: true }, { label: 'Value / shown (CNY)', num: true },
+      { label: 'Declines', num: true }, { label: 'Suppressed', num: true },
+      { label: 'Refunds', num: true }, { label: 'Explored', num: true }], rows)
+      : el('p', {}, 'No offer shown yet.'),
+    figure,
+    el('h2', {}, 'Inventory today and model evidence'),
+    el('p', {}, 'Capped units taken by accepts on the log day ', s.log_day || '–',
+      ' against the cap of the flight or airport-day; the adaptive model\u2019s examples and accepts folded in (– : no cap used today, or no adaptive model).'),
+    offerRows.length ? table(['Offer', { label: 'Units used today', num: true }, { label: 'Cap', num: true },
+      { label: 'Model examples', num: true }, { label: 'Model accepts', num: true }], offerRows) : null);
+  await plot('/v1/offers/plots/offers.svg', figure);
+}
+
+const duration = (v) => (v < 1000 ? v + ' ms' : (v / 1000).toFixed(1) + ' s');
+
+async function campaignsPage() {
+  const src = '/v1/campaigns/runs';
+  const s = await api(src);
+  const rows = s.runs.map((r, i) => {
+    const p = 'runs.' + i;
+    return el('tr', { 'data-campaign': r.campaign_id },
+      el('td', {}, r.campaign_id), el('td', {}, r.channel),
+      el('td', {}, r.segment === '{}' ? 'every member with consent' : el('code', {}, r.segment)),
+      el('td', {}, r.started_at),
+      fig(src, s, p + '.members_scored', int),
+      fig(src, s, p + '.members_written', int),
+      fig(src, s, p + '.held_out', int),
+      fig(src, s, p + '.duration_ms', duration),
+      fig(src, s, p + '.accepts', int));
+  });
+  show(
+    el('h1', {}, 'Campaigns'),
+    el('p', {}, 'Runs so far, newest first. Scored: members in the segment with consent for the channel; accepts: of the decisions issued under the campaign id.'),
+    rows.length ? table(['Campaign', 'Channel', 'Segment', 'Started (UTC)', { label: 'Scored', num: true },
+      { label: 'Written', num: true }, { label: 'Held out', num: true }, { label: 'Duration', num: true },
+      { label: 'Accepts', num: true }], rows) : el('p', {}, 'No campaign run yet.'));
+}
+
 function keyForm() {
   const input = el('input', { type: 'password', id: 'api-key', name: 'key', autocomplete: 'off', required: true });
   const form = el('form', { class: 'key', id: 'key-form', 'data-needs-key': true },
@@ -266,6 +334,8 @@ function route() {
   const h = location.hash.replace(/^#\/?/, '');
   const [page, arg] = h.split('/');
   if (page === 'experiment' && arg) return run(() => experimentPage(decodeURIComponent(arg)));
+  if (page === 'offers') return run(offersPage);
+  if (page === 'campaigns') return run(campaignsPage);
   return run(experimentsPage);
 }
 
