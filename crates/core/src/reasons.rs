@@ -341,12 +341,12 @@ impl Reason {
     /// Appends this reason as JSON, exactly as its `Serialize`
     /// implementation does through serde_json (see [`crate::render::json`]).
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        use crate::render::json::{raw, str, value};
+        use crate::render::json::{raw, value};
         match self {
             Reason::NewMember => raw(out, "{\"code\":\"new_member\"}"),
             Reason::Tier { tier } => {
                 raw(out, "{\"code\":\"tier\",\"tier\":");
-                str(out, tier.as_str())?;
+                value(out, tier)?;
                 raw(out, "}");
             }
             Reason::NearNextTier {
@@ -355,9 +355,9 @@ impl Reason {
                 spend_short,
             } => {
                 raw(out, "{\"code\":\"near_next_tier\",\"tier\":");
-                str(out, tier.as_str())?;
+                value(out, tier)?;
                 raw(out, ",\"current_tier\":");
-                str(out, current_tier.as_str())?;
+                value(out, current_tier)?;
                 raw(out, ",\"spend_short\":");
                 value(out, spend_short)?;
                 raw(out, "}");
@@ -381,22 +381,16 @@ impl Reason {
             }
             Reason::Trip { route, km, cabin } => {
                 raw(out, "{\"code\":\"trip\",\"route\":");
-                str(
-                    out,
-                    match route {
-                        Route::Domestic => "domestic",
-                        Route::International => "international",
-                    },
-                )?;
+                value(out, route)?;
                 raw(out, ",\"km\":");
                 value(out, km)?;
                 raw(out, ",\"cabin\":");
-                str(out, cabin.as_str())?;
+                value(out, cabin)?;
                 raw(out, "}");
             }
             Reason::Departure { origin, days } => {
                 raw(out, "{\"code\":\"departure\",\"origin\":");
-                str(out, origin.as_str())?;
+                value(out, origin)?;
                 raw(out, ",\"days\":");
                 value(out, days)?;
                 raw(out, "}");
