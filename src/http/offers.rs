@@ -35,6 +35,36 @@ pub struct OffersResponse<'a> {
 
 pub use crate::render::rfc3339;
 
+impl OffersResponse<'_> {
+    /// Appends the answer as JSON, byte for byte what `serde_json` writes
+    /// from its `Serialize` implementation, without serde_json's escape scan
+    /// of every key and string (see [`crate::render::json`]).
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        use crate::render::json::{raw, str, value};
+        raw(out, "{\"decision_id\":");
+        str(out, &self.decision_id)?;
+        raw(out, ",\"member_id\":");
+        str(out, self.member_id)?;
+        raw(out, ",\"cold_start\":");
+        raw(out, if self.cold_start { "true" } else { "false" });
+        raw(out, ",\"model_version\":");
+        str(out, self.model_version)?;
+        raw(out, ",\"experiments\":");
+        value(out, &self.experiments)?;
+        raw(out, ",\"offers\":[");
+        for (i, o) in self.offers.iter().enumerate() {
+            if i > 0 {
+                raw(out, ",");
+            }
+            o.write_json(out)?;
+        }
+        raw(out, "],\"fallback\":");
+        raw(out, if self.fallback { "true" } else { "false" });
+        raw(out, "}");
+        Ok(())
+    }
+}
+
 /// `POST /v1/offers`.
 #[utoipa::path(
     post,
@@ -130,7 +160,66 @@ fn offers(
         offers,
         fallback: c.fallback.is_some(),
     };
-    super::json_ok(&body, capacity)
+    let mut buf = Vec::with_capacity(capacity);
+    body.write_json(&mut buf)
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("serializing a response")))?;
+    Ok(HttpResponse::Ok()
+        .content_type(header::ContentType::json())
+        .body(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reasons::{Reason, Reasons};
+
+    /// The hand-written answer is what serde_json writes (the offers' own
+    /// writer has a property test in the core crate).
+    #[test]
+    fn written_as_serde_writes_it() {
+        for (member_id, version, experiments) in [
+            ("M0000001", "v1", vec![]),
+            (
+                "quote\"back\\slash\ncontrol\u{1}中文",
+                "model \"7\"",
+                vec![Assignment {
+                    experiment: "exp\t1".into(),
+                    variant: "treatment".into(),
+                }],
+            ),
+        ] {
+            let offer = |token: Option<&str>| crate::render::OfferOut {
+                offer_id: "UPG-1",
+                category: "seat_upgrade",
+                title: "Upgrade \"now\"",
+                price: None,
+                points_price: Some(1200),
+                score: 0.25,
+                expected_value: 90.5,
+                reasons: Reasons::plain(vec![Reason::Growing]),
+                expires_at: "2026-12-01T10:00:00.000Z".into(),
+                token: token.map(String::from),
+                propensity: 1.0,
+            };
+            for fallback in [false, true] {
+                let body = OffersResponse {
+                    decision_id: "d-1".into(),
+                    member_id,
+                    cold_start: fallback,
+                    model_version: version,
+                    experiments: experiments.clone(),
+                    offers: vec![offer(None), offer(Some("2abc"))],
+                    fallback,
+                };
+                let mut mine = Vec::new();
+                body.write_json(&mut mine).unwrap();
+                assert_eq!(
+                    String::from_utf8(mine).unwrap(),
+                    serde_json::to_string(&body).unwrap()
+                );
+            }
+        }
+    }
 }
 
 /// `GET /v1/offers/stats`: per offer and channel what the applied records

@@ -85,12 +85,26 @@ use crate::policy::Ranking;
 use crate::stats::{self, ArmStats, Correction, Lift};
 /// 64-bit FNV-1a.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
+    fnv1a64_from(0xcbf29ce484222325, bytes)
+}
+
+/// FNV-1a continued from `h` over `bytes`: hashing the pieces of a string
+/// in turn gives the hash of the whole, with no string built.
+fn fnv1a64_from(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= *b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
     h
+}
+
+/// The assignment hash of the concatenation of `parts`.
+fn assignment_hash_of(parts: &[&str]) -> u64 {
+    fmix64(
+        parts
+            .iter()
+            .fold(0xcbf29ce484222325, |h, p| fnv1a64_from(h, p.as_bytes())),
+    )
 }
 
 /// MurmurHash3's 64-bit finaliser.
@@ -361,11 +375,13 @@ impl ExperimentSpec {
     /// The variant index of a member, or None if outside the traffic share.
     pub fn assign(&self, member_id: &str) -> Option<usize> {
         let threshold = (self.traffic * 10_000.0).round() as u64;
-        if assignment_hash(&format!("{}:{}", self.salt, member_id)) % 10_000 >= threshold {
+        // The hashes of "salt:member" and "salt:variant:member", without
+        // formatting either (a checkout assigns every running experiment).
+        if assignment_hash_of(&[&self.salt, ":", member_id]) % 10_000 >= threshold {
             return None;
         }
         let total: u64 = self.variants.iter().map(|v| v.weight as u64).sum();
-        let point = assignment_hash(&format!("{}:variant:{}", self.salt, member_id)) % total.max(1);
+        let point = assignment_hash_of(&[&self.salt, ":variant:", member_id]) % total.max(1);
         let mut acc = 0u64;
         for (i, v) in self.variants.iter().enumerate() {
             acc += v.weight as u64;
@@ -1462,6 +1478,25 @@ impl From<ExperimentSnapshotV4> for ExperimentSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_of_parts_is_hash_of_the_whole() {
+        for (salt, member) in [
+            ("s1", "M0000001"),
+            ("", ""),
+            ("盐", "m:x"),
+            ("a", "variant:"),
+        ] {
+            assert_eq!(
+                assignment_hash_of(&[salt, ":", member]),
+                assignment_hash(&format!("{salt}:{member}"))
+            );
+            assert_eq!(
+                assignment_hash_of(&[salt, ":variant:", member]),
+                assignment_hash(&format!("{salt}:variant:{member}"))
+            );
+        }
+    }
 
     fn spec(min: u64) -> ExperimentSpec {
         parse_experiments(&format!(

@@ -337,6 +337,101 @@ impl Reasons {
     }
 }
 
+impl Reason {
+    /// Appends this reason as JSON, exactly as its `Serialize`
+    /// implementation does through serde_json (see [`crate::render::json`]).
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        use crate::render::json::{raw, value};
+        match self {
+            Reason::NewMember => raw(out, "{\"code\":\"new_member\"}"),
+            Reason::Tier { tier } => {
+                raw(out, "{\"code\":\"tier\",\"tier\":");
+                value(out, tier)?;
+                raw(out, "}");
+            }
+            Reason::NearNextTier {
+                tier,
+                current_tier,
+                spend_short,
+            } => {
+                raw(out, "{\"code\":\"near_next_tier\",\"tier\":");
+                value(out, tier)?;
+                raw(out, ",\"current_tier\":");
+                value(out, current_tier)?;
+                raw(out, ",\"spend_short\":");
+                value(out, spend_short)?;
+                raw(out, "}");
+            }
+            Reason::HighValue { lifetime_value } => {
+                raw(out, "{\"code\":\"high_value\",\"lifetime_value\":");
+                value(out, lifetime_value)?;
+                raw(out, "}");
+            }
+            Reason::Growing => raw(out, "{\"code\":\"growing\"}"),
+            Reason::Lapsed { days } => {
+                raw(out, "{\"code\":\"lapsed\",\"days\":");
+                value(out, days)?;
+                raw(out, "}");
+            }
+            Reason::NotFlownYet => raw(out, "{\"code\":\"not_flown_yet\"}"),
+            Reason::PointsBalance { points } => {
+                raw(out, "{\"code\":\"points_balance\",\"points\":");
+                value(out, points)?;
+                raw(out, "}");
+            }
+            Reason::Trip { route, km, cabin } => {
+                raw(out, "{\"code\":\"trip\",\"route\":");
+                value(out, route)?;
+                raw(out, ",\"km\":");
+                value(out, km)?;
+                raw(out, ",\"cabin\":");
+                value(out, cabin)?;
+                raw(out, "}");
+            }
+            Reason::Departure { origin, days } => {
+                raw(out, "{\"code\":\"departure\",\"origin\":");
+                value(out, origin)?;
+                raw(out, ",\"days\":");
+                value(out, days)?;
+                raw(out, "}");
+            }
+            Reason::Party { passengers } => {
+                raw(out, "{\"code\":\"party\",\"passengers\":");
+                value(out, passengers)?;
+                raw(out, "}");
+            }
+            Reason::Propensity { p, expected_value } => {
+                raw(out, "{\"code\":\"propensity\",\"p\":");
+                value(out, p)?;
+                raw(out, ",\"expected_value\":");
+                value(out, expected_value)?;
+                raw(out, "}");
+            }
+            Reason::BusinessPriority => raw(out, "{\"code\":\"business_priority\"}"),
+        }
+        Ok(())
+    }
+}
+
+impl Reasons {
+    /// Appends the reasons as JSON, exactly as `Serialize` does through
+    /// serde_json; with `explain` (sentences) through serde_json itself.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        if self.explain.is_some() {
+            return serde_json::to_writer(&mut *out, self);
+        }
+        out.push(b'[');
+        for (i, r) in self.list.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            r.write_json(out)?;
+        }
+        out.push(b']');
+        Ok(())
+    }
+}
+
 /// A reason with its sentence.
 #[derive(Serialize)]
 struct Explained<'a> {
