@@ -9,6 +9,8 @@
 //! On start, [`open`] replays the newest snapshot and every later record
 //! through the same [`State::apply`].
 
+pub mod cluster;
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -72,6 +74,16 @@ pub trait EventLog: Send + Sync {
     /// Makes the next `n` writes fail as a full disk would (tests).
     #[doc(hidden)]
     fn inject_failures(&self, _n: usize) {}
+    /// The shared stream's and this replica's positions (cluster mode).
+    fn cluster_status(&self) -> Option<Arc<cluster::ClusterStatus>> {
+        None
+    }
+    /// Resolves once this process applied every record the log held when
+    /// called (a shared log may hold other writers' records); the local log
+    /// applies its records before acknowledging them, so it is at once.
+    fn sync(&self) -> Pending {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// The embedded write-ahead log in the data directory.
@@ -109,6 +121,18 @@ impl EventLog for LocalLog {
     }
     fn inject_failures(&self, n: usize) {
         self.0.inject_failures(n)
+    }
+}
+
+/// The kind of a record as an [`Observer`] names it (`decision`,
+/// `outcomes`, `put`/`bulk` as `members`, a member event's type, `erase`).
+pub fn record_kind(rec: &LogRecord) -> &'static str {
+    match rec {
+        LogRecord::Decision(_) | LogRecord::Decisions(_) => "decision",
+        LogRecord::Outcomes(_) | LogRecord::OutcomesV2(_) => "outcomes",
+        LogRecord::Members(_) | LogRecord::MembersV2(_) => "bulk",
+        LogRecord::MemberChange { change, .. } => change.kind(),
+        LogRecord::MemberErased { .. } => "erase",
     }
 }
 
@@ -216,12 +240,16 @@ impl Durable {
         self.commit(LogRecord::Decisions(records), "decision")
     }
 
-    /// Commits a checkout decision without waiting: it is remembered at
-    /// once (an accept may follow immediately) and joins the log's next
-    /// batch; checkout never waits for the disk. One lost in a crash before
-    /// that batch can no longer be attributed (its accept gets 404); nothing
-    /// acknowledged to a writer is lost.
-    pub fn commit_decision(&self, mut record: DecisionRecord, now_ms: i64) {
+    /// Commits a checkout decision. With the local log it does not wait:
+    /// it is remembered at once (an accept may follow immediately) and
+    /// joins the log's next batch; checkout never waits for the disk. One
+    /// lost in a crash before that batch can no longer be attributed (its
+    /// accept gets 404); nothing acknowledged to a writer is lost.
+    ///
+    /// With a shared log (cluster mode) it returns the write to wait for
+    /// before answering: an accept sent to another replica after the
+    /// answer then finds the decision in the stream.
+    pub fn commit_decision(&self, mut record: DecisionRecord, now_ms: i64) -> Option<Pending> {
         let payload = LogRecord::encode_decision(&record);
         // The features go to the learner's memory once logged; the ledger's
         // copy (kept until the offers expire) does not need them.
@@ -229,6 +257,21 @@ impl Durable {
         let live = self.state.remember_decision(record, now_ms);
         let state = self.state.clone();
         let observer = self.observer.clone();
+        if self.log.cluster_status().is_some() {
+            let pending = self.log.append(
+                payload,
+                Box::new(move |lsn| {
+                    let applied = state.apply_decision_record(&live.record, &features, lsn, true);
+                    observer.applied("decision", &LogRecord::Decisions(Vec::new()), &applied);
+                }),
+            );
+            let observer = self.observer.clone();
+            return Some(Box::pin(async move {
+                pending
+                    .await
+                    .inspect_err(|e| observer.not_logged("decision", e))
+            }));
+        }
         let queued = self.log.append_deferred(
             payload,
             Box::new(move |result| match result {
@@ -244,6 +287,7 @@ impl Durable {
         if let Err(e) = queued {
             self.observer.not_logged("decision", &e);
         }
+        None
     }
 
     /// Writes a snapshot of the state between two records.
@@ -262,6 +306,17 @@ impl Durable {
     /// Stops the log after the writes queued so far.
     pub fn close(&self) {
         self.log.close()
+    }
+
+    /// The shared stream's and this replica's positions (cluster mode).
+    pub fn cluster_status(&self) -> Option<Arc<cluster::ClusterStatus>> {
+        self.log.cluster_status()
+    }
+
+    /// Resolves once this process applied every record the log held when
+    /// called (cluster mode: other replicas' records included).
+    pub fn sync(&self) -> Pending {
+        self.log.sync()
     }
 
     /// Makes the next `n` writes fail as a full disk would (tests).
