@@ -143,6 +143,8 @@ pub trait Observer: Send + Sync {
     fn applied(&self, what: &'static str, rec: &LogRecord, applied: &Applied);
     /// A record was not logged (so not applied); `what` names its kind.
     fn not_logged(&self, what: &'static str, e: &LogError);
+    /// Cluster mode: a publish was acknowledged after `seconds`.
+    fn published(&self, _seconds: f64) {}
 }
 
 /// An observer that hears nothing (tools, benches).
@@ -250,19 +252,18 @@ impl Durable {
     /// before answering: an accept sent to another replica after the
     /// answer then finds the decision in the stream.
     pub fn commit_decision(&self, mut record: DecisionRecord, now_ms: i64) -> Option<Pending> {
-        let payload = LogRecord::encode_decision(&record);
-        // The features go to the learner's memory once logged; the ledger's
-        // copy (kept until the offers expire) does not need them.
-        let features = std::mem::take(&mut record.features);
-        let live = self.state.remember_decision(record, now_ms);
-        let state = self.state.clone();
-        let observer = self.observer.clone();
         if self.log.cluster_status().is_some() {
+            // Remembered when applied, as on every other replica: a
+            // decision whose publication fails is then held by none, and a
+            // snapshot never holds one the stream lacks.
+            let rec = LogRecord::Decision(record);
+            let state = self.state.clone();
+            let observer = self.observer.clone();
             let pending = self.log.append(
-                payload,
+                rec.encode(),
                 Box::new(move |lsn| {
-                    let applied = state.apply_decision_record(&live.record, &features, lsn, true);
-                    observer.applied("decision", &LogRecord::Decisions(Vec::new()), &applied);
+                    let applied = state.apply(&rec, lsn, false);
+                    observer.applied("decision", &rec, &applied);
                 }),
             );
             let observer = self.observer.clone();
@@ -272,6 +273,13 @@ impl Durable {
                     .inspect_err(|e| observer.not_logged("decision", e))
             }));
         }
+        let payload = LogRecord::encode_decision(&record);
+        // The features go to the learner's memory once logged; the ledger's
+        // copy (kept until the offers expire) does not need them.
+        let features = std::mem::take(&mut record.features);
+        let live = self.state.remember_decision(record, now_ms);
+        let state = self.state.clone();
+        let observer = self.observer.clone();
         let queued = self.log.append_deferred(
             payload,
             Box::new(move |result| match result {

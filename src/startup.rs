@@ -242,8 +242,15 @@ fn open_cluster(
         }
         Ok(Initial(records))
     };
-    let log = NatsLog::start(&settings.cluster, dir, from, apply, initial)
-        .context("joining the NATS JetStream stream")?;
+    let log = NatsLog::start(
+        &settings.cluster,
+        dir,
+        from,
+        apply,
+        observer.clone(),
+        initial,
+    )
+    .context("joining the NATS JetStream stream")?;
     let durable = Durable::new(Arc::new(log), state, observer);
     tracing::info!(
         stream = %settings.cluster.stream,

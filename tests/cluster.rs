@@ -398,9 +398,8 @@ async fn three_replicas_on_one_stream_agree_through_kill_dash_nine() {
     let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
     let acked_accepts: u32 = seen.accepts_acked.values().sum();
     eprintln!(
-        "load: {} decisions, {} points writes acknowledged ({} members), {} unknown; accepts {} acknowledged, {} refused (409), {} unknown; {} erasures",
+        "load: {} decisions; points: {} members with acknowledged writes, {} with a write of unknown outcome; accepts {} acknowledged, {} refused (409), {} unknown; {} erasures acknowledged",
         seen.decisions,
-        seen.points_acked.len(),
         seen.points_acked.len(),
         seen.points_unknown.len(),
         acked_accepts,
@@ -450,6 +449,25 @@ async fn three_replicas_on_one_stream_agree_through_kill_dash_nine() {
                 .unwrap();
             assert_eq!(r.status(), 404, "{b}: erased member {m} is back");
         }
+    }
+
+    // The replica's position and publish latency are exported.
+    let text = client
+        .get(format!("{}/metrics", bases[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "offer_engine_cluster_lag_records 0",
+        &format!("offer_engine_cluster_applied_sequence {applied}"),
+        "offer_engine_cluster_nats_reachable 1",
+        "offer_engine_cluster_publish_duration_seconds_count",
+        "offer_engine_cluster_records_applied_total",
+    ] {
+        assert!(text.contains(want), "/metrics lacks {want}");
     }
 
     // A fourth replica on an empty data dir reaches the same digest.

@@ -58,6 +58,8 @@ pub struct ClusterStatus {
     pub reachable: AtomicBool,
     /// Milliseconds since the Unix epoch of the last successful look.
     pub last_seen_ms: AtomicU64,
+    /// Records applied from the stream by this process.
+    pub records_applied: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -72,6 +74,7 @@ impl ClusterStatus {
 /// A NATS JetStream stream as the event log.
 pub struct NatsLog {
     handle: tokio::runtime::Handle,
+    observer: Arc<dyn super::Observer>,
     stream: stream::Stream,
     js: jetstream::Context,
     client: async_nats::Client,
@@ -163,6 +166,7 @@ impl NatsLog {
         data_dir: &Path,
         applied: u64,
         apply: Apply,
+        observer: Arc<dyn super::Observer>,
         initial: impl FnOnce() -> anyhow::Result<Initial> + Send,
     ) -> anyhow::Result<NatsLog> {
         use anyhow::Context;
@@ -306,6 +310,7 @@ impl NatsLog {
         );
         Ok(NatsLog {
             handle,
+            observer,
             stream,
             js,
             client,
@@ -365,6 +370,7 @@ impl NatsLog {
             id.clone(),
             Bytes::from(payload),
             timeout,
+            self.observer.clone(),
         ));
         async move {
             if too_large {
@@ -428,8 +434,10 @@ async fn publish_retrying(
     id: String,
     payload: Bytes,
     timeout: Duration,
+    observer: Arc<dyn super::Observer>,
 ) -> Result<u64, LogError> {
     let deadline = Instant::now() + timeout;
+    let first = Instant::now();
     loop {
         let attempt = async {
             js.send_publish(
@@ -451,6 +459,7 @@ async fn publish_retrying(
                     seq = ack.sequence,
                     "published"
                 );
+                observer.published(first.elapsed().as_secs_f64());
                 return Ok(ack.sequence);
             }
             Err(e) if Instant::now() + Duration::from_millis(200) < deadline => {
@@ -641,6 +650,7 @@ async fn apply_loop(mut l: ApplyLoop) {
                         }
                     }
                     l.status.stream_last.fetch_max(seq, Ordering::AcqRel);
+                    l.status.records_applied.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -115,6 +115,9 @@ pub async fn metrics(state: web::Data<SharedState>) -> HttpResponse {
         .map(|e| state.state().experiments().report_without_loyalty(e))
         .collect();
     state.metrics().observe_reports(&reports);
+    if let Some(c) = state.durable().cluster_status() {
+        state.metrics().observe_cluster(&c);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics().render())
