@@ -454,10 +454,15 @@ fn spawn_snapshots(state: &SharedState) {
             tick.tick().await;
             let Some(state) = weak.upgrade() else { break };
             // Outlived decisions leave memory before they would be copied.
-            state
-                .state()
-                .ledger()
-                .evict_expired(chrono::Utc::now().timestamp_millis());
+            // Replicas sharing a stream evict by the log's time, so that
+            // they hold the same decisions whenever they applied the same
+            // records (the wall clock differs between them).
+            let now = if state.durable().cluster_status().is_some() {
+                state.state().log_time_ms()
+            } else {
+                chrono::Utc::now().timestamp_millis()
+            };
+            state.state().ledger().evict_expired(now);
             let started = std::time::Instant::now();
             match state.snapshot().await {
                 Ok(lsn) => tracing::info!(
