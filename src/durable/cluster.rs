@@ -669,8 +669,7 @@ impl EventLog for NatsLog {
     ) -> Result<(), LogError> {
         // `done` runs once: with the sequence when applied here, or with
         // the error when the publish failed and nothing will apply it.
-        let slot: Arc<Mutex<Option<Box<dyn FnOnce(Result<u64, LogError>) + Send>>>> =
-            Arc::new(Mutex::new(Some(done)));
+        let slot: Arc<Mutex<Option<Reply>>> = Arc::new(Mutex::new(Some(done)));
         let on_apply = slot.clone();
         let fut = self.publish(
             payload,
