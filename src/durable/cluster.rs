@@ -581,6 +581,9 @@ async fn apply_loop(mut l: ApplyLoop) {
                 continue;
             }
         };
+        // When the consumer last delivered (or was found idle with nothing
+        // to deliver): snapshots between records must not reset it.
+        let mut progress = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 req = l.snapshots.recv() => {
@@ -594,9 +597,12 @@ async fn apply_loop(mut l: ApplyLoop) {
                         .and_then(|r| r.map_err(|e| LogError::Unavailable(format!("writing a snapshot: {e}"))));
                     (req.reply)(written.map(|()| seq));
                 }
-                next = tokio::time::timeout(Duration::from_secs(2), messages.next()) => {
+                next = tokio::time::timeout_at(progress + Duration::from_secs(2), messages.next()) => {
                     let m = match next {
-                        Ok(Some(Ok(m))) => m,
+                        Ok(Some(Ok(m))) => {
+                            progress = tokio::time::Instant::now();
+                            m
+                        }
                         Ok(Some(Err(e))) => {
                             tracing::warn!(error = %e, "stream consumer error; recreating it");
                             continue 'consumer;
@@ -610,6 +616,7 @@ async fn apply_loop(mut l: ApplyLoop) {
                                 tracing::info!(lag = l.status.lag(), "stream consumer idle while behind; recreating it");
                                 continue 'consumer;
                             }
+                            progress = tokio::time::Instant::now();
                             continue;
                         }
                     };
