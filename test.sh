@@ -12,13 +12,14 @@
 #   schemathesis          tests/schemathesis.rs     python3 -m pip install --user schemathesis
 #   curl                  tests/readme_examples.rs  apt-get install curl
 #   chromium              tests/api/console.rs      apt-get install chromium
+#   nats-server           tests/cluster.rs          apt-get install nats-server
 # OFFER_ENGINE_TEST_NO_INSTALL=1 only checks them and fails naming the
 # install line of each one missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 # pip --user puts its scripts here.
-export PATH="$HOME/.local/bin:$PATH"
+export PATH="$HOME/.local/bin:$PATH:/usr/sbin"
 
 sudo=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
@@ -70,6 +71,7 @@ need promtool "apt-get install prometheus" apt_install prometheus
 need schemathesis "python3 -m pip install --user schemathesis" pip_install schemathesis
 need curl "apt-get install curl" apt_install curl
 need chromium "apt-get install chromium" apt_install chromium
+need nats-server "apt-get install nats-server" apt_install nats-server
 
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: the tests need these tools and they are not on PATH:" >&2
@@ -77,7 +79,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: not running the tests (they would fail on them)." >&2
   exit 1
 fi
-echo "== tools: $(prometheus --version 2>&1 | sed -n 1p); $(schemathesis --version 2>&1 | sed -n 1p); $(curl --version | sed -n 1p | cut -d' ' -f1-2); $(chromium --version 2>&1 | sed -n 1p)"
+echo "== tools: $(prometheus --version 2>&1 | sed -n 1p); $(schemathesis --version 2>&1 | sed -n 1p); $(curl --version | sed -n 1p | cut -d' ' -f1-2); $(chromium --version 2>&1 | sed -n 1p); nats-server $(nats-server --version 2>&1 | sed -n 1p)"
 
 echo "== cargo test --all-targets --locked $*"
 exec cargo test --all-targets --locked "$@"

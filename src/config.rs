@@ -56,6 +56,56 @@ pub struct DurabilitySettings {
     pub max_decisions: u64,
 }
 
+/// Cluster mode: replicas sharing one NATS JetStream stream as their log
+/// (see `docs/cluster.md`). Off while `nats_urls` is empty: the embedded
+/// local log is then the log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// NATS servers, comma-separated (`nats://127.0.0.1:4222,nats://...`);
+    /// empty: cluster mode is off.
+    pub nats_urls: String,
+    /// The JetStream stream holding the records (created if missing).
+    pub stream: String,
+    /// Copies JetStream keeps of the stream when it creates it (3 in
+    /// production; at most the number of NATS servers).
+    pub replicas: usize,
+    /// Seconds a retried publish with the same `Nats-Msg-Id` is stored once.
+    pub duplicate_window_secs: u64,
+    /// Milliseconds a write waits for JetStream's acknowledgement, retries
+    /// included, before it is answered 503.
+    pub publish_timeout_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            nats_urls: String::new(),
+            stream: "OFFERS".into(),
+            replicas: 3,
+            duplicate_window_secs: 120,
+            publish_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.nats_urls.trim().is_empty()
+    }
+
+    /// The server URLs, trimmed, empty entries dropped.
+    pub fn urls(&self) -> Vec<String> {
+        self.nats_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// Offers per member per day, by channel.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +273,9 @@ pub struct Settings {
     /// Adaptive models and delayed rewards.
     #[serde(default)]
     pub learning: crate::state::learner::LearnSettings,
+    /// Cluster mode (off unless `nats_urls` is set).
+    #[serde(default)]
+    pub cluster: ClusterSettings,
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {

@@ -9,6 +9,8 @@
 //! On start, [`open`] replays the newest snapshot and every later record
 //! through the same [`State::apply`].
 
+pub mod cluster;
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -72,6 +74,16 @@ pub trait EventLog: Send + Sync {
     /// Makes the next `n` writes fail as a full disk would (tests).
     #[doc(hidden)]
     fn inject_failures(&self, _n: usize) {}
+    /// The shared stream's and this replica's positions (cluster mode).
+    fn cluster_status(&self) -> Option<Arc<cluster::ClusterStatus>> {
+        None
+    }
+    /// Resolves once this process applied every record the log held when
+    /// called (a shared log may hold other writers' records); the local log
+    /// applies its records before acknowledging them, so it is at once.
+    fn sync(&self) -> Pending {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// The embedded write-ahead log in the data directory.
@@ -112,6 +124,19 @@ impl EventLog for LocalLog {
     }
 }
 
+/// The kind of a record as an [`Observer`] names it (`decision`,
+/// `outcomes`, `put`/`bulk` as `members`, a member event's type, `erase`).
+pub fn record_kind(rec: &LogRecord) -> &'static str {
+    match rec {
+        LogRecord::Decision(_) | LogRecord::Decisions(_) => "decision",
+        LogRecord::Outcomes(_) | LogRecord::OutcomesV2(_) => "outcomes",
+        LogRecord::Members(_) | LogRecord::MembersV2(_) => "bulk",
+        LogRecord::MemberChange { change, .. } => change.kind(),
+        LogRecord::MemberErased { .. } => "erase",
+        LogRecord::CampaignRun(_) => "campaign_run",
+    }
+}
+
 /// Who hears about applied records (metrics, on the live path).
 pub trait Observer: Send + Sync {
     /// A record was applied live; `what` names its kind (`decision`,
@@ -119,6 +144,8 @@ pub trait Observer: Send + Sync {
     fn applied(&self, what: &'static str, rec: &LogRecord, applied: &Applied);
     /// A record was not logged (so not applied); `what` names its kind.
     fn not_logged(&self, what: &'static str, e: &LogError);
+    /// Cluster mode: a publish was acknowledged after `seconds`.
+    fn published(&self, _seconds: f64) {}
 }
 
 /// An observer that hears nothing (tools, benches).
@@ -216,12 +243,37 @@ impl Durable {
         self.commit(LogRecord::Decisions(records), "decision")
     }
 
-    /// Commits a checkout decision without waiting: it is remembered at
-    /// once (an accept may follow immediately) and joins the log's next
-    /// batch; checkout never waits for the disk. One lost in a crash before
-    /// that batch can no longer be attributed (its accept gets 404); nothing
-    /// acknowledged to a writer is lost.
-    pub fn commit_decision(&self, mut record: DecisionRecord, now_ms: i64) {
+    /// Commits a checkout decision. With the local log it does not wait:
+    /// it is remembered at once (an accept may follow immediately) and
+    /// joins the log's next batch; checkout never waits for the disk. One
+    /// lost in a crash before that batch can no longer be attributed (its
+    /// accept gets 404); nothing acknowledged to a writer is lost.
+    ///
+    /// With a shared log (cluster mode) it returns the write to wait for
+    /// before answering: an accept sent to another replica after the
+    /// answer then finds the decision in the stream.
+    pub fn commit_decision(&self, mut record: DecisionRecord, now_ms: i64) -> Option<Pending> {
+        if self.log.cluster_status().is_some() {
+            // Remembered when applied, as on every other replica: a
+            // decision whose publication fails is then held by none, and a
+            // snapshot never holds one the stream lacks.
+            let rec = LogRecord::Decision(record);
+            let state = self.state.clone();
+            let observer = self.observer.clone();
+            let pending = self.log.append(
+                rec.encode(),
+                Box::new(move |lsn| {
+                    let applied = state.apply(&rec, lsn, false);
+                    observer.applied("decision", &rec, &applied);
+                }),
+            );
+            let observer = self.observer.clone();
+            return Some(Box::pin(async move {
+                pending
+                    .await
+                    .inspect_err(|e| observer.not_logged("decision", e))
+            }));
+        }
         let payload = LogRecord::encode_decision(&record);
         // The features go to the learner's memory once logged; the ledger's
         // copy (kept until the offers expire) does not need them.
@@ -244,6 +296,7 @@ impl Durable {
         if let Err(e) = queued {
             self.observer.not_logged("decision", &e);
         }
+        None
     }
 
     /// Writes a snapshot of the state between two records.
@@ -262,6 +315,17 @@ impl Durable {
     /// Stops the log after the writes queued so far.
     pub fn close(&self) {
         self.log.close()
+    }
+
+    /// The shared stream's and this replica's positions (cluster mode).
+    pub fn cluster_status(&self) -> Option<Arc<cluster::ClusterStatus>> {
+        self.log.cluster_status()
+    }
+
+    /// Resolves once this process applied every record the log held when
+    /// called (cluster mode: other replicas' records included).
+    pub fn sync(&self) -> Pending {
+        self.log.sync()
     }
 
     /// Makes the next `n` writes fail as a full disk would (tests).

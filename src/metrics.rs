@@ -52,6 +52,17 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// Writes the event log refused, by kind of record.
     pub log_errors: IntCounterVec,
+    /// Cluster mode: seconds from a publish to JetStream's acknowledgement
+    /// (retries included).
+    pub cluster_publish: prometheus::Histogram,
+    /// Cluster mode: records the stream holds that this replica has not applied.
+    pub cluster_lag: IntGauge,
+    /// Cluster mode: the last stream sequence applied here.
+    pub cluster_applied_sequence: IntGauge,
+    /// Cluster mode: records applied from the stream (its rate is the apply rate).
+    pub cluster_applied: prometheus::IntCounter,
+    /// Cluster mode: 1 while NATS answers, 0 while not.
+    pub cluster_nats_reachable: IntGauge,
     /// Catalog/model/experiments reloads by trigger (`admin`, `watch`) and result (`ok`, `refused`).
     pub reloads: IntCounterVec,
     /// Requests with an `Idempotency-Key`, by route template and outcome
@@ -252,6 +263,36 @@ impl Metrics {
             &["record"],
         )
         .expect("static metric");
+        let cluster_publish = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "cluster_publish_duration_seconds",
+                "Cluster mode: publish to JetStream acknowledgement, retries included",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+            ]),
+        )
+        .expect("static metric");
+        let cluster_lag = IntGauge::new(
+            "cluster_lag_records",
+            "Cluster mode: records the stream holds that this replica has not applied",
+        )
+        .expect("static metric");
+        let cluster_applied_sequence = IntGauge::new(
+            "cluster_applied_sequence",
+            "Cluster mode: the last stream sequence applied by this replica",
+        )
+        .expect("static metric");
+        let cluster_applied = prometheus::IntCounter::new(
+            "cluster_records_applied_total",
+            "Cluster mode: records applied from the stream",
+        )
+        .expect("static metric");
+        let cluster_nats_reachable = IntGauge::new(
+            "cluster_nats_reachable",
+            "Cluster mode: 1 while NATS answers the replica's stream-info requests",
+        )
+        .expect("static metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "reloads_total",
@@ -283,6 +324,11 @@ impl Metrics {
             Box::new(member_updates.clone()),
             Box::new(fallbacks.clone()),
             Box::new(log_errors.clone()),
+            Box::new(cluster_publish.clone()),
+            Box::new(cluster_lag.clone()),
+            Box::new(cluster_applied_sequence.clone()),
+            Box::new(cluster_applied.clone()),
+            Box::new(cluster_nats_reachable.clone()),
             Box::new(reloads.clone()),
             Box::new(experiment_decisions.clone()),
             Box::new(experiment_members.clone()),
@@ -330,6 +376,11 @@ impl Metrics {
             member_updates,
             fallbacks,
             log_errors,
+            cluster_publish,
+            cluster_lag,
+            cluster_applied_sequence,
+            cluster_applied,
+            cluster_nats_reachable,
             reloads,
             idempotent_requests,
             experiment_decisions,
@@ -574,10 +625,33 @@ impl crate::durable::Observer for Metrics {
         self.observe_applied(applied);
     }
 
+    fn published(&self, seconds: f64) {
+        self.cluster_publish.observe(seconds);
+    }
+
     fn not_logged(&self, what: &'static str, e: &crate::durable::LogError) {
         self.log_errors.with_label_values(&[what]).inc();
         if what == "decision" {
             tracing::warn!(error = %e, "decision not logged; its outcomes cannot be attributed after a restart");
         }
+    }
+}
+
+impl Metrics {
+    /// Cluster mode: copies the replica's position on the stream into the
+    /// gauges (at each scrape).
+    pub fn observe_cluster(&self, c: &crate::durable::cluster::ClusterStatus) {
+        use std::sync::atomic::Ordering;
+        self.cluster_lag.set(c.lag().min(i64::MAX as u64) as i64);
+        let applied = c.applied.load(Ordering::Acquire);
+        self.cluster_applied_sequence
+            .set(applied.min(i64::MAX as u64) as i64);
+        let total = c.records_applied.load(Ordering::Acquire);
+        let before = self.cluster_applied.get();
+        if total > before {
+            self.cluster_applied.inc_by(total - before);
+        }
+        self.cluster_nats_reachable
+            .set(i64::from(c.reachable.load(Ordering::Acquire)));
     }
 }

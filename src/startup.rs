@@ -156,6 +156,10 @@ pub fn open_state(
     let dir = std::path::Path::new(&d.data_dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let lock = DirLock::take(dir)?;
+    if settings.cluster.enabled() {
+        let durable = open_cluster(settings, dir, state, observer)?;
+        return Ok((durable, lock));
+    }
     let opts = WalOptions {
         fsync: d.fsync,
         ..WalOptions::default()
@@ -177,6 +181,84 @@ pub fn open_state(
         );
     }
     Ok((durable, lock))
+}
+
+/// Records of at most this many bytes carry the initial population into an
+/// empty stream (the NATS server takes 1 MiB a message by default).
+const INITIAL_CHUNK_BYTES: usize = 512 * 1024;
+
+/// Cluster mode: restores this replica's newest local snapshot, joins the
+/// stream (publishing the initial population if it is empty) and applies
+/// the stream from the snapshot's sequence to its end as of now.
+fn open_cluster(
+    settings: &Settings,
+    dir: &std::path::Path,
+    state: State,
+    observer: Arc<dyn crate::durable::Observer>,
+) -> anyhow::Result<Durable> {
+    use crate::durable::cluster::{newest_snapshot, Initial, NatsLog};
+    use crate::state::LogRecord;
+    let mut from = 0;
+    if let Some((bytes, seq)) = newest_snapshot(dir).context("reading the newest snapshot")? {
+        state
+            .restore(&bytes, seq)
+            .map_err(|e| anyhow::anyhow!("restoring snapshot {seq}: {e}"))?;
+        from = seq;
+        tracing::info!(seq, "restored the newest local snapshot");
+    }
+    let applier = state.clone();
+    let seen = observer.clone();
+    let apply: crate::durable::cluster::Apply = Arc::new(move |payload: &[u8], seq: u64| {
+        match LogRecord::decode(payload) {
+            Ok(rec) => {
+                let applied = applier.apply(&rec, seq, false);
+                seen.applied(crate::durable::record_kind(&rec), &rec, &applied);
+            }
+            // Every replica skips the same undecodable record: the states
+            // stay equal; the position still advances.
+            Err(e) => tracing::error!(seq, error = %e, "a stream record does not decode; skipped"),
+        }
+    });
+    let initial = || {
+        let store = MemberStore::new();
+        load_members(settings, &store)?;
+        let mut records = Vec::new();
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        let mut all = Vec::with_capacity(store.len());
+        store.for_each(|id, m| all.push((id.to_string(), crate::records::MemberWireV2::from(m))));
+        // The same file gives the same records on every replica.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, w) in all {
+            size += id.len() + bincode::serialized_size(&w).unwrap_or(256) as usize;
+            chunk.push((id, w));
+            if size >= INITIAL_CHUNK_BYTES {
+                records.push(LogRecord::MembersV2(std::mem::take(&mut chunk)).encode());
+                size = 0;
+            }
+        }
+        if !chunk.is_empty() || records.is_empty() {
+            records.push(LogRecord::MembersV2(chunk).encode());
+        }
+        Ok(Initial(records))
+    };
+    let log = NatsLog::start(
+        &settings.cluster,
+        dir,
+        from,
+        apply,
+        observer.clone(),
+        initial,
+    )
+    .context("joining the NATS JetStream stream")?;
+    let durable = Durable::new(Arc::new(log), state, observer);
+    tracing::info!(
+        stream = %settings.cluster.stream,
+        applied = durable.state().applied(),
+        members = durable.state().members().len(),
+        "cluster mode: caught up with the stream"
+    );
+    Ok(durable)
 }
 
 /// Builds the service without serving it: security (refusing development
@@ -372,10 +454,15 @@ fn spawn_snapshots(state: &SharedState) {
             tick.tick().await;
             let Some(state) = weak.upgrade() else { break };
             // Outlived decisions leave memory before they would be copied.
-            state
-                .state()
-                .ledger()
-                .evict_expired(chrono::Utc::now().timestamp_millis());
+            // Replicas sharing a stream evict by the log's time, so that
+            // they hold the same decisions whenever they applied the same
+            // records (the wall clock differs between them).
+            let now = if state.durable().cluster_status().is_some() {
+                state.state().log_time_ms()
+            } else {
+                chrono::Utc::now().timestamp_millis()
+            };
+            state.state().ledger().evict_expired(now);
             let started = std::time::Instant::now();
             match state.snapshot().await {
                 Ok(lsn) => tracing::info!(

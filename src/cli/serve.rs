@@ -68,6 +68,24 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub master_key: Option<String>,
+    /// Cluster mode: NATS servers, comma-separated
+    /// (`nats://HOST:PORT[,nats://...]`); the replicas share one JetStream
+    /// stream as their log [default: off, the local log].
+    #[arg(
+        long = "nats",
+        value_name = "URLS",
+        env = "OFFER_ENGINE__CLUSTER__NATS_URLS",
+        hide_env_values = true
+    )]
+    pub nats: Option<String>,
+    /// Cluster mode: the JetStream stream's name [default: OFFERS].
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "OFFER_ENGINE__CLUSTER__STREAM",
+        hide_env_values = true
+    )]
+    pub stream: Option<String>,
 }
 
 /// Runs `serve`.
@@ -87,6 +105,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(k) = a.master_key {
         settings.security.master_key = crate::config::Secret(k);
+    }
+    if let Some(n) = a.nats {
+        settings.cluster.nats_urls = n;
+    }
+    if let Some(s) = a.stream {
+        settings.cluster.stream = s;
     }
     crate::telemetry::init(&settings.log.filter, settings.log.format == "json");
     let workers = settings.server.workers;

@@ -25,6 +25,25 @@ pub struct Ready<'a> {
     pub offers: usize,
     /// Model version.
     pub model_version: &'a str,
+    /// Cluster mode only: where this replica stands on the shared stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReady>,
+}
+
+/// A replica's position on the shared stream (cluster mode).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ClusterReady {
+    /// The last stream sequence applied here.
+    pub applied: u64,
+    /// The stream's last sequence as last seen (every second).
+    pub stream_last: u64,
+    /// Records the stream holds that are not applied here yet.
+    pub lag: u64,
+    /// Whether NATS answered the last look (every second); while it does
+    /// not, checkout answers from the state held and writes answer 503.
+    pub nats_reachable: bool,
+    /// Seconds since NATS last answered: how stale the state may be.
+    pub stale_seconds: f64,
 }
 
 #[utoipa::path(
@@ -62,6 +81,18 @@ pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
         catalog_version: &engine.catalog.version,
         offers: engine.catalog.offers.len(),
         model_version: &engine.table.version,
+        cluster: state.durable().cluster_status().map(|c| {
+            use std::sync::atomic::Ordering;
+            let seen = c.last_seen_ms.load(Ordering::Acquire) as i64;
+            ClusterReady {
+                applied: c.applied.load(Ordering::Acquire),
+                stream_last: c.stream_last.load(Ordering::Acquire),
+                lag: c.lag(),
+                nats_reachable: c.reachable.load(Ordering::Acquire),
+                stale_seconds: ((chrono::Utc::now().timestamp_millis() - seen).max(0) as f64)
+                    / 1000.0,
+            }
+        }),
     }))
 }
 
@@ -84,6 +115,9 @@ pub async fn metrics(state: web::Data<SharedState>) -> HttpResponse {
         .map(|e| state.state().experiments().report_without_loyalty(e))
         .collect();
     state.metrics().observe_reports(&reports);
+    if let Some(c) = state.durable().cluster_status() {
+        state.metrics().observe_cluster(&c);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics().render())

@@ -94,7 +94,7 @@ pub async fn post_offers(
     let max = state.settings().server.max_body_bytes;
     let body = super::read_json_body(&req, payload, max).await?;
     super::idempotency::keyed(&req, &state, Route::Offers, &body, || async {
-        offers(&req, &body, &state, arrived)
+        offers(&req, &body, &state, arrived).await
     })
     .await
 }
@@ -120,7 +120,7 @@ fn explain_query(req: &HttpRequest) -> Result<Option<bool>, ApiError> {
     }
 }
 
-fn offers(
+async fn offers(
     req: &HttpRequest,
     body: &[u8],
     state: &SharedState,
@@ -135,7 +135,10 @@ fn offers(
             .and_then(|v| v.to_str().ok())
             .map_or(Lang::En, Lang::from_accept_language)
     });
-    let c = state.checkout(request, now, arrived);
+    let mut c = state.checkout(request, now, arrived);
+    if let Some(logged) = c.logged.take() {
+        logged.await?;
+    }
     let offers: Vec<OfferOut<'_>> = c
         .decision
         .offers

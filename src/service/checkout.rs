@@ -38,6 +38,8 @@ pub struct Checkout {
     pub tokens: Vec<String>,
     /// Why the offers are the fallback, if they are (`deadline`, `scoring_failed`).
     pub fallback: Option<&'static str>,
+    /// Cluster mode: the decision's publication, to await before answering.
+    pub logged: Option<crate::durable::Pending>,
 }
 
 impl Service {
@@ -176,8 +178,9 @@ impl Service {
             issued.push(i);
         }
         let assignments = std::mem::take(&mut audience.policy.assignments);
+        let mut logged = None;
         if !issued.is_empty() || !assignments.is_empty() {
-            self.durable().commit_decision(
+            logged = self.durable().commit_decision(
                 DecisionRecord {
                     id: decision_id.clone(),
                     member_id: request.member_id.clone(),
@@ -202,6 +205,7 @@ impl Service {
             decision,
             tokens,
             fallback,
+            logged,
         }
     }
 }

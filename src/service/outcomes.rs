@@ -113,6 +113,15 @@ impl Service {
         }
         let now_ms = now.timestamp_millis();
         let ledger = self.state().ledger();
+        // Cluster mode: a decision made on another replica may not be
+        // applied here yet; catch up with the stream before judging it.
+        if self.durable().cluster_status().is_some()
+            && events
+                .iter()
+                .any(|e| ledger.decision(&e.decision_id, i64::MIN).is_none())
+        {
+            self.durable().sync().await?;
+        }
         let catalog = self.engine().catalog.clone();
         let reward_on = |offer_id: &str| {
             catalog

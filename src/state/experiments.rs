@@ -127,6 +127,11 @@ pub struct ExperimentBook {
     /// Experiment id → loyalty window in days, from the configured specs
     /// (an experiment not configured counts [`DEFAULT_LOYALTY_WINDOW_DAYS`]).
     windows: Arc<RwLock<HashMap<String, u32>>>,
+    /// Experiment id → its configured spec: the always-valid p-value's
+    /// running minimum is folded in when records are applied (so it is a
+    /// function of the log, equal on every replica), which needs the
+    /// control and the mixture variance.
+    specs: Arc<RwLock<HashMap<String, crate::experiments::ExperimentSpec>>>,
 }
 
 impl Default for ExperimentBook {
@@ -136,6 +141,7 @@ impl Default for ExperimentBook {
         ExperimentBook {
             experiments: Arc::new(DashMap::with_hasher(super::members::fixed_hasher())),
             windows: Arc::new(RwLock::new(HashMap::new())),
+            specs: Arc::new(RwLock::new(HashMap::new())),
         }
     }
 }
@@ -190,6 +196,50 @@ impl ExperimentBook {
         for s in specs {
             w.insert(s.id.clone(), s.loyalty_window_days);
         }
+        let mut k = self.specs.write().unwrap_or_else(|e| e.into_inner());
+        k.clear();
+        for s in specs {
+            k.insert(s.id.clone(), s.clone());
+        }
+    }
+
+    /// Folds the current always-valid p-value of each variant against the
+    /// control into its running minimum; called with the arms just changed
+    /// by an applied record (never by a read).
+    fn fold_sequential(&self, experiment: &str, st: &ExperimentState, arms: &[ArmStats]) {
+        let specs = self.specs.read().unwrap_or_else(|e| e.into_inner());
+        let Some(spec) = specs.get(experiment) else {
+            return;
+        };
+        let c = spec.control();
+        let Some(control) = spec
+            .variants
+            .get(c)
+            .and_then(|v| Self::variant_index(st, &v.name))
+            .and_then(|j| arms.get(j))
+        else {
+            return;
+        };
+        for (i, v) in spec.variants.iter().enumerate() {
+            if i == c {
+                continue;
+            }
+            let Some(j) = Self::variant_index(st, &v.name) else {
+                continue;
+            };
+            let (Some(a), Some(min)) = (arms.get(j), st.sequential_min.get(j)) else {
+                continue;
+            };
+            if a.members == 0 || control.members == 0 {
+                continue;
+            }
+            let p = crate::stats::sequential_p_value(control, a, spec.msprt_tau2);
+            let prev = f64::from_bits(min.load(Ordering::Relaxed));
+            min.store(
+                crate::stats::msprt_update(prev, p).to_bits(),
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// The loyalty window of an experiment, days.
@@ -234,6 +284,7 @@ impl ExperimentBook {
             let mut values = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
             values[v].stats.add_member(false, 0.0, covariate as f64);
             st.record_day(&arms, &values, v, day_of(at_ms));
+            self.fold_sequential(&a.experiment, &st, &arms);
         }
         change
     }
@@ -350,6 +401,7 @@ impl ExperimentBook {
         arm.covariate_revenue_sum += cov * revenue;
         let values = st.value_arms.lock().unwrap_or_else(|e| e.into_inner());
         st.record_day(&arms, &values, v, day_of(at_ms));
+        self.fold_sequential(&a.experiment, &st, &arms);
         change
     }
 
@@ -504,8 +556,7 @@ impl ExperimentBook {
     }
 
     /// The current report of `spec` at log time `now_ms` (which decides
-    /// whose loyalty window has ended); updates the running sequential
-    /// minimum. The loyalty outcomes scan the experiment's exposures:
+    /// whose loyalty window has ended); changes nothing. The loyalty outcomes scan the experiment's exposures:
     /// O(exposed members) per call.
     pub fn report(&self, spec: &ExperimentSpec, now_ms: i64) -> Report {
         self.report_with(spec, Some(now_ms))
@@ -513,8 +564,7 @@ impl ExperimentBook {
 
     /// The report of `spec` without the loyalty outcomes (their figures are
     /// zero and their lifts null): O(variants), for `/metrics`, which is
-    /// scraped too often to scan every exposure. Updates the running
-    /// sequential minimum like [`ExperimentBook::report`].
+    /// scraped too often to scan every exposure.
     pub fn report_without_loyalty(&self, spec: &ExperimentSpec) -> Report {
         self.report_with(spec, None)
     }
@@ -559,14 +609,10 @@ impl ExperimentBook {
                 }
             }
         }
+        // Reads nothing back: the running minimum was folded in when the
+        // records were applied, so a report is a function of the log.
         let mut report = report_from_arms(spec, &arms, &exposures, &prev, &decliners, &loyalty);
         add_value_figures(spec, &mut report, &value_arms);
-        for (i, v) in report.variants.iter().enumerate() {
-            if let (Some(p), Some(j)) = (v.sequential_p_value, Self::variant_index(&st, &names[i]))
-            {
-                st.sequential_min[j].store(p.to_bits(), Ordering::Relaxed);
-            }
-        }
         report
     }
 

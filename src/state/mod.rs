@@ -961,8 +961,9 @@ impl State {
     /// Every part is hashed entry by entry and the entry hashes are summed,
     /// so the digest does not depend on the order the maps were filled in
     /// (a replica restored from a snapshot and one that replayed the whole
-    /// log agree). The running minimum of the always-valid p-value, which
-    /// reading a report updates, is left out.
+    /// log agree). The running minimum of the always-valid p-value is left
+    /// out: it is folded in at apply, but snapshots written before it was
+    /// carried values that reading a report had set.
     pub fn digest(&self) -> StateDigest {
         let _held = self
             .apply_lock

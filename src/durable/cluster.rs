@@ -1,0 +1,785 @@
+//! Cluster mode: the log is one NATS JetStream stream that every replica
+//! publishes to and consumes in order ([`NatsLog`], an [`EventLog`]).
+//!
+//! A write is published with a unique `Nats-Msg-Id` (a retried publish
+//! inside the duplicate window is stored once and acknowledged with the
+//! original sequence). One apply loop per replica consumes the stream from
+//! the sequence its state reflects and applies every record, its own and
+//! the other replicas', through the same [`crate::state::State::apply`], in
+//! stream order: inventory caps, "already accepted", points and refunds are
+//! decided there, identically on every replica. A write resolves once
+//! JetStream acknowledged it **and** this replica's apply loop applied it, so
+//! the next read on this replica sees it.
+//!
+//! Snapshots are local files (`cluster-snapshots/snap-<seq>.bin` in the data
+//! dir) made by the apply loop between two records; on start the newest is
+//! restored and the stream is consumed from the sequence after it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{
+    self, consumer::pull::OrderedConfig, consumer::DeliverPolicy, message::PublishMessage, stream,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{EventLog, LogError, Pending};
+use crate::config::ClusterSettings;
+
+/// Applies a record that no local write waits for (another replica's, or
+/// one of ours whose writer gave up): the payload and its stream sequence.
+pub type Apply = Arc<dyn Fn(&[u8], u64) + Send + Sync>;
+
+type Reply = Box<dyn FnOnce(Result<u64, LogError>) + Send>;
+
+struct Waiter {
+    after: Box<dyn FnOnce(u64) + Send>,
+    done: oneshot::Sender<u64>,
+}
+
+struct SnapshotRequest {
+    make: Box<dyn FnOnce() -> Vec<u8> + Send>,
+    reply: Reply,
+}
+
+/// What the stream and this replica's apply loop report.
+#[derive(Debug, Default)]
+pub struct ClusterStatus {
+    /// The last stream sequence applied here.
+    pub applied: AtomicU64,
+    /// The stream's last sequence, as last seen (every second).
+    pub stream_last: AtomicU64,
+    /// Whether the last look at the stream succeeded.
+    pub reachable: AtomicBool,
+    /// Milliseconds since the Unix epoch of the last successful look.
+    pub last_seen_ms: AtomicU64,
+    /// Records applied from the stream by this process.
+    pub records_applied: AtomicU64,
+}
+
+impl ClusterStatus {
+    /// Records the stream holds that this replica has not applied yet.
+    pub fn lag(&self) -> u64 {
+        self.stream_last
+            .load(Ordering::Acquire)
+            .saturating_sub(self.applied.load(Ordering::Acquire))
+    }
+}
+
+/// A NATS JetStream stream as the event log.
+pub struct NatsLog {
+    handle: tokio::runtime::Handle,
+    observer: Arc<dyn super::Observer>,
+    stream: stream::Stream,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    subject: String,
+    replica: String,
+    counter: AtomicU64,
+    pending: Arc<Mutex<HashMap<String, Waiter>>>,
+    snapshots: mpsc::UnboundedSender<SnapshotRequest>,
+    status: Arc<ClusterStatus>,
+    publish_timeout: Duration,
+    closed: Arc<AtomicBool>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(format!("NATS: {e}"))
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// The directory of this replica's local snapshots.
+pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster-snapshots")
+}
+
+/// The newest local snapshot: its bytes and the stream sequence it reflects.
+pub fn newest_snapshot(data_dir: &Path) -> std::io::Result<Option<(Vec<u8>, u64)>> {
+    let dir = snapshot_dir(data_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(None);
+    };
+    let mut best: Option<(u64, PathBuf)> = None;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(seq) = name
+            .strip_prefix("snap-")
+            .and_then(|r| r.strip_suffix(".bin"))
+            .and_then(|r| r.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(s, _)| seq > *s) {
+            best = Some((seq, e.path()));
+        }
+    }
+    match best {
+        None => Ok(None),
+        Some((seq, path)) => Ok(Some((std::fs::read(path)?, seq))),
+    }
+}
+
+fn write_snapshot(data_dir: &Path, seq: u64, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = snapshot_dir(data_dir);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!("snap-{seq:020}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(format!("snap-{seq:020}.bin")))?;
+    // Keep the two newest: one to fall back on if the newest is unreadable.
+    let mut all: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .collect();
+    all.sort();
+    while all.len() > 2 {
+        let old = all.remove(0);
+        let _ = std::fs::remove_file(old);
+    }
+    Ok(())
+}
+
+/// Initial records a starting replica offers for an empty stream: the first
+/// is published only if the stream is still empty, so replicas starting at
+/// once on an empty stream give one initial population.
+pub struct Initial(pub Vec<Vec<u8>>);
+
+impl NatsLog {
+    /// Connects, creates the stream if missing, offers `initial` if the
+    /// stream is empty, starts the apply loop after `applied` (the sequence
+    /// the restored state reflects) and waits until this replica has
+    /// applied the stream's end as of its start.
+    pub fn start(
+        cfg: &ClusterSettings,
+        data_dir: &Path,
+        applied: u64,
+        apply: Apply,
+        observer: Arc<dyn super::Observer>,
+        initial: impl FnOnce() -> anyhow::Result<Initial> + Send,
+    ) -> anyhow::Result<NatsLog> {
+        use anyhow::Context;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nats")
+            .enable_all()
+            .build()
+            .context("starting the NATS runtime")?;
+        let handle = rt.handle().clone();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("nats-rt".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stop_rx.await;
+                });
+                rt.shutdown_timeout(Duration::from_secs(2));
+            })
+            .context("starting the NATS thread")?;
+
+        let urls = cfg.urls();
+        let stream_name = cfg.stream.clone();
+        let subject = format!("{}.rec", stream_name.to_ascii_lowercase());
+        let stream_cfg = stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("{}.>", stream_name.to_ascii_lowercase())],
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas.max(1),
+            duplicate_window: Duration::from_secs(cfg.duplicate_window_secs.max(1)),
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        let publish_timeout = Duration::from_millis(cfg.publish_timeout_ms.max(100));
+        // Start-up runs inside the service's runtime: block on the NATS
+        // runtime from a thread of its own.
+        let h = handle.clone();
+        let joined = std::thread::scope(|scope| {
+            scope
+                .spawn(|| h.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let client = loop {
+                let r = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(2))
+                    .event_callback(|ev| async move { tracing::info!(event = %ev, "nats") })
+                    .connect(urls.clone())
+                    .await;
+                match r {
+                    Ok(c) => break c,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "NATS not reachable yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("connecting to NATS {urls:?}: {e}")),
+                }
+            };
+            let mut js = jetstream::new(client.clone());
+            js.set_timeout(Duration::from_secs(2));
+            // The JetStream meta leader may still be elected just after the
+            // servers start: retry until the deadline.
+            let mut stream = loop {
+                match js.get_or_create_stream(stream_cfg.clone()).await {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "stream not available yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("creating stream {stream_name}: {e}")),
+                }
+            };
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| anyhow::anyhow!("stream info: {e}"))?;
+            if info.config.num_replicas != stream_cfg.num_replicas
+                || info.config.storage != stream::StorageType::File
+            {
+                tracing::warn!(
+                    stream = %stream_name,
+                    replicas = info.config.num_replicas,
+                    configured = stream_cfg.num_replicas,
+                    "the existing stream's replicas or storage differ from the configuration; it is used as it is"
+                );
+            }
+            let mut last = info.state.last_sequence;
+            if last == 0 && applied == 0 {
+                let Initial(records) = initial()?;
+                last = publish_initial(&js, &subject, records, publish_timeout).await?;
+                if last == 0 {
+                    last = stream
+                        .info()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("stream info: {e}"))?
+                        .state
+                        .last_sequence;
+                }
+            }
+            Ok::<_, anyhow::Error>((client, js, stream, last))
+        }))
+                .join()
+        });
+        let (client, js, stream, last) =
+            joined.map_err(|_| anyhow::anyhow!("the NATS start-up thread panicked"))??;
+
+        let status = Arc::new(ClusterStatus::default());
+        status.applied.store(applied, Ordering::Release);
+        status.stream_last.store(last, Ordering::Release);
+        status.reachable.store(true, Ordering::Release);
+        status.last_seen_ms.store(now_ms(), Ordering::Release);
+        let pending: Arc<Mutex<HashMap<String, Waiter>>> = Arc::default();
+        let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+        let closed = Arc::new(AtomicBool::new(false));
+        handle.spawn(apply_loop(ApplyLoop {
+            stream: stream.clone(),
+            pending: pending.clone(),
+            apply,
+            snapshots: snap_rx,
+            status: status.clone(),
+            data_dir: data_dir.to_path_buf(),
+            closed: closed.clone(),
+        }));
+        handle.spawn(watch_stream(stream.clone(), status.clone(), closed.clone()));
+
+        let started = Instant::now();
+        while status.applied.load(Ordering::Acquire) < last {
+            if started.elapsed() > Duration::from_secs(600) {
+                anyhow::bail!(
+                    "caught up to sequence {} of {last} in 600 s; giving up",
+                    status.applied.load(Ordering::Acquire)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tracing::info!(
+            stream = %cfg.stream,
+            from = applied,
+            to = last,
+            seconds = started.elapsed().as_secs_f64(),
+            "caught up with the stream"
+        );
+        Ok(NatsLog {
+            handle,
+            observer,
+            stream,
+            js,
+            client,
+            subject,
+            replica: uuid::Uuid::new_v4().simple().to_string(),
+            counter: AtomicU64::new(0),
+            pending,
+            snapshots: snap_tx,
+            status,
+            publish_timeout,
+            closed,
+            stop: Mutex::new(Some(stop_tx)),
+        })
+    }
+
+    /// The stream's and the apply loop's positions.
+    pub fn status(&self) -> Arc<ClusterStatus> {
+        self.status.clone()
+    }
+
+    /// Publishes `payload`; once this replica applied it, `after(seq)`
+    /// runs on the apply loop (instead of the generic apply) and the
+    /// returned future resolves with the sequence.
+    fn publish(
+        &self,
+        payload: Vec<u8>,
+        after: Box<dyn FnOnce(u64) + Send>,
+    ) -> impl std::future::Future<Output = Result<u64, LogError>> + Send + 'static {
+        let id = format!(
+            "{}-{}",
+            self.replica,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let too_large = payload.len() > self.client.server_info().max_payload.saturating_sub(1024);
+        let closed = self.closed.load(Ordering::Acquire);
+        let (done_tx, done_rx) = oneshot::channel();
+        let pending = self.pending.clone();
+        if !too_large && !closed {
+            pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    id.clone(),
+                    Waiter {
+                        after,
+                        done: done_tx,
+                    },
+                );
+        }
+        let js = self.js.clone();
+        let subject = self.subject.clone();
+        let timeout = self.publish_timeout;
+        let len = payload.len();
+        let sent = self.handle.spawn(publish_retrying(
+            js,
+            subject,
+            id.clone(),
+            Bytes::from(payload),
+            timeout,
+            self.observer.clone(),
+        ));
+        async move {
+            if too_large {
+                sent.abort();
+                return Err(LogError::TooLarge(format!(
+                    "{len} bytes is more than the NATS server takes in one message"
+                )));
+            }
+            if closed {
+                sent.abort();
+                return Err(LogError::Unavailable("the log is closed".into()));
+            }
+            let published = sent.await.unwrap_or_else(|e| Err(unavailable(e)));
+            let give_up = |e: LogError| {
+                // Not waited for any more: if the record was stored after
+                // all, the apply loop applies it like another replica's.
+                let removed = pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id)
+                    .is_some();
+                (removed, e)
+            };
+            match published {
+                Ok(seq) => match tokio::time::timeout(timeout, done_rx).await {
+                    Ok(Ok(applied)) => Ok(applied.max(seq)),
+                    Ok(Err(_)) => Err(unavailable("the apply loop stopped")),
+                    Err(_) => {
+                        let (removed, e) = give_up(unavailable(format!(
+                            "record {seq} is stored but not applied here within {timeout:?}"
+                        )));
+                        if removed {
+                            Err(e)
+                        } else {
+                            Ok(seq)
+                        }
+                    }
+                },
+                Err(e) => {
+                    let (removed, e) = give_up(e);
+                    if removed {
+                        return Err(e);
+                    }
+                    // The apply loop took it meanwhile: it was stored and
+                    // is being applied.
+                    done_rx
+                        .await
+                        .map_err(|_| unavailable("the apply loop stopped"))
+                }
+            }
+        }
+    }
+}
+
+/// Publishes with `Nats-Msg-Id = id`, retrying the same id until `timeout`
+/// (a stream leader's election takes seconds; the duplicate window stores
+/// a retried record once). Resolves with the record's stream sequence.
+async fn publish_retrying(
+    js: jetstream::Context,
+    subject: String,
+    id: String,
+    payload: Bytes,
+    timeout: Duration,
+    observer: Arc<dyn super::Observer>,
+) -> Result<u64, LogError> {
+    let deadline = Instant::now() + timeout;
+    let first = Instant::now();
+    loop {
+        let attempt = async {
+            js.send_publish(
+                subject.clone(),
+                PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(id.clone()),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+        };
+        let started = Instant::now();
+        match attempt.await {
+            Ok(ack) => {
+                tracing::trace!(
+                    seconds = started.elapsed().as_secs_f64(),
+                    seq = ack.sequence,
+                    "published"
+                );
+                observer.published(first.elapsed().as_secs_f64());
+                return Ok(ack.sequence);
+            }
+            Err(e) if Instant::now() + Duration::from_millis(200) < deadline => {
+                tracing::debug!(error = %e, id = %id, "publish failed; retrying with the same id");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+}
+
+/// Publishes the initial records if the stream is empty (the first with
+/// `expected_last_sequence(0)`: one replica wins; the others consume).
+/// Returns the last sequence published, or 0 when another replica won.
+async fn publish_initial(
+    js: &jetstream::Context,
+    subject: &str,
+    records: Vec<Vec<u8>>,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
+    let mut last = 0;
+    for (i, r) in records.into_iter().enumerate() {
+        let mut msg = PublishMessage::build()
+            .payload(Bytes::from(r))
+            .message_id(format!("initial-{i}"));
+        if i == 0 {
+            msg = msg.expected_last_sequence(0);
+        }
+        let deadline = Instant::now() + timeout;
+        let ack = loop {
+            let res = async {
+                js.send_publish(subject.to_string(), msg.clone())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match res {
+                Ok(ack) => break ack,
+                // JetStream's "wrong last sequence" (10071): another
+                // replica published the initial population first.
+                Err(e) if i == 0 && e.contains("10071") => {
+                    tracing::info!("another replica published the initial population");
+                    return Ok(0);
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "publishing the initial population; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => anyhow::bail!("publishing the initial population: {e}"),
+            }
+        };
+        last = ack.sequence;
+    }
+    tracing::info!(last, "published the initial population");
+    Ok(last)
+}
+
+/// Looks at the stream every second: its last sequence (the lag) and
+/// whether NATS answers.
+async fn watch_stream(
+    mut stream: stream::Stream,
+    status: Arc<ClusterStatus>,
+    closed: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !closed.load(Ordering::Acquire) {
+        tick.tick().await;
+        match tokio::time::timeout(Duration::from_secs(2), stream.info()).await {
+            Ok(Ok(info)) => {
+                status
+                    .stream_last
+                    .fetch_max(info.state.last_sequence, Ordering::AcqRel);
+                status.reachable.store(true, Ordering::Release);
+                status.last_seen_ms.store(now_ms(), Ordering::Release);
+            }
+            _ => status.reachable.store(false, Ordering::Release),
+        }
+    }
+}
+
+struct ApplyLoop {
+    stream: stream::Stream,
+    pending: Arc<Mutex<HashMap<String, Waiter>>>,
+    apply: Apply,
+    snapshots: mpsc::UnboundedReceiver<SnapshotRequest>,
+    status: Arc<ClusterStatus>,
+    data_dir: PathBuf,
+    closed: Arc<AtomicBool>,
+}
+
+/// The one mutator of a replica's state: consumes the stream in order from
+/// the sequence after the one applied, and makes snapshots between records.
+async fn apply_loop(mut l: ApplyLoop) {
+    'consumer: while !l.closed.load(Ordering::Acquire) {
+        let applied = l.status.applied.load(Ordering::Acquire);
+        let consumer = l
+            .stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: applied + 1,
+                },
+                ..Default::default()
+            })
+            .await;
+        let mut messages = match consumer {
+            Ok(c) => match c.messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream consumer failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "creating the stream consumer failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        // When the consumer last delivered (or was found idle with nothing
+        // to deliver): snapshots between records must not reset it.
+        let mut progress = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                req = l.snapshots.recv() => {
+                    let Some(req) = req else { break 'consumer };
+                    let seq = l.status.applied.load(Ordering::Acquire);
+                    let bytes = (req.make)();
+                    let dir = l.data_dir.clone();
+                    let written = tokio::task::spawn_blocking(move || write_snapshot(&dir, seq, &bytes))
+                        .await
+                        .map_err(unavailable)
+                        .and_then(|r| r.map_err(|e| LogError::Unavailable(format!("writing a snapshot: {e}"))));
+                    (req.reply)(written.map(|()| seq));
+                }
+                next = tokio::time::timeout_at(progress + Duration::from_secs(2), messages.next()) => {
+                    let m = match next {
+                        Ok(Some(Ok(m))) => {
+                            progress = tokio::time::Instant::now();
+                            m
+                        }
+                        Ok(Some(Err(e))) => {
+                            tracing::warn!(error = %e, "stream consumer error; recreating it");
+                            continue 'consumer;
+                        }
+                        Ok(None) => continue 'consumer,
+                        Err(_) => {
+                            // Quiet for 2 s while the stream holds more: the
+                            // ordered consumer recovers slowly by itself
+                            // after an outage, so recreate it now.
+                            if l.status.lag() > 0 {
+                                tracing::info!(lag = l.status.lag(), "stream consumer idle while behind; recreating it");
+                                continue 'consumer;
+                            }
+                            progress = tokio::time::Instant::now();
+                            continue;
+                        }
+                    };
+                    let seq = match m.info() {
+                        Ok(i) => i.stream_sequence,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a stream message without its sequence; recreating the consumer");
+                            continue 'consumer;
+                        }
+                    };
+                    let applied = l.status.applied.load(Ordering::Acquire);
+                    if seq <= applied {
+                        continue;
+                    }
+                    if seq != applied + 1 {
+                        tracing::error!(expected = applied + 1, got = seq, "the stream skips records (purged?); applying from where it resumes");
+                    }
+                    let id = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Msg-Id"))
+                        .map(|v| v.to_string());
+                    let waiter = id.and_then(|id| {
+                        l.pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&id)
+                    });
+                    match waiter {
+                        Some(w) => {
+                            (w.after)(seq);
+                            l.status.applied.store(seq, Ordering::Release);
+                            let _ = w.done.send(seq);
+                        }
+                        None => {
+                            (l.apply)(&m.payload, seq);
+                            l.status.applied.store(seq, Ordering::Release);
+                        }
+                    }
+                    l.status.stream_last.fetch_max(seq, Ordering::AcqRel);
+                    l.status.records_applied.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl EventLog for NatsLog {
+    fn append(&self, payload: Vec<u8>, after_durable: Box<dyn FnOnce(u64) + Send>) -> Pending {
+        Box::pin(self.publish(payload, after_durable))
+    }
+
+    fn append_deferred(
+        &self,
+        payload: Vec<u8>,
+        done: Box<dyn FnOnce(Result<u64, LogError>) + Send>,
+    ) -> Result<(), LogError> {
+        // `done` runs once: with the sequence when applied here, or with
+        // the error when the publish failed and nothing will apply it.
+        let slot: Arc<Mutex<Option<Reply>>> = Arc::new(Mutex::new(Some(done)));
+        let on_apply = slot.clone();
+        let fut = self.publish(
+            payload,
+            Box::new(move |seq| {
+                if let Some(d) = on_apply
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                {
+                    d(Ok(seq))
+                }
+            }),
+        );
+        self.handle.spawn(async move {
+            if let Err(e) = fut.await {
+                if let Some(d) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                    d(Err(e))
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn snapshot(&self, make: Box<dyn FnOnce() -> Vec<u8> + Send>) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.snapshots.send(SnapshotRequest {
+            make,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(LogError::Unavailable("the apply loop stopped".into()));
+            }
+            rx.await
+                .unwrap_or_else(|_| Err(LogError::Unavailable("the apply loop stopped".into())))
+        })
+    }
+
+    fn snapshot_blocking(
+        &self,
+        make: Box<dyn FnOnce() -> Vec<u8> + Send>,
+    ) -> Result<u64, LogError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.snapshots
+            .send(SnapshotRequest {
+                make,
+                reply: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            })
+            .map_err(|_| LogError::Unavailable("the apply loop stopped".into()))?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(LogError::Unavailable("the apply loop stopped".into())))
+    }
+
+    fn sync(&self) -> Pending {
+        let mut stream = self.stream.clone();
+        let status = self.status.clone();
+        let timeout = self.publish_timeout;
+        let asked = self.handle.spawn(async move {
+            let info = tokio::time::timeout(Duration::from_secs(2), stream.info())
+                .await
+                .map_err(unavailable)?
+                .map_err(unavailable)?;
+            Ok::<u64, LogError>(info.state.last_sequence)
+        });
+        Box::pin(async move {
+            let last = asked.await.map_err(unavailable)??;
+            status.stream_last.fetch_max(last, Ordering::AcqRel);
+            let deadline = Instant::now() + timeout;
+            while status.applied.load(Ordering::Acquire) < last {
+                if Instant::now() > deadline {
+                    return Err(unavailable(format!(
+                        "not caught up with the stream ({} of {last}) within {timeout:?}",
+                        status.applied.load(Ordering::Acquire)
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(last)
+        })
+    }
+
+    fn is_healthy(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+            && self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(stop) = self
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = stop.send(());
+        }
+    }
+
+    fn cluster_status(&self) -> Option<Arc<ClusterStatus>> {
+        Some(self.status.clone())
+    }
+}

@@ -1,0 +1,478 @@
+//! Cluster test (real processes): a three-node NATS JetStream cluster on
+//! loopback and three replicas of the real binary in cluster mode, sharing
+//! one members file and one token key. Concurrently on all replicas:
+//! checkout decisions, accepts sent to a *different* replica than the one
+//! that decided, aimed at an offer capped at 2 units a flight, points
+//! events and erasures. Mid-load one replica and one NATS server are killed
+//! with `kill -9` and restarted. Then: accepted units never above the cap,
+//! every acknowledged write on every replica, nothing applied twice, equal
+//! digests on all replicas, and a fourth replica on an empty data dir
+//! reaching the same digest by consuming the stream.
+//!
+//! Needs Debian's `nats-server` (`apt-get install -y nats-server`; `test.sh`
+//! installs it): without it the test fails, it is never skipped.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const MEMBERS: usize = 300;
+const CAP: u32 = 2;
+const TOKEN_KEY: &str = "cluster-test-token-key-0123456789";
+
+fn nats_server() -> PathBuf {
+    for p in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    let which = Command::new("sh")
+        .args(["-c", "command -v nats-server"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match which {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "nats-server is not installed; install it with `sudo apt-get install -y nats-server` (test.sh does)"
+        ),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Nats {
+    client_ports: Vec<u16>,
+    route_ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let mut n = Nats {
+            client_ports: (0..3).map(|_| free_port()).collect(),
+            route_ports: (0..3).map(|_| free_port()).collect(),
+            dir: dir.to_path_buf(),
+            children: vec![None, None, None],
+        };
+        for i in 0..3 {
+            n.start_node(i);
+        }
+        n
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let child = Command::new(nats_server())
+            .args(["-js", "-n", &format!("n{i}"), "-a", "127.0.0.1"])
+            .args(["-p", &self.client_ports[i].to_string()])
+            .arg("-sd")
+            .arg(self.dir.join(format!("store{i}")))
+            .args(["--cluster_name", "offers-test"])
+            .args([
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", self.route_ports[i]),
+            ])
+            .args(["--routes", &routes.join(",")])
+            .arg("-l")
+            .arg(self.dir.join(format!("n{i}.log")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.children[i] = Some(child);
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().expect("kill -9 nats-server");
+            let _ = c.wait();
+        }
+    }
+
+    fn urls(&self) -> String {
+        self.client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill9(i);
+        }
+    }
+}
+
+struct Replica {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_replica(nats: &str, data_dir: &Path, members: &Path) -> Replica {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_offer-engine"));
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--nats",
+        nats,
+        "--stream",
+        "OFFERS",
+    ])
+    .arg("--members")
+    .arg(members)
+    .arg("--data-dir")
+    .arg(data_dir)
+    .env("OFFER_ENGINE__CLUSTER__REPLICAS", "3")
+    .env("OFFER_ENGINE__SECURITY__TOKEN_KEY", TOKEN_KEY)
+    .env("OFFER_ENGINE__DURABILITY__SNAPSHOT_INTERVAL_SECS", "1")
+    .env("OFFER_ENGINE__SERVER__WORKERS", "2")
+    .env(
+        "OFFER_ENGINE__CONTACT__MAX_OFFERS_PER_DAY__CHECKOUT",
+        "10000",
+    );
+    let (child, base) = support::spawn_server(cmd);
+    Replica { child, base }
+}
+
+fn write_members(path: &Path) {
+    let mut s = String::new();
+    for i in 1..=MEMBERS {
+        let tier = if i % 3 == 0 { "base" } else { "silver" };
+        s.push_str(
+            &json!({"member_id": format!("M{i:08}"), "tier": tier, "points": 10_000 + i,
+                "qualifying_spend_12m": 20_000.0, "flights_12m": 8, "last_flight": "2026-10-01",
+                "joined": "2015-03-01", "home_airport": "PEK", "birth_month": (i % 12) + 1,
+                "consent": {"email": true, "sms": true, "app": true}, "tags": ["business"]})
+            .to_string(),
+        );
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn offer_req(member: &str, dep: &str) -> Value {
+    json!({"member_id": member, "channel": "checkout", "max_offers": 10, "itinerary": {
+        "origin": "PEK", "destination": "LHR", "departure": dep, "cabin": "business",
+        "fare": {"amount": 21000, "currency": "CNY"}, "passengers": 1}})
+}
+
+/// What the clients saw acknowledged, and what was in flight when a
+/// request failed (maybe applied).
+#[derive(Default)]
+struct Seen {
+    points_acked: HashMap<String, u64>,
+    points_unknown: HashMap<String, u64>,
+    accepts_acked: HashMap<String, u32>,
+    accepts_refused: u32,
+    accepts_unknown: u32,
+    erased_acked: Vec<String>,
+    decisions: u32,
+}
+
+async fn state_of(client: &reqwest::Client, base: &str) -> Option<Value> {
+    let r = client
+        .get(format!("{base}/v1/admin/state"))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Waits until every replica reports the same applied sequence and digest,
+/// at least `at_least`; returns them.
+async fn converged(client: &reqwest::Client, bases: &[String], at_least: u64) -> (u64, String) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        last.clear();
+        for b in bases {
+            last.push(state_of(client, b).await.unwrap_or(Value::Null));
+        }
+        let first = &last[0];
+        if first["applied"].as_u64().unwrap_or(0) >= at_least
+            && last
+                .iter()
+                .all(|s| s["applied"] == first["applied"] && s["digest"] == first["digest"])
+        {
+            return (
+                first["applied"].as_u64().unwrap(),
+                first["digest"].as_str().unwrap().to_string(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let summary: Vec<String> = last
+        .iter()
+        .map(|s| {
+            format!(
+                "applied={} digest={} parts={}",
+                s["applied"], s["digest"], s["parts"]
+            )
+        })
+        .collect();
+    panic!("replicas did not converge within 90 s: {summary:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_one_stream_agree_through_kill_dash_nine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(tmp.path());
+    let urls = nats.urls();
+    let members_file = tmp.path().join("members.ndjson");
+    write_members(&members_file);
+    let data: Vec<PathBuf> = (0..4)
+        .map(|i| tmp.path().join(format!("data{i}")))
+        .collect();
+
+    // Three replicas start at once on an empty stream: one initial population.
+    let starts: Vec<_> = (0..3)
+        .map(|i| {
+            let (urls, d, m) = (urls.clone(), data[i].clone(), members_file.clone());
+            std::thread::spawn(move || start_replica(&urls, &d, &m))
+        })
+        .collect();
+    let mut replicas: Vec<Replica> = starts.into_iter().map(|h| h.join().unwrap()).collect();
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let (initial_seq, _) = converged(&client, &bases, 1).await;
+    assert_eq!(
+        initial_seq, 1,
+        "one initial population record, not one per replica"
+    );
+    for b in &bases {
+        let r: Value = client
+            .get(format!("{b}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["members"], MEMBERS, "{b}: {r}");
+        assert!(r["cluster"]["applied"].as_u64().unwrap() >= 1, "{r}");
+    }
+
+    let members: Vec<String> = (1..=MEMBERS).map(|i| format!("M{i:08}")).collect();
+    // The last 20 members are erased during the load; the others earn points.
+    let (earners, erased) = members.split_at(MEMBERS - 20);
+    let flights: Vec<String> = (0..8)
+        .map(|i| (chrono::Utc::now() + chrono::Duration::hours(30 + i)).to_rfc3339())
+        .collect();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop_at = Instant::now() + Duration::from_secs(8);
+    let mut tasks = Vec::new();
+    for t in 0..12usize {
+        let client = client.clone();
+        let bases = bases.clone();
+        let mine: Vec<String> = earners.iter().skip(t).step_by(12).cloned().collect();
+        let to_erase: Vec<String> = erased.iter().skip(t).step_by(12).cloned().collect();
+        let flights = flights.clone();
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut j: u64 = 0;
+            while Instant::now() < stop_at {
+                j += 1;
+                let here = &bases[(t + j as usize) % 3];
+                let there = &bases[(t + j as usize + 1) % 3];
+                let m = &mine[j as usize % mine.len()];
+                match j % 4 {
+                    0 | 1 => {
+                        let value = 1_000 + j * 12 + t as u64;
+                        let r = client
+                            .post(format!("{here}/v1/member-events"))
+                            .json(&json!({"member_id": m, "type": "points_earned", "points": value}))
+                            .send()
+                            .await;
+                        let mut s = seen.lock().unwrap();
+                        match r.map(|r| r.status().as_u16()) {
+                            Ok(202) => *s.points_acked.entry(m.clone()).or_default() += value,
+                            Ok(503) | Err(_) => {
+                                *s.points_unknown.entry(m.clone()).or_default() += value
+                            }
+                            Ok(other) => panic!("points_earned answered {other}"),
+                        }
+                    }
+                    2 if j % 40 == 2 && !to_erase.is_empty() => {
+                        let victim = &to_erase[(j / 40) as usize % to_erase.len()];
+                        let r = client
+                            .delete(format!("{here}/v1/members/{victim}"))
+                            .send()
+                            .await;
+                        if let Ok(r) = r {
+                            match r.status().as_u16() {
+                                200 | 202 | 204 => seen.lock().unwrap().erased_acked.push(victim.clone()),
+                                503 => {}
+                                other => panic!("erase answered {other}"),
+                            }
+                        }
+                    }
+                    _ => {
+                        // Decide on one replica, accept on another.
+                        let flight = &flights[j as usize % flights.len()];
+                        let Ok(r) = client
+                            .post(format!("{here}/v1/offers"))
+                            .json(&offer_req(m, flight))
+                            .send()
+                            .await
+                        else {
+                            continue;
+                        };
+                        if r.status() != 200 {
+                            assert!(r.status() == 503, "checkout answered {}", r.status());
+                            continue;
+                        }
+                        let Ok(body) = r.json::<Value>().await else { continue };
+                        seen.lock().unwrap().decisions += 1;
+                        let d = body["decision_id"].as_str().unwrap_or_default().to_string();
+                        let offers = body["offers"].as_array().cloned().unwrap_or_default();
+                        let Some(o) = offers.iter().find(|o| o["offer_id"] == "upg-first-intl-cash")
+                        else {
+                            continue;
+                        };
+                        let e = json!({"decision_id": d, "offer_id": o["offer_id"], "type": "accept",
+                                       "revenue": o["price"], "token": o["token"]});
+                        let r = client.post(format!("{there}/v1/events")).json(&e).send().await;
+                        let mut s = seen.lock().unwrap();
+                        match r.map(|r| r.status().as_u16()) {
+                            Ok(202) => *s.accepts_acked.entry(flight.clone()).or_default() += 1,
+                            Ok(409) => s.accepts_refused += 1,
+                            Ok(503) | Err(_) => s.accepts_unknown += 1,
+                            Ok(other) => panic!("accept on another replica answered {other}"),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    // Mid-load: kill -9 one replica and one NATS server, then restart both.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = replicas[2].child.kill();
+    let _ = replicas[2].child.wait();
+    nats.kill9(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.start_node(0);
+    replicas[2] = start_replica(&urls, &data[2], &members_file);
+    let mut bases = bases;
+    bases[2] = replicas[2].base.clone();
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
+    let acked_accepts: u32 = seen.accepts_acked.values().sum();
+    eprintln!(
+        "load: {} decisions; points: {} members with acknowledged writes, {} with a write of unknown outcome; accepts {} acknowledged, {} refused (409), {} unknown; {} erasures acknowledged",
+        seen.decisions,
+        seen.points_acked.len(),
+        seen.points_unknown.len(),
+        acked_accepts,
+        seen.accepts_refused,
+        seen.accepts_unknown,
+        seen.erased_acked.len()
+    );
+    assert!(seen.points_acked.len() > 50, "too little load");
+    assert!(acked_accepts > 0, "no accept was acknowledged");
+    assert!(seen.accepts_refused > 0, "the cap never refused an accept");
+    // Never an oversell: the 202s per flight, over all replicas.
+    for (flight, n) in &seen.accepts_acked {
+        assert!(
+            *n <= CAP,
+            "{n} accepts acknowledged for flight {flight} (cap {CAP})"
+        );
+    }
+
+    let (applied, digest) = converged(&client, &bases, 2).await;
+    eprintln!("converged at sequence {applied}, digest {digest}");
+    for b in &bases {
+        for m in earners {
+            let v: Value = client
+                .get(format!("{b}/v1/members/{m}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let initial: u64 = 10_000 + m[1..].parse::<u64>().unwrap();
+            let got = v["points"].as_u64().unwrap();
+            let acked = seen.points_acked.get(m).copied().unwrap_or(0);
+            let unknown = seen.points_unknown.get(m).copied().unwrap_or(0);
+            // Every acknowledged write is here; nothing beyond what was
+            // sent (an unknown one is there at most once).
+            assert!(
+                got >= initial + acked && got <= initial + acked + unknown,
+                "{b} {m}: points {got}, initial {initial}, acknowledged {acked}, unknown {unknown}"
+            );
+        }
+        for m in &seen.erased_acked {
+            let r = client
+                .get(format!("{b}/v1/members/{m}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{b}: erased member {m} is back");
+        }
+    }
+
+    // The replica's position and publish latency are exported.
+    let text = client
+        .get(format!("{}/metrics", bases[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "offer_engine_cluster_lag_records 0",
+        &format!("offer_engine_cluster_applied_sequence {applied}"),
+        "offer_engine_cluster_nats_reachable 1",
+        "offer_engine_cluster_publish_duration_seconds_count",
+        "offer_engine_cluster_records_applied_total",
+    ] {
+        assert!(text.contains(want), "/metrics lacks {want}");
+    }
+
+    // A fourth replica on an empty data dir reaches the same digest.
+    let fourth = start_replica(&urls, &data[3], &members_file);
+    let all: Vec<String> = bases.iter().cloned().chain([fourth.base.clone()]).collect();
+    let (applied4, digest4) = converged(&client, &all, applied).await;
+    assert_eq!((applied4, &digest4), (applied, &digest));
+}
