@@ -105,18 +105,7 @@ pub fn forest_svg(report: &Value) -> Result<String, String> {
             .x_desc("relative lift (%)")
             .y_desc("variant · metric")
             .y_labels(n)
-            .y_label_formatter(&|y| {
-                let i = y.round();
-                if (y - i).abs() > 1e-6 || i < 0.0 {
-                    return String::new();
-                }
-                // Row 0 is drawn at the top.
-                let idx = n as isize - 1 - i as isize;
-                usize::try_from(idx)
-                    .ok()
-                    .and_then(|k| labels.get(k).cloned())
-                    .unwrap_or_default()
-            })
+            .y_label_formatter(&|y| row_label(&labels, *y))
             .x_label_formatter(&|x| format!("{x:.1}"))
             .light_line_style(WHITE.mix(0.0))
             .draw()
@@ -199,18 +188,7 @@ pub fn offers_svg(stats: &Value) -> Result<String, String> {
             .x_desc("share of offers shown (%)")
             .y_desc("offer · channel")
             .y_labels(n)
-            .y_label_formatter(&|y| {
-                let i = y.round();
-                if (y - i).abs() > 1e-6 || i < 0.0 {
-                    return String::new();
-                }
-                // Row 0 is drawn at the top.
-                let idx = n as isize - 1 - i as isize;
-                usize::try_from(idx)
-                    .ok()
-                    .and_then(|k| labels.get(k).cloned())
-                    .unwrap_or_default()
-            })
+            .y_label_formatter(&|y| row_label(&labels, *y))
             .x_label_formatter(&|x| format!("{x:.0}"))
             .light_line_style(WHITE.mix(0.0))
             .draw()
@@ -456,4 +434,18 @@ mod tests {
         let svg = timeseries_svg(&json!({"days": []})).unwrap();
         assert!(svg.contains("day (UTC)") && svg.contains("p-value (0–1)"));
     }
+}
+
+/// The label of the row drawn at `y` on a chart whose rows are labelled
+/// top to bottom by `labels` (row 0 at the top); empty between rows.
+fn row_label(labels: &[String], y: f64) -> String {
+    let i = y.round();
+    if (y - i).abs() > 1e-6 || i < 0.0 {
+        return String::new();
+    }
+    let idx = labels.len() as isize - 1 - i as isize;
+    usize::try_from(idx)
+        .ok()
+        .and_then(|k| labels.get(k).cloned())
+        .unwrap_or_default()
 }
