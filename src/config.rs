@@ -75,6 +75,17 @@ pub struct ClusterSettings {
     /// Milliseconds a write waits for JetStream's acknowledgement, retries
     /// included, before it is answered 503.
     pub publish_timeout_ms: u64,
+    /// Seconds between shared snapshots: after writing a local snapshot a
+    /// replica puts it into the `<stream>_SNAPSHOTS` object store when the
+    /// newest shared one is at least this old (0: never share).
+    pub shared_snapshot_interval_secs: u64,
+    /// Shared snapshots kept (the newest; at least 2, so one is left to
+    /// fall back on when the newest is unreadable).
+    pub shared_snapshots_kept: usize,
+    /// Seconds the oldest kept shared snapshot must have existed before the
+    /// stream is purged up to its sequence (0: at once; never purged while
+    /// fewer than 2 shared snapshots exist).
+    pub trim_after_secs: u64,
 }
 
 impl Default for ClusterSettings {
@@ -85,6 +96,9 @@ impl Default for ClusterSettings {
             replicas: 3,
             duplicate_window_secs: 120,
             publish_timeout_ms: 10_000,
+            shared_snapshot_interval_secs: 300,
+            shared_snapshots_kept: 3,
+            trim_after_secs: 3600,
         }
     }
 }

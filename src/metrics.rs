@@ -63,6 +63,13 @@ pub struct Metrics {
     pub cluster_applied: prometheus::IntCounter,
     /// Cluster mode: 1 while NATS answers, 0 while not.
     pub cluster_nats_reachable: IntGauge,
+    /// Cluster mode: snapshots shared through the object store, by
+    /// `direction` (`upload`, `download`).
+    pub cluster_shared_snapshots: IntCounterVec,
+    /// Cluster mode: the sequence of the newest shared snapshot.
+    pub cluster_shared_snapshot_sequence: IntGauge,
+    /// Cluster mode: the stream's first sequence (older records purged).
+    pub cluster_stream_first_sequence: IntGauge,
     /// Catalog/model/experiments reloads by trigger (`admin`, `watch`) and result (`ok`, `refused`).
     pub reloads: IntCounterVec,
     /// Requests with an `Idempotency-Key`, by route template and outcome
@@ -293,6 +300,24 @@ impl Metrics {
             "Cluster mode: 1 while NATS answers the replica's stream-info requests",
         )
         .expect("static metric");
+        let cluster_shared_snapshots = IntCounterVec::new(
+            Opts::new(
+                "cluster_shared_snapshots_total",
+                "Cluster mode: snapshots put into (upload) or restored from (download) the shared object store",
+            ),
+            &["direction"],
+        )
+        .expect("static metric");
+        let cluster_shared_snapshot_sequence = IntGauge::new(
+            "cluster_shared_snapshot_sequence",
+            "Cluster mode: the stream sequence of the newest shared snapshot",
+        )
+        .expect("static metric");
+        let cluster_stream_first_sequence = IntGauge::new(
+            "cluster_stream_first_sequence",
+            "Cluster mode: the stream's first sequence (older records were purged)",
+        )
+        .expect("static metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "reloads_total",
@@ -329,6 +354,9 @@ impl Metrics {
             Box::new(cluster_applied_sequence.clone()),
             Box::new(cluster_applied.clone()),
             Box::new(cluster_nats_reachable.clone()),
+            Box::new(cluster_shared_snapshots.clone()),
+            Box::new(cluster_shared_snapshot_sequence.clone()),
+            Box::new(cluster_stream_first_sequence.clone()),
             Box::new(reloads.clone()),
             Box::new(experiment_decisions.clone()),
             Box::new(experiment_members.clone()),
@@ -381,6 +409,9 @@ impl Metrics {
             cluster_applied_sequence,
             cluster_applied,
             cluster_nats_reachable,
+            cluster_shared_snapshots,
+            cluster_shared_snapshot_sequence,
+            cluster_stream_first_sequence,
             reloads,
             idempotent_requests,
             experiment_decisions,
@@ -653,5 +684,21 @@ impl Metrics {
         }
         self.cluster_nats_reachable
             .set(i64::from(c.reachable.load(Ordering::Acquire)));
+        for (direction, total) in [
+            ("upload", c.shared_uploads.load(Ordering::Acquire)),
+            ("download", c.shared_downloads.load(Ordering::Acquire)),
+        ] {
+            let counter = self
+                .cluster_shared_snapshots
+                .with_label_values(&[direction]);
+            let before = counter.get();
+            if total > before {
+                counter.inc_by(total - before);
+            }
+        }
+        self.cluster_shared_snapshot_sequence
+            .set(c.shared_newest.load(Ordering::Acquire).min(i64::MAX as u64) as i64);
+        self.cluster_stream_first_sequence
+            .set(c.stream_first.load(Ordering::Acquire).min(i64::MAX as u64) as i64);
     }
 }

@@ -140,6 +140,27 @@ pub fn open_state(
     settings: &Settings,
     observer: Arc<dyn crate::durable::Observer>,
 ) -> anyhow::Result<(Durable, DirLock)> {
+    open_state_with(settings, observer, CatchUp::Wait)
+}
+
+/// Cluster mode: whether opening the state waits until the replica applied
+/// the stream's end as of its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Block until caught up (tools that work on the whole state).
+    Wait,
+    /// Return at once; [`crate::durable::cluster::ClusterStatus::caught_up`]
+    /// tells when (the service answers `/readyz` meanwhile).
+    InBackground,
+}
+
+/// [`open_state`], choosing whether to wait for a cluster replica's
+/// catch-up.
+pub fn open_state_with(
+    settings: &Settings,
+    observer: Arc<dyn crate::durable::Observer>,
+    catch_up: CatchUp,
+) -> anyhow::Result<(Durable, DirLock)> {
     let d = &settings.durability;
     let state = State::new(StateSettings {
         max_decisions: d.max_decisions,
@@ -157,7 +178,7 @@ pub fn open_state(
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let lock = DirLock::take(dir)?;
     if settings.cluster.enabled() {
-        let durable = open_cluster(settings, dir, state, observer)?;
+        let durable = open_cluster(settings, dir, state, observer, catch_up)?;
         return Ok((durable, lock));
     }
     let opts = WalOptions {
@@ -187,25 +208,22 @@ pub fn open_state(
 /// empty stream (the NATS server takes 1 MiB a message by default).
 const INITIAL_CHUNK_BYTES: usize = 512 * 1024;
 
-/// Cluster mode: restores this replica's newest local snapshot, joins the
-/// stream (publishing the initial population if it is empty) and applies
-/// the stream from the snapshot's sequence to its end as of now.
+/// Cluster mode: joins the stream, restoring the newest usable snapshot
+/// (this replica's or one shared through the stream's object store;
+/// publishing the initial population if the stream is empty and there is
+/// none) and applies the stream from the snapshot's sequence to its end as
+/// of now, waiting for that or not (`catch_up`).
 fn open_cluster(
     settings: &Settings,
     dir: &std::path::Path,
     state: State,
     observer: Arc<dyn crate::durable::Observer>,
+    catch_up: CatchUp,
 ) -> anyhow::Result<Durable> {
-    use crate::durable::cluster::{newest_snapshot, Initial, NatsLog};
+    use crate::durable::cluster::{Initial, NatsLog};
     use crate::state::LogRecord;
-    let mut from = 0;
-    if let Some((bytes, seq)) = newest_snapshot(dir).context("reading the newest snapshot")? {
-        state
-            .restore(&bytes, seq)
-            .map_err(|e| anyhow::anyhow!("restoring snapshot {seq}: {e}"))?;
-        from = seq;
-        tracing::info!(seq, "restored the newest local snapshot");
-    }
+    let restorer = state.clone();
+    let restore = move |bytes: &[u8], seq: u64| restorer.restore(bytes, seq);
     let applier = state.clone();
     let seen = observer.clone();
     let apply: crate::durable::cluster::Apply = Arc::new(move |payload: &[u8], seq: u64| {
@@ -245,20 +263,23 @@ fn open_cluster(
     let log = NatsLog::start(
         &settings.cluster,
         dir,
-        from,
+        &restore,
         apply,
         observer.clone(),
         initial,
     )
     .context("joining the NATS JetStream stream")?;
-    let durable = Durable::new(Arc::new(log), state, observer);
-    tracing::info!(
-        stream = %settings.cluster.stream,
-        applied = durable.state().applied(),
-        members = durable.state().members().len(),
-        "cluster mode: caught up with the stream"
-    );
-    Ok(durable)
+    if catch_up == CatchUp::Wait {
+        log.wait_caught_up(std::time::Duration::from_secs(600))
+            .context("catching up with the NATS JetStream stream")?;
+        tracing::info!(
+            stream = %settings.cluster.stream,
+            applied = state.applied(),
+            members = state.members().len(),
+            "cluster mode: caught up with the stream"
+        );
+    }
+    Ok(Durable::new(Arc::new(log), state, observer))
 }
 
 /// Builds the service without serving it: security (refusing development
@@ -282,7 +303,10 @@ pub fn build_service(settings: &Settings) -> anyhow::Result<SharedState> {
         );
     }
     let metrics = Metrics::new();
-    let (durable, lock) = open_state(settings, Arc::new(metrics.clone()))?;
+    // A cluster replica catches up in the background: the service binds its
+    // port at once and answers `/readyz` (503, with the progress) meanwhile.
+    let (durable, lock) =
+        open_state_with(settings, Arc::new(metrics.clone()), CatchUp::InBackground)?;
     let engine = build_engine(settings)?;
     log_loaded(settings, &engine);
     metrics.align_offers(&engine.catalog);
@@ -360,6 +384,7 @@ impl Application {
                 .app_data(data.clone())
                 .app_data(app_limits.clone())
                 // The last wrapped runs first: count, then authorise, then limit.
+                .wrap(middleware::from_fn(crate::http::ready_gate))
                 .wrap(middleware::from_fn(crate::http::limits::limit))
                 .wrap(middleware::from_fn(crate::http::auth::authorize))
                 .wrap(middleware::from_fn(crate::http::track_requests))
@@ -395,8 +420,8 @@ impl Application {
         };
         spawn_snapshots(&state);
         crate::service::reload::spawn_file_watch(&state);
-        state.mark_ready();
         tracing::info!(addr = %settings.server.addr, port, "listening");
+        mark_ready_when_caught_up(&state);
         Ok(Application {
             port,
             server,
@@ -441,6 +466,43 @@ impl Application {
         self.state.durable().close();
         result
     }
+}
+
+/// Marks the service ready: at once with the local log; in cluster mode
+/// once the replica applied the stream's end as of its start (until then
+/// `/readyz` and every route but `/healthz` and `/metrics` answer 503).
+fn mark_ready_when_caught_up(state: &SharedState) {
+    let Some(c) = state.durable().cluster_status() else {
+        state.mark_ready();
+        return;
+    };
+    let weak = Arc::downgrade(state);
+    let started = std::time::Instant::now();
+    tokio::spawn(async move {
+        use std::sync::atomic::Ordering;
+        loop {
+            if c.caught_up() {
+                if let Some(state) = weak.upgrade() {
+                    state.mark_ready();
+                    tracing::info!(
+                        applied = c.applied.load(Ordering::Acquire),
+                        members = state.state().members().len(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "cluster mode: caught up with the stream; ready"
+                    );
+                }
+                return;
+            }
+            if c.gap.load(Ordering::Acquire) {
+                tracing::error!("the stream no longer holds records this replica needs; it stays unready (restart it to load a shared snapshot)");
+                return;
+            }
+            if weak.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
 }
 
 /// Writes a snapshot every `snapshot_interval_secs`.

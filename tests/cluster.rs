@@ -7,7 +7,12 @@
 //! with `kill -9` and restarted. Then: accepted units never above the cap,
 //! every acknowledged write on every replica, nothing applied twice, equal
 //! digests on all replicas, and a fourth replica on an empty data dir
-//! reaching the same digest by consuming the stream.
+//! reaching the same digest from a shared snapshot plus the stream's tail.
+//!
+//! A second test trims the stream (purged up to the oldest kept shared
+//! snapshot) and starts a replica whose local snapshot predates the trim
+//! point and one on an empty data dir: both start from a shared snapshot
+//! and reach the same digest and the same points.
 //!
 //! Needs Debian's `nats-server` (`apt-get install -y nats-server`; `test.sh`
 //! installs it): without it the test fails, it is never skipped.
@@ -67,16 +72,21 @@ struct Nats {
 
 impl Nats {
     fn start(dir: &Path) -> Nats {
-        let mut n = Nats {
-            client_ports: (0..3).map(|_| free_port()).collect(),
-            route_ports: (0..3).map(|_| free_port()).collect(),
+        Nats::start_n(dir, 3)
+    }
+
+    /// `n` servers with JetStream in one cluster (1: a lone server).
+    fn start_n(dir: &Path, n: usize) -> Nats {
+        let mut nats = Nats {
+            client_ports: (0..n).map(|_| free_port()).collect(),
+            route_ports: (0..n).map(|_| free_port()).collect(),
             dir: dir.to_path_buf(),
-            children: vec![None, None, None],
+            children: (0..n).map(|_| None).collect(),
         };
-        for i in 0..3 {
-            n.start_node(i);
+        for i in 0..n {
+            nats.start_node(i);
         }
-        n
+        nats
     }
 
     fn start_node(&mut self, i: usize) {
@@ -85,17 +95,22 @@ impl Nats {
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
-        let child = Command::new(nats_server())
-            .args(["-js", "-n", &format!("n{i}"), "-a", "127.0.0.1"])
+        let mut cmd = Command::new(nats_server());
+        cmd.args(["-js", "-n", &format!("n{i}"), "-a", "127.0.0.1"])
             .args(["-p", &self.client_ports[i].to_string()])
             .arg("-sd")
-            .arg(self.dir.join(format!("store{i}")))
-            .args(["--cluster_name", "offers-test"])
-            .args([
-                "--cluster",
-                &format!("nats://127.0.0.1:{}", self.route_ports[i]),
-            ])
-            .args(["--routes", &routes.join(",")])
+            .arg(self.dir.join(format!("store{i}")));
+        // A lone server runs without cluster settings: with them, its
+        // JetStream waits for peers that never come.
+        if self.route_ports.len() > 1 {
+            cmd.args(["--cluster_name", "offers-test"])
+                .args([
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", self.route_ports[i]),
+                ])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = cmd
             .arg("-l")
             .arg(self.dir.join(format!("n{i}.log")))
             .stdout(Stdio::null())
@@ -123,7 +138,7 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        for i in 0..3 {
+        for i in 0..self.children.len() {
             self.kill9(i);
         }
     }
@@ -142,6 +157,16 @@ impl Drop for Replica {
 }
 
 fn start_replica(nats: &str, data_dir: &Path, members: &Path) -> Replica {
+    start_replica_with(nats, data_dir, members, &[])
+}
+
+/// A replica; `env` adds to (or overrides) the settings below.
+fn start_replica_with(
+    nats: &str,
+    data_dir: &Path,
+    members: &Path,
+    env: &[(&str, &str)],
+) -> Replica {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_offer-engine"));
     cmd.args([
         "serve",
@@ -159,11 +184,15 @@ fn start_replica(nats: &str, data_dir: &Path, members: &Path) -> Replica {
     .env("OFFER_ENGINE__CLUSTER__REPLICAS", "3")
     .env("OFFER_ENGINE__SECURITY__TOKEN_KEY", TOKEN_KEY)
     .env("OFFER_ENGINE__DURABILITY__SNAPSHOT_INTERVAL_SECS", "1")
+    .env("OFFER_ENGINE__CLUSTER__SHARED_SNAPSHOT_INTERVAL_SECS", "1")
     .env("OFFER_ENGINE__SERVER__WORKERS", "2")
     .env(
         "OFFER_ENGINE__CONTACT__MAX_OFFERS_PER_DAY__CHECKOUT",
         "10000",
     );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let (child, base) = support::spawn_server(cmd);
     Replica { child, base }
 }
@@ -470,9 +499,185 @@ async fn three_replicas_on_one_stream_agree_through_kill_dash_nine() {
         assert!(text.contains(want), "/metrics lacks {want}");
     }
 
-    // A fourth replica on an empty data dir reaches the same digest.
+    // A fourth replica on an empty data dir reaches the same digest from a
+    // shared snapshot (replicas share one every second here) and the tail.
     let fourth = start_replica(&urls, &data[3], &members_file);
     let all: Vec<String> = bases.iter().cloned().chain([fourth.base.clone()]).collect();
     let (applied4, digest4) = converged(&client, &all, applied).await;
     assert_eq!((applied4, &digest4), (applied, &digest));
+    let r = readyz(&client, &fourth.base).await;
+    let from = &r["cluster"]["restored_from"];
+    assert_eq!(from["source"], "shared", "{r}");
+    assert!(from["sequence"].as_u64().unwrap() > 1, "{r}");
+    let text = metrics_of(&client, &fourth.base).await;
+    assert!(
+        text.contains("offer_engine_cluster_shared_snapshots_total{direction=\"download\"} 1"),
+        "{text}"
+    );
+}
+
+async fn readyz(client: &reqwest::Client, base: &str) -> Value {
+    client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn metrics_of(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The stream sequence of the newest local snapshot in a data dir.
+fn newest_local_snapshot(data_dir: &Path) -> u64 {
+    std::fs::read_dir(data_dir.join("cluster-snapshots"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    name.strip_prefix("snap-")?
+                        .strip_suffix(".bin")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Earns `points` for `member` through `base`; every write must be
+/// acknowledged (no faults in this test).
+async fn earn(client: &reqwest::Client, base: &str, member: &str, points: u64) {
+    let r = client
+        .post(format!("{base}/v1/member-events"))
+        .json(&json!({"member_id": member, "type": "points_earned", "points": points}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "points_earned through {base}");
+}
+
+/// 20 acknowledged points writes spread over `bases`, added to `earned`.
+async fn write_round(
+    client: &reqwest::Client,
+    bases: &[String],
+    round: &mut u64,
+    earned: &mut HashMap<String, u64>,
+) {
+    *round += 1;
+    for i in 0..20u64 {
+        let m = format!("M{:08}", 1 + (*round * 20 + i) % MEMBERS as u64);
+        let base = &bases[(i as usize) % bases.len()];
+        earn(client, base, &m, 100 + i).await;
+        *earned.entry(m).or_default() += 100 + i;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trimmed_stream_starts_fresh_and_stale_replicas_from_shared_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One server and one copy: trimming is what is tested, not failover.
+    let nats = Nats::start_n(tmp.path(), 1);
+    let urls = nats.urls();
+    let members_file = tmp.path().join("members.ndjson");
+    write_members(&members_file);
+    let data: Vec<PathBuf> = (0..3)
+        .map(|i| tmp.path().join(format!("data{i}")))
+        .collect();
+    let env = [
+        ("OFFER_ENGINE__CLUSTER__REPLICAS", "1"),
+        ("OFFER_ENGINE__CLUSTER__SHARED_SNAPSHOTS_KEPT", "2"),
+        ("OFFER_ENGINE__CLUSTER__TRIM_AFTER_SECS", "0"),
+    ];
+    let a = start_replica_with(&urls, &data[0], &members_file, &env);
+    let mut b = start_replica_with(&urls, &data[1], &members_file, &env);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    converged(&client, &[a.base.clone(), b.base.clone()], 1).await;
+
+    let mut earned: HashMap<String, u64> = HashMap::new();
+    let mut round = 0u64;
+    for _ in 0..3 {
+        let bases = [a.base.clone(), b.base.clone()];
+        write_round(&client, &bases, &mut round, &mut earned).await;
+    }
+    let (at_kill, _) = converged(&client, &[a.base.clone(), b.base.clone()], 2).await;
+    // Let B write a local snapshot of what it holds, then kill it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let stale = newest_local_snapshot(&data[1]);
+    assert!(
+        stale >= 1 && stale <= at_kill,
+        "B's local snapshot {stale} (applied {at_kill})"
+    );
+
+    // Writes through A until the stream is trimmed past B's snapshot.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        write_round(&client, &[a.base.clone()], &mut round, &mut earned).await;
+        let r = readyz(&client, &a.base).await;
+        let first = r["cluster"]["stream_first"].as_u64().unwrap_or(0);
+        if first > stale + 1 {
+            break first;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream was not trimmed past {stale} within 60 s: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let text = metrics_of(&client, &a.base).await;
+    let gauge = text
+        .lines()
+        .find_map(|l| l.strip_prefix("offer_engine_cluster_stream_first_sequence "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(gauge.is_some_and(|g| g >= first), "{gauge:?} < {first}");
+
+    // B restarts on its data dir: its snapshot predates the stream's first
+    // record, so it must start from a shared one. C starts on an empty dir.
+    let b = start_replica_with(&urls, &data[1], &members_file, &env);
+    let c = start_replica_with(&urls, &data[2], &members_file, &env);
+    let all = vec![a.base.clone(), b.base.clone(), c.base.clone()];
+    let (applied, digest) = converged(&client, &all, first).await;
+    eprintln!("trimmed stream: first {first}, B's stale snapshot {stale}, converged at {applied}, digest {digest}");
+    for r in [&b, &c] {
+        let ready = readyz(&client, &r.base).await;
+        let from = &ready["cluster"]["restored_from"];
+        assert_eq!(from["source"], "shared", "{ready}");
+        let seq = from["sequence"].as_u64().unwrap();
+        assert!(seq + 1 >= first && seq > stale, "{ready}");
+    }
+    // Every write is on every replica, once.
+    for base in &all {
+        for (m, p) in &earned {
+            let v: Value = client
+                .get(format!("{base}/v1/members/{m}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let initial: u64 = 10_000 + m[1..].parse::<u64>().unwrap();
+            assert_eq!(v["points"].as_u64(), Some(initial + p), "{base} {m}");
+        }
+    }
+    // Writes after the restarts reach every replica too.
+    write_round(&client, &all, &mut round, &mut earned).await;
+    let (after, digest_after) = converged(&client, &all, applied + 20).await;
+    assert!(after >= applied + 20 && digest_after != digest);
 }

@@ -12,20 +12,29 @@
 //! the next read on this replica sees it.
 //!
 //! Snapshots are local files (`cluster-snapshots/snap-<seq>.bin` in the data
-//! dir) made by the apply loop between two records; on start the newest is
-//! restored and the stream is consumed from the sequence after it.
+//! dir) made by the apply loop between two records. A replica also shares
+//! one now and then through the JetStream object store `<stream>_SNAPSHOTS`
+//! (object `snap-<seq>`): state is a function of the stream, so any
+//! replica's snapshot at sequence S is the state at S. On start a replica
+//! restores the newest usable snapshot, local or shared, and consumes the
+//! stream from the sequence after it. The stream is purged up to the oldest
+//! kept shared snapshot ([`share_snapshot`]); a replica whose position the
+//! stream no longer holds loads a shared snapshot at start, or stops
+//! applying and says so while running: it never skips records.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{
-    self, consumer::pull::OrderedConfig, consumer::DeliverPolicy, message::PublishMessage, stream,
+    self, consumer::pull::OrderedConfig, consumer::DeliverPolicy, message::PublishMessage,
+    object_store, stream,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{EventLog, LogError, Pending};
@@ -60,6 +69,34 @@ pub struct ClusterStatus {
     pub last_seen_ms: AtomicU64,
     /// Records applied from the stream by this process.
     pub records_applied: AtomicU64,
+    /// The stream's first sequence (records before it were purged), as
+    /// last seen.
+    pub stream_first: AtomicU64,
+    /// The sequence of the newest shared snapshot, as last seen.
+    pub shared_newest: AtomicU64,
+    /// Snapshots this process put into the shared object store.
+    pub shared_uploads: AtomicU64,
+    /// Shared snapshots this process downloaded and restored.
+    pub shared_downloads: AtomicU64,
+    /// Set when the stream no longer holds the record after the applied
+    /// one (purged while this replica was behind): the apply loop stops
+    /// rather than skip records; a restart loads a shared snapshot.
+    pub gap: AtomicBool,
+    /// The sequence the replica must apply before it serves: the stream's
+    /// last as of its start.
+    pub catch_up_target: AtomicU64,
+    /// Where the state came from at start.
+    pub restored_from: OnceLock<RestoredFrom>,
+}
+
+/// Where a replica's state came from at start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct RestoredFrom {
+    /// `local` (this replica's snapshot), `shared` (a snapshot from the
+    /// object store) or `stream` (no snapshot: the stream from its start).
+    pub source: &'static str,
+    /// The stream sequence the restored snapshot reflects (0 for `stream`).
+    pub sequence: u64,
 }
 
 impl ClusterStatus {
@@ -68,6 +105,11 @@ impl ClusterStatus {
         self.stream_last
             .load(Ordering::Acquire)
             .saturating_sub(self.applied.load(Ordering::Acquire))
+    }
+
+    /// Whether this replica applied the stream's end as of its start.
+    pub fn caught_up(&self) -> bool {
+        self.applied.load(Ordering::Acquire) >= self.catch_up_target.load(Ordering::Acquire)
     }
 }
 
@@ -102,30 +144,218 @@ pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("cluster-snapshots")
 }
 
+/// This replica's local snapshots, newest first: the stream sequence each
+/// reflects and its file.
+pub fn local_snapshots(data_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(snapshot_dir(data_dir)) else {
+        return Vec::new();
+    };
+    let mut all: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let seq = name
+                .strip_prefix("snap-")
+                .and_then(|r| r.strip_suffix(".bin"))
+                .and_then(|r| r.parse::<u64>().ok())?;
+            Some((seq, e.path()))
+        })
+        .collect();
+    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all
+}
+
 /// The newest local snapshot: its bytes and the stream sequence it reflects.
 pub fn newest_snapshot(data_dir: &Path) -> std::io::Result<Option<(Vec<u8>, u64)>> {
-    let dir = snapshot_dir(data_dir);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(None);
-    };
-    let mut best: Option<(u64, PathBuf)> = None;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(seq) = name
+    match local_snapshots(data_dir).into_iter().next() {
+        None => Ok(None),
+        Some((seq, path)) => Ok(Some((std::fs::read(path)?, seq))),
+    }
+}
+
+/// The object store bucket of a stream's shared snapshots.
+pub fn snapshot_bucket_name(stream: &str) -> String {
+    format!("{stream}_SNAPSHOTS")
+}
+
+fn shared_name(seq: u64) -> String {
+    format!("snap-{seq:020}")
+}
+
+/// A shared snapshot as listed: the sequence it reflects, its size and
+/// when it was stored (Unix seconds).
+#[derive(Debug, Clone)]
+struct Shared {
+    seq: u64,
+    name: String,
+    size: usize,
+    stored_secs: i64,
+}
+
+/// The shared snapshots in `bucket`, newest first.
+async fn list_shared(bucket: &object_store::ObjectStore) -> Result<Vec<Shared>, String> {
+    let mut list = bucket.list().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Some(o) = list.next().await {
+        let o = o.map_err(|e| e.to_string())?;
+        let Some(seq) = o
+            .name
             .strip_prefix("snap-")
-            .and_then(|r| r.strip_suffix(".bin"))
             .and_then(|r| r.parse::<u64>().ok())
         else {
             continue;
         };
-        if best.as_ref().is_none_or(|(s, _)| seq > *s) {
-            best = Some((seq, e.path()));
+        out.push(Shared {
+            seq,
+            name: o.name.clone(),
+            size: o.size,
+            stored_secs: o.modified.map(|t| t.unix_timestamp()).unwrap_or(0),
+        });
+    }
+    out.sort_by(|a, b| b.seq.cmp(&a.seq));
+    Ok(out)
+}
+
+/// Downloads a shared snapshot. The object store checks the SHA-256
+/// digest it stored with the object when the read reaches the end; the
+/// size is checked here.
+async fn download_shared(
+    bucket: &object_store::ObjectStore,
+    s: &Shared,
+) -> Result<Vec<u8>, String> {
+    let read = async {
+        let mut obj = bucket.get(&s.name).await.map_err(|e| e.to_string())?;
+        let mut bytes = Vec::with_capacity(s.size);
+        obj.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        if bytes.len() != s.size {
+            return Err(format!("{} bytes read, {} listed", bytes.len(), s.size));
         }
+        Ok(bytes)
+    };
+    tokio::time::timeout(Duration::from_secs(300), read)
+        .await
+        .map_err(|_| "not read within 300 s".to_string())?
+}
+
+/// Opens the shared snapshots' bucket, creating it if missing (the stream's
+/// replica count, file storage).
+async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<object_store::ObjectStore, String> {
+    if let Ok(b) = js.get_object_store(name).await {
+        return Ok(b);
     }
-    match best {
-        None => Ok(None),
-        Some((seq, path)) => Ok(Some((std::fs::read(path)?, seq))),
+    let created = js
+        .create_object_store(object_store::Config {
+            bucket: name.to_string(),
+            description: Some("offer-engine shared snapshots".into()),
+            storage: stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(b) => Ok(b),
+        // Another replica created it meanwhile.
+        Err(e) => js
+            .get_object_store(name)
+            .await
+            .map_err(|e2| format!("creating bucket {name}: {e}; opening it: {e2}")),
     }
+}
+
+/// What a replica needs to share snapshots and trim the stream.
+struct Sharing {
+    bucket: object_store::ObjectStore,
+    stream: stream::Stream,
+    interval_secs: u64,
+    kept: usize,
+    trim_after_secs: u64,
+    busy: AtomicBool,
+}
+
+/// Puts the snapshot at `seq` into the shared bucket when the newest shared
+/// one is older than the interval (so replicas snapshotting at different
+/// moments rarely upload the same thing; two uploads are harmless: any
+/// replica's snapshot at S is the state at S). Then keeps the newest
+/// `kept` and purges the stream up to the oldest of them once it is
+/// `trim_after_secs` old: every kept snapshot stays usable (the stream
+/// holds every record after it), so a replica can always start from one.
+async fn share_snapshot(sh: Arc<Sharing>, status: Arc<ClusterStatus>, seq: u64, bytes: Bytes) {
+    let r = async {
+        let now = chrono::Utc::now().timestamp();
+        let shared = list_shared(&sh.bucket).await?;
+        if let Some(newest) = shared.first() {
+            status.shared_newest.fetch_max(newest.seq, Ordering::AcqRel);
+            if newest.seq >= seq || now - newest.stored_secs < sh.interval_secs as i64 {
+                return Ok::<(), String>(());
+            }
+        }
+        let started = Instant::now();
+        let meta = object_store::ObjectMetadata {
+            name: shared_name(seq),
+            description: Some(format!("offer-engine state at stream sequence {seq}")),
+            ..Default::default()
+        };
+        sh.bucket
+            .put(meta, &mut bytes.as_ref())
+            .await
+            .map_err(|e| format!("putting snapshot {seq}: {e}"))?;
+        status.shared_uploads.fetch_add(1, Ordering::Relaxed);
+        status.shared_newest.fetch_max(seq, Ordering::AcqRel);
+        tracing::info!(
+            seq,
+            bytes = bytes.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "shared snapshot stored"
+        );
+        let shared = list_shared(&sh.bucket).await?;
+        for old in shared.iter().skip(sh.kept) {
+            if let Err(e) = sh.bucket.delete(&old.name).await {
+                tracing::warn!(seq = old.seq, error = %e, "deleting an old shared snapshot failed");
+            }
+        }
+        let kept: Vec<&Shared> = shared.iter().take(sh.kept).collect();
+        let Some(oldest) = kept.last() else {
+            return Ok(());
+        };
+        if kept.len() < 2 || now - oldest.stored_secs < sh.trim_after_secs as i64 {
+            return Ok(());
+        }
+        let first = sh
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| format!("stream info: {e}"))?
+            .state
+            .first_sequence;
+        if first <= oldest.seq {
+            let purged = sh
+                .stream
+                .purge()
+                .sequence(oldest.seq + 1)
+                .await
+                .map_err(|e| format!("purging the stream up to {}: {e}", oldest.seq))?;
+            status
+                .stream_first
+                .fetch_max(oldest.seq + 1, Ordering::AcqRel);
+            tracing::info!(
+                purged = purged.purged,
+                first = oldest.seq + 1,
+                "stream trimmed up to the oldest kept shared snapshot"
+            );
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, seq, "sharing a snapshot failed; the next snapshot tries again");
+    }
+    sh.busy.store(false, Ordering::Release);
 }
 
 fn write_snapshot(data_dir: &Path, seq: u64, bytes: &[u8]) -> std::io::Result<()> {
@@ -156,15 +386,121 @@ fn write_snapshot(data_dir: &Path, seq: u64, bytes: &[u8]) -> std::io::Result<()
 /// once on an empty stream give one initial population.
 pub struct Initial(pub Vec<Vec<u8>>);
 
+/// Restores a snapshot's bytes, reflecting the given stream sequence, into
+/// the still empty state; refuses (changing nothing) what it cannot decode.
+pub type Restore<'a> = &'a (dyn Fn(&[u8], u64) -> Result<(), String> + Sync);
+
+/// A snapshot a starting replica may restore.
+enum Candidate {
+    Local(u64, PathBuf),
+    Shared(Shared),
+}
+
+impl Candidate {
+    fn seq(&self) -> u64 {
+        match self {
+            Candidate::Local(seq, _) => *seq,
+            Candidate::Shared(s) => s.seq,
+        }
+    }
+}
+
+/// Restores the newest usable snapshot, local or shared (a local one on a
+/// tie: nothing to download), falling back to older ones when one does not
+/// read or decode. Usable: the stream still holds every record after it
+/// (`first` is the stream's first sequence) and it is not past the
+/// stream's end (a snapshot of another stream of the same name). Without
+/// one the stream is replayed from its start, unless it was trimmed: then
+/// start-up fails rather than skip records.
+async fn restore_newest(
+    restore: Restore<'_>,
+    local: Vec<(u64, PathBuf)>,
+    shared: Vec<Shared>,
+    bucket: Option<&object_store::ObjectStore>,
+    first: u64,
+    last: u64,
+    status: &ClusterStatus,
+) -> anyhow::Result<RestoredFrom> {
+    let mut candidates: Vec<Candidate> = local
+        .into_iter()
+        .map(|(seq, p)| Candidate::Local(seq, p))
+        .chain(shared.into_iter().map(Candidate::Shared))
+        .collect();
+    // Newest first; a local one before a shared one at the same sequence.
+    candidates.sort_by_key(|c| {
+        (
+            std::cmp::Reverse(c.seq()),
+            matches!(c, Candidate::Shared(_)),
+        )
+    });
+    for c in candidates {
+        let seq = c.seq();
+        if seq == 0 {
+            continue;
+        }
+        if seq > last {
+            tracing::warn!(
+                seq,
+                last,
+                "a snapshot is past the stream's end (of another stream?); not used"
+            );
+            continue;
+        }
+        if seq + 1 < first {
+            tracing::info!(
+                seq,
+                first,
+                "a snapshot older than the stream's first record; not usable"
+            );
+            continue;
+        }
+        let (source, bytes) = match &c {
+            Candidate::Local(_, path) => ("local", std::fs::read(path).map_err(|e| e.to_string())),
+            Candidate::Shared(s) => match bucket {
+                Some(b) => ("shared", download_shared(b, s).await),
+                None => continue,
+            },
+        };
+        match bytes.and_then(|b| restore(&b, seq)) {
+            Ok(()) => {
+                if source == "shared" {
+                    status.shared_downloads.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!(seq, source, "restored a snapshot");
+                return Ok(RestoredFrom {
+                    source,
+                    sequence: seq,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(seq, source, error = %e, "a snapshot does not read or decode; trying an older one")
+            }
+        }
+    }
+    if first > 1 {
+        anyhow::bail!(
+            "the stream starts at sequence {first} (older records were purged) and no usable snapshot \
+             reflects sequence {} or later: none local, none readable in the shared bucket",
+            first - 1
+        );
+    }
+    Ok(RestoredFrom {
+        source: "stream",
+        sequence: 0,
+    })
+}
+
 impl NatsLog {
-    /// Connects, creates the stream if missing, offers `initial` if the
-    /// stream is empty, starts the apply loop after `applied` (the sequence
-    /// the restored state reflects) and waits until this replica has
-    /// applied the stream's end as of its start.
+    /// Connects, creates the stream if missing, restores the newest usable
+    /// snapshot (this replica's or a shared one) through `restore`, offers
+    /// `initial` if the stream is empty and nothing was restored, and
+    /// starts the apply loop after the restored sequence. It returns at
+    /// once: [`ClusterStatus::caught_up`] tells when this replica applied
+    /// the stream's end as of its start ([`NatsLog::wait_caught_up`]).
     pub fn start(
         cfg: &ClusterSettings,
         data_dir: &Path,
-        applied: u64,
+        restore: Restore<'_>,
         apply: Apply,
         observer: Arc<dyn super::Observer>,
         initial: impl FnOnce() -> anyhow::Result<Initial> + Send,
@@ -202,6 +538,9 @@ impl NatsLog {
             ..Default::default()
         };
         let publish_timeout = Duration::from_millis(cfg.publish_timeout_ms.max(100));
+        let bucket_name = snapshot_bucket_name(&stream_name);
+        let local = local_snapshots(data_dir);
+        let status = Arc::new(ClusterStatus::default());
         // Start-up runs inside the service's runtime: block on the NATS
         // runtime from a thread of its own.
         let h = handle.clone();
@@ -252,7 +591,28 @@ impl NatsLog {
                     "the existing stream's replicas or storage differ from the configuration; it is used as it is"
                 );
             }
+            let first = info.state.first_sequence;
             let mut last = info.state.last_sequence;
+            status.stream_first.store(first, Ordering::Release);
+            let bucket = match open_bucket(&js, &bucket_name, stream_cfg.num_replicas).await {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(bucket = %bucket_name, error = %e, "the shared snapshots' bucket is not available");
+                    None
+                }
+            };
+            let shared = match &bucket {
+                Some(b) => list_shared(b).await.unwrap_or_else(|e| {
+                    tracing::warn!(bucket = %bucket_name, error = %e, "listing shared snapshots failed");
+                    Vec::new()
+                }),
+                None => Vec::new(),
+            };
+            if let Some(s) = shared.first() {
+                status.shared_newest.store(s.seq, Ordering::Release);
+            }
+            let from = restore_newest(restore, local, shared, bucket.as_ref(), first, last, &status).await?;
+            let applied = from.sequence;
             if last == 0 && applied == 0 {
                 let Initial(records) = initial()?;
                 last = publish_initial(&js, &subject, records, publish_timeout).await?;
@@ -265,21 +625,41 @@ impl NatsLog {
                         .last_sequence;
                 }
             }
-            Ok::<_, anyhow::Error>((client, js, stream, last))
+            Ok::<_, anyhow::Error>((client, js, stream, last, bucket, from))
         }))
                 .join()
         });
-        let (client, js, stream, last) =
+        let (client, js, stream, last, bucket, from) =
             joined.map_err(|_| anyhow::anyhow!("the NATS start-up thread panicked"))??;
 
-        let status = Arc::new(ClusterStatus::default());
+        let applied = from.sequence;
+        tracing::info!(
+            stream = %cfg.stream,
+            source = from.source,
+            from = applied,
+            to = last,
+            "joined the stream; catching up"
+        );
+        let _ = status.restored_from.set(from);
         status.applied.store(applied, Ordering::Release);
+        status.catch_up_target.store(last, Ordering::Release);
         status.stream_last.store(last, Ordering::Release);
         status.reachable.store(true, Ordering::Release);
         status.last_seen_ms.store(now_ms(), Ordering::Release);
         let pending: Arc<Mutex<HashMap<String, Waiter>>> = Arc::default();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let closed = Arc::new(AtomicBool::new(false));
+        let sharing = match bucket {
+            Some(bucket) if cfg.shared_snapshot_interval_secs > 0 => Some(Arc::new(Sharing {
+                bucket,
+                stream: stream.clone(),
+                interval_secs: cfg.shared_snapshot_interval_secs,
+                kept: cfg.shared_snapshots_kept.max(2),
+                trim_after_secs: cfg.trim_after_secs,
+                busy: AtomicBool::new(false),
+            })),
+            _ => None,
+        };
         handle.spawn(apply_loop(ApplyLoop {
             stream: stream.clone(),
             pending: pending.clone(),
@@ -288,26 +668,9 @@ impl NatsLog {
             status: status.clone(),
             data_dir: data_dir.to_path_buf(),
             closed: closed.clone(),
+            sharing,
         }));
         handle.spawn(watch_stream(stream.clone(), status.clone(), closed.clone()));
-
-        let started = Instant::now();
-        while status.applied.load(Ordering::Acquire) < last {
-            if started.elapsed() > Duration::from_secs(600) {
-                anyhow::bail!(
-                    "caught up to sequence {} of {last} in 600 s; giving up",
-                    status.applied.load(Ordering::Acquire)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        tracing::info!(
-            stream = %cfg.stream,
-            from = applied,
-            to = last,
-            seconds = started.elapsed().as_secs_f64(),
-            "caught up with the stream"
-        );
         Ok(NatsLog {
             handle,
             observer,
@@ -329,6 +692,29 @@ impl NatsLog {
     /// The stream's and the apply loop's positions.
     pub fn status(&self) -> Arc<ClusterStatus> {
         self.status.clone()
+    }
+
+    /// Blocks until this replica applied the stream's end as of its start
+    /// (tools that need the whole state before they work); fails when the
+    /// stream lost records it needs or after `limit`.
+    pub fn wait_caught_up(&self, limit: Duration) -> Result<(), LogError> {
+        let started = Instant::now();
+        while !self.status.caught_up() {
+            if self.status.gap.load(Ordering::Acquire) {
+                return Err(LogError::Unavailable(
+                    "the stream no longer holds records this replica needs".into(),
+                ));
+            }
+            if started.elapsed() > limit {
+                return Err(LogError::Unavailable(format!(
+                    "caught up to sequence {} of {} in {limit:?}",
+                    self.status.applied.load(Ordering::Acquire),
+                    self.status.catch_up_target.load(Ordering::Acquire)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// Publishes `payload`; once this replica applied it, `after(seq)`
@@ -534,6 +920,9 @@ async fn watch_stream(
                 status
                     .stream_last
                     .fetch_max(info.state.last_sequence, Ordering::AcqRel);
+                status
+                    .stream_first
+                    .fetch_max(info.state.first_sequence, Ordering::AcqRel);
                 status.reachable.store(true, Ordering::Release);
                 status.last_seen_ms.store(now_ms(), Ordering::Release);
             }
@@ -550,6 +939,35 @@ struct ApplyLoop {
     status: Arc<ClusterStatus>,
     data_dir: PathBuf,
     closed: Arc<AtomicBool>,
+    sharing: Option<Arc<Sharing>>,
+}
+
+/// Writes a snapshot made between two records at the applied sequence and,
+/// when this replica shares snapshots and no upload is under way, shares it
+/// in the background (the apply loop does not wait for the upload).
+async fn take_snapshot(l: &ApplyLoop, req: SnapshotRequest) {
+    let seq = l.status.applied.load(Ordering::Acquire);
+    let bytes = Bytes::from((req.make)());
+    let dir = l.data_dir.clone();
+    let local = bytes.clone();
+    let written = tokio::task::spawn_blocking(move || write_snapshot(&dir, seq, &local))
+        .await
+        .map_err(unavailable)
+        .and_then(|r| r.map_err(|e| LogError::Unavailable(format!("writing a snapshot: {e}"))));
+    let ok = written.is_ok();
+    (req.reply)(written.map(|()| seq));
+    if let Some(sh) = &l.sharing {
+        // A replica that stopped at a gap holds a state the stream cannot
+        // continue; it shares nothing.
+        if ok
+            && seq > 0
+            && !l.closed.load(Ordering::Acquire)
+            && !l.status.gap.load(Ordering::Acquire)
+            && !sh.busy.swap(true, Ordering::AcqRel)
+        {
+            tokio::spawn(share_snapshot(sh.clone(), l.status.clone(), seq, bytes));
+        }
+    }
 }
 
 /// The one mutator of a replica's state: consumes the stream in order from
@@ -588,14 +1006,7 @@ async fn apply_loop(mut l: ApplyLoop) {
             tokio::select! {
                 req = l.snapshots.recv() => {
                     let Some(req) = req else { break 'consumer };
-                    let seq = l.status.applied.load(Ordering::Acquire);
-                    let bytes = (req.make)();
-                    let dir = l.data_dir.clone();
-                    let written = tokio::task::spawn_blocking(move || write_snapshot(&dir, seq, &bytes))
-                        .await
-                        .map_err(unavailable)
-                        .and_then(|r| r.map_err(|e| LogError::Unavailable(format!("writing a snapshot: {e}"))));
-                    (req.reply)(written.map(|()| seq));
+                    take_snapshot(&l, req).await;
                 }
                 next = tokio::time::timeout_at(progress + Duration::from_secs(2), messages.next()) => {
                     let m = match next {
@@ -632,7 +1043,17 @@ async fn apply_loop(mut l: ApplyLoop) {
                         continue;
                     }
                     if seq != applied + 1 {
-                        tracing::error!(expected = applied + 1, got = seq, "the stream skips records (purged?); applying from where it resumes");
+                        // Purged while this replica was behind: applying
+                        // from here would silently lose records. Stop and
+                        // say so; a restart loads a shared snapshot.
+                        tracing::error!(
+                            expected = applied + 1,
+                            got = seq,
+                            "the stream no longer holds the records after this replica's position \
+                             (trimmed while it was behind); it stops applying: restart it to load a shared snapshot"
+                        );
+                        l.status.gap.store(true, Ordering::Release);
+                        break 'consumer;
                     }
                     let id = m
                         .headers
@@ -660,6 +1081,13 @@ async fn apply_loop(mut l: ApplyLoop) {
                     l.status.records_applied.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+    // Stopped at a gap: the state held is still the state at its position,
+    // so local snapshots stay correct (and older than the stream's start).
+    if l.status.gap.load(Ordering::Acquire) {
+        while let Some(req) = l.snapshots.recv().await {
+            take_snapshot(&l, req).await;
         }
     }
 }
@@ -764,6 +1192,7 @@ impl EventLog for NatsLog {
 
     fn is_healthy(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
+            && !self.status.gap.load(Ordering::Acquire)
             && self.client.connection_state() == async_nats::connection::State::Connected
     }
 

@@ -44,6 +44,32 @@ pub struct ClusterReady {
     pub nats_reachable: bool,
     /// Seconds since NATS last answered: how stale the state may be.
     pub stale_seconds: f64,
+    /// The stream's first sequence (older records were purged: they are
+    /// in the shared snapshots).
+    pub stream_first: u64,
+    /// The sequence of the newest shared snapshot, as last seen.
+    pub shared_snapshot: u64,
+    /// Where this replica's state came from at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<crate::durable::cluster::RestoredFrom>,
+}
+
+/// Why the service is not ready: still starting, or (cluster mode) still
+/// catching up with the stream, with the progress.
+pub fn not_ready_reason(state: &SharedState) -> String {
+    use std::sync::atomic::Ordering;
+    match state.durable().cluster_status() {
+        Some(c) if c.gap.load(Ordering::Acquire) => format!(
+            "the stream no longer holds the records after sequence {} (trimmed while this replica was behind); restart it to load a shared snapshot",
+            c.applied.load(Ordering::Acquire)
+        ),
+        Some(c) => format!(
+            "catching up with the stream: applied {} of {}",
+            c.applied.load(Ordering::Acquire),
+            c.catch_up_target.load(Ordering::Acquire)
+        ),
+        None => "still starting".into(),
+    }
 }
 
 #[utoipa::path(
@@ -71,8 +97,12 @@ pub async fn healthz() -> HttpResponse {
     ),
 )]
 pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
-    if !state.is_ready() {
-        return Err(ApiError::Unavailable("still starting".into()));
+    let gap = state
+        .durable()
+        .cluster_status()
+        .is_some_and(|c| c.gap.load(std::sync::atomic::Ordering::Acquire));
+    if !state.is_ready() || gap {
+        return Err(ApiError::Unavailable(not_ready_reason(&state)));
     }
     let engine = state.engine();
     Ok(HttpResponse::Ok().json(Ready {
@@ -91,6 +121,9 @@ pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
                 nats_reachable: c.reachable.load(Ordering::Acquire),
                 stale_seconds: ((chrono::Utc::now().timestamp_millis() - seen).max(0) as f64)
                     / 1000.0,
+                stream_first: c.stream_first.load(Ordering::Acquire),
+                shared_snapshot: c.shared_newest.load(Ordering::Acquire),
+                restored_from: c.restored_from.get().cloned(),
             }
         }),
     }))

@@ -266,6 +266,34 @@ pub fn json_ok<T: serde::Serialize>(
         .body(buf))
 }
 
+/// Middleware: until the service is ready (a cluster replica catching up
+/// with the stream at start) every route but `/healthz`, `/readyz` and
+/// `/metrics` answers 503 with `Retry-After`: the state is not yet the
+/// stream's.
+pub async fn ready_gate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    let not_ready = match req.app_data::<web::Data<SharedState>>() {
+        Some(state) if !state.is_ready() => {
+            Some(crate::http::health::not_ready_reason(state.get_ref()))
+        }
+        _ => None,
+    };
+    match not_ready {
+        Some(why) if !matches!(req.path(), "/healthz" | "/readyz" | "/metrics") => {
+            use actix_web::ResponseError;
+            Ok(req
+                .into_response(error::ApiError::Unavailable(why).error_response())
+                .map_into_right_body())
+        }
+        _ => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body),
+    }
+}
+
 /// Middleware: counts requests and times them by route template.
 pub async fn track_requests(
     req: ServiceRequest,

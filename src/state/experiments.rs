@@ -166,6 +166,16 @@ impl ExperimentBook {
             .clone()
     }
 
+    /// An experiment's state for a report: an experiment nothing was
+    /// applied to yet reads as empty and is not added, so reading a report
+    /// (or `/metrics`) never changes the state or its digest.
+    fn state_for_read(&self, exp: &str) -> Arc<ExperimentState> {
+        match self.experiments.get(exp) {
+            Some(s) => s.clone(),
+            None => Arc::new(ExperimentState::new(Vec::new())),
+        }
+    }
+
     fn variant_index(st: &ExperimentState, name: &str) -> Option<usize> {
         let v = st.variants.read().unwrap_or_else(|e| e.into_inner());
         v.iter().position(|v| v == name)
@@ -574,7 +584,7 @@ impl ExperimentBook {
     fn report_with(&self, spec: &ExperimentSpec, loyalty_at_ms: Option<i64>) -> Report {
         let n = spec.variants.len();
         let names: Vec<String> = spec.variants.iter().map(|v| v.name.clone()).collect();
-        let st = self.state(&spec.id);
+        let st = self.state_for_read(&spec.id);
         // Map the state's variant order (as first seen) onto the spec's.
         let mut arms = vec![ArmStats::default(); n];
         let mut exposures = vec![0u64; n];
@@ -627,7 +637,7 @@ impl ExperimentBook {
         correction: crate::stats::Correction,
         now_ms: i64,
     ) -> SegmentedReport {
-        let st = self.state(&spec.id);
+        let st = self.state_for_read(&spec.id);
         let members = self.spec_members(&st, spec);
         let groups = segment_arms(
             by,
