@@ -647,6 +647,21 @@ async fn a_trimmed_stream_starts_fresh_and_stale_replicas_from_shared_snapshots(
         .and_then(|v| v.trim().parse::<u64>().ok());
     assert!(gauge.is_some_and(|g| g >= first), "{gauge:?} < {first}");
 
+    // The newest shared snapshot does not decode (put here under the
+    // sequence A is at): starting replicas fall back to the older one.
+    let at = state_of(&client, &a.base).await.unwrap()["applied"]
+        .as_u64()
+        .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(urls.as_str()).await.unwrap());
+    let bucket = js.get_object_store("OFFERS_SNAPSHOTS").await.unwrap();
+    bucket
+        .put(
+            format!("snap-{at:020}").as_str(),
+            &mut &b"not a snapshot"[..],
+        )
+        .await
+        .unwrap();
+
     // B restarts on its data dir: its snapshot predates the stream's first
     // record, so it must start from a shared one. C starts on an empty dir.
     let b = start_replica_with(&urls, &data[1], &members_file, &env);
@@ -659,7 +674,12 @@ async fn a_trimmed_stream_starts_fresh_and_stale_replicas_from_shared_snapshots(
         let from = &ready["cluster"]["restored_from"];
         assert_eq!(from["source"], "shared", "{ready}");
         let seq = from["sequence"].as_u64().unwrap();
-        assert!(seq + 1 >= first && seq > stale, "{ready}");
+        assert!(seq + 1 >= first && seq > stale && seq < at, "{ready}");
+        let text = metrics_of(&client, &r.base).await;
+        assert!(
+            text.contains("offer_engine_cluster_shared_snapshots_total{direction=\"download\"} 1"),
+            "{text}"
+        );
     }
     // Every write is on every replica, once.
     for base in &all {
