@@ -628,7 +628,13 @@ async fn a_trimmed_stream_starts_fresh_and_stale_replicas_from_shared_snapshots(
     // Writes through A until the stream is trimmed past B's snapshot.
     let deadline = Instant::now() + Duration::from_secs(60);
     let first = loop {
-        write_round(&client, &[a.base.clone()], &mut round, &mut earned).await;
+        write_round(
+            &client,
+            std::slice::from_ref(&a.base),
+            &mut round,
+            &mut earned,
+        )
+        .await;
         let r = readyz(&client, &a.base).await;
         let first = r["cluster"]["stream_first"].as_u64().unwrap_or(0);
         if first > stale + 1 {

@@ -161,7 +161,7 @@ pub fn local_snapshots(data_dir: &Path) -> Vec<(u64, PathBuf)> {
             Some((seq, e.path()))
         })
         .collect();
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|s| std::cmp::Reverse(s.0));
     all
 }
 
@@ -212,7 +212,7 @@ async fn list_shared(bucket: &object_store::ObjectStore) -> Result<Vec<Shared>, 
             stored_secs: o.modified.map(|t| t.unix_timestamp()).unwrap_or(0),
         });
     }
-    out.sort_by(|a, b| b.seq.cmp(&a.seq));
+    out.sort_by_key(|s| std::cmp::Reverse(s.seq));
     Ok(out)
 }
 
