@@ -706,4 +706,77 @@ async fn a_trimmed_stream_starts_fresh_and_stale_replicas_from_shared_snapshots(
     write_round(&client, &all, &mut round, &mut earned).await;
     let (after, digest_after) = converged(&client, &all, applied + 20).await;
     assert!(after >= applied + 20 && digest_after != digest);
+
+    // A running replica that the trim overtakes (B, stopped with SIGSTOP
+    // meanwhile) stops applying at the gap and refuses everything but
+    // /healthz, /readyz and /metrics, rather than skip records.
+    let pid = b.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        write_round(
+            &client,
+            std::slice::from_ref(&a.base),
+            &mut round,
+            &mut earned,
+        )
+        .await;
+        let r = readyz(&client, &a.base).await;
+        // Well past what B's consumer may already hold in its buffers
+        // (a pull batch of 200 and the next one asked for at half).
+        if r["cluster"]["stream_first"].as_u64().unwrap_or(0) > after + 600 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no trim past {after} within 60 s: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let detail = loop {
+        let r = client
+            .get(format!("{}/readyz", b.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        let detail = body["detail"].as_str().unwrap_or_default().to_string();
+        if status == 503 && detail.contains("no longer holds") {
+            break detail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B did not report the gap within 30 s: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("B after the trim overtook it: {detail}");
+    let r = client
+        .post(format!("{}/v1/member-events", b.base))
+        .json(&json!({"member_id": "M00000001", "type": "points_earned", "points": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a write to a replica stopped at a gap");
+    assert!(r.headers().contains_key("retry-after"));
+    // Restarted, it starts from a shared snapshot and agrees again.
+    drop(b);
+    let b = start_replica_with(&urls, &data[1], &members_file, &env);
+    let all = vec![a.base.clone(), b.base.clone(), c.base.clone()];
+    converged(&client, &all, after + 1).await;
+    assert_eq!(
+        readyz(&client, &b.base).await["cluster"]["restored_from"]["source"],
+        "shared"
+    );
 }

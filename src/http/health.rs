@@ -54,6 +54,16 @@ pub struct ClusterReady {
     pub restored_from: Option<crate::durable::cluster::RestoredFrom>,
 }
 
+/// Whether the service serves its routes: ready, and (cluster mode) not
+/// stopped at a gap in the stream.
+pub fn serving(state: &SharedState) -> bool {
+    state.is_ready()
+        && !state
+            .durable()
+            .cluster_status()
+            .is_some_and(|c| c.gap.load(std::sync::atomic::Ordering::Acquire))
+}
+
 /// Why the service is not ready: still starting, or (cluster mode) still
 /// catching up with the stream, with the progress.
 pub fn not_ready_reason(state: &SharedState) -> String {
@@ -97,11 +107,7 @@ pub async fn healthz() -> HttpResponse {
     ),
 )]
 pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
-    let gap = state
-        .durable()
-        .cluster_status()
-        .is_some_and(|c| c.gap.load(std::sync::atomic::Ordering::Acquire));
-    if !state.is_ready() || gap {
+    if !serving(&state) {
         return Err(ApiError::Unavailable(not_ready_reason(&state)));
     }
     let engine = state.engine();

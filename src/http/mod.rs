@@ -267,15 +267,15 @@ pub fn json_ok<T: serde::Serialize>(
 }
 
 /// Middleware: until the service is ready (a cluster replica catching up
-/// with the stream at start) every route but `/healthz`, `/readyz` and
-/// `/metrics` answers 503 with `Retry-After`: the state is not yet the
-/// stream's.
+/// with the stream at start), and while a cluster replica is stopped at a
+/// gap in the stream, every route but `/healthz`, `/readyz` and `/metrics`
+/// answers 503 with `Retry-After`: the state is not the stream's.
 pub async fn ready_gate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
     let not_ready = match req.app_data::<web::Data<SharedState>>() {
-        Some(state) if !state.is_ready() => {
+        Some(state) if !crate::http::health::serving(state.get_ref()) => {
             Some(crate::http::health::not_ready_reason(state.get_ref()))
         }
         _ => None,
