@@ -742,6 +742,13 @@ async fn a_trimmed_stream_starts_fresh_and_stale_replicas_from_shared_snapshots(
         .status()
         .unwrap()
         .success());
+    // A connection to B pooled before the stop is closed by B's keep-alive
+    // timeout once it runs again: ask B on connections of their own.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let detail = loop {
         let r = client
