@@ -146,6 +146,10 @@ pub trait Observer: Send + Sync {
     fn not_logged(&self, what: &'static str, e: &LogError);
     /// Cluster mode: a publish was acknowledged after `seconds`.
     fn published(&self, _seconds: f64) {}
+    /// Cluster mode: `state` was restored from a snapshot before any record
+    /// is applied (counters start from what it holds; every later record
+    /// reaches [`Observer::applied`]).
+    fn restored(&self, _state: &State) {}
 }
 
 /// An observer that hears nothing (tools, benches).

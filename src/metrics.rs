@@ -594,6 +594,10 @@ impl Metrics {
 /// The metrics hear every record applied live, so counters and the durable
 /// state never disagree.
 impl crate::durable::Observer for Metrics {
+    fn restored(&self, state: &crate::state::State) {
+        self.seed_experiments(state.experiments());
+    }
+
     fn applied(
         &self,
         what: &'static str,

@@ -223,7 +223,14 @@ fn open_cluster(
     use crate::durable::cluster::{Initial, NatsLog};
     use crate::state::LogRecord;
     let restorer = state.clone();
-    let restore = move |bytes: &[u8], seq: u64| restorer.restore(bytes, seq);
+    let heard = observer.clone();
+    // The experiment counters start from the snapshot; the records applied
+    // after it (catch-up included) reach the observer one by one.
+    let restore = move |bytes: &[u8], seq: u64| {
+        restorer.restore(bytes, seq)?;
+        heard.restored(&restorer);
+        Ok(())
+    };
     let applier = state.clone();
     let seen = observer.clone();
     let apply: crate::durable::cluster::Apply = Arc::new(move |payload: &[u8], seq: u64| {
@@ -325,7 +332,11 @@ pub fn build_service(settings: &Settings) -> anyhow::Result<SharedState> {
     let m = state.metrics();
     m.members.set(state.state().members().len() as i64);
     m.init_error_series();
-    m.seed_experiments(state.state().experiments());
+    // Cluster mode seeds them when the snapshot is restored (the apply
+    // loop counts every later record).
+    if state.durable().cluster_status().is_none() {
+        m.seed_experiments(state.state().experiments());
+    }
     Ok(state)
 }
 
@@ -383,7 +394,8 @@ impl Application {
             App::new()
                 .app_data(data.clone())
                 .app_data(app_limits.clone())
-                // The last wrapped runs first: count, then authorise, then limit.
+                // The last wrapped runs first: count, then authorise, then
+                // limit, then refuse while not ready.
                 .wrap(middleware::from_fn(crate::http::ready_gate))
                 .wrap(middleware::from_fn(crate::http::limits::limit))
                 .wrap(middleware::from_fn(crate::http::auth::authorize))

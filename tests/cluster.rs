@@ -514,6 +514,26 @@ async fn three_replicas_on_one_stream_agree_through_kill_dash_nine() {
         text.contains("offer_engine_cluster_shared_snapshots_total{direction=\"download\"} 1"),
         "{text}"
     );
+    // Experiment counters are a function of the stream too: a replica that
+    // started from a snapshot (local or shared) counts from what it holds.
+    let mut counters = Vec::new();
+    for b in &all {
+        let text = metrics_of(&client, b).await;
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("offer_engine_experiment_decisions_total{")
+                    || l.starts_with("offer_engine_experiment_members_total{")
+            })
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        counters.push(lines);
+    }
+    assert!(!counters[0].is_empty(), "no experiment counters");
+    for (b, c) in all.iter().zip(&counters) {
+        assert_eq!(c, &counters[0], "{b}'s experiment counters");
+    }
 }
 
 async fn readyz(client: &reqwest::Client, base: &str) -> Value {
