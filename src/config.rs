@@ -77,7 +77,8 @@ pub struct ClusterSettings {
     pub publish_timeout_ms: u64,
     /// Seconds between shared snapshots: after writing a local snapshot a
     /// replica puts it into the `<stream>_SNAPSHOTS` object store when the
-    /// newest shared one is at least this old (0: never share).
+    /// newest shared one is at least this old (0: never share, and so never
+    /// trim the stream: the replica that uploads trims).
     pub shared_snapshot_interval_secs: u64,
     /// Shared snapshots kept (the newest; at least 2, so one is left to
     /// fall back on when the newest is unreadable).
