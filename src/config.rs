@@ -75,6 +75,16 @@ pub struct ClusterSettings {
     /// Milliseconds a write waits for JetStream's acknowledgement, retries
     /// included, before it is answered 503.
     pub publish_timeout_ms: u64,
+    /// Milliseconds a checkout waits for its decision to be acknowledged
+    /// and applied here before it answers anyway (the decision then waits
+    /// in the outbox or is still on its way): a sale never waits on NATS.
+    pub checkout_publish_budget_ms: u64,
+    /// Most bytes of decisions the outbox holds while they cannot be
+    /// published; beyond it the oldest is dropped (and counted).
+    pub outbox_max_bytes: u64,
+    /// Seconds since this replica last confirmed it held the stream's end
+    /// beyond which `/readyz` answers 503 (checkout still answers).
+    pub max_stale_secs: u64,
 }
 
 impl Default for ClusterSettings {
@@ -85,6 +95,9 @@ impl Default for ClusterSettings {
             replicas: 3,
             duplicate_window_secs: 120,
             publish_timeout_ms: 10_000,
+            checkout_publish_budget_ms: 50,
+            outbox_max_bytes: 64 << 20,
+            max_stale_secs: 60,
         }
     }
 }

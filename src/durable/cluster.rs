@@ -15,7 +15,7 @@
 //! dir) made by the apply loop between two records; on start the newest is
 //! restored and the stream is consumed from the sequence after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -60,6 +60,18 @@ pub struct ClusterStatus {
     pub last_seen_ms: AtomicU64,
     /// Records applied from the stream by this process.
     pub records_applied: AtomicU64,
+    /// Milliseconds since the Unix epoch when this replica last confirmed
+    /// it held the stream's end: a look at the stream found its last
+    /// sequence, and the apply loop has applied up to it since.
+    pub caught_up_ms: AtomicU64,
+    /// Decisions waiting in the outbox to be published.
+    pub outbox_len: AtomicU64,
+    /// Their bytes.
+    pub outbox_bytes: AtomicU64,
+    /// Decisions published from the outbox.
+    pub outbox_drained: AtomicU64,
+    /// Decisions dropped from a full outbox, never published by this replica.
+    pub outbox_dropped: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -68,6 +80,12 @@ impl ClusterStatus {
         self.stream_last
             .load(Ordering::Acquire)
             .saturating_sub(self.applied.load(Ordering::Acquire))
+    }
+
+    /// Seconds since this replica last confirmed it held the stream's end
+    /// at `now_ms`: how stale what it answers may be.
+    pub fn stale_seconds(&self, now_ms: u64) -> f64 {
+        now_ms.saturating_sub(self.caught_up_ms.load(Ordering::Acquire)) as f64 / 1000.0
     }
 }
 
@@ -87,6 +105,8 @@ pub struct NatsLog {
     publish_timeout: Duration,
     closed: Arc<AtomicBool>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
+    outbox: Arc<Outbox>,
+    checkout_budget: Duration,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> LogError {
@@ -277,6 +297,7 @@ impl NatsLog {
         status.stream_last.store(last, Ordering::Release);
         status.reachable.store(true, Ordering::Release);
         status.last_seen_ms.store(now_ms(), Ordering::Release);
+        status.caught_up_ms.store(now_ms(), Ordering::Release);
         let pending: Arc<Mutex<HashMap<String, Waiter>>> = Arc::default();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let closed = Arc::new(AtomicBool::new(false));
@@ -290,6 +311,18 @@ impl NatsLog {
             closed: closed.clone(),
         }));
         handle.spawn(watch_stream(stream.clone(), status.clone(), closed.clone()));
+        let outbox = Outbox::spawn(
+            &handle,
+            OutboxSettings {
+                max_bytes: cfg.outbox_max_bytes,
+                js: js.clone(),
+                subject: subject.clone(),
+                pending: pending.clone(),
+                status: status.clone(),
+                closed: closed.clone(),
+                observer: observer.clone(),
+            },
+        );
 
         let started = Instant::now();
         while status.applied.load(Ordering::Acquire) < last {
@@ -323,12 +356,133 @@ impl NatsLog {
             publish_timeout,
             closed,
             stop: Mutex::new(Some(stop_tx)),
+            outbox,
+            checkout_budget: Duration::from_millis(cfg.checkout_publish_budget_ms),
         })
     }
 
     /// The stream's and the apply loop's positions.
     pub fn status(&self) -> Arc<ClusterStatus> {
         self.status.clone()
+    }
+
+    /// Whether NATS is taken as reachable: connected, or the last look at
+    /// the stream (every second) succeeded. A client that lost its server
+    /// in a cluster of three reconnects to another within milliseconds, so
+    /// both failing means every server is out of reach.
+    fn nats_up(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+            || self.status.reachable.load(Ordering::Acquire)
+    }
+
+    /// Why a record of `len` bytes cannot be published now, if it cannot;
+    /// `need_nats`: refuse it when NATS is lost (a write answers 503 at
+    /// once; a decision goes to the outbox instead).
+    fn refuse(&self, len: usize, need_nats: bool) -> Option<LogError> {
+        if len > self.client.server_info().max_payload.saturating_sub(1024) {
+            return Some(LogError::TooLarge(format!(
+                "{len} bytes is more than the NATS server takes in one message"
+            )));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Some(LogError::Unavailable("the log is closed".into()));
+        }
+        if need_nats && !self.nats_up() {
+            return Some(unavailable(
+                "not connected to any server and the stream does not answer",
+            ));
+        }
+        None
+    }
+
+    /// Publishes a decision without ever failing its caller for NATS:
+    /// the returned future resolves with the sequence once this replica
+    /// applied it, or with 0 when it did not within the checkout budget,
+    /// or at once when the decision went to the outbox (NATS lost, or its
+    /// publish failed). The outbox publishes it later with the same
+    /// `Nats-Msg-Id`. `after(seq)` runs on the apply loop when it arrives.
+    fn publish_outboxed(
+        &self,
+        payload: Vec<u8>,
+        after: Box<dyn FnOnce(u64) + Send>,
+    ) -> impl std::future::Future<Output = Result<u64, LogError>> + Send + 'static {
+        let id = format!(
+            "{}-{}",
+            self.replica,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let refused = self.refuse(payload.len(), false);
+        let (done_tx, done_rx) = oneshot::channel();
+        let (queued_tx, queued_rx) = oneshot::channel::<()>();
+        if refused.is_none() {
+            let outbox = self.outbox.clone();
+            let arrived = id.clone();
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    id.clone(),
+                    Waiter {
+                        // Stored and applied: nothing left to publish,
+                        // whatever the duplicate window.
+                        after: Box::new(move |seq| {
+                            outbox.remove(&arrived, false);
+                            after(seq)
+                        }),
+                        done: done_tx,
+                    },
+                );
+            let payload = Bytes::from(payload);
+            // Behind earlier decisions still waiting, or NATS lost: queue.
+            if !self.outbox.is_empty() || !self.nats_up() {
+                self.outbox.push(id, payload);
+                let _ = queued_tx.send(());
+            } else {
+                let js = self.js.clone();
+                let subject = self.subject.clone();
+                let observer = self.observer.clone();
+                let outbox = self.outbox.clone();
+                let pending = self.pending.clone();
+                self.handle.spawn(async move {
+                    let started = Instant::now();
+                    match publish_once(&js, &subject, &id, payload.clone()).await {
+                        Ok(_) => observer.published(started.elapsed().as_secs_f64()),
+                        Err(e) => {
+                            // Unless the apply loop took it meanwhile (it
+                            // was stored after all), publish it later.
+                            let waiting = pending
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .contains_key(&id);
+                            if waiting {
+                                tracing::debug!(error = %e, id = %id, "decision not published; queued in the outbox");
+                                outbox.push(id, payload);
+                                let _ = queued_tx.send(());
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        let budget = self.checkout_budget;
+        // Timed on the NATS runtime: a campaign waits from a runtime
+        // without a timer.
+        let waited = refused.is_none().then(|| {
+            self.handle.spawn(async move {
+                tokio::select! {
+                    applied = done_rx => applied.unwrap_or(0),
+                    Ok(()) = queued_rx => 0,
+                    _ = tokio::time::sleep(budget) => 0,
+                }
+            })
+        });
+        async move {
+            match (refused, waited) {
+                (Some(e), _) => Err(e),
+                (None, Some(w)) => Ok(w.await.unwrap_or(0)),
+                (None, None) => Ok(0),
+            }
+        }
     }
 
     /// Publishes `payload`; once this replica applied it, `after(seq)`
@@ -344,11 +498,12 @@ impl NatsLog {
             self.replica,
             self.counter.fetch_add(1, Ordering::Relaxed)
         );
-        let too_large = payload.len() > self.client.server_info().max_payload.saturating_sub(1024);
-        let closed = self.closed.load(Ordering::Acquire);
+        let refused = self.refuse(payload.len(), true);
         let (done_tx, done_rx) = oneshot::channel();
         let pending = self.pending.clone();
-        if !too_large && !closed {
+        // Spawned only when it may run: a publish aborted later could
+        // already sit in the client's buffer and be sent on reconnect.
+        let sent = refused.is_none().then(|| {
             pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -359,30 +514,22 @@ impl NatsLog {
                         done: done_tx,
                     },
                 );
-        }
-        let js = self.js.clone();
-        let subject = self.subject.clone();
+            self.handle.spawn(publish_retrying(
+                self.js.clone(),
+                self.subject.clone(),
+                id.clone(),
+                Bytes::from(payload),
+                self.publish_timeout,
+                self.observer.clone(),
+            ))
+        });
         let timeout = self.publish_timeout;
-        let len = payload.len();
-        let sent = self.handle.spawn(publish_retrying(
-            js,
-            subject,
-            id.clone(),
-            Bytes::from(payload),
-            timeout,
-            self.observer.clone(),
-        ));
         async move {
-            if too_large {
-                sent.abort();
-                return Err(LogError::TooLarge(format!(
-                    "{len} bytes is more than the NATS server takes in one message"
-                )));
-            }
-            if closed {
-                sent.abort();
-                return Err(LogError::Unavailable("the log is closed".into()));
-            }
+            let sent = match (refused, sent) {
+                (Some(e), _) => return Err(e),
+                (None, Some(sent)) => sent,
+                (None, None) => return Err(unavailable("the publish did not start")),
+            };
             let published = sent.await.unwrap_or_else(|e| Err(unavailable(e)));
             let give_up = |e: LogError| {
                 // Not waited for any more: if the record was stored after
@@ -471,6 +618,216 @@ async fn publish_retrying(
     }
 }
 
+/// One publish with `Nats-Msg-Id = id`, waiting for the acknowledgement
+/// (JetStream's request timeout bounds it). Resolves with the sequence.
+async fn publish_once(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    payload: Bytes,
+) -> Result<u64, LogError> {
+    let ack = js
+        .send_publish(
+            subject.to_string(),
+            PublishMessage::build().payload(payload).message_id(id),
+        )
+        .await
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    Ok(ack.sequence)
+}
+
+struct OutboxEntry {
+    id: String,
+    payload: Bytes,
+}
+
+#[derive(Default)]
+struct OutboxQueue {
+    entries: VecDeque<OutboxEntry>,
+    bytes: u64,
+}
+
+/// What the outbox needs to publish and to report.
+struct OutboxSettings {
+    max_bytes: u64,
+    js: jetstream::Context,
+    subject: String,
+    pending: Arc<Mutex<HashMap<String, Waiter>>>,
+    status: Arc<ClusterStatus>,
+    closed: Arc<AtomicBool>,
+    observer: Arc<dyn super::Observer>,
+}
+
+/// Decisions this replica made that are not published yet (NATS lost, or
+/// their publish failed), oldest first, bounded in bytes: a checkout never
+/// waits for NATS, so its decision waits here and is published when NATS
+/// answers again, with the same `Nats-Msg-Id` (a publish that was stored
+/// after all is then acknowledged as a duplicate, not stored twice).
+struct Outbox {
+    queue: Mutex<OutboxQueue>,
+    max_bytes: u64,
+    wake: tokio::sync::Notify,
+    pending: Arc<Mutex<HashMap<String, Waiter>>>,
+    status: Arc<ClusterStatus>,
+}
+
+/// Decisions the outbox publishes at once.
+const OUTBOX_BATCH: usize = 64;
+
+impl Outbox {
+    fn spawn(handle: &tokio::runtime::Handle, s: OutboxSettings) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox {
+            queue: Mutex::default(),
+            max_bytes: s.max_bytes,
+            wake: tokio::sync::Notify::new(),
+            pending: s.pending,
+            status: s.status,
+        });
+        handle.spawn(drain_outbox(
+            outbox.clone(),
+            s.js,
+            s.subject,
+            s.closed,
+            s.observer,
+        ));
+        outbox
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxQueue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().entries.is_empty()
+    }
+
+    fn publish_gauges(&self, q: &OutboxQueue) {
+        self.status
+            .outbox_len
+            .store(q.entries.len() as u64, Ordering::Release);
+        self.status.outbox_bytes.store(q.bytes, Ordering::Release);
+    }
+
+    /// Queues a decision; a full outbox drops its oldest first (their
+    /// accepts then find no decision: a decision is not an acknowledged
+    /// write, and the newest are the ones members are looking at).
+    fn push(&self, id: String, payload: Bytes) {
+        let len = payload.len() as u64;
+        let mut dropped = Vec::new();
+        {
+            let mut q = self.lock();
+            while q.bytes + len > self.max_bytes {
+                let Some(old) = q.entries.pop_front() else {
+                    break;
+                };
+                q.bytes -= old.payload.len() as u64;
+                dropped.push(old.id);
+            }
+            if q.bytes + len > self.max_bytes {
+                // Larger than the whole outbox: dropped itself.
+                dropped.push(id);
+            } else {
+                q.bytes += len;
+                q.entries.push_back(OutboxEntry { id, payload });
+            }
+            self.publish_gauges(&q);
+        }
+        if !dropped.is_empty() {
+            self.status
+                .outbox_dropped
+                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                dropped = dropped.len(),
+                max_bytes = self.max_bytes,
+                "the decision outbox is full; its oldest decisions are dropped unpublished"
+            );
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for id in dropped {
+                pending.remove(&id);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes decision `id` out (published, or arrived from the stream);
+    /// `drained`: it was published from here.
+    fn remove(&self, id: &str, drained: bool) {
+        let mut q = self.lock();
+        if let Some(i) = q.entries.iter().position(|e| e.id == id) {
+            if let Some(e) = q.entries.remove(i) {
+                q.bytes -= e.payload.len() as u64;
+                if drained {
+                    self.status.outbox_drained.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.publish_gauges(&q);
+        }
+    }
+
+    /// The oldest `n` decisions, left in place until published.
+    fn oldest(&self, n: usize) -> Vec<(String, Bytes)> {
+        self.lock()
+            .entries
+            .iter()
+            .take(n)
+            .map(|e| (e.id.clone(), e.payload.clone()))
+            .collect()
+    }
+}
+
+/// Publishes the outbox's decisions, oldest first, once NATS answers and
+/// this replica has confirmed it holds the stream's end: a decision whose
+/// earlier publish was stored after all has then arrived from the stream
+/// and left the outbox, so it is not published again even beyond the
+/// duplicate window.
+async fn drain_outbox(
+    outbox: Arc<Outbox>,
+    js: jetstream::Context,
+    subject: String,
+    closed: Arc<AtomicBool>,
+    observer: Arc<dyn super::Observer>,
+) {
+    while !closed.load(Ordering::Acquire) {
+        let batch = outbox.oldest(OUTBOX_BATCH);
+        if batch.is_empty() {
+            tokio::select! {
+                _ = outbox.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        let status = &outbox.status;
+        let fresh = status.reachable.load(Ordering::Acquire) && status.stale_seconds(now_ms()) < 3.0;
+        if !fresh {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let started = Instant::now();
+        let sent = futures_util::future::join_all(
+            batch
+                .iter()
+                .map(|(id, payload)| publish_once(&js, &subject, id, payload.clone())),
+        )
+        .await;
+        let mut failed = None;
+        for ((id, _), r) in batch.iter().zip(sent) {
+            match r {
+                Ok(_) => {
+                    observer.published(started.elapsed().as_secs_f64());
+                    outbox.remove(id, true);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            tracing::debug!(error = %e, "publishing the decision outbox failed; retrying");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
 /// Publishes the initial records if the stream is empty (the first with
 /// `expected_last_sequence(0)`: one replica wins; the others consume).
 /// Returns the last sequence published, or 0 when another replica won.
@@ -519,23 +876,40 @@ async fn publish_initial(
     Ok(last)
 }
 
-/// Looks at the stream every second: its last sequence (the lag) and
-/// whether NATS answers.
+/// Looks at the stream every second: its last sequence (the lag), whether
+/// NATS answers, and when this replica last held the stream's end (a look
+/// whose last sequence the apply loop has reached since confirms the time
+/// of that look; under steady load that is a second or two ago).
 async fn watch_stream(
     mut stream: stream::Stream,
     status: Arc<ClusterStatus>,
     closed: Arc<AtomicBool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // A look's last sequence and time, not yet applied here.
+    let mut target: Option<(u64, u64)> = None;
     while !closed.load(Ordering::Acquire) {
         tick.tick().await;
+        let applied = status.applied.load(Ordering::Acquire);
+        if let Some((last, at)) = target {
+            if applied >= last {
+                status.caught_up_ms.fetch_max(at, Ordering::AcqRel);
+                target = None;
+            }
+        }
+        let asked = now_ms();
         match tokio::time::timeout(Duration::from_secs(2), stream.info()).await {
             Ok(Ok(info)) => {
-                status
-                    .stream_last
-                    .fetch_max(info.state.last_sequence, Ordering::AcqRel);
+                let last = info.state.last_sequence;
+                status.stream_last.fetch_max(last, Ordering::AcqRel);
                 status.reachable.store(true, Ordering::Release);
                 status.last_seen_ms.store(now_ms(), Ordering::Release);
+                if status.applied.load(Ordering::Acquire) >= last {
+                    status.caught_up_ms.fetch_max(asked, Ordering::AcqRel);
+                    target = None;
+                } else if target.is_none() {
+                    target = Some((last, asked));
+                }
             }
             _ => status.reachable.store(false, Ordering::Release),
         }
@@ -669,6 +1043,10 @@ impl EventLog for NatsLog {
         Box::pin(self.publish(payload, after_durable))
     }
 
+    fn append_decision(&self, payload: Vec<u8>, after: Box<dyn FnOnce(u64) + Send>) -> Pending {
+        Box::pin(self.publish_outboxed(payload, after))
+    }
+
     fn append_deferred(
         &self,
         payload: Vec<u8>,
@@ -738,7 +1116,20 @@ impl EventLog for NatsLog {
         let mut stream = self.stream.clone();
         let status = self.status.clone();
         let timeout = self.publish_timeout;
+        let outbox = self.outbox.clone();
         let asked = self.handle.spawn(async move {
+            // This replica's own decisions still in the outbox are not in
+            // the stream yet: an event about one of them waits for it.
+            let deadline = Instant::now() + timeout;
+            while !outbox.is_empty() {
+                if Instant::now() > deadline {
+                    return Err(unavailable(format!(
+                        "{} decisions made here are not published yet",
+                        outbox.lock().entries.len()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let info = tokio::time::timeout(Duration::from_secs(2), stream.info())
                 .await
                 .map_err(unavailable)?
