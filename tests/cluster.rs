@@ -476,3 +476,397 @@ async fn three_replicas_on_one_stream_agree_through_kill_dash_nine() {
     let (applied4, digest4) = converged(&client, &all, applied).await;
     assert_eq!((applied4, &digest4), (applied, &digest));
 }
+
+// ---------------------------------------------------------------------
+// Faults: a replica that loses NATS (every server, or one of three).
+// ---------------------------------------------------------------------
+
+/// Three NATS servers and three replicas, caught up; the clients' view.
+async fn cluster_of_three(tmp: &Path) -> (Nats, Vec<Replica>, Vec<String>, reqwest::Client) {
+    let nats = Nats::start(tmp);
+    let urls = nats.urls();
+    let members_file = tmp.join("members.ndjson");
+    write_members(&members_file);
+    let starts: Vec<_> = (0..3)
+        .map(|i| {
+            let (urls, d, m) = (urls.clone(), tmp.join(format!("data{i}")), members_file.clone());
+            std::thread::spawn(move || start_replica(&urls, &d, &m))
+        })
+        .collect();
+    let replicas: Vec<Replica> = starts.into_iter().map(|h| h.join().unwrap()).collect();
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    converged(&client, &bases, 1).await;
+    (nats, replicas, bases, client)
+}
+
+/// `GET /readyz`: its status and body.
+async fn readyz(client: &reqwest::Client, base: &str) -> (u16, Value) {
+    let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A checkout on `base` for a flight `hours` from now, timed: the answer,
+/// the decision id and its `upg-first-intl-cash` offer, if shown.
+async fn timed_checkout(
+    client: &reqwest::Client,
+    base: &str,
+    member: &str,
+    hours: i64,
+) -> (u16, Duration, String, Option<Value>) {
+    let dep = (chrono::Utc::now() + chrono::Duration::hours(hours)).to_rfc3339();
+    let started = Instant::now();
+    let r = client
+        .post(format!("{base}/v1/offers"))
+        .json(&offer_req(member, &dep))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let d = body["decision_id"].as_str().unwrap_or_default().to_string();
+    let offer = body["offers"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["offer_id"] == "upg-first-intl-cash"))
+        .cloned();
+    (status, took, d, offer)
+}
+
+fn accept_of(decision: &str, offer: &Value) -> Value {
+    json!({"decision_id": decision, "offer_id": offer["offer_id"], "type": "accept",
+           "revenue": offer["price"], "token": offer["token"]})
+}
+
+async fn points_of(client: &reqwest::Client, base: &str, member: &str) -> u64 {
+    let v: Value = client
+        .get(format!("{base}/v1/members/{member}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["points"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_nats_server_lost_checkout_answers_writes_wait_and_all_catch_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nats, _replicas, bases, client) = cluster_of_three(tmp.path()).await;
+
+    // Before the outage: one decision per replica (known everywhere), to
+    // be accepted with an Idempotency-Key while NATS is lost.
+    let mut before = Vec::new();
+    for (i, b) in bases.iter().enumerate() {
+        for k in 0..20 {
+            let m = format!("M{:08}", 1 + i * 20 + k);
+            let (s, _, d, o) = timed_checkout(&client, b, &m, 40 + (i * 20 + k) as i64).await;
+            assert_eq!(s, 200);
+            if let Some(o) = o {
+                before.push((i, d, o));
+                break;
+            }
+        }
+    }
+    assert_eq!(before.len(), 3, "each replica showed the capped offer");
+    let (seq_before, _) = converged(&client, &bases, 1).await;
+
+    // Every NATS server dies.
+    for i in 0..3 {
+        nats.kill9(i);
+    }
+    let lost_at = Instant::now();
+
+    // Checkout keeps answering on every replica, each within a bound.
+    let mut slowest = Duration::ZERO;
+    let mut during: Vec<(usize, String, Value)> = Vec::new();
+    let mut checkouts = 0;
+    for round in 0..6 {
+        for (i, b) in bases.iter().enumerate() {
+            let m = format!("M{:08}", 100 + round * 3 + i);
+            let hours = 100 + (round * 3 + i) as i64;
+            let (s, took, d, o) = timed_checkout(&client, b, &m, hours).await;
+            assert_eq!(s, 200, "{b}: checkout without NATS answered {s}");
+            assert!(
+                took < Duration::from_millis(500),
+                "{b}: checkout without NATS took {took:?}"
+            );
+            slowest = slowest.max(took);
+            checkouts += 1;
+            if let Some(o) = o {
+                during.push((i, d, o));
+            }
+        }
+    }
+    assert!(!during.is_empty(), "no decision showed the capped offer");
+
+    // Writes answer 503 with Retry-After; nothing of them is applied.
+    let victim = "M00000200";
+    let points_before = points_of(&client, &bases[0], victim).await;
+    let mut write_503 = 0;
+    for b in &bases {
+        let r = client
+            .post(format!("{b}/v1/member-events"))
+            .json(&json!({"member_id": victim, "type": "points_earned", "points": 777}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "{b}: a write without NATS");
+        assert!(r.headers().get("retry-after").is_some(), "{b}: 503 without Retry-After");
+        write_503 += 1;
+    }
+    let (i0, d0, o0) = &before[0];
+    let keyed = |b: &str| {
+        client
+            .post(format!("{b}/v1/events"))
+            .header("idempotency-key", "fault-test-accept-1")
+            .json(&accept_of(d0, o0))
+    };
+    let there = &bases[(i0 + 1) % 3];
+    let r = keyed(there).send().await.unwrap();
+    assert_eq!(r.status(), 503, "an accept without NATS");
+    assert!(r.headers().get("retry-after").is_some());
+
+    // /readyz: NATS unreachable, staleness growing, decisions waiting.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut stale_first = Vec::new();
+    for b in &bases {
+        let (s, r) = readyz(&client, b).await;
+        assert_eq!(s, 200, "{b}: stale for less than max_stale_secs: {r}");
+        assert_eq!(r["cluster"]["nats_reachable"], false, "{b}: {r}");
+        stale_first.push(r["cluster"]["stale_seconds"].as_f64().unwrap());
+    }
+    let outboxed: u64 = {
+        let mut n = 0;
+        for b in &bases {
+            n += readyz(&client, b).await.1["cluster"]["outbox"].as_u64().unwrap();
+        }
+        n
+    };
+    assert!(outboxed >= checkouts as u64 / 2, "decisions wait in the outboxes: {outboxed}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (b, first) in bases.iter().zip(&stale_first) {
+        let r = readyz(&client, b).await.1;
+        let now = r["cluster"]["stale_seconds"].as_f64().unwrap();
+        assert!(now >= first + 1.0 && now >= 2.0, "{b}: stale_seconds {first} then {now}");
+    }
+    let text = client
+        .get(format!("{}/metrics", bases[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "offer_engine_cluster_nats_reachable 0",
+        "offer_engine_cluster_stale_seconds",
+        "offer_engine_cluster_outbox_length",
+        "offer_engine_cluster_outbox_dropped_total 0",
+    ] {
+        assert!(text.contains(want), "/metrics lacks {want}");
+    }
+
+    // NATS returns (same data dirs): outboxes drain, replicas catch up.
+    let outage = lost_at.elapsed();
+    for i in 0..3 {
+        nats.start_node(i);
+    }
+    let back_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    'drain: loop {
+        let mut empty = true;
+        for b in &bases {
+            let r = readyz(&client, b).await.1;
+            empty &= r["cluster"]["outbox"] == 0 && r["cluster"]["nats_reachable"] == true;
+        }
+        if empty {
+            break 'drain;
+        }
+        assert!(Instant::now() < deadline, "outboxes did not drain within 120 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let drained_after = back_at.elapsed();
+    let (seq_after, digest) = converged(&client, &bases, seq_before + 1).await;
+    let caught_up_after = back_at.elapsed();
+    let mut drained_total = 0;
+    for b in &bases {
+        let text = client.get(format!("{b}/metrics")).send().await.unwrap().text().await.unwrap();
+        drained_total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("offer_engine_cluster_outbox_drained_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert!(drained_total >= outboxed, "drained {drained_total} of {outboxed} queued");
+    // Every decision made during the outage is known on every replica: an
+    // accept sent to another replica than the one that decided is 202.
+    for (i, d, o) in &during {
+        let there = &bases[(i + 1) % 3];
+        let r = client
+            .post(format!("{there}/v1/events"))
+            .json(&accept_of(d, o))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status();
+        assert_eq!(s, 202, "accept of decision {d} (made on replica {i} without NATS) on another replica: {}", r.text().await.unwrap_or_default());
+    }
+    // The refused writes were not applied; retried now, each applies once.
+    assert_eq!(points_of(&client, &bases[0], victim).await, points_before);
+    let r = client
+        .post(format!("{}/v1/member-events", bases[1]))
+        .json(&json!({"member_id": victim, "type": "points_earned", "points": 777}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = keyed(there).send().await.unwrap();
+    assert_eq!(r.status(), 202, "the keyed accept retried after NATS returned");
+    let first: Value = r.json().await.unwrap();
+    let r = keyed(there).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    assert_eq!(r.json::<Value>().await.unwrap(), first, "the replay is the first answer");
+    let again = client
+        .post(format!("{}/v1/events", bases[*i0]))
+        .json(&accept_of(d0, o0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "the accept was applied (once)");
+    let (_, digest2) = converged(&client, &bases, seq_after + 1).await;
+    for b in &bases {
+        assert_eq!(points_of(&client, b, victim).await, points_before + 777, "{b}");
+    }
+    eprintln!(
+        "all NATS lost for {:.1} s: {checkouts} checkouts all 200, slowest {:.0} ms; {write_503} writes 503 with Retry-After; {outboxed} decisions queued; after restart outboxes drained in {:.1} s ({drained_total} published), digests equal after {:.1} s (seq {seq_before} -> {seq_after}, digest {digest} -> {digest2})",
+        outage.as_secs_f64(),
+        slowest.as_secs_f64() * 1000.0,
+        drained_after.as_secs_f64(),
+        caught_up_after.as_secs_f64(),
+    );
+}
+
+/// The stream's leader (a NATS server name, `n0`..`n2`), asked with the
+/// NATS client.
+async fn stream_leader(urls: &str) -> Option<usize> {
+    let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
+    let c = async_nats::ConnectOptions::new().connect(urls).await.ok()?;
+    let js = async_nats::jetstream::new(c);
+    let mut s = js.get_stream("OFFERS").await.ok()?;
+    let info = s.info().await.ok()?;
+    let leader = info.cluster.as_ref()?.leader.clone()?;
+    leader.strip_prefix('n')?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_one_nats_server_of_three_is_not_seen_by_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nats, _replicas, bases, client) = cluster_of_three(tmp.path()).await;
+    // The worst one to lose: the stream's leader (writes wait for a new one).
+    let victim = stream_leader(&nats.urls()).await.expect("the stream has a leader");
+    let stop_at = Instant::now() + Duration::from_secs(16);
+    let kill_at = Instant::now() + Duration::from_secs(3);
+    #[derive(Default)]
+    struct Saw {
+        writes: u32,
+        write_errors: Vec<String>,
+        slowest_write: Duration,
+        checkouts: u32,
+        checkout_errors: Vec<String>,
+        slowest_checkout: Duration,
+        acked: HashMap<String, u64>,
+        unknown: HashMap<String, u64>,
+    }
+    let saw = Arc::new(Mutex::new(Saw::default()));
+    let mut tasks = Vec::new();
+    for t in 0..6usize {
+        let (client, bases, saw) = (client.clone(), bases.clone(), saw.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut j = 0usize;
+            while Instant::now() < stop_at {
+                j += 1;
+                let b = &bases[(t + j) % 3];
+                let m = format!("M{:08}", 1 + (t * 40 + j % 40));
+                let started = Instant::now();
+                if j % 2 == 0 {
+                    let r = client
+                        .post(format!("{b}/v1/member-events"))
+                        .json(&json!({"member_id": m, "type": "points_earned", "points": 5}))
+                        .send()
+                        .await;
+                    let took = started.elapsed();
+                    let mut s = saw.lock().unwrap();
+                    s.writes += 1;
+                    s.slowest_write = s.slowest_write.max(took);
+                    match r {
+                        Ok(r) if r.status() == 202 => *s.acked.entry(m).or_default() += 5,
+                        // Refused, maybe applied (the publish may be
+                        // stored after the answer): retry-able, never silent.
+                        Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
+                            *s.unknown.entry(m).or_default() += 5;
+                            s.write_errors.push(format!("503 after {took:?}"));
+                        }
+                        other => panic!("a write answered {:?} after {took:?}", other.map(|r| r.status())),
+                    }
+                } else {
+                    let (st, took, _, _) = timed_checkout(&client, b, &m, 50 + (j % 50) as i64).await;
+                    let mut s = saw.lock().unwrap();
+                    s.checkouts += 1;
+                    s.slowest_checkout = s.slowest_checkout.max(took);
+                    if st != 200 {
+                        s.checkout_errors.push(format!("{st} after {took:?}"));
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep_until(kill_at.into()).await;
+    nats.kill9(victim);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    nats.start_node(victim);
+    let saw = Arc::try_unwrap(saw).ok().unwrap().into_inner().unwrap();
+    eprintln!(
+        "killed NATS server n{victim} (the stream leader): {} writes, {} not 202 {:?}, slowest {:.2} s; {} checkouts, {} not 200, slowest {:.0} ms",
+        saw.writes,
+        saw.write_errors.len(),
+        saw.write_errors,
+        saw.slowest_write.as_secs_f64(),
+        saw.checkouts,
+        saw.checkout_errors.len(),
+        saw.slowest_checkout.as_secs_f64() * 1000.0
+    );
+    // Checkout never fails. Writes wait through the stream leader's
+    // election (retrying within publish_timeout_ms); one that outlasts the
+    // request timeout answers 503 with Retry-After, counted above.
+    assert!(saw.checkout_errors.is_empty(), "checkouts failed: {:?}", saw.checkout_errors);
+    assert!(
+        saw.write_errors.len() * 100 <= saw.writes as usize,
+        "more than 1% of writes refused: {:?}",
+        saw.write_errors
+    );
+    assert!(saw.writes > 30 && saw.checkouts > 30, "too little load");
+    let (_, _) = converged(&client, &bases, 2).await;
+    let members: std::collections::HashSet<&String> =
+        saw.acked.keys().chain(saw.unknown.keys()).collect();
+    for b in &bases {
+        for m in &members {
+            let initial: u64 = 10_000 + m[1..].parse::<u64>().unwrap();
+            let acked = saw.acked.get(*m).copied().unwrap_or(0);
+            let unknown = saw.unknown.get(*m).copied().unwrap_or(0);
+            let got = points_of(&client, b, m).await;
+            assert!(
+                got >= initial + acked && got <= initial + acked + unknown,
+                "{b} {m}: points {got}, initial {initial}, acknowledged {acked}, unknown {unknown}"
+            );
+        }
+    }
+}

@@ -443,10 +443,14 @@ impl NatsLog {
                 let observer = self.observer.clone();
                 let outbox = self.outbox.clone();
                 let pending = self.pending.clone();
+                let status = self.status.clone();
                 self.handle.spawn(async move {
                     let started = Instant::now();
                     match publish_once(&js, &subject, &id, payload.clone()).await {
-                        Ok(_) => observer.published(started.elapsed().as_secs_f64()),
+                        Ok(seq) => {
+                            status.stream_last.fetch_max(seq, Ordering::AcqRel);
+                            observer.published(started.elapsed().as_secs_f64())
+                        }
                         Err(e) => {
                             // Unless the apply loop took it meanwhile (it
                             // was stored after all), publish it later.
@@ -524,6 +528,7 @@ impl NatsLog {
             ))
         });
         let timeout = self.publish_timeout;
+        let status = self.status.clone();
         async move {
             let sent = match (refused, sent) {
                 (Some(e), _) => return Err(e),
@@ -531,6 +536,12 @@ impl NatsLog {
                 (None, None) => return Err(unavailable("the publish did not start")),
             };
             let published = sent.await.unwrap_or_else(|e| Err(unavailable(e)));
+            if let Ok(seq) = published {
+                // The stream holds at least this: the apply loop learns it
+                // is behind (and recreates a silent consumer) without
+                // waiting for the next look at the stream.
+                status.stream_last.fetch_max(seq, Ordering::AcqRel);
+            }
             let give_up = |e: LogError| {
                 // Not waited for any more: if the record was stored after
                 // all, the apply loop applies it like another replica's.
@@ -814,7 +825,8 @@ async fn drain_outbox(
         let mut failed = None;
         for ((id, _), r) in batch.iter().zip(sent) {
             match r {
-                Ok(_) => {
+                Ok(seq) => {
+                    outbox.status.stream_last.fetch_max(seq, Ordering::AcqRel);
                     observer.published(started.elapsed().as_secs_f64());
                     outbox.remove(id, true);
                 }
