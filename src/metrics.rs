@@ -729,8 +729,14 @@ impl ClusterFaultMetrics {
         self.outbox_bytes
             .set(clamp(c.outbox_bytes.load(Ordering::Acquire)));
         for (counter, total) in [
-            (&self.outbox_drained, c.outbox_drained.load(Ordering::Acquire)),
-            (&self.outbox_dropped, c.outbox_dropped.load(Ordering::Acquire)),
+            (
+                &self.outbox_drained,
+                c.outbox_drained.load(Ordering::Acquire),
+            ),
+            (
+                &self.outbox_dropped,
+                c.outbox_dropped.load(Ordering::Acquire),
+            ),
         ] {
             let before = counter.get();
             if total > before {

@@ -729,17 +729,18 @@ impl Outbox {
         let mut dropped = Vec::new();
         {
             let mut q = self.lock();
-            while q.bytes + len > self.max_bytes {
-                let Some(old) = q.entries.pop_front() else {
-                    break;
-                };
-                q.bytes -= old.payload.len() as u64;
-                dropped.push(old.id);
-            }
-            if q.bytes + len > self.max_bytes {
-                // Larger than the whole outbox: dropped itself.
+            if len > self.max_bytes {
+                // Larger than the whole outbox: dropped itself, the
+                // others kept.
                 dropped.push(id);
             } else {
+                while q.bytes + len > self.max_bytes {
+                    let Some(old) = q.entries.pop_front() else {
+                        break;
+                    };
+                    q.bytes -= old.payload.len() as u64;
+                    dropped.push(old.id);
+                }
                 q.bytes += len;
                 q.entries.push_back(OutboxEntry { id, payload });
             }
@@ -810,7 +811,8 @@ async fn drain_outbox(
             continue;
         }
         let status = &outbox.status;
-        let fresh = status.reachable.load(Ordering::Acquire) && status.stale_seconds(now_ms()) < 3.0;
+        let fresh =
+            status.reachable.load(Ordering::Acquire) && status.stale_seconds(now_ms()) < 3.0;
         if !fresh {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
@@ -1184,5 +1186,84 @@ impl EventLog for NatsLog {
 
     fn cluster_status(&self) -> Option<Arc<ClusterStatus>> {
         Some(self.status.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(max_bytes: u64) -> Outbox {
+        Outbox {
+            queue: Mutex::default(),
+            max_bytes,
+            wake: tokio::sync::Notify::new(),
+            pending: Arc::default(),
+            status: Arc::default(),
+        }
+    }
+
+    fn waiting(o: &Outbox, id: &str) -> oneshot::Receiver<u64> {
+        let (done, rx) = oneshot::channel();
+        o.pending.lock().unwrap().insert(
+            id.to_string(),
+            Waiter {
+                after: Box::new(|_| {}),
+                done,
+            },
+        );
+        rx
+    }
+
+    #[test]
+    fn a_full_outbox_drops_its_oldest_and_counts_them() {
+        let o = outbox(100);
+        let mut first = waiting(&o, "a");
+        for id in ["a", "b", "c"] {
+            let _ = waiting(&o, id);
+            o.push(id.into(), Bytes::from(vec![0u8; 40]));
+        }
+        // 120 bytes do not fit in 100: "a" went, unpublished.
+        let ids: Vec<String> = o.oldest(10).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert_eq!(o.status.outbox_dropped.load(Ordering::Acquire), 1);
+        assert_eq!(o.status.outbox_len.load(Ordering::Acquire), 2);
+        assert_eq!(o.status.outbox_bytes.load(Ordering::Acquire), 80);
+        assert!(!o.pending.lock().unwrap().contains_key("a"));
+        assert!(first.try_recv().is_err(), "its waiter is gone");
+        // Larger than the whole outbox: dropped itself, the rest kept.
+        o.push("huge".into(), Bytes::from(vec![0u8; 101]));
+        assert_eq!(o.oldest(10).len(), 2);
+        assert_eq!(o.status.outbox_dropped.load(Ordering::Acquire), 2);
+    }
+
+    #[test]
+    fn published_or_arrived_decisions_leave_the_outbox() {
+        let o = outbox(1 << 20);
+        for id in ["a", "b", "c"] {
+            o.push(id.into(), Bytes::from_static(b"decision"));
+        }
+        o.remove("b", true);
+        o.remove("a", false);
+        o.remove("missing", true);
+        assert_eq!(o.oldest(10).len(), 1);
+        assert_eq!(o.status.outbox_drained.load(Ordering::Acquire), 1);
+        assert_eq!(o.status.outbox_len.load(Ordering::Acquire), 1);
+        assert_eq!(o.status.outbox_bytes.load(Ordering::Acquire), 8);
+        assert!(!o.is_empty());
+        o.remove("c", true);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn staleness_counts_from_the_last_confirmation() {
+        let s = ClusterStatus::default();
+        s.caught_up_ms.store(10_000, Ordering::Release);
+        assert_eq!(s.stale_seconds(12_500), 2.5);
+        assert_eq!(
+            s.stale_seconds(9_000),
+            0.0,
+            "a clock step back is not negative"
+        );
     }
 }

@@ -105,8 +105,7 @@ pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
                 stream_last: c.stream_last.load(Ordering::Acquire),
                 lag: c.lag(),
                 nats_reachable: c.reachable.load(Ordering::Acquire),
-                stale_seconds: c
-                    .stale_seconds(chrono::Utc::now().timestamp_millis().max(0) as u64),
+                stale_seconds: c.stale_seconds(chrono::Utc::now().timestamp_millis().max(0) as u64),
                 outbox: c.outbox_len.load(Ordering::Acquire),
             }
         }),
