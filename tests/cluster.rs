@@ -481,6 +481,39 @@ async fn three_replicas_on_one_stream_agree_through_kill_dash_nine() {
 // Faults: a replica that loses NATS (every server, or one of three).
 // ---------------------------------------------------------------------
 
+/// Seconds of staleness beyond which the fault tests' replicas are not
+/// ready (short, so the test sees it).
+const MAX_STALE_SECS: &str = "10";
+
+/// [`start_replica`] with a short `max_stale_secs`.
+fn start_fault_replica(nats: &str, data_dir: &Path, members: &Path) -> Replica {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_offer-engine"));
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--nats",
+        nats,
+        "--stream",
+        "OFFERS",
+    ])
+    .arg("--members")
+    .arg(members)
+    .arg("--data-dir")
+    .arg(data_dir)
+    .env("OFFER_ENGINE__CLUSTER__REPLICAS", "3")
+    .env("OFFER_ENGINE__CLUSTER__MAX_STALE_SECS", MAX_STALE_SECS)
+    .env("OFFER_ENGINE__SECURITY__TOKEN_KEY", TOKEN_KEY)
+    .env("OFFER_ENGINE__DURABILITY__SNAPSHOT_INTERVAL_SECS", "1")
+    .env("OFFER_ENGINE__SERVER__WORKERS", "2")
+    .env(
+        "OFFER_ENGINE__CONTACT__MAX_OFFERS_PER_DAY__CHECKOUT",
+        "10000",
+    );
+    let (child, base) = support::spawn_server(cmd);
+    Replica { child, base }
+}
+
 /// Three NATS servers and three replicas, caught up; the clients' view.
 async fn cluster_of_three(tmp: &Path) -> (Nats, Vec<Replica>, Vec<String>, reqwest::Client) {
     let nats = Nats::start(tmp);
@@ -494,7 +527,7 @@ async fn cluster_of_three(tmp: &Path) -> (Nats, Vec<Replica>, Vec<String>, reqwe
                 tmp.join(format!("data{i}")),
                 members_file.clone(),
             );
-            std::thread::spawn(move || start_replica(&urls, &d, &m))
+            std::thread::spawn(move || start_fault_replica(&urls, &d, &m))
         })
         .collect();
     let replicas: Vec<Replica> = starts.into_iter().map(|h| h.join().unwrap()).collect();
@@ -689,6 +722,27 @@ async fn every_nats_server_lost_checkout_answers_writes_wait_and_all_catch_up() 
             "{b}: stale_seconds {first} then {now}"
         );
     }
+    // Stale beyond max_stale_secs: not ready (a load balancer prefers a
+    // fresh replica), yet checkout still answers.
+    let max_stale: f64 = MAX_STALE_SECS.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, b) in bases.iter().enumerate() {
+        loop {
+            let (s, r) = readyz(&client, b).await;
+            if s == 503 {
+                let detail = r["detail"].as_str().unwrap_or_default();
+                assert!(detail.contains("stale"), "{b}: {r}");
+                break;
+            }
+            let stale = r["cluster"]["stale_seconds"].as_f64().unwrap();
+            assert!(stale <= max_stale + 0.5, "{b}: ready while {stale} s stale");
+            assert!(Instant::now() < deadline, "{b}: still ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (s, took, _, _) = timed_checkout(&client, b, &format!("M{:08}", 150 + i), 150).await;
+        assert_eq!(s, 200, "{b}: checkout on a stale replica");
+        slowest = slowest.max(took);
+    }
     let text = client
         .get(format!("{}/metrics", bases[0]))
         .send()
@@ -866,7 +920,7 @@ async fn losing_one_nats_server_of_three_is_not_seen_by_clients() {
                 let b = &bases[(t + j) % 3];
                 let m = format!("M{:08}", 1 + (t * 40 + j % 40));
                 let started = Instant::now();
-                if j % 2 == 0 {
+                if j.is_multiple_of(2) {
                     let r = client
                         .post(format!("{b}/v1/member-events"))
                         .json(&json!({"member_id": m, "type": "points_earned", "points": 5}))

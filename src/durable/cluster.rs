@@ -1219,8 +1219,8 @@ mod tests {
     fn a_full_outbox_drops_its_oldest_and_counts_them() {
         let o = outbox(100);
         let mut first = waiting(&o, "a");
+        let _others = [waiting(&o, "b"), waiting(&o, "c")];
         for id in ["a", "b", "c"] {
-            let _ = waiting(&o, id);
             o.push(id.into(), Bytes::from(vec![0u8; 40]));
         }
         // 120 bytes do not fit in 100: "a" went, unpublished.
