@@ -315,6 +315,8 @@ impl NatsLog {
             &handle,
             OutboxSettings {
                 max_bytes: cfg.outbox_max_bytes,
+                duplicate_window: Duration::from_secs(cfg.duplicate_window_secs.max(1)),
+                client: client.clone(),
                 js: js.clone(),
                 subject: subject.clone(),
                 pending: pending.clone(),
@@ -435,7 +437,7 @@ impl NatsLog {
             let payload = Bytes::from(payload);
             // Behind earlier decisions still waiting, or NATS lost: queue.
             if !self.outbox.is_empty() || !self.nats_up() {
-                self.outbox.push(id, payload);
+                self.outbox.push(id, payload, None);
                 let _ = queued_tx.send(());
             } else {
                 let js = self.js.clone();
@@ -460,7 +462,7 @@ impl NatsLog {
                                 .contains_key(&id);
                             if waiting {
                                 tracing::debug!(error = %e, id = %id, "decision not published; queued in the outbox");
-                                outbox.push(id, payload);
+                                outbox.push(id, payload, Some(started));
                                 let _ = queued_tx.send(());
                             }
                         }
@@ -652,6 +654,9 @@ async fn publish_once(
 struct OutboxEntry {
     id: String,
     payload: Bytes,
+    /// When it was first sent, if ever: until the duplicate window has
+    /// passed since, publishing it again cannot store it twice.
+    sent: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -663,6 +668,8 @@ struct OutboxQueue {
 /// What the outbox needs to publish and to report.
 struct OutboxSettings {
     max_bytes: u64,
+    duplicate_window: Duration,
+    client: async_nats::Client,
     js: jetstream::Context,
     subject: String,
     pending: Arc<Mutex<HashMap<String, Waiter>>>,
@@ -698,10 +705,14 @@ impl Outbox {
         });
         handle.spawn(drain_outbox(
             outbox.clone(),
-            s.js,
-            s.subject,
-            s.closed,
-            s.observer,
+            Drain {
+                js: s.js,
+                client: s.client,
+                subject: s.subject,
+                duplicate_window: s.duplicate_window,
+                closed: s.closed,
+                observer: s.observer,
+            },
         ));
         outbox
     }
@@ -724,7 +735,7 @@ impl Outbox {
     /// Queues a decision; a full outbox drops its oldest first (their
     /// accepts then find no decision: a decision is not an acknowledged
     /// write, and the newest are the ones members are looking at).
-    fn push(&self, id: String, payload: Bytes) {
+    fn push(&self, id: String, payload: Bytes, sent: Option<Instant>) {
         let len = payload.len() as u64;
         let mut dropped = Vec::new();
         {
@@ -742,7 +753,7 @@ impl Outbox {
                     dropped.push(old.id);
                 }
                 q.bytes += len;
-                q.entries.push_back(OutboxEntry { id, payload });
+                q.entries.push_back(OutboxEntry { id, payload, sent });
             }
             self.publish_gauges(&q);
         }
@@ -778,30 +789,54 @@ impl Outbox {
         }
     }
 
-    /// The oldest `n` decisions, left in place until published.
-    fn oldest(&self, n: usize) -> Vec<(String, Bytes)> {
+    /// The oldest `n` decisions, left in place until published, with when
+    /// each was first sent.
+    fn oldest(&self, n: usize) -> Vec<(String, Bytes, Option<Instant>)> {
         self.lock()
             .entries
             .iter()
             .take(n)
-            .map(|e| (e.id.clone(), e.payload.clone()))
+            .map(|e| (e.id.clone(), e.payload.clone(), e.sent))
             .collect()
+    }
+
+    /// Notes that the oldest `n` are being sent now (those not sent before).
+    fn sending(&self, n: usize) {
+        let now = Instant::now();
+        for e in self.lock().entries.iter_mut().take(n) {
+            e.sent.get_or_insert(now);
+        }
     }
 }
 
-/// Publishes the outbox's decisions, oldest first, once NATS answers and
-/// this replica has confirmed it holds the stream's end: a decision whose
-/// earlier publish was stored after all has then arrived from the stream
-/// and left the outbox, so it is not published again even beyond the
-/// duplicate window.
-async fn drain_outbox(
-    outbox: Arc<Outbox>,
+struct Drain {
     js: jetstream::Context,
+    client: async_nats::Client,
     subject: String,
+    duplicate_window: Duration,
     closed: Arc<AtomicBool>,
     observer: Arc<dyn super::Observer>,
-) {
-    while !closed.load(Ordering::Acquire) {
+}
+
+/// Publishes the outbox's decisions, oldest first, as soon as NATS answers
+/// while each was first sent less than the duplicate window ago (JetStream
+/// stores a repeated `Nats-Msg-Id` once). An older one waits until this
+/// replica has confirmed it holds the stream's end: if its earlier publish
+/// was stored after all, it has then arrived from the stream and left the
+/// outbox, so it is not published again beyond the duplicate window.
+async fn drain_outbox(outbox: Arc<Outbox>, d: Drain) {
+    // Margin for a publish the client still held when it was first sent.
+    let safe_for = d.duplicate_window.saturating_sub(Duration::from_secs(10));
+    while !d.closed.load(Ordering::Acquire) {
+        let status = &outbox.status;
+        let up = d.client.connection_state() == async_nats::connection::State::Connected
+            || status.reachable.load(Ordering::Acquire);
+        if !up {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let fresh =
+            status.reachable.load(Ordering::Acquire) && status.stale_seconds(now_ms()) < 3.0;
         let batch = outbox.oldest(OUTBOX_BATCH);
         if batch.is_empty() {
             tokio::select! {
@@ -810,26 +845,25 @@ async fn drain_outbox(
             }
             continue;
         }
-        let status = &outbox.status;
-        let fresh =
-            status.reachable.load(Ordering::Acquire) && status.stale_seconds(now_ms()) < 3.0;
-        if !fresh {
+        let safe = |sent: &Option<Instant>| sent.is_none_or(|t| t.elapsed() < safe_for);
+        if !fresh && !batch.iter().all(|(_, _, sent)| safe(sent)) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
+        outbox.sending(batch.len());
         let started = Instant::now();
         let sent = futures_util::future::join_all(
             batch
                 .iter()
-                .map(|(id, payload)| publish_once(&js, &subject, id, payload.clone())),
+                .map(|(id, payload, _)| publish_once(&d.js, &d.subject, id, payload.clone())),
         )
         .await;
         let mut failed = None;
-        for ((id, _), r) in batch.iter().zip(sent) {
+        for ((id, _, _), r) in batch.iter().zip(sent) {
             match r {
                 Ok(seq) => {
                     outbox.status.stream_last.fetch_max(seq, Ordering::AcqRel);
-                    observer.published(started.elapsed().as_secs_f64());
+                    d.observer.published(started.elapsed().as_secs_f64());
                     outbox.remove(id, true);
                 }
                 Err(e) => failed = Some(e),
@@ -1221,10 +1255,10 @@ mod tests {
         let mut first = waiting(&o, "a");
         let _others = [waiting(&o, "b"), waiting(&o, "c")];
         for id in ["a", "b", "c"] {
-            o.push(id.into(), Bytes::from(vec![0u8; 40]));
+            o.push(id.into(), Bytes::from(vec![0u8; 40]), None);
         }
         // 120 bytes do not fit in 100: "a" went, unpublished.
-        let ids: Vec<String> = o.oldest(10).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.oldest(10).into_iter().map(|(id, _, _)| id).collect();
         assert_eq!(ids, ["b", "c"]);
         assert_eq!(o.status.outbox_dropped.load(Ordering::Acquire), 1);
         assert_eq!(o.status.outbox_len.load(Ordering::Acquire), 2);
@@ -1232,7 +1266,7 @@ mod tests {
         assert!(!o.pending.lock().unwrap().contains_key("a"));
         assert!(first.try_recv().is_err(), "its waiter is gone");
         // Larger than the whole outbox: dropped itself, the rest kept.
-        o.push("huge".into(), Bytes::from(vec![0u8; 101]));
+        o.push("huge".into(), Bytes::from(vec![0u8; 101]), None);
         assert_eq!(o.oldest(10).len(), 2);
         assert_eq!(o.status.outbox_dropped.load(Ordering::Acquire), 2);
     }
@@ -1241,7 +1275,7 @@ mod tests {
     fn published_or_arrived_decisions_leave_the_outbox() {
         let o = outbox(1 << 20);
         for id in ["a", "b", "c"] {
-            o.push(id.into(), Bytes::from_static(b"decision"));
+            o.push(id.into(), Bytes::from_static(b"decision"), None);
         }
         o.remove("b", true);
         o.remove("a", false);
