@@ -1165,12 +1165,16 @@ impl EventLog for NatsLog {
         let status = self.status.clone();
         let timeout = self.publish_timeout;
         let outbox = self.outbox.clone();
+        let client = self.client.clone();
         let asked = self.handle.spawn(async move {
             // This replica's own decisions still in the outbox are not in
-            // the stream yet: an event about one of them waits for it.
+            // the stream yet: an event about one of them waits for it
+            // (not while NATS is lost: that answers at once).
             let deadline = Instant::now() + timeout;
             while !outbox.is_empty() {
-                if Instant::now() > deadline {
+                let lost = client.connection_state() != async_nats::connection::State::Connected
+                    && !outbox.status.reachable.load(Ordering::Acquire);
+                if lost || Instant::now() > deadline {
                     return Err(unavailable(format!(
                         "{} decisions made here are not published yet",
                         outbox.lock().entries.len()
