@@ -800,11 +800,15 @@ async fn every_nats_server_lost_checkout_answers_writes_wait_and_all_catch_up() 
             .find_map(|l| l.strip_prefix("offer_engine_cluster_outbox_drained_total "))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
+        // Not every queued decision is counted as published from the
+        // outbox: one whose first publish sat in the client's buffer is
+        // sent on reconnect, stored, and leaves the outbox when it arrives
+        // from the stream. None is dropped.
+        assert!(
+            text.contains("offer_engine_cluster_outbox_dropped_total 0"),
+            "{b}: a decision was dropped"
+        );
     }
-    // Not every queued decision is published from the outbox: one whose
-    // first publish sat in the client's buffer is sent on reconnect, stored,
-    // and leaves the outbox when it arrives from the stream.
-    assert!(drained_total > 0, "nothing was published from the outboxes");
     // Every decision made during the outage is known on every replica: an
     // accept sent to another replica than the one that decided is 202.
     for (i, d, o) in &during {
