@@ -856,6 +856,11 @@ async fn every_nats_server_lost_checkout_answers_writes_wait_and_all_catch_up() 
         first,
         "the replay is the first answer"
     );
+    // Once every replica applied it, the same accept without the key is
+    // refused where the decision was made: it was applied. (Sent before
+    // that replica applied the first, it would be applied a second time:
+    // "already accepted" is checked on the request path, not at apply.)
+    let (_, digest2) = converged(&client, &bases, seq_after + 1).await;
     let again = client
         .post(format!("{}/v1/events", bases[*i0]))
         .json(&accept_of(d0, o0))
@@ -863,7 +868,6 @@ async fn every_nats_server_lost_checkout_answers_writes_wait_and_all_catch_up() 
         .await
         .unwrap();
     assert_eq!(again.status(), 409, "the accept was applied (once)");
-    let (_, digest2) = converged(&client, &bases, seq_after + 1).await;
     for b in &bases {
         assert_eq!(
             points_of(&client, b, victim).await,
