@@ -875,6 +875,52 @@ async fn every_nats_server_lost_checkout_answers_writes_wait_and_all_catch_up() 
             "{b}"
         );
     }
+
+    // Campaign decisions go the way of checkout's: remembered at apply on
+    // every replica; an accept on the replica that ran the campaign, sent
+    // as soon as the line is read, waits for its decisions to be applied.
+    let r = client
+        .post(format!("{}/v1/campaigns", bases[0]))
+        .json(&json!({"channel": "email", "tiers": ["silver"], "offers": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &Value| l["offers"].as_array().is_some_and(|o| !o.is_empty()))
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "campaign lines with offers: {}",
+        lines.len()
+    );
+    let campaign_accept = |l: &Value| {
+        let o = &l["offers"][0];
+        let mut e = json!({"decision_id": l["decision_id"], "offer_id": o["offer_id"],
+                           "type": "accept", "token": o["token"]});
+        if o["price"].is_object() {
+            e["revenue"] = o["price"].clone();
+        }
+        e
+    };
+    let r = client
+        .post(format!("{}/v1/events", bases[0]))
+        .json(&campaign_accept(&lines[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "campaign accept where it ran");
+    let r = client
+        .post(format!("{}/v1/events", bases[1]))
+        .json(&campaign_accept(&lines[lines.len() - 1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "campaign accept on another replica");
+    converged(&client, &bases, seq_after + 2).await;
     eprintln!(
         "all NATS lost for {:.1} s: {checkouts} checkouts all 200, slowest {:.0} ms; {write_503} writes 503 with Retry-After; {outboxed} decisions queued; after restart outboxes drained in {:.1} s ({drained_total} published from them), digests equal after {:.1} s (seq {seq_before} -> {seq_after}, digest {digest} -> {digest2})",
         outage.as_secs_f64(),

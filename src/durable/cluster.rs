@@ -15,7 +15,7 @@
 //! dir) made by the apply loop between two records; on start the newest is
 //! restored and the stream is consumed from the sequence after it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -418,6 +418,7 @@ impl NatsLog {
         let (queued_tx, queued_rx) = oneshot::channel::<()>();
         if refused.is_none() {
             let outbox = self.outbox.clone();
+            outbox.made(&id);
             let arrived = id.clone();
             self.pending
                 .lock()
@@ -428,8 +429,8 @@ impl NatsLog {
                         // Stored and applied: nothing left to publish,
                         // whatever the duplicate window.
                         after: Box::new(move |seq| {
-                            outbox.remove(&arrived, false);
-                            after(seq)
+                            after(seq);
+                            outbox.arrived(&arrived);
                         }),
                         done: done_tx,
                     },
@@ -685,6 +686,9 @@ struct OutboxSettings {
 /// after all is then acknowledged as a duplicate, not stored twice).
 struct Outbox {
     queue: Mutex<OutboxQueue>,
+    /// Decisions made here and not applied here yet (on their way or
+    /// queued): an event about one of them waits for them.
+    unapplied: Mutex<HashSet<String>>,
     max_bytes: u64,
     wake: tokio::sync::Notify,
     pending: Arc<Mutex<HashMap<String, Waiter>>>,
@@ -698,6 +702,7 @@ impl Outbox {
     fn spawn(handle: &tokio::runtime::Handle, s: OutboxSettings) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox {
             queue: Mutex::default(),
+            unapplied: Mutex::default(),
             max_bytes: s.max_bytes,
             wake: tokio::sync::Notify::new(),
             pending: s.pending,
@@ -767,11 +772,52 @@ impl Outbox {
                 "the decision outbox is full; its oldest decisions are dropped unpublished"
             );
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut unapplied = self
+                .unapplied
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             for id in dropped {
                 pending.remove(&id);
+                unapplied.remove(&id);
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Notes decision `id`, made here, as not applied here yet.
+    fn made(&self, id: &str) {
+        self.unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_string());
+    }
+
+    /// Decision `id` arrived from the stream and is applied here.
+    fn arrived(&self, id: &str) {
+        self.unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        self.remove(id, false);
+    }
+
+    /// The decisions made here and not applied here yet.
+    fn unapplied(&self) -> Vec<String> {
+        self.unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether any of `ids` is still not applied here.
+    fn any_unapplied(&self, ids: &[String]) -> usize {
+        let set = self
+            .unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ids.iter().filter(|id| set.contains(*id)).count()
     }
 
     /// Takes decision `id` out (published, or arrived from the stream);
@@ -1167,17 +1213,22 @@ impl EventLog for NatsLog {
         let outbox = self.outbox.clone();
         let client = self.client.clone();
         let asked = self.handle.spawn(async move {
-            // This replica's own decisions still in the outbox are not in
-            // the stream yet: an event about one of them waits for it
-            // (not while NATS is lost: that answers at once).
+            // This replica's own decisions on their way or in the outbox
+            // may not be in the stream yet: an event about one of them
+            // waits for those made so far (not while NATS is lost: that
+            // answers at once).
             let deadline = Instant::now() + timeout;
-            while !outbox.is_empty() {
+            let made = outbox.unapplied();
+            loop {
+                let waiting = outbox.any_unapplied(&made);
+                if waiting == 0 {
+                    break;
+                }
                 let lost = client.connection_state() != async_nats::connection::State::Connected
                     && !outbox.status.reachable.load(Ordering::Acquire);
                 if lost || Instant::now() > deadline {
                     return Err(unavailable(format!(
-                        "{} decisions made here are not published yet",
-                        outbox.lock().entries.len()
+                        "{waiting} decisions made here are not published yet"
                     )));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1234,6 +1285,7 @@ mod tests {
     fn outbox(max_bytes: u64) -> Outbox {
         Outbox {
             queue: Mutex::default(),
+            unapplied: Mutex::default(),
             max_bytes,
             wake: tokio::sync::Notify::new(),
             pending: Arc::default(),
