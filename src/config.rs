@@ -87,6 +87,16 @@ pub struct ClusterSettings {
     /// stream is purged up to its sequence (0: at once; never purged while
     /// fewer than 2 shared snapshots exist).
     pub trim_after_secs: u64,
+    /// Milliseconds a checkout waits for its decision to be acknowledged
+    /// and applied here before it answers anyway (the decision then waits
+    /// in the outbox or is still on its way): a sale never waits on NATS.
+    pub checkout_publish_budget_ms: u64,
+    /// Most bytes of decisions the outbox holds while they cannot be
+    /// published; beyond it the oldest is dropped (and counted).
+    pub outbox_max_bytes: u64,
+    /// Seconds since this replica last confirmed it held the stream's end
+    /// beyond which `/readyz` answers 503 (checkout still answers).
+    pub max_stale_secs: u64,
 }
 
 impl Default for ClusterSettings {
@@ -100,6 +110,9 @@ impl Default for ClusterSettings {
             shared_snapshot_interval_secs: 300,
             shared_snapshots_kept: 3,
             trim_after_secs: 3600,
+            checkout_publish_budget_ms: 50,
+            outbox_max_bytes: 64 << 20,
+            max_stale_secs: 60,
         }
     }
 }

@@ -54,6 +54,17 @@ impl From<WalError> for LogError {
 pub trait EventLog: Send + Sync {
     /// Appends; `after_durable(position)` runs once the record is durable.
     fn append(&self, payload: Vec<u8>, after_durable: Box<dyn FnOnce(u64) + Send>) -> Pending;
+    /// Appends a decision, which must never hold up its caller for long:
+    /// resolves with its position once durable and applied, or with 0 when
+    /// it is still on its way (cluster mode: NATS slow or lost; the record
+    /// waits in an outbox and `after_durable` runs when it is applied).
+    fn append_decision(
+        &self,
+        payload: Vec<u8>,
+        after_durable: Box<dyn FnOnce(u64) + Send>,
+    ) -> Pending {
+        self.append(payload, after_durable)
+    }
     /// Appends without waiting (joins the next batch); `done` runs with the
     /// record's position once durable, or with the error.
     fn append_deferred(
@@ -240,7 +251,16 @@ impl Durable {
 
     /// Commits a block of decisions made here (campaigns): each is
     /// remembered at once, so an accept may follow before the log has them.
+    ///
+    /// With a shared log (cluster mode) they go the way of a checkout
+    /// decision instead ([`Durable::commit_decision`]): remembered when
+    /// applied, on every replica alike, and published through the outbox
+    /// when NATS is lost (an event about one of them on this replica waits
+    /// for the outbox, [`Durable::sync`]).
     pub fn commit_decisions(&self, records: Vec<DecisionRecord>, now_ms: i64) -> Pending {
+        if self.log.cluster_status().is_some() {
+            return self.commit_decision_applied(LogRecord::Decisions(records));
+        }
         for r in &records {
             self.state.remember_decision(r.without_features(), now_ms);
         }
@@ -255,28 +275,12 @@ impl Durable {
     ///
     /// With a shared log (cluster mode) it returns the write to wait for
     /// before answering: an accept sent to another replica after the
-    /// answer then finds the decision in the stream.
+    /// answer then finds the decision in the stream. The wait is bounded
+    /// by `[cluster] checkout_publish_budget_ms`: when NATS is slow or lost
+    /// the decision waits in the outbox and the checkout answers anyway.
     pub fn commit_decision(&self, mut record: DecisionRecord, now_ms: i64) -> Option<Pending> {
         if self.log.cluster_status().is_some() {
-            // Remembered when applied, as on every other replica: a
-            // decision whose publication fails is then held by none, and a
-            // snapshot never holds one the stream lacks.
-            let rec = LogRecord::Decision(record);
-            let state = self.state.clone();
-            let observer = self.observer.clone();
-            let pending = self.log.append(
-                rec.encode(),
-                Box::new(move |lsn| {
-                    let applied = state.apply(&rec, lsn, false);
-                    observer.applied("decision", &rec, &applied);
-                }),
-            );
-            let observer = self.observer.clone();
-            return Some(Box::pin(async move {
-                pending
-                    .await
-                    .inspect_err(|e| observer.not_logged("decision", e))
-            }));
+            return Some(self.commit_decision_applied(LogRecord::Decision(record)));
         }
         let payload = LogRecord::encode_decision(&record);
         // The features go to the learner's memory once logged; the ledger's
@@ -301,6 +305,31 @@ impl Durable {
             self.observer.not_logged("decision", &e);
         }
         None
+    }
+
+    /// Cluster mode: publishes decisions and remembers them when applied,
+    /// as on every other replica (a decision whose publication fails is
+    /// then held by none, and a snapshot never holds one the stream lacks).
+    /// Never fails its caller for the log: a checkout answers whether or
+    /// not the decision could be published (a decision not logged is
+    /// counted by the observer; its accepts then find no decision).
+    fn commit_decision_applied(&self, rec: LogRecord) -> Pending {
+        let state = self.state.clone();
+        let observer = self.observer.clone();
+        let pending = self.log.append_decision(
+            rec.encode(),
+            Box::new(move |lsn| {
+                let applied = state.apply(&rec, lsn, false);
+                observer.applied("decision", &rec, &applied);
+            }),
+        );
+        let observer = self.observer.clone();
+        Box::pin(async move {
+            Ok(pending
+                .await
+                .inspect_err(|e| observer.not_logged("decision", e))
+                .unwrap_or(0))
+        })
     }
 
     /// Writes a snapshot of the state between two records.

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub cluster_shared_snapshot_sequence: IntGauge,
     /// Cluster mode: the stream's first sequence (older records purged).
     pub cluster_stream_first_sequence: IntGauge,
+    /// Cluster mode: staleness and the decision outbox.
+    pub cluster_faults: ClusterFaultMetrics,
     /// Catalog/model/experiments reloads by trigger (`admin`, `watch`) and result (`ok`, `refused`).
     pub reloads: IntCounterVec,
     /// Requests with an `Idempotency-Key`, by route template and outcome
@@ -369,6 +371,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("each metric registered once");
         }
+        let cluster_faults = ClusterFaultMetrics::registered(&registry);
         let hot = std::sync::Arc::new(HotSeries {
             decisions: crate::domain::Channel::ALL
                 .iter()
@@ -412,6 +415,7 @@ impl Metrics {
             cluster_shared_snapshots,
             cluster_shared_snapshot_sequence,
             cluster_stream_first_sequence,
+            cluster_faults,
             reloads,
             idempotent_requests,
             experiment_decisions,
@@ -704,5 +708,91 @@ impl Metrics {
             .set(c.shared_newest.load(Ordering::Acquire).min(i64::MAX as u64) as i64);
         self.cluster_stream_first_sequence
             .set(c.stream_first.load(Ordering::Acquire).min(i64::MAX as u64) as i64);
+        self.cluster_faults.observe(c);
+    }
+}
+
+/// Cluster mode: how stale a replica may be and its decision outbox.
+#[derive(Clone)]
+pub struct ClusterFaultMetrics {
+    /// Seconds since the replica last confirmed it held the stream's end.
+    pub stale_seconds: prometheus::Gauge,
+    /// Decisions waiting in the outbox.
+    pub outbox_length: IntGauge,
+    /// Their bytes.
+    pub outbox_bytes: IntGauge,
+    /// Decisions published from the outbox.
+    pub outbox_drained: prometheus::IntCounter,
+    /// Decisions dropped from a full outbox, unpublished.
+    pub outbox_dropped: prometheus::IntCounter,
+}
+
+impl ClusterFaultMetrics {
+    fn registered(registry: &Registry) -> ClusterFaultMetrics {
+        let m = ClusterFaultMetrics {
+            stale_seconds: prometheus::Gauge::new(
+                "cluster_stale_seconds",
+                "Cluster mode: seconds since this replica last confirmed it held the stream's end",
+            )
+            .expect("static metric"),
+            outbox_length: IntGauge::new(
+                "cluster_outbox_length",
+                "Cluster mode: decisions made here waiting to be published (NATS lost or slow)",
+            )
+            .expect("static metric"),
+            outbox_bytes: IntGauge::new(
+                "cluster_outbox_bytes",
+                "Cluster mode: bytes of the decisions waiting in the outbox",
+            )
+            .expect("static metric"),
+            outbox_drained: prometheus::IntCounter::new(
+                "cluster_outbox_drained_total",
+                "Cluster mode: decisions published from the outbox",
+            )
+            .expect("static metric"),
+            outbox_dropped: prometheus::IntCounter::new(
+                "cluster_outbox_dropped_total",
+                "Cluster mode: decisions dropped unpublished from a full outbox (their accepts find no decision)",
+            )
+            .expect("static metric"),
+        };
+        for c in [
+            Box::new(m.stale_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.outbox_length.clone()),
+            Box::new(m.outbox_bytes.clone()),
+            Box::new(m.outbox_drained.clone()),
+            Box::new(m.outbox_dropped.clone()),
+        ] {
+            registry.register(c).expect("each metric registered once");
+        }
+        m
+    }
+
+    /// Copies the replica's staleness and outbox into the metrics (at each
+    /// scrape); the counters catch up with the status's totals.
+    fn observe(&self, c: &crate::durable::cluster::ClusterStatus) {
+        use std::sync::atomic::Ordering;
+        let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        self.stale_seconds.set(c.stale_seconds(now));
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        self.outbox_length
+            .set(clamp(c.outbox_len.load(Ordering::Acquire)));
+        self.outbox_bytes
+            .set(clamp(c.outbox_bytes.load(Ordering::Acquire)));
+        for (counter, total) in [
+            (
+                &self.outbox_drained,
+                c.outbox_drained.load(Ordering::Acquire),
+            ),
+            (
+                &self.outbox_dropped,
+                c.outbox_dropped.load(Ordering::Acquire),
+            ),
+        ] {
+            let before = counter.get();
+            if total > before {
+                counter.inc_by(total - before);
+            }
+        }
     }
 }

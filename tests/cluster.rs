@@ -807,3 +807,596 @@ async fn a_trimmed_stream_starts_fresh_and_stale_replicas_from_shared_snapshots(
         "shared"
     );
 }
+
+// ---------------------------------------------------------------------
+// Faults: a replica that loses NATS (every server, or one of three).
+// ---------------------------------------------------------------------
+
+/// Seconds of staleness beyond which the fault tests' replicas are not
+/// ready (short, so the test sees it).
+const MAX_STALE_SECS: &str = "10";
+
+/// [`start_replica`] with a short `max_stale_secs`.
+fn start_fault_replica(nats: &str, data_dir: &Path, members: &Path) -> Replica {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_offer-engine"));
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--nats",
+        nats,
+        "--stream",
+        "OFFERS",
+    ])
+    .arg("--members")
+    .arg(members)
+    .arg("--data-dir")
+    .arg(data_dir)
+    .env("OFFER_ENGINE__CLUSTER__REPLICAS", "3")
+    .env("OFFER_ENGINE__CLUSTER__MAX_STALE_SECS", MAX_STALE_SECS)
+    .env("OFFER_ENGINE__SECURITY__TOKEN_KEY", TOKEN_KEY)
+    .env("OFFER_ENGINE__DURABILITY__SNAPSHOT_INTERVAL_SECS", "1")
+    .env("OFFER_ENGINE__SERVER__WORKERS", "2")
+    .env(
+        "OFFER_ENGINE__CONTACT__MAX_OFFERS_PER_DAY__CHECKOUT",
+        "10000",
+    );
+    let (child, base) = support::spawn_server(cmd);
+    Replica { child, base }
+}
+
+/// Three NATS servers and three replicas, caught up; the clients' view.
+async fn cluster_of_three(tmp: &Path) -> (Nats, Vec<Replica>, Vec<String>, reqwest::Client) {
+    let nats = Nats::start(tmp);
+    let urls = nats.urls();
+    let members_file = tmp.join("members.ndjson");
+    write_members(&members_file);
+    let starts: Vec<_> = (0..3)
+        .map(|i| {
+            let (urls, d, m) = (
+                urls.clone(),
+                tmp.join(format!("data{i}")),
+                members_file.clone(),
+            );
+            std::thread::spawn(move || start_fault_replica(&urls, &d, &m))
+        })
+        .collect();
+    let replicas: Vec<Replica> = starts.into_iter().map(|h| h.join().unwrap()).collect();
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    converged(&client, &bases, 1).await;
+    (nats, replicas, bases, client)
+}
+
+/// `GET /readyz`: its status and body.
+async fn readyz_status(client: &reqwest::Client, base: &str) -> (u16, Value) {
+    let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// One unlabelled series of `GET /metrics`.
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{base}: /metrics lacks {name}"))
+}
+
+/// A checkout on `base` for a flight `hours` from now, timed: the answer,
+/// the decision id and its `upg-first-intl-cash` offer, if shown.
+async fn timed_checkout(
+    client: &reqwest::Client,
+    base: &str,
+    member: &str,
+    hours: i64,
+) -> (u16, Duration, String, Option<Value>) {
+    let dep = (chrono::Utc::now() + chrono::Duration::hours(hours)).to_rfc3339();
+    let started = Instant::now();
+    let r = client
+        .post(format!("{base}/v1/offers"))
+        .json(&offer_req(member, &dep))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let d = body["decision_id"].as_str().unwrap_or_default().to_string();
+    let offer = body["offers"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["offer_id"] == "upg-first-intl-cash"))
+        .cloned();
+    (status, took, d, offer)
+}
+
+fn accept_of(decision: &str, offer: &Value) -> Value {
+    json!({"decision_id": decision, "offer_id": offer["offer_id"], "type": "accept",
+           "revenue": offer["price"], "token": offer["token"]})
+}
+
+async fn points_of(client: &reqwest::Client, base: &str, member: &str) -> u64 {
+    let v: Value = client
+        .get(format!("{base}/v1/members/{member}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["points"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_nats_server_lost_checkout_answers_writes_wait_and_all_catch_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nats, _replicas, bases, client) = cluster_of_three(tmp.path()).await;
+
+    // Before the outage: one decision per replica (known everywhere), to
+    // be accepted with an Idempotency-Key while NATS is lost.
+    let mut before = Vec::new();
+    for (i, b) in bases.iter().enumerate() {
+        for k in 0..20 {
+            let m = format!("M{:08}", 1 + i * 20 + k);
+            let (s, _, d, o) = timed_checkout(&client, b, &m, 40 + (i * 20 + k) as i64).await;
+            assert_eq!(s, 200);
+            if let Some(o) = o {
+                before.push((i, d, o));
+                break;
+            }
+        }
+    }
+    assert_eq!(before.len(), 3, "each replica showed the capped offer");
+    let (seq_before, _) = converged(&client, &bases, 1).await;
+
+    // Every NATS server dies.
+    for i in 0..3 {
+        nats.kill9(i);
+    }
+    let lost_at = Instant::now();
+
+    // Checkout keeps answering on every replica, each within a bound.
+    let mut slowest = Duration::ZERO;
+    let mut during: Vec<(usize, String, Value)> = Vec::new();
+    let mut checkouts = 0;
+    for round in 0..6 {
+        for (i, b) in bases.iter().enumerate() {
+            let m = format!("M{:08}", 100 + round * 3 + i);
+            let hours = 100 + (round * 3 + i) as i64;
+            let (s, took, d, o) = timed_checkout(&client, b, &m, hours).await;
+            assert_eq!(s, 200, "{b}: checkout without NATS answered {s}");
+            assert!(
+                took < Duration::from_millis(500),
+                "{b}: checkout without NATS took {took:?}"
+            );
+            slowest = slowest.max(took);
+            checkouts += 1;
+            if let Some(o) = o {
+                during.push((i, d, o));
+            }
+        }
+    }
+    assert!(!during.is_empty(), "no decision showed the capped offer");
+
+    // Once every replica saw NATS gone (the first look at the stream that
+    // fails), writes answer 503 with Retry-After at once: nothing of them
+    // is sent, so nothing is applied later. (Just before, a write retries
+    // within publish_timeout_ms; its answer is 503 too, maybe applied.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for b in &bases {
+        while readyz_status(&client, b).await.1["cluster"]["nats_reachable"] != false {
+            assert!(
+                Instant::now() < deadline,
+                "{b} still reports NATS reachable"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let victim = "M00000200";
+    let points_before = points_of(&client, &bases[0], victim).await;
+    let mut write_503 = 0;
+    let mut slowest_503 = Duration::ZERO;
+    for b in &bases {
+        let started = Instant::now();
+        let r = client
+            .post(format!("{b}/v1/member-events"))
+            .json(&json!({"member_id": victim, "type": "points_earned", "points": 777}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "{b}: a write without NATS");
+        // Answered at once when the replica has seen NATS gone; reported,
+        // not asserted: a starved test machine stretches it.
+        slowest_503 = slowest_503.max(started.elapsed());
+        assert!(
+            r.headers().get("retry-after").is_some(),
+            "{b}: 503 without Retry-After"
+        );
+        write_503 += 1;
+    }
+    let (i0, d0, o0) = &before[0];
+    let keyed = |b: &str| {
+        client
+            .post(format!("{b}/v1/events"))
+            .header("idempotency-key", "fault-test-accept-1")
+            .json(&accept_of(d0, o0))
+    };
+    let there = &bases[(i0 + 1) % 3];
+    let r = keyed(there).send().await.unwrap();
+    assert_eq!(r.status(), 503, "an accept without NATS");
+    assert!(r.headers().get("retry-after").is_some());
+
+    // /readyz: NATS unreachable, staleness growing, decisions waiting.
+    // Read from /metrics (the same figures as /readyz's cluster block,
+    // which a replica stale beyond max_stale_secs no longer shows).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut stale_first = Vec::new();
+    let mut outboxed = 0;
+    for b in &bases {
+        assert_eq!(
+            metric(&client, b, "offer_engine_cluster_nats_reachable").await,
+            0.0,
+            "{b}"
+        );
+        stale_first.push(metric(&client, b, "offer_engine_cluster_stale_seconds").await);
+        outboxed += metric(&client, b, "offer_engine_cluster_outbox_length").await as u64;
+    }
+    assert!(
+        outboxed >= checkouts as u64 / 2,
+        "decisions wait in the outboxes: {outboxed}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (b, first) in bases.iter().zip(&stale_first) {
+        let now = metric(&client, b, "offer_engine_cluster_stale_seconds").await;
+        assert!(
+            now >= first + 1.0 && now >= 2.0,
+            "{b}: stale_seconds {first} then {now}"
+        );
+    }
+    // Stale beyond max_stale_secs: not ready (a load balancer prefers a
+    // fresh replica), yet checkout still answers.
+    let max_stale: f64 = MAX_STALE_SECS.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, b) in bases.iter().enumerate() {
+        loop {
+            let (s, r) = readyz_status(&client, b).await;
+            if s == 503 {
+                let detail = r["detail"].as_str().unwrap_or_default();
+                assert!(detail.contains("stale"), "{b}: {r}");
+                break;
+            }
+            let stale = r["cluster"]["stale_seconds"].as_f64().unwrap();
+            assert!(stale <= max_stale + 0.5, "{b}: ready while {stale} s stale");
+            assert!(Instant::now() < deadline, "{b}: still ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (s, took, _, _) = timed_checkout(&client, b, &format!("M{:08}", 150 + i), 150).await;
+        assert_eq!(s, 200, "{b}: checkout on a stale replica");
+        slowest = slowest.max(took);
+    }
+    let text = client
+        .get(format!("{}/metrics", bases[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "offer_engine_cluster_nats_reachable 0",
+        "offer_engine_cluster_stale_seconds",
+        "offer_engine_cluster_outbox_length",
+        "offer_engine_cluster_outbox_dropped_total 0",
+    ] {
+        assert!(text.contains(want), "/metrics lacks {want}");
+    }
+
+    // NATS returns (same data dirs): outboxes drain, replicas catch up.
+    let outage = lost_at.elapsed();
+    for i in 0..3 {
+        nats.start_node(i);
+    }
+    let back_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    'drain: loop {
+        let mut empty = true;
+        for b in &bases {
+            let r = readyz_status(&client, b).await.1;
+            empty &= r["cluster"]["outbox"] == 0 && r["cluster"]["nats_reachable"] == true;
+        }
+        if empty {
+            break 'drain;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outboxes did not drain within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let drained_after = back_at.elapsed();
+    let (seq_after, digest) = converged(&client, &bases, seq_before + 1).await;
+    let caught_up_after = back_at.elapsed();
+    let mut drained_total = 0;
+    for b in &bases {
+        let text = client
+            .get(format!("{b}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        drained_total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("offer_engine_cluster_outbox_drained_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        // Not every queued decision is counted as published from the
+        // outbox: one whose first publish sat in the client's buffer is
+        // sent on reconnect, stored, and leaves the outbox when it arrives
+        // from the stream. None is dropped.
+        assert!(
+            text.contains("offer_engine_cluster_outbox_dropped_total 0"),
+            "{b}: a decision was dropped"
+        );
+    }
+    // Every decision made during the outage is known on every replica: an
+    // accept sent to another replica than the one that decided is 202.
+    for (i, d, o) in &during {
+        let there = &bases[(i + 1) % 3];
+        let r = client
+            .post(format!("{there}/v1/events"))
+            .json(&accept_of(d, o))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status();
+        assert_eq!(
+            s,
+            202,
+            "accept of decision {d} (made on replica {i} without NATS) on another replica: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    // The refused writes were not applied; retried now, each applies once.
+    assert_eq!(points_of(&client, &bases[0], victim).await, points_before);
+    let r = client
+        .post(format!("{}/v1/member-events", bases[1]))
+        .json(&json!({"member_id": victim, "type": "points_earned", "points": 777}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = keyed(there).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        202,
+        "the keyed accept retried after NATS returned"
+    );
+    let first: Value = r.json().await.unwrap();
+    let r = keyed(there).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        first,
+        "the replay is the first answer"
+    );
+    // Once every replica applied it, the same accept without the key is
+    // refused where the decision was made: it was applied. (Sent before
+    // that replica applied the first, it would be applied a second time:
+    // "already accepted" is checked on the request path, not at apply.)
+    let (_, digest2) = converged(&client, &bases, seq_after + 1).await;
+    let again = client
+        .post(format!("{}/v1/events", bases[*i0]))
+        .json(&accept_of(d0, o0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "the accept was applied (once)");
+    for b in &bases {
+        assert_eq!(
+            points_of(&client, b, victim).await,
+            points_before + 777,
+            "{b}"
+        );
+    }
+
+    // Campaign decisions go the way of checkout's: remembered at apply on
+    // every replica; an accept on the replica that ran the campaign, sent
+    // as soon as the line is read, waits for its decisions to be applied.
+    let r = client
+        .post(format!("{}/v1/campaigns", bases[0]))
+        .json(&json!({"channel": "email", "tiers": ["silver"], "offers": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &Value| l["offers"].as_array().is_some_and(|o| !o.is_empty()))
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "campaign lines with offers: {}",
+        lines.len()
+    );
+    let campaign_accept = |l: &Value| {
+        let o = &l["offers"][0];
+        let mut e = json!({"decision_id": l["decision_id"], "offer_id": o["offer_id"],
+                           "type": "accept", "token": o["token"]});
+        if o["price"].is_object() {
+            e["revenue"] = o["price"].clone();
+        }
+        e
+    };
+    let r = client
+        .post(format!("{}/v1/events", bases[0]))
+        .json(&campaign_accept(&lines[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "campaign accept where it ran");
+    let r = client
+        .post(format!("{}/v1/events", bases[1]))
+        .json(&campaign_accept(&lines[lines.len() - 1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "campaign accept on another replica");
+    converged(&client, &bases, seq_after + 2).await;
+    eprintln!(
+        "all NATS lost for {:.1} s: {checkouts} checkouts all 200, slowest {:.0} ms; {write_503} writes 503 with Retry-After (slowest {:.0} ms); {outboxed} decisions queued; after restart outboxes drained in {:.1} s ({drained_total} published from them), digests equal after {:.1} s (seq {seq_before} -> {seq_after}, digest {digest} -> {digest2})",
+        outage.as_secs_f64(),
+        slowest.as_secs_f64() * 1000.0,
+        slowest_503.as_secs_f64() * 1000.0,
+        drained_after.as_secs_f64(),
+        caught_up_after.as_secs_f64(),
+    );
+}
+
+/// The stream's leader (a NATS server name, `n0`..`n2`), asked with the
+/// NATS client.
+async fn stream_leader(urls: &str) -> Option<usize> {
+    let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
+    let c = async_nats::ConnectOptions::new().connect(urls).await.ok()?;
+    let js = async_nats::jetstream::new(c);
+    let mut s = js.get_stream("OFFERS").await.ok()?;
+    let info = s.info().await.ok()?;
+    let leader = info.cluster.as_ref()?.leader.clone()?;
+    leader.strip_prefix('n')?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_one_nats_server_of_three_is_not_seen_by_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nats, _replicas, bases, client) = cluster_of_three(tmp.path()).await;
+    // The worst one to lose: the stream's leader (writes wait for a new one).
+    let victim = stream_leader(&nats.urls())
+        .await
+        .expect("the stream has a leader");
+    let stop_at = Instant::now() + Duration::from_secs(16);
+    let kill_at = Instant::now() + Duration::from_secs(3);
+    #[derive(Default)]
+    struct Saw {
+        writes: u32,
+        write_errors: Vec<String>,
+        slowest_write: Duration,
+        checkouts: u32,
+        checkout_errors: Vec<String>,
+        slowest_checkout: Duration,
+        acked: HashMap<String, u64>,
+        unknown: HashMap<String, u64>,
+    }
+    let saw = Arc::new(Mutex::new(Saw::default()));
+    let mut tasks = Vec::new();
+    for t in 0..6usize {
+        let (client, bases, saw) = (client.clone(), bases.clone(), saw.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut j = 0usize;
+            while Instant::now() < stop_at {
+                j += 1;
+                let b = &bases[(t + j) % 3];
+                let m = format!("M{:08}", 1 + (t * 40 + j % 40));
+                let started = Instant::now();
+                if j.is_multiple_of(2) {
+                    let r = client
+                        .post(format!("{b}/v1/member-events"))
+                        .json(&json!({"member_id": m, "type": "points_earned", "points": 5}))
+                        .send()
+                        .await;
+                    let took = started.elapsed();
+                    let mut s = saw.lock().unwrap();
+                    s.writes += 1;
+                    s.slowest_write = s.slowest_write.max(took);
+                    match r {
+                        Ok(r) if r.status() == 202 => *s.acked.entry(m).or_default() += 5,
+                        // Refused, maybe applied (the publish may be
+                        // stored after the answer): retry-able, never silent.
+                        Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
+                            *s.unknown.entry(m).or_default() += 5;
+                            s.write_errors.push(format!("503 after {took:?}"));
+                        }
+                        other => panic!(
+                            "a write answered {:?} after {took:?}",
+                            other.map(|r| r.status())
+                        ),
+                    }
+                } else {
+                    let (st, took, _, _) =
+                        timed_checkout(&client, b, &m, 50 + (j % 50) as i64).await;
+                    let mut s = saw.lock().unwrap();
+                    s.checkouts += 1;
+                    s.slowest_checkout = s.slowest_checkout.max(took);
+                    if st != 200 {
+                        s.checkout_errors.push(format!("{st} after {took:?}"));
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep_until(kill_at.into()).await;
+    nats.kill9(victim);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    nats.start_node(victim);
+    let saw = Arc::try_unwrap(saw).ok().unwrap().into_inner().unwrap();
+    eprintln!(
+        "killed NATS server n{victim} (the stream leader): {} writes, {} not 202 {:?}, slowest {:.2} s; {} checkouts, {} not 200, slowest {:.0} ms",
+        saw.writes,
+        saw.write_errors.len(),
+        saw.write_errors,
+        saw.slowest_write.as_secs_f64(),
+        saw.checkouts,
+        saw.checkout_errors.len(),
+        saw.slowest_checkout.as_secs_f64() * 1000.0
+    );
+    // Checkout never fails. Writes wait through the stream leader's
+    // election (retrying within publish_timeout_ms); one that outlasts the
+    // request timeout answers 503 with Retry-After, counted above.
+    assert!(
+        saw.checkout_errors.is_empty(),
+        "checkouts failed: {:?}",
+        saw.checkout_errors
+    );
+    assert!(
+        saw.write_errors.len() * 100 <= saw.writes as usize,
+        "more than 1% of writes refused: {:?}",
+        saw.write_errors
+    );
+    assert!(saw.writes > 30 && saw.checkouts > 30, "too little load");
+    let (_, _) = converged(&client, &bases, 2).await;
+    let members: std::collections::HashSet<&String> =
+        saw.acked.keys().chain(saw.unknown.keys()).collect();
+    for b in &bases {
+        for m in &members {
+            let initial: u64 = 10_000 + m[1..].parse::<u64>().unwrap();
+            let acked = saw.acked.get(*m).copied().unwrap_or(0);
+            let unknown = saw.unknown.get(*m).copied().unwrap_or(0);
+            let got = points_of(&client, b, m).await;
+            assert!(
+                got >= initial + acked && got <= initial + acked + unknown,
+                "{b} {m}: points {got}, initial {initial}, acknowledged {acked}, unknown {unknown}"
+            );
+        }
+    }
+}

@@ -22,7 +22,7 @@
 //! stream no longer holds loads a shared snapshot at start, or stops
 //! applying and says so while running: it never skips records.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -87,6 +87,18 @@ pub struct ClusterStatus {
     pub catch_up_target: AtomicU64,
     /// Where the state came from at start.
     pub restored_from: OnceLock<RestoredFrom>,
+    /// Milliseconds since the Unix epoch when this replica last confirmed
+    /// it held the stream's end: a look at the stream found its last
+    /// sequence, and the apply loop has applied up to it since.
+    pub caught_up_ms: AtomicU64,
+    /// Decisions waiting in the outbox to be published.
+    pub outbox_len: AtomicU64,
+    /// Their bytes.
+    pub outbox_bytes: AtomicU64,
+    /// Decisions published from the outbox.
+    pub outbox_drained: AtomicU64,
+    /// Decisions dropped from a full outbox, never published by this replica.
+    pub outbox_dropped: AtomicU64,
 }
 
 /// Where a replica's state came from at start.
@@ -111,6 +123,12 @@ impl ClusterStatus {
     pub fn caught_up(&self) -> bool {
         self.applied.load(Ordering::Acquire) >= self.catch_up_target.load(Ordering::Acquire)
     }
+
+    /// Seconds since this replica last confirmed it held the stream's end
+    /// at `now_ms`: how stale what it answers may be.
+    pub fn stale_seconds(&self, now_ms: u64) -> f64 {
+        now_ms.saturating_sub(self.caught_up_ms.load(Ordering::Acquire)) as f64 / 1000.0
+    }
 }
 
 /// A NATS JetStream stream as the event log.
@@ -129,6 +147,8 @@ pub struct NatsLog {
     publish_timeout: Duration,
     closed: Arc<AtomicBool>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
+    outbox: Arc<Outbox>,
+    checkout_budget: Duration,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> LogError {
@@ -646,6 +666,7 @@ impl NatsLog {
         status.stream_last.store(last, Ordering::Release);
         status.reachable.store(true, Ordering::Release);
         status.last_seen_ms.store(now_ms(), Ordering::Release);
+        status.caught_up_ms.store(now_ms(), Ordering::Release);
         let pending: Arc<Mutex<HashMap<String, Waiter>>> = Arc::default();
         let (snap_tx, snap_rx) = mpsc::unbounded_channel();
         let closed = Arc::new(AtomicBool::new(false));
@@ -671,6 +692,21 @@ impl NatsLog {
             sharing,
         }));
         handle.spawn(watch_stream(stream.clone(), status.clone(), closed.clone()));
+        let outbox = Outbox::spawn(
+            &handle,
+            OutboxSettings {
+                max_bytes: cfg.outbox_max_bytes,
+                duplicate_window: Duration::from_secs(cfg.duplicate_window_secs.max(1)),
+                client: client.clone(),
+                js: js.clone(),
+                subject: subject.clone(),
+                pending: pending.clone(),
+                status: status.clone(),
+                closed: closed.clone(),
+                observer: observer.clone(),
+            },
+        );
+
         Ok(NatsLog {
             handle,
             observer,
@@ -686,6 +722,8 @@ impl NatsLog {
             publish_timeout,
             closed,
             stop: Mutex::new(Some(stop_tx)),
+            outbox,
+            checkout_budget: Duration::from_millis(cfg.checkout_publish_budget_ms),
         })
     }
 
@@ -717,6 +755,130 @@ impl NatsLog {
         Ok(())
     }
 
+    /// Whether NATS is taken as reachable: connected, or the last look at
+    /// the stream (every second) succeeded. A client that lost its server
+    /// in a cluster of three reconnects to another within milliseconds, so
+    /// both failing means every server is out of reach.
+    fn nats_up(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+            || self.status.reachable.load(Ordering::Acquire)
+    }
+
+    /// Why a record of `len` bytes cannot be published now, if it cannot;
+    /// `need_nats`: refuse it when NATS is lost (a write answers 503 at
+    /// once; a decision goes to the outbox instead).
+    fn refuse(&self, len: usize, need_nats: bool) -> Option<LogError> {
+        if len > self.client.server_info().max_payload.saturating_sub(1024) {
+            return Some(LogError::TooLarge(format!(
+                "{len} bytes is more than the NATS server takes in one message"
+            )));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Some(LogError::Unavailable("the log is closed".into()));
+        }
+        if need_nats && !self.nats_up() {
+            return Some(unavailable(
+                "not connected to any server and the stream does not answer",
+            ));
+        }
+        None
+    }
+
+    /// Publishes a decision without ever failing its caller for NATS:
+    /// the returned future resolves with the sequence once this replica
+    /// applied it, or with 0 when it did not within the checkout budget,
+    /// or at once when the decision went to the outbox (NATS lost, or its
+    /// publish failed). The outbox publishes it later with the same
+    /// `Nats-Msg-Id`. `after(seq)` runs on the apply loop when it arrives.
+    fn publish_outboxed(
+        &self,
+        payload: Vec<u8>,
+        after: Box<dyn FnOnce(u64) + Send>,
+    ) -> impl std::future::Future<Output = Result<u64, LogError>> + Send + 'static {
+        let id = format!(
+            "{}-{}",
+            self.replica,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let refused = self.refuse(payload.len(), false);
+        let (done_tx, done_rx) = oneshot::channel();
+        let (queued_tx, queued_rx) = oneshot::channel::<()>();
+        if refused.is_none() {
+            let outbox = self.outbox.clone();
+            outbox.made(&id);
+            let arrived = id.clone();
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    id.clone(),
+                    Waiter {
+                        // Stored and applied: nothing left to publish,
+                        // whatever the duplicate window.
+                        after: Box::new(move |seq| {
+                            after(seq);
+                            outbox.arrived(&arrived);
+                        }),
+                        done: done_tx,
+                    },
+                );
+            let payload = Bytes::from(payload);
+            // Behind earlier decisions still waiting, or NATS lost: queue.
+            if !self.outbox.is_empty() || !self.nats_up() {
+                self.outbox.push(id, payload, None);
+                let _ = queued_tx.send(());
+            } else {
+                let js = self.js.clone();
+                let subject = self.subject.clone();
+                let observer = self.observer.clone();
+                let outbox = self.outbox.clone();
+                let pending = self.pending.clone();
+                let status = self.status.clone();
+                self.handle.spawn(async move {
+                    let started = Instant::now();
+                    match publish_once(&js, &subject, &id, payload.clone()).await {
+                        Ok(seq) => {
+                            status.stream_last.fetch_max(seq, Ordering::AcqRel);
+                            observer.published(started.elapsed().as_secs_f64())
+                        }
+                        Err(e) => {
+                            // Unless the apply loop took it meanwhile (it
+                            // was stored after all), publish it later.
+                            let waiting = pending
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .contains_key(&id);
+                            if waiting {
+                                tracing::debug!(error = %e, id = %id, "decision not published; queued in the outbox");
+                                outbox.push(id, payload, Some(started));
+                                let _ = queued_tx.send(());
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        let budget = self.checkout_budget;
+        // Timed on the NATS runtime: a campaign waits from a runtime
+        // without a timer.
+        let waited = refused.is_none().then(|| {
+            self.handle.spawn(async move {
+                tokio::select! {
+                    applied = done_rx => applied.unwrap_or(0),
+                    Ok(()) = queued_rx => 0,
+                    _ = tokio::time::sleep(budget) => 0,
+                }
+            })
+        });
+        async move {
+            match (refused, waited) {
+                (Some(e), _) => Err(e),
+                (None, Some(w)) => Ok(w.await.unwrap_or(0)),
+                (None, None) => Ok(0),
+            }
+        }
+    }
+
     /// Publishes `payload`; once this replica applied it, `after(seq)`
     /// runs on the apply loop (instead of the generic apply) and the
     /// returned future resolves with the sequence.
@@ -730,11 +892,12 @@ impl NatsLog {
             self.replica,
             self.counter.fetch_add(1, Ordering::Relaxed)
         );
-        let too_large = payload.len() > self.client.server_info().max_payload.saturating_sub(1024);
-        let closed = self.closed.load(Ordering::Acquire);
+        let refused = self.refuse(payload.len(), true);
         let (done_tx, done_rx) = oneshot::channel();
         let pending = self.pending.clone();
-        if !too_large && !closed {
+        // Spawned only when it may run: a publish aborted later could
+        // already sit in the client's buffer and be sent on reconnect.
+        let sent = refused.is_none().then(|| {
             pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -745,31 +908,30 @@ impl NatsLog {
                         done: done_tx,
                     },
                 );
-        }
-        let js = self.js.clone();
-        let subject = self.subject.clone();
+            self.handle.spawn(publish_retrying(
+                self.js.clone(),
+                self.subject.clone(),
+                id.clone(),
+                Bytes::from(payload),
+                self.publish_timeout,
+                self.observer.clone(),
+            ))
+        });
         let timeout = self.publish_timeout;
-        let len = payload.len();
-        let sent = self.handle.spawn(publish_retrying(
-            js,
-            subject,
-            id.clone(),
-            Bytes::from(payload),
-            timeout,
-            self.observer.clone(),
-        ));
+        let status = self.status.clone();
         async move {
-            if too_large {
-                sent.abort();
-                return Err(LogError::TooLarge(format!(
-                    "{len} bytes is more than the NATS server takes in one message"
-                )));
-            }
-            if closed {
-                sent.abort();
-                return Err(LogError::Unavailable("the log is closed".into()));
-            }
+            let sent = match (refused, sent) {
+                (Some(e), _) => return Err(e),
+                (None, Some(sent)) => sent,
+                (None, None) => return Err(unavailable("the publish did not start")),
+            };
             let published = sent.await.unwrap_or_else(|e| Err(unavailable(e)));
+            if let Ok(seq) = published {
+                // The stream holds at least this: the apply loop learns it
+                // is behind (and recreates a silent consumer) without
+                // waiting for the next look at the stream.
+                status.stream_last.fetch_max(seq, Ordering::AcqRel);
+            }
             let give_up = |e: LogError| {
                 // Not waited for any more: if the record was stored after
                 // all, the apply loop applies it like another replica's.
@@ -857,6 +1019,296 @@ async fn publish_retrying(
     }
 }
 
+/// One publish with `Nats-Msg-Id = id`, waiting for the acknowledgement
+/// (JetStream's request timeout bounds it). Resolves with the sequence.
+async fn publish_once(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    payload: Bytes,
+) -> Result<u64, LogError> {
+    let ack = js
+        .send_publish(
+            subject.to_string(),
+            PublishMessage::build().payload(payload).message_id(id),
+        )
+        .await
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    Ok(ack.sequence)
+}
+
+struct OutboxEntry {
+    id: String,
+    payload: Bytes,
+    /// When it was first sent, if ever: until the duplicate window has
+    /// passed since, publishing it again cannot store it twice.
+    sent: Option<Instant>,
+}
+
+#[derive(Default)]
+struct OutboxQueue {
+    entries: VecDeque<OutboxEntry>,
+    bytes: u64,
+}
+
+/// What the outbox needs to publish and to report.
+struct OutboxSettings {
+    max_bytes: u64,
+    duplicate_window: Duration,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subject: String,
+    pending: Arc<Mutex<HashMap<String, Waiter>>>,
+    status: Arc<ClusterStatus>,
+    closed: Arc<AtomicBool>,
+    observer: Arc<dyn super::Observer>,
+}
+
+/// Decisions this replica made that are not published yet (NATS lost, or
+/// their publish failed), oldest first, bounded in bytes: a checkout never
+/// waits for NATS, so its decision waits here and is published when NATS
+/// answers again, with the same `Nats-Msg-Id` (a publish that was stored
+/// after all is then acknowledged as a duplicate, not stored twice).
+struct Outbox {
+    queue: Mutex<OutboxQueue>,
+    /// Decisions made here and not applied here yet (on their way or
+    /// queued): an event about one of them waits for them.
+    unapplied: Mutex<HashSet<String>>,
+    max_bytes: u64,
+    wake: tokio::sync::Notify,
+    pending: Arc<Mutex<HashMap<String, Waiter>>>,
+    status: Arc<ClusterStatus>,
+}
+
+/// Decisions the outbox publishes at once.
+const OUTBOX_BATCH: usize = 64;
+
+impl Outbox {
+    fn spawn(handle: &tokio::runtime::Handle, s: OutboxSettings) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox {
+            queue: Mutex::default(),
+            unapplied: Mutex::default(),
+            max_bytes: s.max_bytes,
+            wake: tokio::sync::Notify::new(),
+            pending: s.pending,
+            status: s.status,
+        });
+        handle.spawn(drain_outbox(
+            outbox.clone(),
+            Drain {
+                js: s.js,
+                client: s.client,
+                subject: s.subject,
+                duplicate_window: s.duplicate_window,
+                closed: s.closed,
+                observer: s.observer,
+            },
+        ));
+        outbox
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxQueue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().entries.is_empty()
+    }
+
+    fn publish_gauges(&self, q: &OutboxQueue) {
+        self.status
+            .outbox_len
+            .store(q.entries.len() as u64, Ordering::Release);
+        self.status.outbox_bytes.store(q.bytes, Ordering::Release);
+    }
+
+    /// Queues a decision; a full outbox drops its oldest first (their
+    /// accepts then find no decision: a decision is not an acknowledged
+    /// write, and the newest are the ones members are looking at).
+    fn push(&self, id: String, payload: Bytes, sent: Option<Instant>) {
+        let len = payload.len() as u64;
+        let mut dropped = Vec::new();
+        {
+            let mut q = self.lock();
+            if len > self.max_bytes {
+                // Larger than the whole outbox: dropped itself, the
+                // others kept.
+                dropped.push(id);
+            } else {
+                while q.bytes + len > self.max_bytes {
+                    let Some(old) = q.entries.pop_front() else {
+                        break;
+                    };
+                    q.bytes -= old.payload.len() as u64;
+                    dropped.push(old.id);
+                }
+                q.bytes += len;
+                q.entries.push_back(OutboxEntry { id, payload, sent });
+            }
+            self.publish_gauges(&q);
+        }
+        if !dropped.is_empty() {
+            self.status
+                .outbox_dropped
+                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                dropped = dropped.len(),
+                max_bytes = self.max_bytes,
+                "the decision outbox is full; its oldest decisions are dropped unpublished"
+            );
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut unapplied = self
+                .unapplied
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for id in dropped {
+                pending.remove(&id);
+                unapplied.remove(&id);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Notes decision `id`, made here, as not applied here yet.
+    fn made(&self, id: &str) {
+        self.unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_string());
+    }
+
+    /// Decision `id` arrived from the stream and is applied here.
+    fn arrived(&self, id: &str) {
+        self.unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        self.remove(id, false);
+    }
+
+    /// The decisions made here and not applied here yet.
+    fn unapplied(&self) -> Vec<String> {
+        self.unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether any of `ids` is still not applied here.
+    fn any_unapplied(&self, ids: &[String]) -> usize {
+        let set = self
+            .unapplied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ids.iter().filter(|id| set.contains(*id)).count()
+    }
+
+    /// Takes decision `id` out (published, or arrived from the stream);
+    /// `drained`: it was published from here.
+    fn remove(&self, id: &str, drained: bool) {
+        let mut q = self.lock();
+        if let Some(i) = q.entries.iter().position(|e| e.id == id) {
+            if let Some(e) = q.entries.remove(i) {
+                q.bytes -= e.payload.len() as u64;
+                if drained {
+                    self.status.outbox_drained.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.publish_gauges(&q);
+        }
+    }
+
+    /// The oldest `n` decisions, left in place until published, with when
+    /// each was first sent.
+    fn oldest(&self, n: usize) -> Vec<(String, Bytes, Option<Instant>)> {
+        self.lock()
+            .entries
+            .iter()
+            .take(n)
+            .map(|e| (e.id.clone(), e.payload.clone(), e.sent))
+            .collect()
+    }
+
+    /// Notes that the oldest `n` are being sent now (those not sent before).
+    fn sending(&self, n: usize) {
+        let now = Instant::now();
+        for e in self.lock().entries.iter_mut().take(n) {
+            e.sent.get_or_insert(now);
+        }
+    }
+}
+
+struct Drain {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    subject: String,
+    duplicate_window: Duration,
+    closed: Arc<AtomicBool>,
+    observer: Arc<dyn super::Observer>,
+}
+
+/// Publishes the outbox's decisions, oldest first, as soon as NATS answers
+/// while each was first sent less than the duplicate window ago (JetStream
+/// stores a repeated `Nats-Msg-Id` once). An older one waits until this
+/// replica has confirmed it holds the stream's end: if its earlier publish
+/// was stored after all, it has then arrived from the stream and left the
+/// outbox, so it is not published again beyond the duplicate window.
+async fn drain_outbox(outbox: Arc<Outbox>, d: Drain) {
+    // Margin for a publish the client still held when it was first sent.
+    let safe_for = d.duplicate_window.saturating_sub(Duration::from_secs(10));
+    while !d.closed.load(Ordering::Acquire) {
+        let status = &outbox.status;
+        let up = d.client.connection_state() == async_nats::connection::State::Connected
+            || status.reachable.load(Ordering::Acquire);
+        if !up {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let fresh =
+            status.reachable.load(Ordering::Acquire) && status.stale_seconds(now_ms()) < 3.0;
+        let batch = outbox.oldest(OUTBOX_BATCH);
+        if batch.is_empty() {
+            tokio::select! {
+                _ = outbox.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        let safe = |sent: &Option<Instant>| sent.is_none_or(|t| t.elapsed() < safe_for);
+        if !fresh && !batch.iter().all(|(_, _, sent)| safe(sent)) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        outbox.sending(batch.len());
+        let started = Instant::now();
+        let sent = futures_util::future::join_all(
+            batch
+                .iter()
+                .map(|(id, payload, _)| publish_once(&d.js, &d.subject, id, payload.clone())),
+        )
+        .await;
+        let mut failed = None;
+        for ((id, _, _), r) in batch.iter().zip(sent) {
+            match r {
+                Ok(seq) => {
+                    outbox.status.stream_last.fetch_max(seq, Ordering::AcqRel);
+                    d.observer.published(started.elapsed().as_secs_f64());
+                    outbox.remove(id, true);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            tracing::debug!(error = %e, "publishing the decision outbox failed; retrying");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
 /// Publishes the initial records if the stream is empty (the first with
 /// `expected_last_sequence(0)`: one replica wins; the others consume).
 /// Returns the last sequence published, or 0 when another replica won.
@@ -905,26 +1357,43 @@ async fn publish_initial(
     Ok(last)
 }
 
-/// Looks at the stream every second: its last sequence (the lag) and
-/// whether NATS answers.
+/// Looks at the stream every second: its last sequence (the lag), whether
+/// NATS answers, and when this replica last held the stream's end (a look
+/// whose last sequence the apply loop has reached since confirms the time
+/// of that look; under steady load that is a second or two ago).
 async fn watch_stream(
     mut stream: stream::Stream,
     status: Arc<ClusterStatus>,
     closed: Arc<AtomicBool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // A look's last sequence and time, not yet applied here.
+    let mut target: Option<(u64, u64)> = None;
     while !closed.load(Ordering::Acquire) {
         tick.tick().await;
+        let applied = status.applied.load(Ordering::Acquire);
+        if let Some((last, at)) = target {
+            if applied >= last {
+                status.caught_up_ms.fetch_max(at, Ordering::AcqRel);
+                target = None;
+            }
+        }
+        let asked = now_ms();
         match tokio::time::timeout(Duration::from_secs(2), stream.info()).await {
             Ok(Ok(info)) => {
-                status
-                    .stream_last
-                    .fetch_max(info.state.last_sequence, Ordering::AcqRel);
+                let last = info.state.last_sequence;
+                status.stream_last.fetch_max(last, Ordering::AcqRel);
                 status
                     .stream_first
                     .fetch_max(info.state.first_sequence, Ordering::AcqRel);
                 status.reachable.store(true, Ordering::Release);
                 status.last_seen_ms.store(now_ms(), Ordering::Release);
+                if status.applied.load(Ordering::Acquire) >= last {
+                    status.caught_up_ms.fetch_max(asked, Ordering::AcqRel);
+                    target = None;
+                } else if target.is_none() {
+                    target = Some((last, asked));
+                }
             }
             _ => status.reachable.store(false, Ordering::Release),
         }
@@ -1097,6 +1566,10 @@ impl EventLog for NatsLog {
         Box::pin(self.publish(payload, after_durable))
     }
 
+    fn append_decision(&self, payload: Vec<u8>, after: Box<dyn FnOnce(u64) + Send>) -> Pending {
+        Box::pin(self.publish_outboxed(payload, after))
+    }
+
     fn append_deferred(
         &self,
         payload: Vec<u8>,
@@ -1166,7 +1639,29 @@ impl EventLog for NatsLog {
         let mut stream = self.stream.clone();
         let status = self.status.clone();
         let timeout = self.publish_timeout;
+        let outbox = self.outbox.clone();
+        let client = self.client.clone();
         let asked = self.handle.spawn(async move {
+            // This replica's own decisions on their way or in the outbox
+            // may not be in the stream yet: an event about one of them
+            // waits for those made so far (not while NATS is lost: that
+            // answers at once).
+            let deadline = Instant::now() + timeout;
+            let made = outbox.unapplied();
+            loop {
+                let waiting = outbox.any_unapplied(&made);
+                if waiting == 0 {
+                    break;
+                }
+                let lost = client.connection_state() != async_nats::connection::State::Connected
+                    && !outbox.status.reachable.load(Ordering::Acquire);
+                if lost || Instant::now() > deadline {
+                    return Err(unavailable(format!(
+                        "{waiting} decisions made here are not published yet"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let info = tokio::time::timeout(Duration::from_secs(2), stream.info())
                 .await
                 .map_err(unavailable)?
@@ -1210,5 +1705,85 @@ impl EventLog for NatsLog {
 
     fn cluster_status(&self) -> Option<Arc<ClusterStatus>> {
         Some(self.status.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(max_bytes: u64) -> Outbox {
+        Outbox {
+            queue: Mutex::default(),
+            unapplied: Mutex::default(),
+            max_bytes,
+            wake: tokio::sync::Notify::new(),
+            pending: Arc::default(),
+            status: Arc::default(),
+        }
+    }
+
+    fn waiting(o: &Outbox, id: &str) -> oneshot::Receiver<u64> {
+        let (done, rx) = oneshot::channel();
+        o.pending.lock().unwrap().insert(
+            id.to_string(),
+            Waiter {
+                after: Box::new(|_| {}),
+                done,
+            },
+        );
+        rx
+    }
+
+    #[test]
+    fn a_full_outbox_drops_its_oldest_and_counts_them() {
+        let o = outbox(100);
+        let mut first = waiting(&o, "a");
+        let _others = [waiting(&o, "b"), waiting(&o, "c")];
+        for id in ["a", "b", "c"] {
+            o.push(id.into(), Bytes::from(vec![0u8; 40]), None);
+        }
+        // 120 bytes do not fit in 100: "a" went, unpublished.
+        let ids: Vec<String> = o.oldest(10).into_iter().map(|(id, _, _)| id).collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert_eq!(o.status.outbox_dropped.load(Ordering::Acquire), 1);
+        assert_eq!(o.status.outbox_len.load(Ordering::Acquire), 2);
+        assert_eq!(o.status.outbox_bytes.load(Ordering::Acquire), 80);
+        assert!(!o.pending.lock().unwrap().contains_key("a"));
+        assert!(first.try_recv().is_err(), "its waiter is gone");
+        // Larger than the whole outbox: dropped itself, the rest kept.
+        o.push("huge".into(), Bytes::from(vec![0u8; 101]), None);
+        assert_eq!(o.oldest(10).len(), 2);
+        assert_eq!(o.status.outbox_dropped.load(Ordering::Acquire), 2);
+    }
+
+    #[test]
+    fn published_or_arrived_decisions_leave_the_outbox() {
+        let o = outbox(1 << 20);
+        for id in ["a", "b", "c"] {
+            o.push(id.into(), Bytes::from_static(b"decision"), None);
+        }
+        o.remove("b", true);
+        o.remove("a", false);
+        o.remove("missing", true);
+        assert_eq!(o.oldest(10).len(), 1);
+        assert_eq!(o.status.outbox_drained.load(Ordering::Acquire), 1);
+        assert_eq!(o.status.outbox_len.load(Ordering::Acquire), 1);
+        assert_eq!(o.status.outbox_bytes.load(Ordering::Acquire), 8);
+        assert!(!o.is_empty());
+        o.remove("c", true);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn staleness_counts_from_the_last_confirmation() {
+        let s = ClusterStatus::default();
+        s.caught_up_ms.store(10_000, Ordering::Release);
+        assert_eq!(s.stale_seconds(12_500), 2.5);
+        assert_eq!(
+            s.stale_seconds(9_000),
+            0.0,
+            "a clock step back is not negative"
+        );
     }
 }

@@ -42,8 +42,13 @@ pub struct ClusterReady {
     /// Whether NATS answered the last look (every second); while it does
     /// not, checkout answers from the state held and writes answer 503.
     pub nats_reachable: bool,
-    /// Seconds since NATS last answered: how stale the state may be.
+    /// Seconds since this replica last confirmed it held the stream's end
+    /// (a look at the stream whose last sequence it has applied since):
+    /// how stale its answers may be. Beyond `[cluster] max_stale_secs`
+    /// `/readyz` answers 503; checkout still answers.
     pub stale_seconds: f64,
+    /// Decisions made here waiting in the outbox to be published.
+    pub outbox: u64,
     /// The stream's first sequence (older records were purged: they are
     /// in the shared snapshots).
     pub stream_first: u64,
@@ -103,12 +108,24 @@ pub async fn healthz() -> HttpResponse {
     tag = "health",
     responses(
         (status = 200, description = "ready", body = Ready),
-        (status = 503, description = "still starting", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "still starting, or (cluster mode) stale beyond `max_stale_secs`", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiError> {
     if !serving(&state) {
         return Err(ApiError::Unavailable(not_ready_reason(&state)));
+    }
+    // A replica too far behind the stream tells the load balancer to
+    // prefer a fresh one; it still answers checkout if asked.
+    if let Some(c) = state.durable().cluster_status() {
+        let max = state.settings().cluster.max_stale_secs;
+        let stale = c.stale_seconds(chrono::Utc::now().timestamp_millis().max(0) as u64);
+        if stale > max as f64 {
+            return Err(ApiError::Unavailable(format!(
+                "stale: this replica last confirmed it held the stream's end {stale:.0} s ago (max_stale_secs {max}); NATS reachable: {}",
+                c.reachable.load(std::sync::atomic::Ordering::Acquire)
+            )));
+        }
     }
     let engine = state.engine();
     Ok(HttpResponse::Ok().json(Ready {
@@ -119,14 +136,13 @@ pub async fn readyz(state: web::Data<SharedState>) -> Result<HttpResponse, ApiEr
         model_version: &engine.table.version,
         cluster: state.durable().cluster_status().map(|c| {
             use std::sync::atomic::Ordering;
-            let seen = c.last_seen_ms.load(Ordering::Acquire) as i64;
             ClusterReady {
                 applied: c.applied.load(Ordering::Acquire),
                 stream_last: c.stream_last.load(Ordering::Acquire),
                 lag: c.lag(),
                 nats_reachable: c.reachable.load(Ordering::Acquire),
-                stale_seconds: ((chrono::Utc::now().timestamp_millis() - seen).max(0) as f64)
-                    / 1000.0,
+                stale_seconds: c.stale_seconds(chrono::Utc::now().timestamp_millis().max(0) as u64),
+                outbox: c.outbox_len.load(Ordering::Acquire),
                 stream_first: c.stream_first.load(Ordering::Acquire),
                 shared_snapshot: c.shared_newest.load(Ordering::Acquire),
                 restored_from: c.restored_from.get().cloned(),

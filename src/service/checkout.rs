@@ -97,7 +97,7 @@ impl Service {
         let learner = state.learner();
         let adaptive = learner.settings().enabled && !policy.own_model;
         let slots = adaptive.then(|| learner.slots(&engine.catalog));
-        let decision_id = uuid::Uuid::new_v4().to_string();
+        let decision_id = decision_id(now);
         let moments = |i: usize| match &slots {
             Some(s) => s[i]
                 .read()
@@ -207,5 +207,44 @@ impl Service {
             fallback,
             logged,
         }
+    }
+}
+
+/// A new decision id: a UUIDv7 (the request's time in its first 48 bits,
+/// then random bits), so a replica asked about a decision it does not hold
+/// can tell one made moments ago, maybe still on its way through another
+/// replica's outbox, from one unknown ([`made_at_ms`]).
+pub fn decision_id(now: DateTime<Utc>) -> String {
+    let secs = now.timestamp().max(0) as u64;
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, secs, now.timestamp_subsec_nanos());
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+/// When decision `id` was made (milliseconds since the Unix epoch), if it
+/// is a UUIDv7 as checkout makes them; anything else is None.
+pub fn made_at_ms(id: &str) -> Option<i64> {
+    let u = uuid::Uuid::try_parse(id).ok()?;
+    let (secs, nanos) = u.get_timestamp()?.to_unix();
+    i64::try_from(secs)
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(i64::from(nanos / 1_000_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_ids_carry_their_time() {
+        let now = DateTime::parse_from_rfc3339("2026-12-01T14:00:00.123Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let a = decision_id(now);
+        let b = decision_id(now);
+        assert_ne!(a, b, "random bits differ");
+        assert_eq!(made_at_ms(&a), Some(now.timestamp_millis()));
+        assert_eq!(made_at_ms(&uuid::Uuid::new_v4().to_string()), None);
+        assert_eq!(made_at_ms("not-a-uuid"), None);
     }
 }

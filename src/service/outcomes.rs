@@ -220,6 +220,9 @@ impl Service {
                 continue;
             }
             let Some(d) = ledger.decision(&e.decision_id, now_ms) else {
+                if let Some(e) = self.maybe_unpublished(&e.decision_id, now_ms) {
+                    return Err(stop(&mut invalid, e));
+                }
                 let unknown = OutcomeError::UnknownDecision {
                     field: field("decision_id"),
                     detail: "no such decision (unknown, or its offers expired long ago)".into(),
@@ -569,6 +572,24 @@ impl Service {
             suppress_days: 0,
             experiments: Vec::new(),
             learn,
+        })
+    }
+
+    /// Cluster mode: a decision this replica does not hold after catching
+    /// up, made less than `max_stale_secs` ago, may still wait in the
+    /// outbox of the replica that made it (NATS lost or slow there): a 503
+    /// to retry, not a 404. Older, or not an id checkout makes: None.
+    fn maybe_unpublished(&self, decision_id: &str, now_ms: i64) -> Option<OutcomeError> {
+        self.durable().cluster_status()?;
+        let made = super::checkout::made_at_ms(decision_id)?;
+        let window = i64::try_from(self.settings().cluster.max_stale_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        let age = now_ms.saturating_sub(made);
+        (age < window).then(|| {
+            OutcomeError::Log(LogError::Unavailable(format!(
+                "decision {decision_id} was made {:.1} s ago and is not in the stream yet (the replica that made it may not have published it yet); retry",
+                age.max(0) as f64 / 1000.0
+            )))
         })
     }
 
