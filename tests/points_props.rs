@@ -555,3 +555,59 @@ fn an_upgrade_voucher_is_offered_first_used_once_and_given_back_by_a_refund() {
     // A new year, a new voucher.
     assert!(!s.ledger().voucher_used(MEMBER, year + 1));
 }
+
+/// Two accepts of one offer of one decision (two replicas' request paths
+/// both passed before either was applied) are decided at apply: the first in
+/// log order is applied, the second is refused and changes nothing, whether
+/// it comes in a later record, in the same batch, or after a snapshot.
+#[test]
+fn a_second_accept_of_one_offer_is_refused_at_apply() {
+    let s = state();
+    let th = TierThresholds::default();
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+    let mut m = offer_engine::synth::member(1, 1, day, &th);
+    m.points = 70_000;
+    s.apply(
+        &LogRecord::Members(vec![(MEMBER.into(), MemberWire::from(&m))]),
+        1,
+        false,
+    );
+    let (a, b) = (decision(0, 25_000, 5), decision(1, 4_000, 5));
+    s.apply(&LogRecord::Decisions(vec![a.clone(), b.clone()]), 2, false);
+    let first = s.apply(
+        &LogRecord::OutcomesV2(vec![record(&a, OutcomeKind::Accept, BASE_MS + 1_000)]),
+        3,
+        false,
+    );
+    assert_eq!(first.refused, None);
+    assert_eq!((balance(&s), committed_units(&s)), (45_000, 1));
+    let before = s.digest().parts;
+    let again = s.apply(
+        &LogRecord::OutcomesV2(vec![record(&a, OutcomeKind::Accept, BASE_MS + 1_500)]),
+        4,
+        false,
+    );
+    assert_eq!(again.refused, Some((0, Refusal::AlreadyAccepted)));
+    assert_eq!((balance(&s), committed_units(&s)), (45_000, 1));
+    assert_eq!(s.digest().parts, before);
+    // Twice in one batch: the batch is refused as a whole at the repeat.
+    let twice = s.apply(
+        &LogRecord::OutcomesV2(vec![
+            record(&b, OutcomeKind::Accept, BASE_MS + 2_000),
+            record(&b, OutcomeKind::Accept, BASE_MS + 2_000),
+        ]),
+        5,
+        false,
+    );
+    assert_eq!(twice.refused, Some((1, Refusal::AlreadyAccepted)));
+    assert_eq!((balance(&s), committed_units(&s)), (45_000, 1));
+    // The accept held survives a snapshot: a repeat after a restore is refused too.
+    let restored = state();
+    restored.restore(&s.snapshot_bytes(), 5).unwrap();
+    let after = restored.apply(
+        &LogRecord::OutcomesV2(vec![record(&a, OutcomeKind::Accept, BASE_MS + 3_000)]),
+        6,
+        false,
+    );
+    assert_eq!(after.refused, Some((0, Refusal::AlreadyAccepted)));
+}

@@ -619,6 +619,10 @@ fn refusal_error(field: String, why: Refusal) -> OutcomeError {
             field,
             detail: format!("the member's {balance} points no longer cover the {due} points price"),
         },
+        Refusal::AlreadyAccepted => OutcomeError::Conflict {
+            field,
+            detail: "already accepted in this decision".into(),
+        },
         Refusal::NotAccepted => OutcomeError::Conflict {
             field,
             detail: "this offer was not accepted in that decision".into(),

@@ -237,6 +237,10 @@ pub enum Refusal {
         /// Points the accept redeems.
         due: u64,
     },
+    /// An accept of an offer already accepted in that decision (an earlier
+    /// record, or an earlier event of the batch): with replicas, two accepts
+    /// of one offer can pass two request paths before either is applied.
+    AlreadyAccepted,
     /// A refund of an offer not accepted (or whose accept is no longer held).
     NotAccepted,
     /// A refund of an accept refunded already.
@@ -460,8 +464,15 @@ impl State {
         let mut taken: std::collections::HashMap<(&str, &InventoryKey), u32> = Default::default();
         let mut refunds: std::collections::HashSet<String> = Default::default();
         let mut vouchers: std::collections::HashSet<&str> = Default::default();
+        let mut accepts: std::collections::HashSet<String> = Default::default();
         for (i, e) in events.iter().enumerate() {
             let o = &e.outcome;
+            if o.kind == OutcomeKind::Accept {
+                let key = ledger::taken_key(&o.decision_id, &o.offer_id);
+                if self.ledger.taken(&key).is_some() || !accepts.insert(key) {
+                    return Some((i, Refusal::AlreadyAccepted));
+                }
+            }
             if let (true, OutcomeKind::Accept, Some((key, cap))) = (caps, o.kind, &o.inventory) {
                 let before = taken.entry((o.offer_id.as_str(), key)).or_insert(0);
                 let committed = self.ledger.units(&o.offer_id, key).committed + *before;
