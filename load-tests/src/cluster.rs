@@ -495,7 +495,7 @@ pub async fn run_cluster(cfg: &ClusterConfig) -> anyhow::Result<Value> {
         )
         .await?;
     // Whatever the local step left in the pool was decided by the local server.
-    while run.traffic.pool.len() > 0 {
+    while !run.traffic.pool.is_empty() {
         let _ = run.traffic.accept();
     }
     // Decisions from the last replica, accepts sent to the first: the
