@@ -11,7 +11,7 @@
 #   load-tests/cluster.sh bench     the cluster benchmark (load-tests/README.md, Cluster)
 # Options: --members N (population, default 100000), --fresh (wipe the work dir's
 # NATS stores and data dirs first), --no-prometheus; bench: --step-secs S (10),
-# --rounds R (2), --out DIR.
+# --rounds R (2), --out DIR (bench adds a local-log server on HTTP_PORT+3).
 # Environment: CLUSTER_WORK (/tmp/offer-engine-cluster), NATS_PORT (14221: client
 # ports 14221-14223), ROUTE_PORT (15221), HTTP_PORT (8081), PROM_PORT (9090),
 # STREAM (OFFERS), OFFER_ENGINE (a binary to use instead of building target/release).
