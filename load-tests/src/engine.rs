@@ -307,7 +307,8 @@ pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
 }
 
 struct Shared {
-    target: Target,
+    /// Where the connections go: connection `i` talks to `targets[i % len]`.
+    targets: Vec<Target>,
     traffic: Arc<Traffic>,
     mix: Mix,
     mode: Mode,
@@ -337,7 +338,13 @@ async fn pace(t: Instant) {
     }
 }
 
-async fn worker(sh: Arc<Shared>, mut conn: Option<Conn>, seed: u64) -> Vec<KindStats> {
+async fn worker(
+    sh: Arc<Shared>,
+    target: usize,
+    mut conn: Option<Conn>,
+    seed: u64,
+) -> Vec<KindStats> {
+    let tgt = &sh.targets[target];
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut stats: Vec<KindStats> = Kind::ALL.iter().map(|_| KindStats::new()).collect();
     let period = match sh.mode {
@@ -367,7 +374,7 @@ async fn worker(sh: Arc<Shared>, mut conn: Option<Conn>, seed: u64) -> Vec<KindS
         let ks = &mut stats[req.kind.index()];
         sh.sent.fetch_add(1, Ordering::Relaxed);
         if conn.is_none() {
-            match Conn::open(&sh.target).await {
+            match Conn::open(tgt).await {
                 Ok(c) => conn = Some(c),
                 Err(_) => {
                     ks.errors += 1;
@@ -377,11 +384,17 @@ async fn worker(sh: Arc<Shared>, mut conn: Option<Conn>, seed: u64) -> Vec<KindS
                 }
             }
         }
-        let res = conn
-            .as_mut()
-            .expect("connected")
-            .send(&sh.target, &req)
-            .await;
+        // A request unanswered for 30 s counts as a transport error (and its
+        // connection is dropped): a stuck request must not hold the step open.
+        let res = match tokio::time::timeout(
+            Duration::from_secs(30),
+            conn.as_mut().expect("connected").send(tgt, &req),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("no answer within 30 s")),
+        };
         let us = (Instant::now() - intended).as_micros().max(1) as u64;
         match res {
             Ok((status, body)) => {
@@ -392,7 +405,9 @@ async fn worker(sh: Arc<Shared>, mut conn: Option<Conn>, seed: u64) -> Vec<KindS
                     {
                         sh.traffic.pool.add_from_response(&body);
                     }
-                } else if req.kind == Kind::Events && (status == 409 || status == 410) {
+                } else if matches!(req.kind, Kind::Events | Kind::Accepts)
+                    && (status == 409 || status == 410)
+                {
                     ks.expected_rejections += 1;
                     *ks.statuses.entry(status.to_string()).or_default() += 1;
                 } else {
@@ -418,19 +433,43 @@ pub async fn run_step(
     server_pid: Option<&str>,
     seed: u64,
 ) -> anyhow::Result<StepResult> {
+    let pids: Vec<String> = server_pid.into_iter().map(String::from).collect();
+    run_step_multi(std::slice::from_ref(target), traffic, step, &pids, seed).await
+}
+
+/// Sum of the CPU seconds of several processes (`None` if one cannot be read).
+fn procs_cpu_seconds(pids: &[String]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| proc_cpu_seconds(p)).sum()
+}
+
+/// Runs one step with its connections spread evenly over `targets`
+/// (connection `i` to `targets[i % len]`, so each server gets the same
+/// share of a closed loop); `server_pids` are the server-side processes
+/// whose CPU use is reported together as the server's.
+pub async fn run_step_multi(
+    targets: &[Target],
+    traffic: Arc<Traffic>,
+    step: Step,
+    server_pids: &[String],
+    seed: u64,
+) -> anyhow::Result<StepResult> {
+    anyhow::ensure!(!targets.is_empty(), "no target to send to");
     // Connect everything first: connection set-up is not part of any latency.
     let mut conns = Vec::with_capacity(step.connections);
-    for _ in 0..step.connections {
-        conns.push(Conn::open(target).await?);
+    for i in 0..step.connections {
+        conns.push(Conn::open(&targets[i % targets.len()]).await?);
     }
     let sample_offers = step
         .mix
         .weights
         .iter()
-        .any(|(k, w)| *k == Kind::Events && *w > 0);
+        .any(|(k, w)| matches!(k, Kind::Events | Kind::Accepts) && *w > 0);
     let start = Instant::now() + Duration::from_millis(20);
     let sh = Arc::new(Shared {
-        target: target.clone(),
+        targets: targets.to_vec(),
         traffic,
         mix: step.mix.clone(),
         mode: step.mode,
@@ -443,11 +482,12 @@ pub async fn run_step(
     });
     let cpu0 = proc_cpu_seconds("self");
     let mach0 = machine_cpu_seconds();
-    let srv0 = server_pid.and_then(proc_cpu_seconds);
+    let srv0 = procs_cpu_seconds(server_pids);
     let mut handles = Vec::new();
     for (i, c) in conns.into_iter().enumerate() {
         handles.push(tokio::spawn(worker(
             sh.clone(),
+            i % targets.len(),
             Some(c),
             seed.wrapping_add(i as u64 * 0x9E37_79B9),
         )));
@@ -477,7 +517,7 @@ pub async fn run_step(
             (Some(a), Some(b)) => b - a,
             _ => 0.0,
         },
-        server_cpu_s: match (srv0, server_pid.and_then(proc_cpu_seconds)) {
+        server_cpu_s: match (srv0, procs_cpu_seconds(server_pids)) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         },

@@ -6,6 +6,7 @@
 //! coordinated-omission corrected, HdrHistogram), and writes JSON and a
 //! Markdown summary. `load-tests/run.sh` runs the whole record.
 
+pub mod cluster;
 pub mod engine;
 pub mod report;
 pub mod traffic;

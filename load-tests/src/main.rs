@@ -51,6 +51,9 @@ enum Command {
         #[arg(long, default_value = "offers=1")]
         mix: String,
     },
+    /// The cluster benchmark: one local-log server against replicas of one
+    /// JetStream stream (see load-tests/cluster.sh bench).
+    Cluster(ClusterArgs),
     /// Combines population-*.json in DIR into results.json and summary.md.
     Summarize {
         /// Results folder.
@@ -60,6 +63,67 @@ enum Command {
         #[arg(long, default_value = "load-tests/run.sh")]
         command: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// The single server on the local log (baseline), e.g. http://127.0.0.1:18490.
+    #[arg(long)]
+    local: String,
+    /// Its pid (CPU use).
+    #[arg(long)]
+    local_pid: Option<String>,
+    /// The replicas' URLs, comma-separated, in order.
+    #[arg(long, value_delimiter = ',')]
+    replicas: Vec<String>,
+    /// Pids of the cluster's server-side processes (replicas and nats-servers), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    cluster_pids: Vec<String>,
+    /// Members loaded in every server.
+    #[arg(long)]
+    population: u64,
+    /// Seconds per measured step.
+    #[arg(long, default_value_t = 10.0)]
+    step_secs: f64,
+    /// Rounds of the checkout saturation steps (median reported).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Connections of the closed-loop steps.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Fixed rate of the checkout latency steps.
+    #[arg(long, default_value_t = 200.0)]
+    checkout_rate: f64,
+    /// Fixed rate of the accept latency steps.
+    #[arg(long, default_value_t = 50.0)]
+    accept_rate: f64,
+    /// Longest wait, in seconds, for other processes to go quiet before each step.
+    #[arg(long, default_value_t = 20)]
+    quiet_wait_secs: u64,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Extra facts, KEY=VALUE, kept in the record.
+    #[arg(long = "extra")]
+    extra: Vec<String>,
+    /// The command that reproduces the record (printed in the summary).
+    #[arg(long, default_value = "load-tests/cluster.sh bench")]
+    command: String,
+    /// Output folder (cluster.json and summary.md).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_extra(kvs: &[String]) -> anyhow::Result<serde_json::Value> {
+    let mut extra = serde_json::Map::new();
+    for kv in kvs {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--extra {kv:?} is not KEY=VALUE"))?;
+        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+        extra.insert(k.into(), v);
+    }
+    Ok(serde_json::Value::Object(extra))
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,6 +226,34 @@ fn main() -> anyhow::Result<()> {
                 dir.join("results.json").display(),
                 dir.join("summary.md").display()
             );
+            Ok(())
+        }
+        Command::Cluster(a) => {
+            let cfg = offer_engine_load::cluster::ClusterConfig {
+                local: a.local,
+                local_pid: a.local_pid,
+                replicas: a.replicas,
+                cluster_pids: a.cluster_pids,
+                population: a.population,
+                step_secs: a.step_secs,
+                rounds: a.rounds,
+                connections: a.connections,
+                checkout_rate: a.checkout_rate,
+                accept_rate: a.accept_rate,
+                quiet_wait: Duration::from_secs(a.quiet_wait_secs),
+                seed: a.seed,
+                extra: parse_extra(&a.extra)?,
+            };
+            let v = rt.block_on(offer_engine_load::cluster::run_cluster(&cfg))?;
+            std::fs::create_dir_all(&a.out)?;
+            std::fs::write(
+                a.out.join("cluster.json"),
+                serde_json::to_string_pretty(&v)? + "\n",
+            )?;
+            let md = offer_engine_load::cluster::summary_md(&v, &a.command);
+            std::fs::write(a.out.join("summary.md"), &md)?;
+            eprintln!("wrote {}", a.out.join("cluster.json").display());
+            println!("{md}");
             Ok(())
         }
         Command::Run(a) => {

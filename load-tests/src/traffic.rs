@@ -83,17 +83,21 @@ pub enum Kind {
     MemberPut,
     /// `POST /v1/campaigns` — HOOK(campaigns): not sent yet, see [`Traffic::campaign`].
     Campaign,
+    /// `POST /v1/events` with one accept at the quoted price on an offer
+    /// received earlier (the cluster benchmark's write on a decision).
+    Accepts,
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Healthz,
         Kind::Offers,
         Kind::Events,
         Kind::MemberEvents,
         Kind::MemberPut,
         Kind::Campaign,
+        Kind::Accepts,
     ];
     /// Stable name used in results.
     pub fn name(self) -> &'static str {
@@ -104,6 +108,7 @@ impl Kind {
             Kind::MemberEvents => "member_events",
             Kind::MemberPut => "member_put",
             Kind::Campaign => "campaign",
+            Kind::Accepts => "accepts",
         }
     }
     /// Index into per-kind arrays.
@@ -119,6 +124,7 @@ impl Kind {
             Kind::MemberEvents => "POST /v1/member-events",
             Kind::MemberPut => "PUT /v1/members/{id}",
             Kind::Campaign => "POST /v1/campaigns",
+            Kind::Accepts => "POST /v1/events (accept)",
         }
     }
 }
@@ -248,6 +254,14 @@ impl IssuedPool {
     pub fn wants_more(&self) -> bool {
         self.q.lock().unwrap().len() < POOL_CAP
     }
+    /// Offers held.
+    pub fn len(&self) -> usize {
+        self.q.lock().unwrap().len()
+    }
+    /// Whether no offer is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Adds the offers of one decision response body.
     pub fn add_from_response(&self, body: &[u8]) {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
@@ -274,6 +288,14 @@ impl IssuedPool {
                 price: (!price.is_null()).then_some(price),
                 token: o["token"].as_str().unwrap_or("").to_string(),
             });
+        }
+    }
+    /// Adds one offer (the cluster benchmark keeps one priced offer per
+    /// decision, so its accepts are not refused as "already accepted").
+    pub fn push(&self, o: Issued) {
+        let mut q = self.q.lock().unwrap();
+        if q.len() < POOL_CAP {
+            q.push_back(o);
         }
     }
     fn take(&self) -> Option<Issued> {
@@ -333,6 +355,7 @@ impl Traffic {
             Kind::MemberEvents => self.member_event(rng),
             Kind::MemberPut => self.member_put(rng),
             Kind::Campaign => self.campaign(rng).unwrap_or_else(|| self.offers(rng)),
+            Kind::Accepts => self.accept().unwrap_or_else(|| self.offers(rng)),
         }
     }
 
@@ -418,6 +441,22 @@ impl Traffic {
             method: hyper::Method::POST,
             path: "/v1/events".into(),
             body: Bytes::from(body),
+        })
+    }
+
+    /// An accept at the quoted price, with the offer's token, on an offer
+    /// received earlier. `None` while the pool is empty.
+    pub fn accept(&self) -> Option<Req> {
+        let o = self.pool.take()?;
+        let amount = o.price.map(|p| p.to_string()).unwrap_or_else(|| "0".into());
+        Some(Req {
+            kind: Kind::Accepts,
+            method: hyper::Method::POST,
+            path: "/v1/events".into(),
+            body: Bytes::from(format!(
+                r#"{{"decision_id":"{}","offer_id":"{}","type":"accept","revenue":{{"amount":{amount},"currency":"CNY"}},"token":"{}"}}"#,
+                o.decision_id, o.offer_id, o.token
+            )),
         })
     }
 

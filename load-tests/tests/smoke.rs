@@ -145,3 +145,94 @@ async fn a_short_population_run_writes_json_and_markdown() {
             .unwrap();
     assert_eq!(all["runs"].as_array().unwrap().len(), 1);
 }
+
+/// The cluster benchmark's building blocks against two real servers: one
+/// closed-loop step spread over both reaches both (each server's own
+/// decision counter moves), and accepts sent as their own kind, on offers
+/// the first server made, are answered 2xx or an expected 409/410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_spreads_over_several_servers_and_accepts_are_sent() {
+    use offer_engine_load::engine::run_step_multi;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let urls = [spawn_server(&d1).await, spawn_server(&d2).await];
+    let targets: Vec<Target> = urls.iter().map(|u| Target::from_url(u).unwrap()).collect();
+    for t in &targets {
+        offer_engine_load::wait_ready(t, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let decisions = |url: String| async move {
+        let t = Target::from_url(&url).unwrap();
+        let mut c = offer_engine_load::engine::Conn::open(&t).await.unwrap();
+        let req = offer_engine_load::traffic::Req {
+            kind: Kind::Healthz,
+            method: hyper::Method::GET,
+            path: "/metrics".into(),
+            body: bytes::Bytes::new(),
+        };
+        let (_, body) = c.send(&t, &req).await.unwrap();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with("offer_engine_decisions_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = [
+        decisions(urls[0].clone()).await,
+        decisions(urls[1].clone()).await,
+    ];
+    let traffic = Arc::new(Traffic::new(MEMBERS, MemberDist::Uniform));
+    let step = |name: &str, kind: Kind| Step {
+        name: name.into(),
+        mode: Mode::Closed,
+        connections: 4,
+        duration: Duration::from_millis(700),
+        mix: Mix::only(kind),
+        drain: Duration::ZERO,
+    };
+    let r = run_step_multi(
+        &targets,
+        traffic.clone(),
+        step("spread", Kind::Offers),
+        &[],
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.error_rate(), 0.0, "{}", r.to_json());
+    let after = [
+        decisions(urls[0].clone()).await,
+        decisions(urls[1].clone()).await,
+    ];
+    for i in 0..2 {
+        assert!(
+            after[i] > before[i],
+            "server {i} got no decisions: {before:?} -> {after:?}"
+        );
+    }
+    // Accepts on the first server's offers (the pool fills from its answers).
+    let fill = Step {
+        mix: Mix::parse("offers=9,events=1").unwrap(),
+        ..step("fill", Kind::Offers)
+    };
+    let r = run_step(&targets[0], traffic.clone(), fill, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(r.error_rate(), 0.0, "{}", r.to_json());
+    let mut sent = 0;
+    for _ in 0..20 {
+        let Some(req) = traffic.accept() else { break };
+        assert_eq!(req.kind, Kind::Accepts);
+        let mut c = offer_engine_load::engine::Conn::open(&targets[0])
+            .await
+            .unwrap();
+        let (status, body) = c.send(&targets[0], &req).await.unwrap();
+        assert!(
+            (200..300).contains(&status) || status == 409 || status == 410,
+            "accept answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        sent += 1;
+    }
+    assert!(sent > 0, "no offer was left in the pool to accept");
+}
