@@ -259,6 +259,41 @@ impl Drop for Inner {
     }
 }
 
+/// The writer thread's nice value on Linux (the request threads keep 0).
+///
+/// Where the writer shares a core with request threads (a server pinned to
+/// one core), the work it does after each batch (the `after_durable`
+/// callbacks: a checkout's learner updates, exposures and contact counts)
+/// should yield that core to a request rather than hold it off. Under
+/// the kernel's fair scheduler a nice-5 thread gets weight 335 against 1024
+/// for nice 0: when both are runnable the writer gets about a quarter of
+/// the core, so it waits behind requests but is never starved. `SCHED_IDLE`
+/// (weight 3) or nice 19 (weight 15) would leave it about 1% of a saturated
+/// core, below the share a checkout's deferred work needs (17,500 of its
+/// 127,882 instructions before v3 tokens, docs/performance.md), so deferred records, which nothing waits for,
+/// would pile up without bound while the core stays saturated.
+pub const WRITER_NICE: i32 = 5;
+
+/// Lowers the calling thread's priority to [`WRITER_NICE`] (Linux only;
+/// elsewhere, or when refused, the thread keeps the default).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take and return plain integers;
+        // on Linux, PRIO_PROCESS with a thread id sets that thread's nice.
+        let rc = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WRITER_NICE)
+        };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "the event log writer keeps the default priority"
+            );
+        }
+    }
+}
+
 impl Wal {
     /// Opens the log in `dir` (creating the directory if needed) and rebuilds the state through
     /// `apply`: the newest valid snapshot first (one `ReplayItem::Snapshot`, if any), then every
@@ -280,7 +315,10 @@ impl Wal {
         let (tx, rx) = mpsc::channel();
         let handle = thread::Builder::new()
             .name("wal-writer".to_string())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                lower_priority();
+                writer.run(rx)
+            })?;
         let writer_id = handle.thread().id();
         let wal = Wal {
             inner: Arc::new(Inner {
