@@ -173,7 +173,10 @@ impl Metrics {
             counts: Vec::new(),
         });
         if r.counts.len() < ROUTE_SERIES_MAX
-            && !r.counts.iter().any(|(m, s, _)| *s == status && &**m == method)
+            && !r
+                .counts
+                .iter()
+                .any(|(m, s, _)| *s == status && &**m == method)
         {
             r.counts.push((method.into(), status, counter));
         }
@@ -772,6 +775,9 @@ mod tests {
             let method = format!("X{i}");
             m.http_request("/v1/offers", static_route, &method, 405, 0.001);
         }
-        assert_eq!(m.hot.http.read().unwrap()["/v1/offers"].counts.len(), ROUTE_SERIES_MAX);
+        assert_eq!(
+            m.hot.http.read().unwrap()["/v1/offers"].counts.len(),
+            ROUTE_SERIES_MAX
+        );
     }
 }

@@ -43,8 +43,8 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use subtle::ConstantTimeEq as _;
 use sha2::Sha256;
+use subtle::ConstantTimeEq as _;
 
 use crate::domain::Money;
 
@@ -132,7 +132,10 @@ impl TokenKey {
     /// part of the terms is encoded once, here.
     pub fn for_decision(&self, decision_id: &str, member_id: &str) -> DecisionSigner {
         let mut head = [0u8; STACK3];
-        let mut w = Writer { buf: &mut head, n: 0 };
+        let mut w = Writer {
+            buf: &mut head,
+            n: 0,
+        };
         let fits = decision_id.len() + member_id.len() + 7 <= STACK3;
         if fits {
             w.put(VERSION3);
