@@ -70,6 +70,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("verify_token", |b| {
         b.iter(|| black_box(key.verify(black_box(&token), &terms).is_ok()))
     });
+    // v2 (HMAC-SHA256, issued before the v3 tokens above): still verified.
+    g.bench_function("sign_token_v2", |b| {
+        b.iter(|| black_box(key.sign_v2(black_box(&terms))))
+    });
+    let token_v2 = key.sign_v2(&terms);
+    g.bench_function("verify_token_v2", |b| {
+        b.iter(|| black_box(key.verify(black_box(&token_v2), &terms).is_ok()))
+    });
     g.bench_function("sign_token_v1", |b| {
         b.iter(|| black_box(key.sign_v1(black_box(&terms))))
     });

@@ -304,17 +304,14 @@ pub async fn track_requests(
     let method = req.method().clone();
     let res = next.call(req).await?;
     if let Some(state) = state {
-        let route = res
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_string());
-        let m = state.metrics();
-        m.http_requests
-            .with_label_values(&[&route, method.as_str(), res.status().as_str()])
-            .inc();
-        m.http_duration
-            .with_label_values(&[&route])
-            .observe(start.elapsed().as_secs_f64());
+        let r = res.request();
+        state.metrics().http_request(
+            r.path(),
+            || r.match_pattern(),
+            method.as_str(),
+            res.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
     }
     Ok(res)
 }

@@ -387,8 +387,10 @@ async fn accepts_need_the_offers_own_untampered_token() {
     assert_eq!(d["fallback"], false);
     let (o, other) = (&offers[0], &offers[1]);
     let token = o["token"].as_str().unwrap();
-    // Compact (v2) tokens: the MAC alone, the terms stay on the server.
+    // Compact (v3, keyed BLAKE3) tokens: the MAC alone, the terms stay on
+    // the server.
     assert_eq!(token.len(), 23, "{token}");
+    assert!(token.starts_with('3'), "{token}");
     // A v1 token (the form issued before) for the same terms, signed by the
     // server's key: old tokens keep verifying, and forging one still fails.
     let price = o["price"].is_object().then(|| {
@@ -413,17 +415,32 @@ async fn accepts_need_the_offers_own_untampered_token() {
     assert_eq!(terms.decision_id, d["decision_id"].as_str().unwrap());
     assert_eq!(terms.member_id, member);
     let token_v1 = v1.as_str();
+    // A v2 token (HMAC-SHA256, issued before v3) for the same terms.
+    let v2 = app
+        .state
+        .security()
+        .tokens
+        .sign_v2(&offer_engine::tokens::Terms {
+            decision_id: d["decision_id"].as_str().unwrap(),
+            member_id: &member,
+            offer_id: o["offer_id"].as_str().unwrap(),
+            price: price.as_ref(),
+            points_price: o["points_price"].as_u64(),
+            expires_ms,
+        });
+    assert!(v2.starts_with('2') && v2.len() == 23, "{v2}");
     // No token.
     let mut e = accept(&d, o, &Value::Null);
     e.as_object_mut().unwrap().remove("token");
     assert_problem(app.post_json("/v1/events", &e).await, 422, Some("token")).await;
     // Changed terms under the original signature: price, expiry, member, offer.
     let other_id = other["offer_id"].as_str().unwrap().to_string();
-    let flip = |i: usize| {
+    let flip_in = |token: &str, i: usize| {
         let mut b = token.as_bytes().to_vec();
         b[i] = if b[i] == b'A' { b'B' } else { b'A' };
         String::from_utf8(b).unwrap()
     };
+    let flip = |i: usize| flip_in(token, i);
     let forged = [
         forge(token_v1, |t| t.price = Some((1, "CNY".into()))),
         forge(token_v1, |t| t.expires_ms += 86_400_000),
@@ -435,6 +452,11 @@ async fn accepts_need_the_offers_own_untampered_token() {
         flip(1),
         flip(12),
         flip(22),
+        flip_in(&v2, 1),
+        flip_in(&v2, 22),
+        // The v3 tag under the v2 prefix, and the v2 tag under v3's.
+        format!("2{}", &token[1..]),
+        format!("3{}", &v2[1..]),
         "not-a-token".into(),
     ];
     for f in &forged {
@@ -517,6 +539,31 @@ async fn accepts_need_the_offers_own_untampered_token() {
     assert!(v1.contains('.') && v1.len() > 150, "{v1}");
     let r = app
         .post_json("/v1/events", &accept(&d3, o3, &json!(v1)))
+        .await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    // A genuine v2 token (issued before v3) is accepted.
+    let d4 = decide(&app, &member).await;
+    let o4 = &d4["offers"][0];
+    let price = o4["price"].is_object().then(|| {
+        serde_json::from_value::<offer_engine::domain::Money>(o4["price"].clone()).unwrap()
+    });
+    let v2 = app
+        .state
+        .security()
+        .tokens
+        .sign_v2(&offer_engine::tokens::Terms {
+            decision_id: d4["decision_id"].as_str().unwrap(),
+            member_id: &member,
+            offer_id: o4["offer_id"].as_str().unwrap(),
+            price: price.as_ref(),
+            points_price: o4["points_price"].as_u64(),
+            expires_ms: chrono::DateTime::parse_from_rfc3339(o4["expires_at"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis(),
+        });
+    assert!(v2.starts_with('2'), "{v2}");
+    let r = app
+        .post_json("/v1/events", &accept(&d4, o4, &json!(v2)))
         .await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
 }

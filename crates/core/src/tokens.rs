@@ -1,15 +1,30 @@
 //! Offer tokens: every offer a decision returns carries a `token` that
 //! signs what was promised (decision, member, offer, price, points price,
-//! expiry) with HMAC-SHA256 under a key from the configuration. An accept
+//! expiry) with a MAC under a key from the configuration (keyed BLAKE3 for
+//! the tokens issued now, HMAC-SHA256 for the older forms). An accept
 //! must bring the token back; the server checks the signature and that the
 //! signed terms are exactly those of the offer it issued. A client can
 //! therefore not change a price, extend an expiry or move an offer to
 //! another member, and any instance holding the same key (or the same
 //! instance after a restart) checks the same token the same way.
 //!
-//! Two forms verify:
+//! Three forms verify:
 //!
-//! - **v2** (issued now, 23 bytes): `"2" base64url(tag)`, where `tag` is the
+//! - **v3** (issued now, 23 bytes): `"3" base64url(tag)`, where `tag` is the
+//!   first 16 bytes (128 bits) of keyed BLAKE3 (`blake3::keyed_hash`) over
+//!   the versioned, length-prefixed terms (`OT3`, decision id, member id,
+//!   offer id, price, points price, expiry: the v1 encoding under another
+//!   version tag). The BLAKE3 key is derived from the token key with
+//!   BLAKE3's key derivation under its own context string, so no v3 tag is
+//!   ever computed under the key of the HMAC forms. Like v2, the token
+//!   carries no terms: the server recomputes the tag over the offer as it
+//!   issued it, so a change to any bound term makes it fail; the compare is
+//!   constant-time. Terms up to 64 bytes take one BLAKE3 compression, up to
+//!   128 two (a uuid decision id, a member id and an offer id of about 20
+//!   bytes each: two), where a v2 token takes two SHA-256 compressions per
+//!   offer plus one per decision, each several times dearer (see
+//!   docs/security.md for the choice of MAC).
+//! - **v2** (issued before v3, 23 bytes): `"2" base64url(tag)`, where `tag` is the
 //!   first 16 bytes (128 bits) of HMAC-SHA256 over the versioned,
 //!   length-prefixed terms. The token carries no terms: the server holds the
 //!   offer as issued and recomputes the MAC over those, so any change to a
@@ -29,6 +44,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq as _;
 
 use crate::domain::Money;
 
@@ -40,8 +56,21 @@ const VERSION: &[u8; 3] = b"OT1";
 /// Version tag at the start of the signed terms (v2 tokens).
 const VERSION2: &[u8; 3] = b"OT2";
 
+/// Version tag at the start of the signed terms (v3 tokens).
+const VERSION3: &[u8; 3] = b"OT3";
+
 /// The first character of a v2 token (v1 tokens always hold a '.').
 const PREFIX2: char = '2';
+
+/// The first character of a v3 token.
+const PREFIX3: char = '3';
+
+/// BLAKE3 key-derivation context of the v3 MAC key (BLAKE3 asks for a
+/// hard-coded, globally unique context string per use).
+const CONTEXT3: &str = "offer-engine 2026 offer token v3 keyed BLAKE3 MAC key";
+
+/// Bytes of the terms signed on the stack (longer terms take a Vec).
+const STACK3: usize = 192;
 
 /// Bytes of the MAC a v2 token carries (128 bits).
 const TAG2: usize = 16;
@@ -56,6 +85,8 @@ const BLOCK: usize = 64;
 pub struct TokenKey {
     raw: [u8; 32],
     keyed: HmacSha256,
+    /// The key of the v3 MAC (keyed BLAKE3), derived from `raw`.
+    mac3: [u8; 32],
 }
 
 impl std::fmt::Debug for TokenKey {
@@ -77,6 +108,7 @@ impl TokenKey {
         TokenKey {
             raw,
             keyed: HmacSha256::new_from_slice(&raw).expect("HMAC takes any key length"),
+            mac3: blake3::derive_key(CONTEXT3, &raw),
         }
     }
 
@@ -89,15 +121,51 @@ impl TokenKey {
         self.keyed.clone()
     }
 
-    /// Signs an offer's terms (a v2 token). Signing several offers of one
-    /// decision is cheaper with [`TokenKey::for_decision`].
+    /// Signs an offer's terms (a v3 token, the form issued now). Signing
+    /// several offers of one decision is cheaper with
+    /// [`TokenKey::for_decision`].
     pub fn sign(&self, t: &Terms<'_>) -> String {
         self.for_decision(t.decision_id, t.member_id).sign(t)
     }
 
-    /// A signer for the offers of one decision: the decision's part of the
-    /// terms is hashed once, here.
+    /// A signer for the offers of one decision (v3 tokens): the decision's
+    /// part of the terms is encoded once, here.
     pub fn for_decision(&self, decision_id: &str, member_id: &str) -> DecisionSigner {
+        let mut head = [0u8; STACK3];
+        let mut w = Writer {
+            buf: &mut head,
+            n: 0,
+        };
+        let fits = decision_id.len() + member_id.len() + 7 <= STACK3;
+        if fits {
+            w.put(VERSION3);
+            w.str(decision_id);
+            w.str(member_id);
+        }
+        let n = w.n;
+        DecisionSigner {
+            key: self.mac3,
+            head,
+            head_len: n,
+            long: (!fits).then(|| {
+                let mut v = Vec::with_capacity(decision_id.len() + member_id.len() + 7);
+                v.extend_from_slice(VERSION3);
+                put_str(&mut v, decision_id);
+                put_str(&mut v, member_id);
+                v
+            }),
+        }
+    }
+
+    /// Signs an offer's terms as a v2 token (the form issued before v3),
+    /// for tests and tools that need one.
+    pub fn sign_v2(&self, t: &Terms<'_>) -> String {
+        self.for_decision_v2(t.decision_id, t.member_id).sign(t)
+    }
+
+    /// A v2 signer for the offers of one decision: the decision's part of
+    /// the terms is hashed once, here.
+    fn for_decision_v2(&self, decision_id: &str, member_id: &str) -> DecisionSignerV2 {
         let mut head = Vec::with_capacity(2 * BLOCK);
         head.extend_from_slice(VERSION2);
         put_str(&mut head, decision_id);
@@ -109,7 +177,7 @@ impl TokenKey {
         head.resize(head.len().div_ceil(BLOCK) * BLOCK, 0);
         let mut mac = self.mac();
         mac.update(&head);
-        DecisionSigner { mac }
+        DecisionSignerV2 { mac }
     }
 
     /// Signs an offer's terms as a v1 token (the form issued before v2),
@@ -131,7 +199,7 @@ impl TokenKey {
     /// signature is checked first (in constant time), then each term, so a
     /// refusal can say which term a genuine token for another offer differs in.
     pub fn verify(&self, token: &str, expected: &Terms<'_>) -> Result<(), TokenError> {
-        if let Some(tag) = token.strip_prefix(PREFIX2) {
+        if let Some(tag) = token.strip_prefix(PREFIX3) {
             let mut got = [0u8; TAG2];
             match B64.decode_slice(tag, &mut got) {
                 Ok(TAG2) => {}
@@ -140,7 +208,22 @@ impl TokenKey {
             let want = self
                 .for_decision(expected.decision_id, expected.member_id)
                 .tag(expected);
-            return if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &want[..])) {
+            return if bool::from(got.ct_eq(&want)) {
+                Ok(())
+            } else {
+                Err(TokenError::NotForTheseTerms)
+            };
+        }
+        if let Some(tag) = token.strip_prefix(PREFIX2) {
+            let mut got = [0u8; TAG2];
+            match B64.decode_slice(tag, &mut got) {
+                Ok(TAG2) => {}
+                _ => return Err(TokenError::Malformed),
+            }
+            let want = self
+                .for_decision_v2(expected.decision_id, expected.member_id)
+                .tag(expected);
+            return if bool::from(got.ct_eq(&want)) {
                 Ok(())
             } else {
                 Err(TokenError::NotForTheseTerms)
@@ -176,14 +259,65 @@ impl TokenKey {
     }
 }
 
-/// Signs the offers of one decision (v2 tokens).
+/// Signs the offers of one decision (v3 tokens).
 #[derive(Clone)]
 pub struct DecisionSigner {
+    /// The v3 MAC key.
+    key: [u8; 32],
+    /// The decision's part of the terms (`OT3`, decision id, member id).
+    head: [u8; STACK3],
+    head_len: usize,
+    /// The decision's part when it does not fit `head`.
+    long: Option<Vec<u8>>,
+}
+
+impl DecisionSigner {
+    /// The token of one offer; `t`'s decision and member must be those the
+    /// signer was made for (they are not encoded again).
+    pub fn sign(&self, t: &Terms<'_>) -> String {
+        let tag = self.tag(t);
+        let mut out = String::with_capacity(1 + 22);
+        out.push(PREFIX3);
+        B64.encode_string(tag, &mut out);
+        out
+    }
+
+    fn tag(&self, t: &Terms<'_>) -> [u8; TAG2] {
+        let mut buf = [0u8; STACK3];
+        // The whole terms in one buffer, so keyed BLAKE3 runs once over them.
+        let mut w = Writer {
+            buf: &mut buf,
+            n: 0,
+        };
+        let on_stack = self.long.is_none() && {
+            w.put(&self.head[..self.head_len]);
+            t.write_offer(&mut w)
+        };
+        let hash = if on_stack {
+            let n = w.n;
+            blake3::keyed_hash(&self.key, &buf[..n])
+        } else {
+            let mut v = match &self.long {
+                Some(l) => l.clone(),
+                None => self.head[..self.head_len].to_vec(),
+            };
+            t.encode_offer_vec(&mut v);
+            blake3::keyed_hash(&self.key, &v)
+        };
+        let mut tag = [0u8; TAG2];
+        tag.copy_from_slice(&hash.as_bytes()[..TAG2]);
+        tag
+    }
+}
+
+/// Signs the offers of one decision (v2 tokens).
+#[derive(Clone)]
+struct DecisionSignerV2 {
     /// Keyed, with the decision's blocks absorbed.
     mac: HmacSha256,
 }
 
-impl DecisionSigner {
+impl DecisionSignerV2 {
     /// The token of one offer; `t`'s decision and member must be those the
     /// signer was made for (they are not hashed again).
     pub fn sign(&self, t: &Terms<'_>) -> String {
@@ -249,11 +383,18 @@ impl Terms<'_> {
     /// The offer's part of the v2 terms into `buf`, without allocating;
     /// None when it does not fit.
     fn encode_offer(&self, buf: &mut [u8; 128]) -> Option<usize> {
-        let currency = self.price.map_or(0, |p| p.currency.len());
-        if self.offer_id.len() + currency > 64 {
-            return None;
-        }
         let mut w = Writer { buf, n: 0 };
+        self.write_offer(&mut w).then_some(w.n)
+    }
+
+    /// The offer's part of the terms (offer id, price, points price, expiry)
+    /// after what `w` holds; false (and nothing written) when it does not fit.
+    fn write_offer(&self, w: &mut Writer<'_>) -> bool {
+        let currency = self.price.map_or(0, |p| p.currency.len());
+        // Two lengths, two flags, three 8-byte figures at most.
+        if w.n + self.offer_id.len() + currency + 2 + 2 + 2 + 24 > w.buf.len() {
+            return false;
+        }
         w.str(self.offer_id);
         match self.price {
             Some(p) => {
@@ -271,7 +412,7 @@ impl Terms<'_> {
             None => w.put(&[0]),
         }
         w.put(&self.expires_ms.to_le_bytes());
-        Some(w.n)
+        true
     }
 
     /// The same bytes as [`Terms::encode_offer`], for any length.
@@ -328,7 +469,7 @@ pub struct OwnedTerms {
 
 /// Writes into a fixed buffer (sized by the caller's check).
 struct Writer<'a> {
-    buf: &'a mut [u8; 128],
+    buf: &'a mut [u8],
     n: usize,
 }
 
@@ -508,17 +649,43 @@ mod tests {
             expires_ms: 1_800_000_000_000,
         };
         let cheaper = money(1.0);
-        // v2: what the server issues.
-        let tok = key.sign(&t);
+        // v3: what the server issues.
+        let v3 = key.sign(&t);
+        assert_eq!(v3.len(), 23, "{v3}");
+        assert!(v3.starts_with('3') && !v3.contains('.'));
+        assert_eq!(key.verify(&v3, &t), Ok(()));
+        assert_eq!(key.for_decision(t.decision_id, t.member_id).sign(&t), v3);
+        let other = TokenKey::derive(b"secret2", "offer-token");
+        assert_eq!(other.verify(&v3, &t), Err(TokenError::NotForTheseTerms));
+        for (t2, term) in changed_terms(t, &cheaper) {
+            assert_eq!(
+                key.verify(&v3, &t2),
+                Err(TokenError::NotForTheseTerms),
+                "{term}"
+            );
+        }
+        // The v3 tag is keyed BLAKE3 over the v1 encoding under `OT3`,
+        // with the key derived under its own context.
+        let mut terms = Vec::new();
+        t.encode(&mut terms);
+        terms[..3].copy_from_slice(b"OT3");
+        let want = blake3::keyed_hash(&blake3::derive_key(CONTEXT3, &key.bytes()), &terms);
+        assert_eq!(v3[1..], B64.encode(&want.as_bytes()[..16]));
+        // v2: issued before v3; still verifies.
+        let tok = key.sign_v2(&t);
         assert_eq!(tok.len(), 23, "{tok}");
         assert!(tok.starts_with('2') && !tok.contains('.'));
+        assert_ne!(tok[1..], v3[1..]);
         assert_eq!(key.verify(&tok, &t), Ok(()));
         // One signer per decision gives the same token as signing alone.
-        assert_eq!(key.for_decision(t.decision_id, t.member_id).sign(&t), tok);
+        assert_eq!(
+            key.for_decision_v2(t.decision_id, t.member_id).sign(&t),
+            tok
+        );
         // Same key material gives the same key (another instance, a restart).
         let again = TokenKey::derive(b"secret", "offer-token");
         assert_eq!(again.verify(&tok, &t), Ok(()));
-        let other = TokenKey::derive(b"secret2", "offer-token");
+        assert_eq!(again.verify(&v3, &t), Ok(()));
         assert_eq!(other.verify(&tok, &t), Err(TokenError::NotForTheseTerms));
         for (t2, term) in changed_terms(t, &cheaper) {
             assert_eq!(
@@ -554,18 +721,37 @@ mod tests {
             points_price: Some(7),
             expires_ms: 1,
         };
-        let tok = key.sign(&t);
-        assert_eq!(key.verify(&tok, &t), Ok(()));
         let short = "o".repeat(299);
-        assert!(key
-            .verify(
-                &tok,
-                &Terms {
-                    offer_id: &short,
-                    ..t
-                }
-            )
-            .is_err());
+        let small_offer = Terms {
+            offer_id: "upg",
+            ..t
+        };
+        let long_member_only = Terms {
+            member_id: "m",
+            ..t
+        };
+        for tok in [key.sign(&t), key.sign_v2(&t)] {
+            assert_eq!(key.verify(&tok, &t), Ok(()));
+            assert!(key
+                .verify(
+                    &tok,
+                    &Terms {
+                        offer_id: &short,
+                        ..t
+                    }
+                )
+                .is_err());
+        }
+        // v3 signs the same bytes on the stack and in a Vec: the tag is
+        // keyed BLAKE3 over the whole encoding whichever path is taken.
+        let k3 = blake3::derive_key(CONTEXT3, &key.bytes());
+        for terms in [t, small_offer, long_member_only] {
+            let mut enc = Vec::new();
+            terms.encode(&mut enc);
+            enc[..3].copy_from_slice(VERSION3);
+            let want = blake3::keyed_hash(&k3, &enc);
+            assert_eq!(key.sign(&terms)[1..], B64.encode(&want.as_bytes()[..16]));
+        }
         // The two encodings of the offer's part agree where both apply.
         let mut buf = [0u8; 128];
         let small = Terms {
@@ -579,7 +765,7 @@ mod tests {
     }
 
     #[test]
-    fn altered_v2_tokens_are_refused() {
+    fn altered_v2_and_v3_tokens_are_refused() {
         let key = TokenKey::derive(b"k", "offer-token");
         let t = Terms {
             decision_id: "d",
@@ -589,16 +775,26 @@ mod tests {
             points_price: Some(5000),
             expires_ms: 42,
         };
-        let tok = key.sign(&t);
-        // Every character of the tag changed in turn.
-        for i in 1..tok.len() {
-            let mut b = tok.clone().into_bytes();
-            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
-            let bad = String::from_utf8(b).unwrap();
-            assert!(key.verify(&bad, &t).is_err(), "{bad}");
-        }
-        for bad in ["2", "2AAAA", &format!("{tok}A"), &tok[..tok.len() - 1]] {
-            assert_eq!(key.verify(bad, &t), Err(TokenError::Malformed), "{bad:?}");
+        for (tok, v) in [(key.sign_v2(&t), "2"), (key.sign(&t), "3")] {
+            assert!(tok.starts_with(v));
+            // Every character of the tag changed in turn.
+            for i in 1..tok.len() {
+                let mut b = tok.clone().into_bytes();
+                b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+                let bad = String::from_utf8(b).unwrap();
+                assert!(key.verify(&bad, &t).is_err(), "{bad}");
+            }
+            // A tag of one form presented as the other.
+            let swapped = format!("{}{}", if v == "2" { "3" } else { "2" }, &tok[1..]);
+            assert_eq!(key.verify(&swapped, &t), Err(TokenError::NotForTheseTerms));
+            for bad in [
+                v,
+                &format!("{v}AAAA"),
+                &format!("{tok}A"),
+                &tok[..tok.len() - 1],
+            ] {
+                assert_eq!(key.verify(bad, &t), Err(TokenError::Malformed), "{bad:?}");
+            }
         }
     }
 

@@ -259,6 +259,45 @@ impl Drop for Inner {
     }
 }
 
+/// How much nicer than the thread that opens the log (and than the request
+/// threads, which keep the process's nice) the writer thread runs on Linux.
+///
+/// Where the writer shares a core with request threads (a server pinned to
+/// one core), the work it does after each batch (the `after_durable`
+/// callbacks: a checkout's learner updates, exposures and contact counts)
+/// should yield that core to a request rather than hold it off. Under
+/// the kernel's fair scheduler a thread 5 nicer gets weight 335 against 1024
+/// (at nice 0): when both are runnable the writer gets about a quarter of
+/// the core, so it waits behind requests but is never starved. `SCHED_IDLE`
+/// (weight 3) or nice 19 (weight 15) would leave it about 1% of a saturated
+/// core, below the share a checkout's deferred work needs (about 13% of its
+/// instructions, docs/performance.md), so deferred records, which nothing
+/// waits for, would pile up without bound while the core stays saturated.
+pub const WRITER_NICE: i32 = 5;
+
+/// Makes the calling thread [`WRITER_NICE`] nicer (Linux only; at most 19;
+/// elsewhere, or when refused, the thread keeps its priority).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid, getpriority and setpriority take and return plain
+        // integers; on Linux, PRIO_PROCESS with a thread id reads and sets
+        // that thread's nice. getpriority cannot fail for the calling
+        // thread (its -1 is then a nice of -1).
+        let rc = unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, (now + WRITER_NICE).min(19))
+        };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "the event log writer keeps its priority"
+            );
+        }
+    }
+}
+
 impl Wal {
     /// Opens the log in `dir` (creating the directory if needed) and rebuilds the state through
     /// `apply`: the newest valid snapshot first (one `ReplayItem::Snapshot`, if any), then every
@@ -280,7 +319,10 @@ impl Wal {
         let (tx, rx) = mpsc::channel();
         let handle = thread::Builder::new()
             .name("wal-writer".to_string())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                lower_priority();
+                writer.run(rx)
+            })?;
         let writer_id = handle.thread().id();
         let wal = Wal {
             inner: Arc::new(Inner {
@@ -494,5 +536,46 @@ mod tests {
             Err(WalError::RecordTooLarge { size: 11, max: 10 })
         ));
         assert_eq!(wal.append_blocking(vec![0; 10], |_| {}).expect("append"), 1);
+    }
+
+    /// The writer thread runs `WRITER_NICE` nicer than the thread that
+    /// opened the log: read back from /proc, where field 19 of a thread's
+    /// `stat` is its nice value.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_writer_thread_runs_at_a_lower_priority() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (wal, _, _) = open_collect(dir.path(), opts());
+        // The append runs after the writer has started (and set its nice).
+        wal.append_blocking(vec![1], |_| {}).expect("append");
+        let nice_of = |stat: &str| -> i32 {
+            // The name (field 2) is in parentheses and may hold spaces.
+            let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+            rest.split(' ')
+                .nth(16)
+                .expect("field 19")
+                .parse()
+                .expect("nice")
+        };
+        let own = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").expect("stat"));
+        let mut writers = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+            let path = task.expect("task").path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.trim() == "wal-writer" {
+                if let Ok(stat) = std::fs::read_to_string(path.join("stat")) {
+                    writers.push(nice_of(&stat));
+                }
+            }
+        }
+        assert!(!writers.is_empty(), "no wal-writer thread found");
+        // Other tests' writers run in this process too, each opened by a
+        // test thread at the process's nice.
+        let want = (own + crate::WRITER_NICE).min(19);
+        assert!(
+            writers.iter().all(|n| *n == want),
+            "{writers:?}, want {want}"
+        );
+        drop(wal);
     }
 }
