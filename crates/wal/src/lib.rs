@@ -275,26 +275,118 @@ impl Drop for Inner {
 /// waits for, would pile up without bound while the core stays saturated.
 pub const WRITER_NICE: i32 = 5;
 
-/// Makes the calling thread [`WRITER_NICE`] nicer (Linux only; at most 19;
+/// Deferred records waiting at or above which the writer returns to the
+/// priority of the thread that opened the log: past this backlog the core is
+/// saturated and the deferred work must get its fair share, or it would grow
+/// without bound while the requests it yields to keep coming.
+pub const WRITER_BACKLOG_HIGH: usize = 4_096;
+
+/// Deferred records waiting at or below which the writer runs
+/// [`WRITER_NICE`] nicer again (hysteresis against flapping).
+pub const WRITER_BACKLOG_LOW: usize = 256;
+
+/// The writer thread's priority, following its backlog (Linux only;
 /// elsewhere, or when refused, the thread keeps its priority).
-fn lower_priority() {
+///
+/// Below saturation the backlog stays short and the writer runs nicer, so a
+/// request's thread is not held off by the work applied after earlier
+/// decisions. Under saturation the backlog grows past
+/// [`WRITER_BACKLOG_HIGH`] and the writer shares the core at equal weight:
+/// a closed-loop saturation figure then includes the deferred work instead
+/// of pushing it into an ever-longer queue. `OFFER_ENGINE_WRITER_NICE`
+/// (0 to 19) overrides [`WRITER_NICE`]; 0 keeps the writer at equal
+/// priority throughout.
+pub(crate) struct WriterPriority {
+    base: i32,
+    nicer: i32,
+    lowered: bool,
+}
+
+impl WriterPriority {
+    /// Reads the calling thread's nice and makes it nicer.
+    pub(crate) fn start() -> WriterPriority {
+        let nicer = std::env::var("OFFER_ENGINE_WRITER_NICE")
+            .ok()
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            .map(|n| n.clamp(0, 19))
+            .unwrap_or(WRITER_NICE);
+        let base = current_nice();
+        let mut p = WriterPriority {
+            base,
+            nicer,
+            lowered: false,
+        };
+        // Going back to the base needs CAP_SYS_NICE or an RLIMIT_NICE that
+        // allows it: probe once. Where it is refused, the writer runs nicer
+        // throughout only if that was asked for explicitly; by default it
+        // then keeps the base, because a writer stuck nicer lets deferred
+        // work pile up without bound on a saturated core.
+        if nicer > 0 && set_nice((base + nicer).min(19)) && !set_nice(base) {
+            if std::env::var_os("OFFER_ENGINE_WRITER_NICE").is_none() {
+                tracing::info!(
+                    "the event log writer cannot return to its priority after lowering it \
+                     (no CAP_SYS_NICE, RLIMIT_NICE 0); it runs at the process's priority"
+                );
+            }
+            p.nicer = 0;
+            p.lowered = true;
+            return p;
+        }
+        p.follow(0);
+        p
+    }
+
+    /// Adjusts the priority to a backlog of `deferred` records.
+    pub(crate) fn follow(&mut self, deferred: usize) {
+        if self.nicer == 0 {
+            return;
+        }
+        if self.lowered && deferred >= WRITER_BACKLOG_HIGH {
+            if set_nice(self.base) {
+                self.lowered = false;
+            }
+        } else if !self.lowered && deferred <= WRITER_BACKLOG_LOW {
+            self.lowered = set_nice((self.base + self.nicer).min(19));
+        }
+    }
+}
+
+fn current_nice() -> i32 {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: gettid, getpriority and setpriority take and return plain
-        // integers; on Linux, PRIO_PROCESS with a thread id reads and sets
-        // that thread's nice. getpriority cannot fail for the calling
-        // thread (its -1 is then a nice of -1).
-        let rc = unsafe {
-            let tid = libc::gettid() as libc::id_t;
-            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
-            libc::setpriority(libc::PRIO_PROCESS, tid, (now + WRITER_NICE).min(19))
-        };
+        // SAFETY: gettid and getpriority take and return plain integers; on
+        // Linux, PRIO_PROCESS with a thread id reads that thread's nice.
+        // getpriority cannot fail for the calling thread (its -1 is then a
+        // nice of -1).
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+/// Sets the calling thread's nice; whether it was taken.
+fn set_nice(nice: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take and return plain integers; on
+        // Linux, PRIO_PROCESS with a thread id sets that thread's nice.
+        let rc =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
         if rc != 0 {
             tracing::debug!(
                 error = %std::io::Error::last_os_error(),
+                nice,
                 "the event log writer keeps its priority"
             );
         }
+        rc == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = nice;
+        false
     }
 }
 
@@ -320,8 +412,8 @@ impl Wal {
         let handle = thread::Builder::new()
             .name("wal-writer".to_string())
             .spawn(move || {
-                lower_priority();
-                writer.run(rx)
+                let priority = WriterPriority::start();
+                writer.run(rx, priority)
             })?;
         let writer_id = handle.thread().id();
         let wal = Wal {
@@ -536,6 +628,32 @@ mod tests {
             Err(WalError::RecordTooLarge { size: 11, max: 10 })
         ));
         assert_eq!(wal.append_blocking(vec![0; 10], |_| {}).expect("append"), 1);
+    }
+
+    /// The writer's priority follows its backlog: nicer while it is short,
+    /// back to the base past `WRITER_BACKLOG_HIGH`, nicer again only once
+    /// it is down to `WRITER_BACKLOG_LOW`.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_writer_priority_follows_its_backlog() {
+        std::thread::spawn(|| {
+            let base = crate::current_nice();
+            let mut p = crate::WriterPriority::start();
+            if p.nicer == 0 {
+                // Not allowed to return to the base here: it stays put.
+                return;
+            }
+            let nicer = (base + crate::WRITER_NICE).min(19);
+            assert_eq!(crate::current_nice(), nicer);
+            p.follow(crate::WRITER_BACKLOG_HIGH);
+            assert_eq!(crate::current_nice(), base);
+            p.follow(crate::WRITER_BACKLOG_LOW + 1);
+            assert_eq!(crate::current_nice(), base, "hysteresis");
+            p.follow(crate::WRITER_BACKLOG_LOW);
+            assert_eq!(crate::current_nice(), nicer);
+        })
+        .join()
+        .expect("priority thread");
     }
 
     /// The writer thread runs `WRITER_NICE` nicer than the thread that

@@ -143,15 +143,15 @@ impl Writer {
     }
 
     /// The thread's body: serves `rx` until every sender is gone. A panic poisons the log.
-    pub(crate) fn run(mut self, rx: mpsc::Receiver<Command>) {
-        let result = catch_unwind(AssertUnwindSafe(|| self.run_loop(&rx)));
+    pub(crate) fn run(mut self, rx: mpsc::Receiver<Command>, mut priority: crate::WriterPriority) {
+        let result = catch_unwind(AssertUnwindSafe(|| self.run_loop(&rx, &mut priority)));
         if result.is_err() {
             self.shared.poisoned.store(true, Ordering::Release);
             tracing::error!("event log writer thread panicked; log poisoned");
         }
     }
 
-    fn run_loop(&mut self, rx: &mpsc::Receiver<Command>) {
+    fn run_loop(&mut self, rx: &mpsc::Receiver<Command>, priority: &mut crate::WriterPriority) {
         let max_batch = self.opts.max_batch.max(1);
         let mut batch: Vec<Command> = Vec::new();
         let mut pending: Vec<(Option<Callback>, Reply)> = Vec::new();
@@ -172,6 +172,7 @@ impl Writer {
             // Deferred records go first: every one queued before a command in this batch was
             // sent is in the queue now, so "decision before its accept" holds in the log.
             self.take_deferred(&mut deferred);
+            priority.follow(deferred.len());
             for d in deferred.drain(..) {
                 let lsn = self.next_lsn + pending.len() as u64;
                 encode_record(&mut self.buf, lsn, &d.payload);
