@@ -295,11 +295,17 @@ pub const WRITER_BACKLOG_LOW: usize = 256;
 /// a closed-loop saturation figure then includes the deferred work instead
 /// of pushing it into an ever-longer queue. `OFFER_ENGINE_WRITER_NICE`
 /// (0 to 19) overrides [`WRITER_NICE`]; 0 keeps the writer at equal
-/// priority throughout.
+/// priority throughout. `OFFER_ENGINE_WRITER_IDLE=1` lowers it to
+/// `SCHED_IDLE` instead of nicer: a request thread that wakes preempts it at
+/// once (under the fair scheduler a nicer thread still runs out its slice),
+/// measured in docs/performance.md but not the default until a whole load
+/// test has been run with it.
 pub(crate) struct WriterPriority {
     base: i32,
     nicer: i32,
     lowered: bool,
+    /// Lowered means `SCHED_IDLE` rather than nicer.
+    idle: bool,
 }
 
 impl WriterPriority {
@@ -311,17 +317,19 @@ impl WriterPriority {
             .map(|n| n.clamp(0, 19))
             .unwrap_or(WRITER_NICE);
         let base = current_nice();
+        let idle = std::env::var("OFFER_ENGINE_WRITER_IDLE").is_ok_and(|v| v == "1");
         let mut p = WriterPriority {
             base,
             nicer,
             lowered: false,
+            idle,
         };
         // Going back to the base needs CAP_SYS_NICE or an RLIMIT_NICE that
         // allows it: probe once. Where it is refused, the writer runs nicer
         // throughout only if that was asked for explicitly; by default it
         // then keeps the base, because a writer stuck nicer lets deferred
         // work pile up without bound on a saturated core.
-        if nicer > 0 && set_nice((base + nicer).min(19)) && !set_nice(base) {
+        if nicer > 0 && p.lower() && !p.raise() {
             if std::env::var_os("OFFER_ENGINE_WRITER_NICE").is_none() {
                 tracing::info!(
                     "the event log writer cannot return to its priority after lowering it \
@@ -342,11 +350,27 @@ impl WriterPriority {
             return;
         }
         if self.lowered && deferred >= WRITER_BACKLOG_HIGH {
-            if set_nice(self.base) {
+            if self.raise() {
                 self.lowered = false;
             }
         } else if !self.lowered && deferred <= WRITER_BACKLOG_LOW {
-            self.lowered = set_nice((self.base + self.nicer).min(19));
+            self.lowered = self.lower();
+        }
+    }
+
+    fn lower(&self) -> bool {
+        if self.idle {
+            set_policy(true)
+        } else {
+            set_nice((self.base + self.nicer).min(19))
+        }
+    }
+
+    fn raise(&self) -> bool {
+        if self.idle {
+            set_policy(false)
+        } else {
+            set_nice(self.base)
         }
     }
 }
@@ -363,6 +387,29 @@ fn current_nice() -> i32 {
     #[cfg(not(target_os = "linux"))]
     {
         0
+    }
+}
+
+/// Sets the calling thread's policy to `SCHED_IDLE` or back to
+/// `SCHED_OTHER`; whether it was taken.
+fn set_policy(idle: bool) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        let policy = if idle {
+            libc::SCHED_IDLE
+        } else {
+            libc::SCHED_OTHER
+        };
+        // SAFETY: gettid returns this thread's id; sched_setscheduler reads
+        // the parameter struct, which outlives the call.
+        let rc = unsafe { libc::sched_setscheduler(libc::gettid(), policy, &param) };
+        rc == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = idle;
+        false
     }
 }
 
