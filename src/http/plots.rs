@@ -407,6 +407,20 @@ pub fn timeseries_svg(timeseries: &Value) -> Result<String, String> {
     Ok(svg)
 }
 
+/// The label of the row drawn at `y` on a chart whose rows are labelled
+/// top to bottom by `labels` (row 0 at the top); empty between rows.
+fn row_label(labels: &[String], y: f64) -> String {
+    let i = y.round();
+    if (y - i).abs() > 1e-6 || i < 0.0 {
+        return String::new();
+    }
+    let idx = labels.len() as isize - 1 - i as isize;
+    usize::try_from(idx)
+        .ok()
+        .and_then(|k| labels.get(k).cloned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,18 +448,4 @@ mod tests {
         let svg = timeseries_svg(&json!({"days": []})).unwrap();
         assert!(svg.contains("day (UTC)") && svg.contains("p-value (0–1)"));
     }
-}
-
-/// The label of the row drawn at `y` on a chart whose rows are labelled
-/// top to bottom by `labels` (row 0 at the top); empty between rows.
-fn row_label(labels: &[String], y: f64) -> String {
-    let i = y.round();
-    if (y - i).abs() > 1e-6 || i < 0.0 {
-        return String::new();
-    }
-    let idx = labels.len() as isize - 1 - i as isize;
-    usize::try_from(idx)
-        .ok()
-        .and_then(|k| labels.get(k).cloned())
-        .unwrap_or_default()
 }
