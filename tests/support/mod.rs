@@ -28,7 +28,8 @@ pub fn spawn_server(mut cmd: Command) -> (Child, String) {
                     sent = true;
                 }
             }
-            if line.contains("WARN") || line.contains("ERROR") {
+            // `Error:` is how the binary reports the error it exits with.
+            if line.contains("WARN") || line.contains("ERROR") || line.starts_with("Error") {
                 eprintln!("server: {line}");
             }
         }
