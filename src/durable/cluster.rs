@@ -597,10 +597,18 @@ impl NatsLog {
                     Err(e) => return Err(anyhow::anyhow!("creating stream {stream_name}: {e}")),
                 }
             };
-            let info = stream
-                .info()
-                .await
-                .map_err(|e| anyhow::anyhow!("stream info: {e}"))?;
+            // On a loaded machine the first look can time out like the
+            // creation: retry it until the same deadline.
+            let info = loop {
+                match stream.info().await {
+                    Ok(info) => break info.clone(),
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "stream info not available yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("stream info: {e}")),
+                }
+            };
             if info.config.num_replicas != stream_cfg.num_replicas
                 || info.config.storage != stream::StorageType::File
             {
