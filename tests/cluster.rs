@@ -837,33 +837,21 @@ async fn a_trimmed_stream_starts_fresh_and_stale_replicas_from_shared_snapshots(
 /// ready (short, so the test sees it).
 const MAX_STALE_SECS: &str = "10";
 
-/// [`start_replica`] with a short `max_stale_secs`.
+/// [`start_replica`] with a short `max_stale_secs` and the default
+/// interval between shared snapshots.
 fn start_fault_replica(nats: &str, data_dir: &Path, members: &Path) -> Replica {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_offer-engine"));
-    cmd.args([
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--nats",
+    start_replica_with(
         nats,
-        "--stream",
-        "OFFERS",
-    ])
-    .arg("--members")
-    .arg(members)
-    .arg("--data-dir")
-    .arg(data_dir)
-    .env("OFFER_ENGINE__CLUSTER__REPLICAS", "3")
-    .env("OFFER_ENGINE__CLUSTER__MAX_STALE_SECS", MAX_STALE_SECS)
-    .env("OFFER_ENGINE__SECURITY__TOKEN_KEY", TOKEN_KEY)
-    .env("OFFER_ENGINE__DURABILITY__SNAPSHOT_INTERVAL_SECS", "1")
-    .env("OFFER_ENGINE__SERVER__WORKERS", "2")
-    .env(
-        "OFFER_ENGINE__CONTACT__MAX_OFFERS_PER_DAY__CHECKOUT",
-        "10000",
-    );
-    let (child, base) = support::spawn_server(cmd);
-    Replica { child, base }
+        data_dir,
+        members,
+        &[
+            ("OFFER_ENGINE__CLUSTER__MAX_STALE_SECS", MAX_STALE_SECS),
+            (
+                "OFFER_ENGINE__CLUSTER__SHARED_SNAPSHOT_INTERVAL_SECS",
+                "300",
+            ),
+        ],
+    )
 }
 
 /// Three NATS servers and three replicas, caught up; the clients' view.

@@ -803,11 +803,7 @@ impl NatsLog {
         payload: Vec<u8>,
         after: Box<dyn FnOnce(u64) + Send>,
     ) -> impl std::future::Future<Output = Result<u64, LogError>> + Send + 'static {
-        let id = format!(
-            "{}-{}",
-            self.replica,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = self.next_msg_id();
         let refused = self.refuse(payload.len(), false);
         let (done_tx, done_rx) = oneshot::channel();
         let (queued_tx, queued_rx) = oneshot::channel::<()>();
@@ -887,6 +883,16 @@ impl NatsLog {
         }
     }
 
+    /// The next `Nats-Msg-Id` of this replica: its id and a counter, so a
+    /// retried publish of one record is stored once.
+    fn next_msg_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.replica,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
     /// Publishes `payload`; once this replica applied it, `after(seq)`
     /// runs on the apply loop (instead of the generic apply) and the
     /// returned future resolves with the sequence.
@@ -895,11 +901,7 @@ impl NatsLog {
         payload: Vec<u8>,
         after: Box<dyn FnOnce(u64) + Send>,
     ) -> impl std::future::Future<Output = Result<u64, LogError>> + Send + 'static {
-        let id = format!(
-            "{}-{}",
-            self.replica,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = self.next_msg_id();
         let refused = self.refuse(payload.len(), true);
         let (done_tx, done_rx) = oneshot::channel();
         let pending = self.pending.clone();
